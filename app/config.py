@@ -1,0 +1,150 @@
+"""The training configuration: one structured schema, YAML files in configs/, key=value overrides.
+
+Every key is checked against the schema: an unknown or mistyped key is an error that names it
+and the closest valid key, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+from app.errors import UserError
+from app.evaluation.config import EvaluationConfig
+from app.models.config import ModelConfig, SamplingConfig
+
+
+@dataclass
+class KLSettings:
+    estimator: str = "k1"  # k1 | k2 | k3, per token
+    controller: str = "fixed"  # fixed | adaptive
+    coef: float = 0.05  # initial beta
+    target: float = 6.0  # adaptive: target KL per sequence
+    horizon: int = 10_000  # adaptive: samples over which beta adapts
+    partial: bool = False  # penalize only tokens inside the answer's model block
+
+
+@dataclass
+class PPOSettings:
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 1
+    epochs: int = 2  # PPO epochs over each rollout
+    minibatch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 1e-5
+    value_lr: float | None = None  # None: same as lr
+    lr_schedule: str = "constant"  # constant | linear | cosine
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 0.5
+    entropy_coef: float = 0.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    max_approx_kl: float | None = None  # stop the PPO epochs of a step once exceeded
+    kl: KLSettings = field(default_factory=KLSettings)
+
+
+@dataclass
+class DataSettings:
+    train: str = MISSING  # JSONL (project, SIRL/ORLM, MAMO) or OptiBench JSON
+    val: str | None = None
+    format: str = "auto"  # auto | project | sirl | mamo | optibench
+    shuffle_buffer: int = 256
+    on_bad_line: str = "skip"  # skip (report and go on) | error
+    num_workers: int = 0
+    max_prompt_tokens: int = 512
+
+
+@dataclass
+class TrainerSettings:
+    max_steps: int = 100
+    accelerator: str = "cpu"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp | deepspeed ... passed to Lightning
+    precision: str = "32-true"
+    log_every_n_steps: int = 1
+    sample_log_every: int = 10  # text table of samples in TensorBoard every N steps
+    checkpoint_every: int = 10
+    root_dir: str = "logs"
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class TrainConfig:
+    run_name: str = "ppo"
+    seed: int = 0
+    resume: str | None = None  # checkpoint path to continue from
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    ppo: PPOSettings = field(default_factory=PPOSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+
+
+def _valid_keys(schema: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key in schema.keys():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        node = schema._get_node(key)
+        if isinstance(node, DictConfig):
+            keys.extend(_valid_keys(node, f"{full}."))
+    return keys
+
+
+def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> UserError:
+    key = getattr(err, "full_key", None) or ""
+    if isinstance(err, ConfigKeyError):
+        close = difflib.get_close_matches(key, _valid_keys(schema), n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return UserError(f"{source}: unknown config key '{key}'{hint}")
+    if isinstance(err, MissingMandatoryValue):
+        return UserError(f"{source}: config key '{key}' is required; set it in the YAML or as {key}=...")
+    if isinstance(err, ValidationError):
+        return UserError(f"{source}: bad value for config key '{key}': {_first_line(err)}")
+    return UserError(f"{source}: {_first_line(err)}")
+
+
+def _first_line(err: Exception) -> str:
+    return str(getattr(err, "msg", None) or err).strip().splitlines()[0]
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), schema_cls=TrainConfig):
+    """Schema defaults <- YAML file <- key=value overrides; returns a typed, validated object."""
+    schema = OmegaConf.structured(schema_cls)
+    merged = schema
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as err:  # YAML syntax errors come in several types
+            raise UserError(f"{path}: not valid YAML: {err}") from None
+        try:
+            merged = OmegaConf.merge(merged, loaded)
+        except OmegaConfBaseException as err:
+            raise _explain(err, schema, str(path)) from None
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not of the form key=value")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as err:
+            raise _explain(err, schema, f"override '{item}'") from None
+    try:
+        OmegaConf.to_container(merged, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        raise _explain(err, schema, str(path) if path else "config") from None
+    return OmegaConf.to_object(merged)
