@@ -1,0 +1,155 @@
+"""Batched sampling with our own decode loop (not transformers' `.generate`).
+
+Why our own: PPO needs the response tokens *and* masks laid out the same way the scorer reads
+them, reproducible sampling from one `torch.Generator`, and a loop that does not depend on
+transformers' cache internals (the native ChatGLM owns its cache). The loop works with any
+causal LM whose forward takes `input_ids, attention_mask, position_ids, past_key_values,
+use_cache` and returns `.logits` (B, T, V) and `.past_key_values`.
+
+Layout: prompts are left-padded to (B, P); the response block (B, R) follows. Position ids are
+`attention_mask.cumsum(-1) - 1` clamped at 0 at every forward, so a row's first real token is
+at position 0 whatever its padding — the same convention `PolicyWithValue` scores with.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from app.models.config import SamplingConfig
+
+
+@dataclass
+class Generation:
+    sequences: torch.Tensor  # (B, P+R) long: left-padded prompt, then response (pad after stop)
+    attention_mask: torch.Tensor  # (B, P+R) long: 1 on real prompt tokens and response tokens
+    prompt_length: int  # P: the response of every row starts at this column
+    response_mask: torch.Tensor  # (B, R) bool: generated tokens up to and including the stop token
+    response_lengths: torch.Tensor  # (B,) long
+    tokens_per_second: float  # generated (unmasked) tokens / elapsed_s
+    elapsed_s: float
+
+    @property
+    def responses(self) -> torch.Tensor:
+        """(B, R) the response block."""
+        return self.sequences[:, self.prompt_length :]
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) position ids: 0 at each row's first real token, counting only real tokens."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def left_pad(prompts: list[list[int]], pad_token_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (input_ids (B, P), attention_mask (B, P)), padded on the left."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError(f"every prompt needs at least one token (got lengths {[len(p) for p in prompts]})")
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), P), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, P - len(p) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """(B, V) logits -> (B, V) with temperature applied and filtered entries set to -inf."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 when sampling (got {temperature}); use do_sample=False for greedy")
+    logits = logits / temperature
+    if 0 < top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the tokens ranked above it already reach top_p (the top token always stays)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _next_token(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) logits of the last position -> (B,) token ids."""
+    logits = logits.float()
+    if not sampling.do_sample:
+        return logits.argmax(-1)
+    probs = filter_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    *,
+    pad_token_id: int,
+    stop_token_ids: list[int],
+    sampling: SamplingConfig,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> Generation:
+    """Sample up to `sampling.max_new_tokens` tokens per prompt; a row ends at its first stop token.
+
+    `use_cache=False` re-runs the whole sequence every step (the benchmark's baseline). The model's
+    train/eval mode is left as the caller set it.
+    """
+    device = next(model.parameters()).device
+    input_ids, attention_mask = left_pad(prompts, pad_token_id, device)  # (B, P)
+    B, P = input_ids.shape
+    stop = torch.tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    tokens: list[torch.Tensor] = []  # R tensors of (B,)
+    alive: list[torch.Tensor] = []  # R tensors of (B,) bool: the token is part of the response
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    past = None
+    step_ids, seq_ids, seq_mask = input_ids, input_ids, attention_mask
+    for _ in range(sampling.max_new_tokens):
+        positions = positions_from_mask(seq_mask)  # (B, T)
+        if use_cache:
+            out = model(
+                input_ids=step_ids,
+                attention_mask=seq_mask,
+                position_ids=positions[:, -step_ids.size(1) :],
+                past_key_values=past,
+                use_cache=True,
+            )
+            past = out.past_key_values
+        else:
+            out = model(input_ids=seq_ids, attention_mask=seq_mask, position_ids=positions, use_cache=False)
+        token = _next_token(out.logits[:, -1, :], sampling, generator)  # (B,)
+        token = token.masked_fill(finished, pad_token_id)
+        tokens.append(token)
+        alive.append(~finished)
+        finished = finished | torch.isin(token, stop)
+        step_ids = token[:, None]  # (B, 1)
+        seq_ids = torch.cat([seq_ids, step_ids], dim=1)
+        seq_mask = torch.cat([seq_mask, alive[-1][:, None].long()], dim=1)
+        if bool(finished.all()):
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+
+    if tokens:
+        response_mask = torch.stack(alive, dim=1)  # (B, R)
+    else:
+        response_mask = torch.zeros((B, 0), dtype=torch.bool, device=device)
+    lengths = response_mask.long().sum(-1)
+    generated = int(lengths.sum())
+    return Generation(
+        sequences=seq_ids,
+        attention_mask=seq_mask,
+        prompt_length=P,
+        response_mask=response_mask,
+        response_lengths=lengths,
+        tokens_per_second=generated / elapsed if elapsed > 0 else float("inf"),
+        elapsed_s=elapsed,
+    )
