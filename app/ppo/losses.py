@@ -1,0 +1,201 @@
+"""PPO math as pure functions over masked tensors.
+
+Shapes: B rows (responses), T response tokens. `mask` is 1 on real response tokens and 0 on
+padding (responses are right-padded). No state, nothing but torch: every function here is
+checked against hand-computed numbers in tests/test_ppo_losses.py.
+"""
+
+from __future__ import annotations
+
+import torch
+
+Stats = dict[str, torch.Tensor]
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of `x` over positions where `mask` is 1 (all of them, or along `dim`).
+
+    An empty mask gives 0 rather than NaN, so a row without tokens cannot poison a batch mean.
+    """
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of the masked entries (scalar); Bessel's n/(n-1) when `unbiased` and n > 1."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        n = mask.to(x.dtype).sum()
+        if n > 1:
+            var = var * n / (n - 1)
+    return var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked entries; padding comes out as 0.
+
+    `shift_mean=False` keeps the original mean (only rescales), as used for rewards.
+    """
+    mean = masked_mean(x, mask)
+    whitened = (x - mean) * torch.rsqrt(masked_var(x, mask) + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask.to(x.dtype)
+
+
+# ---- KL estimators per token, from samples of the policy (Schulman, "Approximating KL") ----
+
+
+def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """log p/q: unbiased, high variance, can be negative per token."""
+    return logp - ref_logp
+
+
+def kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """0.5 (log p/q)^2: biased, low variance, never negative."""
+    return 0.5 * (logp - ref_logp) ** 2
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """q/p - 1 - log q/p: unbiased and never negative."""
+    log_ratio = ref_logp - logp
+    return torch.exp(log_ratio) - 1 - log_ratio
+
+
+KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+
+
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-token KL(policy || reference) by the named estimator; (B, T) -> (B, T)."""
+    if kind not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator '{kind}' (one of {', '.join(KL_ESTIMATORS)})")
+    return KL_ESTIMATORS[kind](logp, ref_logp)
+
+
+# ---- rewards and advantages ----
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B,) index of each row's last masked position; a row without one is an error."""
+    lengths = mask.sum(-1)
+    if bool((lengths == 0).any()):
+        rows = torch.nonzero(lengths == 0).flatten().tolist()
+        raise ValueError(f"rows {rows} have no response tokens; every response needs at least one (e.g. its EOS)")
+    positions = torch.arange(mask.shape[-1], device=mask.device)
+    return torch.where(mask.bool(), positions, -1).max(-1).values
+
+
+def token_rewards(
+    scores: torch.Tensor,
+    kl: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    kl_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-token rewards (B, T): -beta * kl on response tokens, plus each row's score on its last one.
+
+    scores (B,), kl (B, T), mask (B, T). With `kl_mask` (B, T) the penalty falls only where it
+    is 1 ("partial KL": the reasoning before the model block is not penalized).
+    """
+    penalized = mask if kl_mask is None else mask * kl_mask
+    rewards = -beta * kl * penalized.to(kl.dtype)
+    last = last_token_index(mask)  # (B,)
+    return rewards.scatter_add(1, last[:, None], scores.to(rewards.dtype)[:, None])
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation by a reverse scan over T; returns (advantages, returns), (B, T) each.
+
+    Positions past a row's end are terminal: their value counts as 0 and they carry no
+    advantage back, so right padding never leaks into real tokens. returns = advantages + values.
+    """
+    mask = mask.to(values.dtype)
+    values = values * mask
+    rewards = rewards * mask
+    B, T = rewards.shape
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)  # A_{t+1}
+    next_value = torch.zeros(B, dtype=values.dtype, device=values.device)  # V_{t+1}
+    for t in reversed(range(T)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+        next_value = values[:, t]
+    return advantages, (advantages + values) * mask
+
+
+# ---- losses ----
+
+
+def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean of the k3 estimate of KL(old || new) from tokens sampled by the old policy."""
+    log_ratio = logp - old_logp
+    return masked_mean(torch.exp(log_ratio) - 1 - log_ratio, mask)
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, Stats]:
+    """Clipped surrogate, ratio clamped to [1 - clip_low, 1 + clip_high]; all inputs (B, T).
+
+    stats (detached): clip_fraction (tokens where the clipped term is the active one),
+    approx_kl (k3, see `approx_kl`), ratio_mean.
+    """
+    ratio = torch.exp(logp - old_logp)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_low, 1 + clip_high)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clip_fraction": masked_mean((clipped > unclipped).to(logp.dtype), mask),
+            "approx_kl": approx_kl(logp, old_logp, mask),
+            "ratio_mean": masked_mean(ratio, mask),
+        }
+    return loss, stats
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, Stats]:
+    """0.5 * max((v - R)^2, (v_clipped - R)^2), v_clipped within ±clip of the old value; inputs (B, T)."""
+    clipped_values = old_values + (values - old_values).clamp(-clip, clip)
+    unclipped_err = (values - returns) ** 2
+    clipped_err = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_err, clipped_err), mask)
+    with torch.no_grad():
+        stats = {"clip_fraction": masked_mean((clipped_err > unclipped_err).to(values.dtype), mask)}
+    return loss, stats
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) -> (B, T): entropy of softmax(logits), computed in float32 at least."""
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return -(log_probs.exp() * log_probs).sum(-1)
+
+
+def masked_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean per-token entropy over the masked positions (scalar)."""
+    return masked_mean(entropy_from_logits(logits), mask)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var(returns - values) / Var(returns) over masked tokens (scalar).
+
+    When the returns do not vary, it is 1 for a perfect fit and 0 otherwise (sklearn's convention).
+    """
+    var_returns = masked_var(returns, mask)
+    var_residual = masked_var(returns - values, mask)
+    if var_returns == 0:
+        return torch.ones_like(var_returns) if var_residual == 0 else torch.zeros_like(var_returns)
+    return 1 - var_residual / var_returns

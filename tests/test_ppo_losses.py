@@ -1,0 +1,167 @@
+"""The PPO math against numbers computed by hand or by plain Python loops."""
+
+import math
+
+import pytest
+import torch
+
+from app.ppo import losses
+
+# Two rows, the second right-padded after 2 tokens. The padded entries hold junk that must not matter.
+X = torch.tensor([[1.0, 2.0, 3.0], [4.0, 6.0, 100.0]])
+MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+
+
+def test_masked_mean_all_and_per_row():
+    assert losses.masked_mean(X, MASK).item() == pytest.approx(16 / 5)
+    assert losses.masked_mean(X, MASK, dim=1).tolist() == pytest.approx([2.0, 5.0])
+    assert losses.masked_mean(X, torch.zeros_like(MASK)).item() == 0.0
+
+
+def test_masked_var_biased_and_unbiased():
+    # values 1, 2, 3, 4, 6: mean 3.2, squared deviations 4.84 + 1.44 + 0.04 + 0.64 + 7.84 = 14.8
+    assert losses.masked_var(X, MASK, unbiased=False).item() == pytest.approx(14.8 / 5)
+    assert losses.masked_var(X, MASK, unbiased=True).item() == pytest.approx(14.8 / 4)
+    one = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert losses.masked_var(X, one).item() == 0.0
+
+
+def test_masked_whiten():
+    white = losses.masked_whiten(X, MASK)
+    std = math.sqrt(14.8 / 4 + 1e-8)
+    expected = [[(1 - 3.2) / std, (2 - 3.2) / std, (3 - 3.2) / std], [(4 - 3.2) / std, (6 - 3.2) / std, 0.0]]
+    assert white.tolist() == [pytest.approx(row) for row in expected]
+    kept_mean = losses.masked_whiten(X, MASK, shift_mean=False)
+    assert kept_mean[0, 0].item() == pytest.approx((1 - 3.2) / std + 3.2)
+    assert kept_mean[1, 2].item() == 0.0
+
+
+def test_kl_estimators():
+    logp = torch.tensor([-1.0, -2.0])
+    ref = torch.tensor([-1.5, -1.0])
+    # differences logp - ref: 0.5 and -1.0
+    assert losses.kl_estimate(logp, ref, "k1").tolist() == pytest.approx([0.5, -1.0])
+    assert losses.kl_estimate(logp, ref, "k2").tolist() == pytest.approx([0.125, 0.5])
+    k3 = [math.exp(-0.5) - 1 + 0.5, math.exp(1.0) - 1 - 1.0]
+    assert losses.kl_estimate(logp, ref, "k3").tolist() == pytest.approx(k3)
+    with pytest.raises(ValueError, match="k4"):
+        losses.kl_estimate(logp, ref, "k4")
+
+
+def test_token_rewards_full_and_partial_kl():
+    scores = torch.tensor([1.0, 0.5])
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 9.0]])
+    rewards = losses.token_rewards(scores, kl, MASK, beta=0.1)
+    assert rewards.tolist() == [
+        pytest.approx([-0.01, -0.02, -0.03 + 1.0]),
+        pytest.approx([-0.04, -0.05 + 0.5, 0.0]),
+    ]
+    kl_mask = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    partial = losses.token_rewards(scores, kl, MASK, beta=0.1, kl_mask=kl_mask)
+    assert partial.tolist() == [pytest.approx([0.0, -0.02, 0.97]), pytest.approx([0.0, 0.5, 0.0])]
+
+
+def test_token_rewards_rejects_empty_row():
+    with pytest.raises(ValueError, match=r"rows \[1\]"):
+        losses.token_rewards(torch.ones(2), torch.zeros(2, 3), torch.tensor([[1, 0, 0], [0, 0, 0]]), 0.1)
+
+
+def reference_gae(rewards, values, lengths, gamma, lam):
+    """Plain-Python GAE over each row's real tokens, the value after the last token being 0."""
+    out = []
+    for r, v, n in zip(rewards, values, lengths):
+        adv = [0.0] * len(r)
+        running = 0.0
+        for t in reversed(range(n)):
+            next_v = v[t + 1] if t + 1 < n else 0.0
+            running = r[t] + gamma * next_v - v[t] + gamma * lam * running
+            adv[t] = running
+        out.append(adv)
+    return out
+
+
+def test_gae_by_hand():
+    # one row, two tokens, gamma = 1, lam = 0.5:
+    # delta_1 = 1 + 0 - 0.5 = 0.5 -> A_1 = 0.5; delta_0 = 0 + 0.5 - 0.2 = 0.3 -> A_0 = 0.3 + 0.5 * 0.5 = 0.55
+    adv, ret = losses.gae(torch.tensor([[0.0, 1.0]]), torch.tensor([[0.2, 0.5]]), torch.ones(1, 2), 1.0, 0.5)
+    assert adv.tolist() == [pytest.approx([0.55, 0.5])]
+    assert ret.tolist() == [pytest.approx([0.75, 1.0])]
+
+
+def test_gae_matches_loop_and_ignores_padding():
+    gen = torch.Generator().manual_seed(0)
+    rewards = torch.randn(3, 5, generator=gen)
+    values = torch.randn(3, 5, generator=gen)
+    lengths = [5, 3, 1]
+    mask = torch.tensor([[1.0] * n + [0.0] * (5 - n) for n in lengths])
+    adv, ret = losses.gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    expected = reference_gae(rewards.tolist(), values.tolist(), lengths, 0.9, 0.8)
+    for row, exp_row, n in zip(adv.tolist(), expected, lengths):
+        assert row == pytest.approx(exp_row, abs=1e-6)
+        assert row[n:] == [0.0] * (5 - n)
+    assert ret[mask.bool()].tolist() == pytest.approx((adv + values)[mask.bool()].tolist())
+    # junk in the padded slots changes nothing
+    junk = mask == 0
+    adv2, ret2 = losses.gae(rewards.masked_fill(junk, 50.0), values.masked_fill(junk, -7.0), mask, 0.9, 0.8)
+    assert torch.equal(adv, adv2) and torch.equal(ret, ret2)
+
+
+def test_policy_loss_clips_separately_low_and_high():
+    # ratios exp(0.5)=1.6487 (A>0: clipped at 1.2), exp(-0.5)=0.6065 (A<0: clipped at 0.9), 1.0 (A>0), padded
+    logp = torch.tensor([[0.5, -0.5, 0.0, 3.0]])
+    old = torch.zeros(1, 4)
+    adv = torch.tensor([[1.0, -2.0, 3.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    loss, stats = losses.policy_loss(logp, old, adv, mask, clip_low=0.1, clip_high=0.2)
+    r = [math.exp(0.5), math.exp(-0.5), 1.0]
+    # per token max(-A r, -A clip(r)): -1*1.2 = -1.2 (vs -1.6487), max(2*0.6065, 2*0.9) = 1.8, -3
+    assert loss.item() == pytest.approx((-1.2 + 1.8 - 3.0) / 3)
+    assert stats["clip_fraction"].item() == pytest.approx(2 / 3)
+    assert stats["ratio_mean"].item() == pytest.approx(sum(r) / 3)
+    k3 = [x - 1 - math.log(x) for x in r]
+    assert stats["approx_kl"].item() == pytest.approx(sum(k3) / 3)
+    assert losses.approx_kl(logp, old, mask).item() == pytest.approx(sum(k3) / 3)
+
+
+def test_policy_loss_gradient_is_zero_where_clipped():
+    logp = torch.tensor([[0.5, 0.0]], requires_grad=True)
+    loss, _ = losses.policy_loss(logp, torch.zeros(1, 2), torch.tensor([[1.0, 1.0]]), torch.ones(1, 2), 0.2, 0.2)
+    loss.backward()
+    assert logp.grad.tolist() == [pytest.approx([0.0, -0.5])]  # d(-r/2)/dlogp = -r/2 at r = 1
+
+
+def test_value_loss_clipping():
+    values = torch.tensor([[1.0, 0.0, 0.5, 9.0]])
+    old = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    returns = torch.tensor([[2.0, 1.0, -1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    loss, stats = losses.value_loss(values, old, returns, mask, clip=0.2)
+    # token 0: v=1 -> clipped 0.2; errors (1-2)^2 = 1, (0.2-2)^2 = 3.24 -> 3.24 (clipped active)
+    # token 1: v=0 -> clipped 0; both 1 -> 1
+    # token 2: v=0.5 -> clipped 0.2; errors 2.25, 1.44 -> 2.25 (unclipped active)
+    assert loss.item() == pytest.approx(0.5 * (3.24 + 1.0 + 2.25) / 3)
+    assert stats["clip_fraction"].item() == pytest.approx(1 / 3)
+
+
+def test_entropy_from_logits():
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [math.log(3.0), 0.0, -1e9, -1e9]]])
+    ent = losses.entropy_from_logits(logits)
+    assert ent.tolist() == [pytest.approx([math.log(4), -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))])]
+    assert losses.entropy_from_logits(logits.to(torch.bfloat16)).dtype == torch.float32
+    mask = torch.tensor([[1.0, 0.0]])
+    assert losses.masked_entropy(logits, mask).item() == pytest.approx(math.log(4))
+
+
+def test_explained_variance():
+    returns = torch.tensor([[1.0, 2.0, 3.0, 50.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    assert losses.explained_variance(returns.clone(), returns, mask).item() == pytest.approx(1.0)
+    values = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    # residuals 0, 1, 2 (var 1), returns var 1 -> 0
+    assert losses.explained_variance(values, returns, mask).item() == pytest.approx(0.0)
+    values = torch.tensor([[1.5, 2.0, 2.5, 0.0]])
+    # residuals -0.5, 0, 0.5: var 0.25 -> 1 - 0.25
+    assert losses.explained_variance(values, returns, mask).item() == pytest.approx(0.75)
+    flat = torch.ones(1, 4)
+    assert losses.explained_variance(flat, flat, mask).item() == 1.0
+    assert losses.explained_variance(torch.tensor([[0.0, 1.0, 2.0, 3.0]]), flat, mask).item() == 0.0
