@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "graph-distance": ("app.evaluation.cli_graph_distance", "structural distance between two models (or pairs from a TSV)"),
     "score": ("app.evaluation.cli_score", "score a file of answers against a file of problems"),
     "train": ("app.ppo.cli_train", "PPO against the solver score: train [CONFIG] key=value ..."),
+    "eval": ("app.eval_policy", "pass@1 of a model on a dataset, scored by the evaluation system"),
     "sft": ("app.sft.cli", "supervised warm start on question -> reference model pairs: sft [CONFIG] key=value ..."),
 }
 
