@@ -92,6 +92,31 @@ class TrainConfig:
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
 
 
+@dataclass
+class SFTSettings:
+    max_steps: int = 500
+    batch_size: int = 16
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"  # constant | linear | cosine
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = 768  # prompt + answer tokens; longer pairs are skipped with a report
+
+
+@dataclass
+class SFTConfig:
+    """Step 1 of RLHF: supervised warm start on question -> reference model pairs."""
+
+    run_name: str = "sft"
+    seed: int = 0
+    output_dir: str = MISSING  # the trained model is written here as a checkpoint directory
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataSettings = field(default_factory=DataSettings)
+    sft: SFTSettings = field(default_factory=SFTSettings)
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+
+
 def _valid_keys(schema: DictConfig, prefix: str = "") -> list[str]:
     keys = []
     for key in schema.keys():

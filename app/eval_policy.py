@@ -1,0 +1,103 @@
+"""`python -m app eval --model DIR --data FILE`: pass@1 of a policy with the evaluation system.
+
+Greedy answers for every problem of a dataset (any supported format), each scored by the
+SCIP worker pool; prints the summary table and writes per-item results with their reasons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from app.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint directory")
+    parser.add_argument("--data", required=True, help="problems: JSONL (project, SIRL/ORLM, MAMO) or OptiBench JSON")
+    parser.add_argument("--family", default="chatglm", choices=["chatglm", "remote", "auto"])
+    parser.add_argument("--adapter", help="trainable weights written by `train` (trainable.pt) to apply on the model")
+    parser.add_argument("--format", default="auto", help="dataset format: auto | project | sirl | mamo | optibench")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--match", default="abs_rel", choices=["abs_rel", "relative"])
+    parser.add_argument("--tolerance", type=float, default=1e-6)
+    parser.add_argument("--workers", type=int, default=2, help="SCIP worker processes")
+    parser.add_argument("--out", help="write one JSON line per problem here")
+
+
+def evaluate_policy(
+    model_dir: str, data: str, *, family: str = "chatglm", adapter: str | None = None, fmt: str = "auto",
+    limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 512, evaluation=None,
+    out: str | None = None,
+) -> tuple[dict[str, float], list[dict]]:
+    """Greedy pass@1 on `data`; returns (summary, per-item rows)."""
+    import itertools
+
+    import torch
+
+    from app.data.formats import iter_problems
+    from app.data.prompts import build_messages
+    from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, summarize
+    from app.models.config import LoraSettings, ModelConfig, SamplingConfig
+    from app.models.generation import generate
+    from app.models.loading import load_model
+    from app.models.policy import build_policy, read_trainable
+
+    cfg = ModelConfig(family=family, path=model_dir)
+    loaded = load_model(cfg)
+    model = loaded.model
+    if adapter is not None:  # the policy as trained: same LoRA shape as in the file
+        saved_lora = read_trainable(adapter)["lora"]
+        cfg.lora = LoraSettings(**saved_lora) if saved_lora else LoraSettings(enabled=False)
+        policy = build_policy(loaded, cfg)
+        policy.load_trainable(adapter)
+        model = policy.causal_lm
+    model.eval()
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False)
+    evaluation = evaluation or EvaluationConfig()
+    problems = list(itertools.islice(iter_problems(data, fmt), limit))
+    if not problems:
+        raise UserError(f"{data}: no problems to evaluate")
+    rows: list[dict] = []
+    with EvaluatorPool(evaluation) as pool:
+        for start in range(0, len(problems), batch_size):
+            batch = problems[start : start + batch_size]
+            prompts = [loaded.chat.encode_prompt(loaded.tokenizer, build_messages(p)) for p in batch]
+            with torch.no_grad():
+                gen = generate(model, prompts, pad_token_id=loaded.chat.pad_token_id,
+                               stop_token_ids=loaded.chat.stop_token_ids, sampling=sampling)
+            responses = [
+                loaded.tokenizer.decode(row[mask].tolist(), skip_special_tokens=True)
+                for row, mask in zip(gen.responses, gen.response_mask.bool())
+            ]
+            results = pool.score_many(
+                [(text, Reference.from_answer(p.answer, p.reference_model)) for text, p in zip(responses, batch)]
+            )
+            for problem, response, result in zip(batch, responses, results):
+                rows.append({"id": problem.id, "response": response, **asdict(result)})
+            print(f"evaluated {len(rows)}/{len(problems)}", file=sys.stderr)
+        summary = summarize([pool_result for pool_result in (r for r in rows)])
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    return summary, rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from app.evaluation import EvaluationConfig, format_summary_table
+    from app.evaluation.config import MatchRule
+
+    evaluation = EvaluationConfig(match=MatchRule(kind=args.match, tolerance=args.tolerance), workers=args.workers)
+    summary, _ = evaluate_policy(
+        args.model, args.data, family=args.family, adapter=args.adapter, fmt=args.format, limit=args.limit,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, evaluation=evaluation, out=args.out,
+    )
+    print(format_summary_table({"pass@1": summary}))
+    return 0

@@ -1,0 +1,24 @@
+"""`python -m app train [CONFIG] key=value ...`"""
+
+from __future__ import annotations
+
+import argparse
+
+from app.config import load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="YAML config (e.g. configs/quickstart.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. ppo.lr=1e-5 trainer.max_steps=50")
+
+
+def run(args: argparse.Namespace) -> int:
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:  # only overrides were given
+        config, overrides = None, [config, *overrides]
+    cfg = load_config(config, overrides)
+    from app.ppo.train import train  # heavy imports only once the config is valid
+
+    _, trainer = train(cfg)
+    print(f"logs and checkpoints: {trainer.log_dir}")
+    return 0

@@ -1,0 +1,274 @@
+"""PPOModule: policy, frozen reference and value head, trained by PPO against the solver score.
+
+One `training_step` is one PPO iteration:
+
+    prompts ─► generate ─► (scorer starts solving) ─► old/ref log-probs, values ─► scores
+            ─► per-token rewards (−β·KL, score on the last token) ─► GAE ─► K epochs × minibatches
+
+Optimization is manual (`automatic_optimization = False`) because one batch of prompts feeds
+several optimizer steps. The module never imports SCIP: scores come from the trainer's
+`RolloutScorer` callback.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from app.config import TrainConfig
+from app.data.prompts import build_messages
+from app.models.loading import LoadedModel
+from app.models.policy import PolicyWithValue
+from app.optim import lr_lambda
+from app.ppo import losses
+from app.ppo.kl import build_kl_controller
+from app.ppo.rollout import Rollout, partial_kl_mask
+from app.ppo.scoring import RolloutScorer
+
+
+class PPOModule(pl.LightningModule):
+    def __init__(self, cfg: TrainConfig, loaded: LoadedModel, policy: PolicyWithValue):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = loaded.tokenizer
+        self.chat = loaded.chat
+        self.policy = policy
+        self.kl_ctl = build_kl_controller(cfg.ppo.kl)
+        self.iteration = 0  # PPO iterations done (the trainer's global_step counts optimizer steps)
+        self.automatic_optimization = False
+        self.strict_loading = False  # LoRA checkpoints hold only the trainable weights
+
+    # ---- Lightning plumbing -------------------------------------------------------------
+
+    def configure_optimizers(self):
+        ppo = self.cfg.ppo
+        groups = [
+            {"params": list(self.policy.policy_parameters()), "lr": ppo.lr},
+            {"params": list(self.policy.value_parameters()), "lr": ppo.value_lr or ppo.lr},
+        ]
+        optimizer = torch.optim.AdamW(groups, weight_decay=ppo.weight_decay)
+        factor = lr_lambda(ppo.lr_schedule, ppo.warmup_steps, self.cfg.trainer.max_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
+
+    def state_dict(self, *args, **kwargs):
+        """Only what training changes: LoRA + value head (LoRA) or everything (full fine-tuning)."""
+        return {f"policy.{k}": v for k, v in self.policy.trainable_state_dict().items()}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        prefix = "policy."
+        self.policy.load_trainable_state_dict({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ppo"] = {"iteration": self.iteration, "kl_controller": self.kl_ctl.state_dict()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.iteration = checkpoint["ppo"]["iteration"]
+        self.kl_ctl.load_state_dict(checkpoint["ppo"]["kl_controller"])
+
+    def on_train_end(self) -> None:
+        """The trained weights in the file `python -m app export --adapter` reads."""
+        if self.trainer.is_global_zero:
+            self.policy.save_trainable(Path(self.trainer.log_dir or self.trainer.default_root_dir) / "trainable.pt")
+
+    def _scorer(self) -> RolloutScorer:
+        scorers = [cb for cb in self.trainer.callbacks if isinstance(cb, RolloutScorer)]
+        if len(scorers) != 1:
+            raise RuntimeError(f"PPO needs exactly one RolloutScorer callback, the trainer has {len(scorers)}")
+        return scorers[0]
+
+    def _seed(self, salt: int) -> int:
+        """Seed per (seed, iteration, rank, purpose): resuming at iteration i replays it exactly."""
+        return (self.cfg.seed * 1_000_003 + self.iteration * 10_007 + self.global_rank * 101 + salt) % (2**31)
+
+    def _generator(self, salt: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self._seed(salt))
+
+    # ---- the algorithm -----------------------------------------------------------------
+
+    def training_step(self, problems: list, batch_idx: int):
+        ppo = self.cfg.ppo
+        timings: dict[str, float] = {}
+        problems = [p for p in problems for _ in range(ppo.samples_per_prompt)]
+
+        t0 = time.perf_counter()
+        rollout = self.generate_rollout(problems)
+        timings["time/generate"] = time.perf_counter() - t0
+        if rollout is None:
+            return None
+
+        scorer = self._scorer()
+        scorer.begin(rollout.responses, rollout.problems)  # SCIP works in its own processes from here on
+
+        t0 = time.perf_counter()
+        self.evaluate_rollout(rollout)  # old log-probs, reference log-probs, values
+        timings["time/forward"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        scored = scorer.finish(self)
+        timings["time/score_wait"] = time.perf_counter() - t0
+        rollout.scores = torch.tensor(scored.scores, dtype=torch.float32, device=self.device)
+        rollout.breakdowns = scored.breakdowns
+
+        self.compute_advantages(rollout)
+        if not (torch.isfinite(rollout.rewards).all() and torch.isfinite(rollout.advantages).all()):
+            self.log("train/skipped_nonfinite", 1.0)
+            self.print(f"iteration {self.iteration}: non-finite rewards or advantages, step skipped")
+            self._end_iteration()
+            return None
+
+        t0 = time.perf_counter()
+        stats = self.ppo_update(rollout)
+        timings["time/update"] = time.perf_counter() - t0
+
+        kl_per_seq = (rollout.kl * rollout.response_mask).sum(-1).mean()
+        self.kl_ctl.update(float(self._mean_across_ranks(kl_per_seq)), len(rollout))
+        n_tokens = rollout.response_mask.sum(-1)
+        self.log_dict(
+            {
+                "train/kl": kl_per_seq,
+                "train/kl_coef": float(self.kl_ctl.value),
+                "train/score": rollout.scores.mean(),
+                "train/response_length": n_tokens.float().mean(),
+                "train/generation_tokens_per_s": rollout.tokens_per_second,
+                "train/lr": self.optimizers().param_groups[0]["lr"],
+                **stats,
+                **timings,
+            },
+            sync_dist=True,
+        )
+        self.log("reward", rollout.scores.mean(), prog_bar=True, logger=False, sync_dist=True)
+        self.log("kl", kl_per_seq, prog_bar=True, logger=False, sync_dist=True)
+        self.last_rollout = rollout  # read by the sample logger callback
+        self._end_iteration()
+        return None
+
+    def _end_iteration(self) -> None:
+        self.lr_schedulers().step()
+        self.iteration += 1
+        if self.iteration >= self.cfg.trainer.max_steps:
+            self.trainer.should_stop = True
+
+    def _mean_across_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        return self.all_gather(value.detach()).float().mean()
+
+    @torch.no_grad()
+    def generate_rollout(self, problems: list) -> Rollout | None:
+        """Render prompts with the model's chat format, sample responses, decode them."""
+        limit = self.cfg.data.max_prompt_tokens
+        prompts, kept = [], []
+        for problem in problems:
+            ids = self.chat.encode_prompt(self.tokenizer, build_messages(problem))
+            if len(ids) > limit:
+                self.print(f"problem {problem.id}: prompt of {len(ids)} tokens > data.max_prompt_tokens={limit}, skipped")
+                continue
+            prompts.append(ids)
+            kept.append(problem)
+        if not prompts:
+            return None
+        self.policy.eval()
+        gen = self.policy.generate(prompts, self.cfg.sampling, generator=self._generator(salt=1))
+        response_ids = gen.sequences[:, gen.prompt_length :]
+        responses = [
+            self.tokenizer.decode(row[mask.bool()].tolist(), skip_special_tokens=True)
+            for row, mask in zip(response_ids, gen.response_mask)
+        ]
+        return Rollout(
+            problems=kept,
+            responses=responses,
+            sequences=gen.sequences,
+            attention_mask=gen.attention_mask,
+            prompt_length=gen.prompt_length,
+            response_mask=gen.response_mask.float(),
+            tokens_per_second=gen.tokens_per_second,
+        )
+
+    @torch.no_grad()
+    def evaluate_rollout(self, rollout: Rollout) -> None:
+        start, t = rollout.prompt_length, self._temperature
+        rollout.old_logprobs, rollout.values, _ = self.policy(rollout.sequences, rollout.attention_mask, start, t)
+        rollout.ref_logprobs = self.policy.reference_logprobs(rollout.sequences, rollout.attention_mask, start, t)
+
+    @property
+    def _temperature(self) -> float:
+        """Log-probs are taken at the sampling temperature, so ratios and KL compare like with like."""
+        return self.cfg.sampling.temperature if self.cfg.sampling.do_sample else 1.0
+
+    @torch.no_grad()
+    def compute_advantages(self, rollout: Rollout) -> None:
+        ppo, mask = self.cfg.ppo, rollout.response_mask
+        rollout.kl = losses.kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, ppo.kl.estimator) * mask
+        rollout.kl_mask = None
+        if ppo.kl.partial:
+            response_ids = rollout.sequences[:, rollout.prompt_length :]
+            rollout.kl_mask = partial_kl_mask(response_ids, mask, self.tokenizer).to(mask)
+        rollout.rewards = losses.token_rewards(rollout.scores, rollout.kl, mask, self.kl_ctl.value, rollout.kl_mask)
+        advantages, rollout.returns = losses.gae(rollout.rewards, rollout.values, mask, ppo.gamma, ppo.lam)
+        if ppo.whiten_advantages:
+            advantages = losses.masked_whiten(advantages, mask)
+        rollout.advantages = advantages
+
+    def ppo_update(self, rollout: Rollout) -> dict[str, float]:
+        """K epochs over shuffled minibatches, with accumulation, clipping and an approx-KL stop."""
+        ppo = self.cfg.ppo
+        optimizer = self.optimizers()
+        self.policy.train()
+        sums: dict[str, float] = {}
+        n_minibatches, n_skipped, stopped_early = 0, 0, False
+        per_epoch = math.ceil(len(rollout) / ppo.minibatch_size)
+        generator = torch.Generator().manual_seed(self._seed(salt=2))
+        for _ in range(ppo.epochs):
+            for i, mb in enumerate(rollout.minibatches(ppo.minibatch_size, generator)):
+                loss, stats = self.minibatch_loss(mb)
+                if torch.isfinite(loss):
+                    self.manual_backward(loss / ppo.grad_accum)
+                else:  # a non-finite loss never reaches the weights
+                    n_skipped += 1
+                if (i + 1) % ppo.grad_accum == 0 or i + 1 == per_epoch:
+                    self.clip_gradients(optimizer, gradient_clip_val=ppo.max_grad_norm, gradient_clip_algorithm="norm")
+                    if self._gradients_finite():
+                        optimizer.step()
+                    else:
+                        n_skipped += 1
+                    optimizer.zero_grad(set_to_none=True)
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                n_minibatches += 1
+                if ppo.max_approx_kl is not None and stats["train/approx_kl"] > ppo.max_approx_kl:
+                    stopped_early = True
+                    break
+            if stopped_early:
+                break
+        optimizer.zero_grad(set_to_none=True)
+        out = {key: value / max(1, n_minibatches) for key, value in sums.items()}
+        out["train/early_stopped"] = float(stopped_early)
+        out["train/skipped_nonfinite"] = float(n_skipped)
+        out["train/explained_variance"] = float(
+            losses.explained_variance(rollout.values, rollout.returns, rollout.response_mask)
+        )
+        return out
+
+    def _gradients_finite(self) -> bool:
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        return all(bool(torch.isfinite(g).all()) for g in grads)
+
+    def minibatch_loss(self, mb: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
+        ppo, mask = self.cfg.ppo, mb.response_mask
+        logprobs, values, entropy = self.policy(mb.sequences, mb.attention_mask, mb.prompt_length, self._temperature)
+        pg_loss, pg_stats = losses.policy_loss(logprobs, mb.old_logprobs, mb.advantages, mask, ppo.clip_low, ppo.clip_high)
+        v_loss, v_stats = losses.value_loss(values, mb.values, mb.returns, mask, ppo.value_clip)
+        mean_entropy = losses.masked_mean(entropy, mask)
+        loss = pg_loss + ppo.vf_coef * v_loss - ppo.entropy_coef * mean_entropy
+        stats = {
+            "train/policy_loss": float(pg_loss),
+            "train/value_loss": float(v_loss),
+            "train/entropy": float(mean_entropy),
+            "train/approx_kl": float(pg_stats["approx_kl"]),
+            "train/clip_fraction": float(pg_stats["clip_fraction"]),
+            "train/value_clip_fraction": float(v_stats["clip_fraction"]),
+        }
+        return loss, stats

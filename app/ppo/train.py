@@ -1,0 +1,58 @@
+"""Builds the PPO run from a TrainConfig: model stack, module, data, callbacks, Trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from app.config import TrainConfig
+from app.data.datamodule import PromptDataModule
+from app.errors import UserError
+from app.models.loading import load_model
+from app.models.policy import build_policy
+from app.ppo.module import PPOModule
+from callbacks.checkpoint import IterationCheckpoint
+from callbacks.sample_logger import SampleLogger
+from callbacks.solver_reward import SolverReward
+
+
+def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None) -> pl.Trainer:
+    t = cfg.trainer
+    logger = TensorBoardLogger(t.root_dir, name=cfg.run_name)
+    callbacks = [
+        SolverReward(cfg.evaluation),
+        SampleLogger(t.sample_log_every),
+        IterationCheckpoint(t.checkpoint_every),
+        *(extra_callbacks or []),
+    ]
+    return pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_epochs=-1,  # the prompt stream is endless; PPOModule stops after trainer.max_steps iterations
+        max_steps=-1,
+        logger=logger,
+        callbacks=callbacks,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_checkpointing=False,  # IterationCheckpoint counts PPO iterations, not optimizer steps
+        enable_progress_bar=t.enable_progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # the prompt stream shards itself by rank and worker
+        num_sanity_val_steps=0,
+    )
+
+
+def train(cfg: TrainConfig, extra_callbacks: list | None = None) -> tuple[PPOModule, pl.Trainer]:
+    if cfg.resume is not None and not Path(cfg.resume).is_file():
+        raise UserError(f"resume checkpoint not found: {cfg.resume}")
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    loaded = load_model(cfg.model)
+    module = PPOModule(cfg, loaded, build_policy(loaded, cfg.model))
+    datamodule = PromptDataModule(cfg.data, batch_size=cfg.ppo.prompts_per_step, seed=cfg.seed)
+    trainer = build_trainer(cfg, extra_callbacks)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
+    return module, trainer

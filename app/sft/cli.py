@@ -1,0 +1,55 @@
+"""`python -m app sft [CONFIG] key=value ...`: supervised warm start, writes a checkpoint directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from app.config import SFTConfig, load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="YAML config (e.g. configs/quickstart_sft.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sft.max_steps=200 output_dir=DIR")
+
+
+def train_sft(cfg: SFTConfig) -> Path:
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from app.data.datamodule import PromptDataModule
+    from app.models.export import write_checkpoint
+    from app.models.loading import load_model
+    from app.sft.module import SFTModule
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    loaded = load_model(cfg.model)
+    module = SFTModule(cfg, loaded)
+    datamodule = PromptDataModule(cfg.data, batch_size=cfg.sft.batch_size, seed=cfg.seed)
+    t = cfg.trainer
+    trainer = pl.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=t.precision, max_steps=cfg.sft.max_steps, max_epochs=-1,
+        gradient_clip_val=cfg.sft.max_grad_norm, logger=TensorBoardLogger(t.root_dir, name=cfg.run_name),
+        log_every_n_steps=t.log_every_n_steps, enable_checkpointing=False,
+        enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, use_distributed_sampler=False,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    out = Path(cfg.output_dir)
+    if trainer.is_global_zero:
+        model = module.model
+        if cfg.model.lora.enabled:
+            model = model.merge_and_unload()
+        write_checkpoint(model, loaded.tokenizer, source_dir=cfg.model.path, out_dir=out)
+    trainer.strategy.barrier()
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:
+        config, overrides = None, [config, *overrides]
+    cfg = load_config(config, overrides, schema_cls=SFTConfig)
+    out = train_sft(cfg)
+    print(f"SFT model written to {out}")
+    return 0

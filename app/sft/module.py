@@ -1,0 +1,89 @@
+"""SFTModule: supervised warm start (RLHF step 1) on question -> reference answer pairs.
+
+The target is the answer the PPO instruction asks for (the reference model in a ```lp block,
+then the optimal value), so the SFT policy starts PPO already speaking the expected format.
+Loss: token cross-entropy on the answer tokens only (prompt and padding are ignored).
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+
+from app.config import SFTConfig
+from app.data.prompts import answer_text, build_messages
+from app.models.generation import left_pad, positions_from_mask
+from app.models.loading import LoadedModel
+from app.models.policy import default_target_modules
+from app.optim import lr_lambda
+
+IGNORE = -100
+
+
+class SFTModule(pl.LightningModule):
+    def __init__(self, cfg: SFTConfig, loaded: LoadedModel):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = loaded.tokenizer
+        self.chat = loaded.chat
+        model = loaded.model
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lora = cfg.model.lora
+        if lora.enabled:
+            target = lora.target_modules or default_target_modules(model)
+            model = get_peft_model(
+                model,
+                LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
+                           bias="none", task_type="CAUSAL_LM"),
+            )
+        self.model = model
+        self.skipped_long = 0
+
+    def encode(self, problems: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Problems -> left-padded input_ids (B, S), attention_mask (B, S), labels (B, S)."""
+        rows, label_rows = [], []
+        eos = self.chat.stop_token_ids[0]
+        for problem in problems:
+            prompt = self.chat.encode_prompt(self.tokenizer, build_messages(problem))
+            target = self.tokenizer.encode(answer_text(problem), add_special_tokens=False) + [eos]
+            if len(prompt) + len(target) > self.cfg.sft.max_length:
+                self.skipped_long += 1
+                self.print(f"problem {problem.id}: {len(prompt) + len(target)} tokens > sft.max_length="
+                           f"{self.cfg.sft.max_length}, skipped")
+                continue
+            rows.append(prompt + target)
+            label_rows.append([IGNORE] * len(prompt) + target)
+        if not rows:
+            return None
+        input_ids, attention_mask = left_pad(rows, self.chat.pad_token_id, self.device)
+        labels, _ = left_pad(label_rows, IGNORE, self.device)
+        return input_ids, attention_mask, labels
+
+    def training_step(self, problems: list, batch_idx: int):
+        encoded = self.encode(problems)
+        if encoded is None:
+            return None
+        input_ids, attention_mask, labels = encoded
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask,
+            position_ids=positions_from_mask(attention_mask), use_cache=False,
+        )
+        logits = out.logits[:, :-1].float()  # (B, S-1, V): position t predicts token t+1
+        loss = F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
+        with torch.no_grad():
+            answer = labels[:, 1:] != IGNORE
+            accuracy = (logits.argmax(-1) == labels[:, 1:])[answer].float().mean()
+        self.log("sft/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("sft/token_accuracy", accuracy, prog_bar=True, sync_dist=True)
+        self.log("sft/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def configure_optimizers(self):
+        s = self.cfg.sft
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(s.lr_schedule, s.warmup_steps, s.max_steps))
+        return [optimizer], [{"scheduler": scheduler, "interval": "step"}]

@@ -1,0 +1,1 @@
+"""Lightning callbacks that observe or feed training: solver rewards, sample logging."""

@@ -1,0 +1,41 @@
+"""Saves a checkpoint every N PPO iterations, atomically, plus `last.ckpt` for `resume=`.
+
+Lightning's ModelCheckpoint counts optimizer steps; a PPO iteration takes several, so this
+callback counts iterations instead. Files are written under a temporary name and renamed, so a
+run killed mid-save (kill -9) never leaves a truncated checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class IterationCheckpoint(Callback):
+    def __init__(self, every_n_iterations: int):
+        self.every = every_n_iterations
+        self.dirpath: Path | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        root = trainer.log_dir or trainer.default_root_dir
+        self.dirpath = Path(root) / "checkpoints"
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        done = pl_module.iteration
+        if self.every > 0 and done > 0 and (done % self.every == 0 or trainer.should_stop):
+            self.save(trainer, done)
+
+    def save(self, trainer: Trainer, iteration: int) -> Path:
+        final = self.dirpath / f"iter-{iteration:06d}.ckpt"
+        tmp = final.with_suffix(".ckpt.tmp")
+        trainer.save_checkpoint(tmp)  # every rank calls it; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, final)
+            last_tmp = self.dirpath / "last.ckpt.tmp"
+            shutil.copyfile(final, last_tmp)
+            os.replace(last_tmp, self.dirpath / "last.ckpt")
+        trainer.strategy.barrier()
+        return final

@@ -1,0 +1,92 @@
+"""Scores each rollout with the evaluation system's SCIP worker pool and logs the solver metrics.
+
+`begin` submits the responses to the pool and returns at once, so the module's reference and
+value passes run while SCIP solves; `finish` waits, attaches the scores and logs accuracy,
+solved rate, format rate, graph distance and reward mean/std, reduced across ranks by
+torchmetrics. A pool failure never stops training: every response then scores 0 with the reason.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from torchmetrics import MeanMetric
+
+from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, ScoreResult
+from app.ppo.scoring import RolloutScorer, RolloutScores
+
+METRICS = ("accuracy", "solved_rate", "format_rate", "graph_distance", "reward", "reward_sq")
+
+
+def _summary_values(result: ScoreResult) -> dict[str, float | None]:
+    return {
+        "accuracy": float(result.matched),
+        "solved_rate": float(result.breakdown.get("solved", 0.0) > 0),
+        "format_rate": float(result.breakdown.get("format", 0.0) > 0),
+        "graph_distance": result.graph_distance,
+        "reward": result.reward,
+        "reward_sq": result.reward**2,
+    }
+
+
+class SolverReward(RolloutScorer):
+    def __init__(self, config: EvaluationConfig):
+        self.config = config
+        self.pool: EvaluatorPool | None = None
+        self._pending = None
+        self._n_items = 0
+        self.metrics = {name: MeanMetric() for name in METRICS}
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.pool is None:
+            self.pool = EvaluatorPool(self.config)
+        for name, metric in self.metrics.items():
+            self.metrics[name] = metric.to(pl_module.device)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def begin(self, responses: list[str], problems: list) -> None:
+        items = [(text, Reference.from_answer(p.answer, p.reference_model)) for text, p in zip(responses, problems)]
+        self._n_items = len(items)
+        try:
+            self._pending = self.pool.submit(items)
+        except Exception as err:  # the pool itself broke: score zero, keep training
+            self._pending = err
+
+    def finish(self, module: LightningModule) -> RolloutScores:
+        pending, self._pending = self._pending, None
+        try:
+            if isinstance(pending, Exception):
+                raise pending
+            results = pending.result()
+        except Exception as err:
+            reason = f"reward worker failure: {type(err).__name__}: {err}"
+            module.print(reason)
+            return RolloutScores(
+                scores=[0.0] * self._n_items,
+                breakdowns=[{"reason": reason}] * self._n_items,
+                metrics={"solver/worker_failures": float(self._n_items)},
+            )
+        for result in results:
+            for name, value in _summary_values(result).items():
+                # A missing value (no reference model: no graph distance) counts with weight 0, so
+                # every rank updates and syncs the same metrics.
+                weight = 0.0 if value is None else 1.0
+                self.metrics[name].update(torch.tensor(value or 0.0), torch.tensor(weight))
+        reduced = {}
+        for name, metric in self.metrics.items():
+            value = float(metric.compute())  # compute() syncs across ranks
+            metric.reset()
+            if value == value:  # nan when no rank had a value
+                reduced[name] = value
+        mean = reduced["reward"]
+        reduced["reward_std"] = max(0.0, reduced.pop("reward_sq") - mean * mean) ** 0.5
+        module.log_dict({f"solver/{k}": v for k, v in reduced.items()}, rank_zero_only=True)
+        return RolloutScores(
+            scores=[r.reward for r in results],
+            breakdowns=[{**r.breakdown, "status": r.status, "reason": r.reason} for r in results],
+            metrics=reduced,
+        )
