@@ -1,0 +1,253 @@
+"""The PPO policy: a causal LM with LoRA, the adapter-off reference, and a scalar value head.
+
+One model, three roles:
+- policy: the LM with its LoRA adapter on (the only weights PPO trains, besides the value head);
+- reference: the same weights with the adapter disabled — no second copy (in full fine-tuning
+  mode, `lora.enabled: false`, a frozen deep copy instead);
+- value head: Linear(hidden, 1) in fp32 on the final (post-norm, batch-first) hidden states.
+
+Alignment (used by GAE): for a sequence whose response starts at column `s`, response token t
+sits at column s+t and is predicted from the hidden state at column s+t-1. `values[:, t]` is read
+from that same hidden state, so it is V(state before emitting token t); the reward for token t
+and `values[:, t+1]` (or 0 after the last token) complete the TD step.
+
+Positions come from the attention mask (`positions_from_mask`), exactly as in generation, so
+scoring a left-padded batch gives each row the numbers it gets alone.
+
+The model must be a transformers `PreTrainedModel` whose `base_model` (the backbone) returns the
+final-normed hidden states (B, S, H) first and whose `get_output_embeddings()` is the LM head:
+logits are computed only for the response slice.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from app.errors import UserError
+from app.models.config import LoraSettings, ModelConfig, SamplingConfig
+from app.models.generation import Generation, generate, positions_from_mask
+
+if TYPE_CHECKING:
+    from app.models.loading import LoadedModel
+
+# ChatGLM's linear layers by their published names: attention qkv and output, the SwiGLU MLP.
+CHATGLM_TARGET_MODULES = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+TRAINABLE_FORMAT = "solver-ppo/trainable-v1"
+TRAINABLE_FILENAME = "trainable.pt"  # name inside a checkpoint directory
+
+
+def default_target_modules(model: nn.Module) -> list[str] | str:
+    """ChatGLM: its four linear layer names. Other families: every linear layer but the LM head
+    (peft's "all-linear"), the same coverage as the ChatGLM default."""
+    if getattr(model.config, "model_type", None) == "chatglm":
+        return list(CHATGLM_TARGET_MODULES)
+    return "all-linear"
+
+
+class ValueHead(nn.Module):
+    """Scalar value per position from final hidden states, in fp32 whatever the model dtype."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, 1, dtype=torch.float32)
+        # near-zero start: early value losses do not swamp the policy gradient through shared layers
+        nn.init.normal_(self.proj.weight, std=1e-3)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) -> (B, T)"""
+        return self.proj(hidden.float()).squeeze(-1)
+
+
+class PolicyWithValue(nn.Module):
+    def __init__(
+        self,
+        model: nn.Module,
+        lora: LoraSettings,
+        *,
+        pad_token_id: int,
+        stop_token_ids: list[int],
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        self.pad_token_id = pad_token_id
+        self.stop_token_ids = list(stop_token_ids)
+        self.reference: nn.Module | None = None
+        if gradient_checkpointing:
+            # non-reentrant: works with a frozen base (no need for inputs that require grad)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if lora.enabled:
+            target = lora.target_modules or default_target_modules(model)
+            self.lora_settings: dict[str, Any] | None = {**asdict(lora), "target_modules": target}
+            config = LoraConfig(
+                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
+                bias="none", task_type="CAUSAL_LM",
+            )
+            self.model: nn.Module = get_peft_model(model, config)  # freezes the base, B matrices start at 0
+        else:
+            self.lora_settings = None
+            self.model = model
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        hidden = self.causal_lm.get_output_embeddings().weight.shape[1]
+        self.value_head = ValueHead(hidden).to(next(model.parameters()).device)
+
+    @property
+    def causal_lm(self) -> nn.Module:
+        """The transformers model (with LoRA layers injected in LoRA mode)."""
+        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+
+    # ---- scoring -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _hidden(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, S) -> (B, S, H) final-normed hidden states, one backbone forward."""
+        out = lm.base_model(
+            input_ids=input_ids, attention_mask=attention_mask,
+            position_ids=positions_from_mask(attention_mask), use_cache=False,
+        )
+        return out[0]
+
+    @staticmethod
+    def _response_logits(lm: nn.Module, hidden: torch.Tensor, response_start: int, temperature: float) -> torch.Tensor:
+        """(B, S, H) -> (B, R, V) fp32 logits predicting each response token."""
+        if not 0 < response_start < hidden.size(1):
+            raise ValueError(f"response_start must be in 1..{hidden.size(1) - 1} for sequences of length {hidden.size(1)}, got {response_start}")
+        h = hidden[:, response_start - 1 : -1]  # (B, R, H)
+        return lm.get_output_embeddings()(h).float() / temperature
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, temperature: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, S) -> logprobs, values, entropy, each (B, R) with R = S - response_start.
+
+        `temperature` divides the logits, so logprobs match what was sampled at that temperature.
+        """
+        lm = self.causal_lm
+        hidden = self._hidden(lm, input_ids, attention_mask)  # (B, S, H)
+        logp = self._response_logits(lm, hidden, response_start, temperature).log_softmax(-1)  # (B, R, V)
+        targets = input_ids[:, response_start:]  # (B, R)
+        logprobs = logp.gather(-1, targets[..., None]).squeeze(-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        values = self.value_head(hidden[:, response_start - 1 : -1])  # (B, R)
+        return logprobs, values, entropy
+
+    @torch.no_grad()
+    def reference_logprobs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """(B, S) -> (B, R) log-probs of the response tokens under the reference model."""
+        if self.reference is not None:
+            lm = self.reference
+            hidden = self._hidden(lm, input_ids, attention_mask)
+        else:
+            lm = self.causal_lm
+            with self.model.disable_adapter():
+                hidden = self._hidden(lm, input_ids, attention_mask)
+        logp = self._response_logits(lm, hidden, response_start, temperature).log_softmax(-1)
+        return logp.gather(-1, input_ids[:, response_start:, None]).squeeze(-1)
+
+    # ---- generation ----------------------------------------------------------------------------
+
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingConfig, generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Generation:
+        """Sample from the policy (adapter on) with the model's pad and stop tokens."""
+        return generate(
+            self.causal_lm, prompts, pad_token_id=self.pad_token_id, stop_token_ids=self.stop_token_ids,
+            sampling=sampling, generator=generator, use_cache=use_cache,
+        )
+
+    # ---- parameters and checkpoints ------------------------------------------------------------
+
+    def policy_parameters(self) -> list[nn.Parameter]:
+        """Trainable LM parameters: the LoRA matrices, or every LM weight in full mode."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def value_parameters(self) -> list[nn.Parameter]:
+        return list(self.value_head.parameters())
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What PPO changes — LoRA + value head (LoRA mode) or LM + value head (full mode)."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        own = dict((name, p) for name, p in self.named_parameters() if p.requires_grad)
+        missing = sorted(own.keys() - state_dict.keys())
+        unexpected = sorted(state_dict.keys() - own.keys())
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"{len(missing)} missing (first: '{missing[0]}')")
+            if unexpected:
+                parts.append(f"{len(unexpected)} unexpected (first: '{unexpected[0]}')")
+            raise UserError(
+                f"trainable weights do not match this model: {', '.join(parts)}; "
+                "was it saved from a different base model or LoRA setting?"
+            )
+        for name, p in own.items():
+            if tuple(state_dict[name].shape) != tuple(p.shape):
+                raise UserError(
+                    f"trainable weight '{name}' has shape {tuple(state_dict[name].shape)} in the file "
+                    f"but {tuple(p.shape)} in this model; was it saved from a different base model or LoRA rank?"
+                )
+        with torch.no_grad():
+            for name, p in own.items():
+                p.copy_(state_dict[name])
+
+    def save_trainable(self, path: str | Path) -> Path:
+        """Write the trainable weights and the LoRA settings that shape them (one torch.save file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": TRAINABLE_FORMAT,
+            "lora": self.lora_settings,
+            "state_dict": {k: v.cpu() for k, v in self.trainable_state_dict().items()},
+        }
+        torch.save(payload, path)
+        return path
+
+    def load_trainable(self, path: str | Path) -> None:
+        payload = read_trainable(path)
+        if (payload["lora"] is None) != (self.lora_settings is None):
+            saved = "full fine-tuning" if payload["lora"] is None else "LoRA"
+            mine = "full fine-tuning" if self.lora_settings is None else "LoRA"
+            raise UserError(f"{path}: saved in {saved} mode but this policy uses {mine}; set model.lora.enabled to match")
+        self.load_trainable_state_dict(payload["state_dict"])
+
+
+def read_trainable(path: str | Path) -> dict[str, Any]:
+    """Read a file written by `save_trainable` (or a directory holding `trainable.pt`).
+
+    Returns {"format", "lora": dict of LoraSettings fields or None (full mode), "state_dict"}.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / TRAINABLE_FILENAME
+    if not path.is_file():
+        raise UserError(f"adapter file not found: {path}; pass the file written by the trainer ({TRAINABLE_FILENAME})")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and weights_only errors come in several types
+        raise UserError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != TRAINABLE_FORMAT:
+        raise UserError(f"{path}: not a trainable-weights file (expected format '{TRAINABLE_FORMAT}')")
+    return payload
+
+
+def build_policy(loaded: LoadedModel, cfg: ModelConfig) -> PolicyWithValue:
+    """Wrap a loaded model as the PPO policy, as `cfg.lora` and `cfg.gradient_checkpointing` say."""
+    return PolicyWithValue(
+        loaded.model,
+        cfg.lora,
+        pad_token_id=loaded.chat.pad_token_id,
+        stop_token_ids=list(loaded.chat.stop_token_ids),
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )

@@ -1,0 +1,246 @@
+"""Policy with LoRA, adapter-off reference and value head, on a tiny Llama built here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from app.errors import UserError
+from app.models.config import LoraSettings, SamplingConfig
+from app.models.generation import left_pad, positions_from_mask
+from app.models.policy import PolicyWithValue, ValueHead, read_trainable
+
+PAD = 0
+PROMPTS = [[5, 9, 14, 3, 22, 7], [11, 4], [30, 31, 32]]
+RESPONSES = [[40, 41, 2], [17, 18, 19, 20, 21], [8]]  # different lengths: right-padded in the batch
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def make_policy(lora: LoraSettings | None = None, seed: int = 0, **kw) -> PolicyWithValue:
+    torch.manual_seed(seed)
+    return PolicyWithValue(tiny_llama(seed), lora or LoraSettings(r=4, alpha=8), pad_token_id=PAD,
+                           stop_token_ids=[2], **kw)
+
+
+def batch(prompts=PROMPTS, responses=RESPONSES):
+    """Left-padded prompts, then right-padded responses -> ids (B, S), mask (B, S), P, response mask (B, R)."""
+    ids, mask = left_pad(prompts, PAD)
+    R = max(len(r) for r in responses)
+    resp = torch.full((len(responses), R), PAD, dtype=torch.long)
+    resp_mask = torch.zeros((len(responses), R), dtype=torch.long)
+    for i, r in enumerate(responses):
+        resp[i, : len(r)] = torch.tensor(r)
+        resp_mask[i, : len(r)] = 1
+    return torch.cat([ids, resp], 1), torch.cat([mask, resp_mask], 1), ids.size(1), resp_mask.bool()
+
+
+def train_step(policy: PolicyWithValue, lr: float = 1e-2) -> None:
+    ids, mask, P, rmask = batch()
+    opt = torch.optim.Adam(policy.policy_parameters() + policy.value_parameters(), lr=lr)
+    logprobs, values, _ = policy(ids, mask, P)
+    loss = -(logprobs * rmask).sum() / rmask.sum() + (values**2 * rmask).mean()
+    loss.backward()
+    opt.step()
+
+
+def test_reference_equals_policy_at_init_and_splits_after_a_step():
+    policy = make_policy()
+    ids, mask, P, rmask = batch()
+    logp0, _, _ = policy(ids, mask, P)
+    ref0 = policy.reference_logprobs(ids, mask, P)
+    assert torch.equal(logp0, ref0)  # LoRA B starts at zero: the adapter is a no-op
+
+    train_step(policy)
+    logp1, _, _ = policy(ids, mask, P)
+    ref1 = policy.reference_logprobs(ids, mask, P)
+    assert torch.equal(ref1, ref0)  # the reference never moves
+    assert (logp1 - logp0)[rmask].abs().max() > 1e-4
+    # the policy moved towards the response tokens
+    assert (logp1 * rmask).sum() > (logp0 * rmask).sum()
+
+
+def test_full_finetuning_keeps_a_frozen_copy():
+    policy = make_policy(LoraSettings(enabled=False))
+    assert policy.reference is not None and not policy.reference.training
+    assert all(not p.requires_grad for p in policy.reference.parameters())
+    ids, mask, P, rmask = batch()
+    ref0 = policy.reference_logprobs(ids, mask, P)
+    assert torch.allclose(policy(ids, mask, P)[0], ref0, atol=1e-6)
+    train_step(policy, lr=1e-3)
+    assert torch.equal(policy.reference_logprobs(ids, mask, P), ref0)
+    assert (policy(ids, mask, P)[0] - ref0)[rmask].abs().max() > 1e-4
+
+
+def test_left_padded_batch_equals_rows_alone():
+    policy = make_policy()
+    train_step(policy)  # non-zero LoRA, so the adapter path is exercised too
+    ids, mask, P, rmask = batch()
+    with torch.no_grad():
+        logp, values, entropy = policy(ids, mask, P)
+        ref = policy.reference_logprobs(ids, mask, P)
+        for i, (prompt, resp) in enumerate(zip(PROMPTS, RESPONSES)):
+            row = torch.tensor([prompt + resp])
+            ones = torch.ones_like(row)
+            n = len(resp)
+            l1, v1, e1 = policy(row, ones, len(prompt))
+            r1 = policy.reference_logprobs(row, ones, len(prompt))
+            torch.testing.assert_close(logp[i, :n], l1[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(values[i, :n], v1[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(entropy[i, :n], e1[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(ref[i, :n], r1[0], atol=1e-5, rtol=0)
+
+
+def test_logprobs_entropy_values_match_a_manual_computation():
+    policy = make_policy()
+    train_step(policy)
+    ids, mask, P, _ = batch()
+    with torch.no_grad():
+        logp, values, entropy = policy(ids, mask, P)
+        out = policy.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
+                           output_hidden_states=True)
+        full = out.logits.float().log_softmax(-1)  # (B, S, V)
+        want = full[:, P - 1 : -1].gather(-1, ids[:, P:, None]).squeeze(-1)
+        torch.testing.assert_close(logp, want, atol=1e-6, rtol=0)
+        p = full[:, P - 1 : -1].exp()
+        torch.testing.assert_close(entropy, -(p * full[:, P - 1 : -1]).sum(-1), atol=1e-5, rtol=0)
+        h = out.hidden_states[-1][:, P - 1 : -1]  # state before each response token
+        want_v = h @ policy.value_head.proj.weight[0] + policy.value_head.proj.bias
+        torch.testing.assert_close(values, want_v, atol=1e-6, rtol=0)
+        # temperature divides the logits
+        logp_t, _, _ = policy(ids, mask, P, temperature=0.7)
+        want_t = (out.logits[:, P - 1 : -1].float() / 0.7).log_softmax(-1).gather(-1, ids[:, P:, None]).squeeze(-1)
+        torch.testing.assert_close(logp_t, want_t, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="response_start"):
+        policy(ids, mask, 0)
+
+
+def test_value_head_shape_init_and_grads():
+    head = ValueHead(32)
+    assert head.proj.weight.dtype == torch.float32 and head.proj.weight.std() < 5e-3
+    assert torch.all(head.proj.bias == 0)
+    assert head(torch.randn(2, 5, 32, dtype=torch.bfloat16)).shape == (2, 5)
+
+    policy = make_policy()
+    ids, mask, P, rmask = batch()
+    logprobs, values, entropy = policy(ids, mask, P)
+    assert logprobs.shape == values.shape == entropy.shape == (3, ids.size(1) - P)
+    assert values.dtype == torch.float32
+    (values * rmask).sum().backward()
+    assert policy.value_head.proj.weight.grad.abs().sum() > 0
+    base = policy.causal_lm.model.layers[0].self_attn.q_proj.base_layer.weight
+    assert base.grad is None and not base.requires_grad
+    # entropy is a proper entropy: between 0 and log(V)
+    assert (entropy >= 0).all() and (entropy <= torch.log(torch.tensor(61.0)) + 1e-5).all()
+
+
+def test_default_lora_targets_every_linear_layer_but_the_head():
+    policy = make_policy()
+    linear = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    adapted = {n.split(".")[-4] for n in policy.trainable_state_dict() if "lora_A" in n}
+    assert adapted == set(linear)
+    assert not hasattr(policy.causal_lm.lm_head, "lora_A")
+    only_q = make_policy(LoraSettings(r=2, target_modules=["q_proj"]))
+    assert {n.split(".")[-4] for n in only_q.trainable_state_dict() if "lora_" in n} == {"q_proj"}
+
+
+def test_trainable_state_dict_has_no_base_weights_and_round_trips(tmp_path):
+    policy = make_policy()
+    train_step(policy)
+    sd = policy.trainable_state_dict()
+    assert sd and all("lora_" in k or k.startswith("value_head.") for k in sd)
+    assert sum(v.numel() for v in sd.values()) < 0.2 * sum(p.numel() for p in policy.causal_lm.parameters())
+
+    path = policy.save_trainable(tmp_path / "ckpt" / "trainable.pt")
+    fresh = make_policy()  # same base weights; scramble what load_trainable must restore
+    with torch.no_grad():
+        for p in fresh.trainable_state_dict().values():
+            p.normal_()
+    ids, mask, P, _ = batch()
+    fresh.load_trainable(tmp_path / "ckpt")  # a directory holding trainable.pt works too
+    with torch.no_grad():
+        for a, b in zip(policy(ids, mask, P), fresh(ids, mask, P)):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert read_trainable(path)["lora"]["r"] == 4
+
+
+def test_trainable_file_errors(tmp_path):
+    policy = make_policy()
+    with pytest.raises(UserError, match="adapter file not found"):
+        policy.load_trainable(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_text("hello")
+    with pytest.raises(UserError, match="not a readable torch checkpoint"):
+        policy.load_trainable(tmp_path / "junk.pt")
+    torch.save({"a": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not a trainable-weights file"):
+        policy.load_trainable(tmp_path / "other.pt")
+
+    make_policy(LoraSettings(r=2, alpha=4)).save_trainable(tmp_path / "r2.pt")
+    with pytest.raises(UserError, match=r"lora_A.*shape \(2, 32\) in the file but \(4, 32\)"):
+        policy.load_trainable(tmp_path / "r2.pt")
+    make_policy(LoraSettings(r=4, target_modules=["q_proj"])).save_trainable(tmp_path / "q.pt")
+    with pytest.raises(UserError, match="missing"):
+        policy.load_trainable(tmp_path / "q.pt")
+    make_policy(LoraSettings(enabled=False)).save_trainable(tmp_path / "full.pt")
+    with pytest.raises(UserError, match="full fine-tuning mode"):
+        policy.load_trainable(tmp_path / "full.pt")
+
+
+def distinct_bytes(module: torch.nn.Module) -> int:
+    """Bytes of distinct parameter/buffer storages (shared tensors counted once)."""
+    seen = {}
+    for t in list(module.parameters()) + list(module.buffers()):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def test_lora_reference_is_not_a_second_copy():
+    base_bytes = distinct_bytes(tiny_llama(0))
+    lora = make_policy()
+    assert lora.reference is None
+    # exactly the base plus LoRA matrices and the value head: nothing of the base is duplicated
+    added = sum(v.numel() * v.element_size() for v in lora.trainable_state_dict().values())
+    assert distinct_bytes(lora) == base_bytes + added
+    assert distinct_bytes(make_policy(LoraSettings(r=1, alpha=2))) <= 1.15 * base_bytes  # r=4 on hidden 32 is 16%
+    full = make_policy(LoraSettings(enabled=False))
+    assert distinct_bytes(full) >= 1.99 * base_bytes
+
+
+def test_gradient_checkpointing_gives_the_same_numbers():
+    plain, ckpt = make_policy(), make_policy(gradient_checkpointing=True)
+    assert ckpt.causal_lm.is_gradient_checkpointing
+    ids, mask, P, rmask = batch()
+    grads = []
+    for policy in (plain, ckpt):
+        policy.train()
+        logp, values, _ = policy(ids, mask, P)
+        ((logp + values) * rmask).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in policy.policy_parameters()]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_policy_generate_uses_the_adapter():
+    policy = make_policy().eval()
+    before = policy.generate([[5, 6, 7]], SamplingConfig(max_new_tokens=6, do_sample=False))
+    with torch.no_grad():
+        for p in policy.policy_parameters():
+            if "lora_B" in [n for n, q in policy.named_parameters() if q is p][0]:
+                p.normal_(std=0.5)
+    after = policy.generate([[5, 6, 7]], SamplingConfig(max_new_tokens=6, do_sample=False))
+    assert not torch.equal(before.sequences, after.sequences)
+    # and the scoring path agrees with what generation picked: greedy tokens are each step's argmax
+    with torch.no_grad():
+        ids, mask = after.sequences, after.attention_mask
+        logits = policy.causal_lm(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
+    n = int(after.response_lengths[0])
+    assert torch.equal(logits[0, 2 : 2 + n].argmax(-1), after.responses[0, :n])
