@@ -14,9 +14,9 @@ and `values[:, t+1]` (or 0 after the last token) complete the TD step.
 Positions come from the attention mask (`positions_from_mask`), exactly as in generation, so
 scoring a left-padded batch gives each row the numbers it gets alone.
 
-The model must be a transformers `PreTrainedModel` whose `base_model` (the backbone) returns the
-final-normed hidden states (B, S, H) first and whose `get_output_embeddings()` is the LM head:
-logits are computed only for the response slice.
+The model must be a transformers `PreTrainedModel` whose `get_output_embeddings()` is the LM
+head, called on batch-first final-normed hidden states: logits are computed only for the
+response slice (see `_score`).
 """
 
 from __future__ import annotations
@@ -106,21 +106,37 @@ class PolicyWithValue(nn.Module):
     # ---- scoring -------------------------------------------------------------------------------
 
     @staticmethod
-    def _hidden(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, S) -> (B, S, H) final-normed hidden states, one backbone forward."""
-        out = lm.base_model(
-            input_ids=input_ids, attention_mask=attention_mask,
-            position_ids=positions_from_mask(attention_mask), use_cache=False,
-        )
-        return out[0]
+    def _score(
+        lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward of (B, S) -> logits (B, R, V) fp32 and hidden states (B, R, H) for the response.
 
-    @staticmethod
-    def _response_logits(lm: nn.Module, hidden: torch.Tensor, response_start: int, temperature: float) -> torch.Tensor:
-        """(B, S, H) -> (B, R, V) fp32 logits predicting each response token."""
-        if not 0 < response_start < hidden.size(1):
-            raise ValueError(f"response_start must be in 1..{hidden.size(1) - 1} for sequences of length {hidden.size(1)}, got {response_start}")
-        h = hidden[:, response_start - 1 : -1]  # (B, R, H)
-        return lm.get_output_embeddings()(h).float() / temperature
+        A pre-hook on the LM head hands it only the columns that predict response tokens, so the
+        prompt's (B, P, V) logits are never made; the hook keeps that slice of the final-normed
+        hidden states for the value head. Works for any model that calls its head on batch-first
+        hidden states (HF causal LMs, the native ChatGLM).
+        """
+        B, S = input_ids.shape
+        if not 0 < response_start < S:
+            raise ValueError(f"response_start must be in 1..{S - 1} for sequences of length {S}, got {response_start}")
+        kept: dict[str, torch.Tensor] = {}
+
+        def response_slice(_head: nn.Module, args: tuple) -> tuple:
+            h = args[0]
+            if h.shape[:2] != (B, S):
+                raise ValueError(f"LM head input has shape {tuple(h.shape)}, expected batch-first ({B}, {S}, hidden)")
+            kept["hidden"] = h[:, response_start - 1 : -1]  # (B, R, H): the state before each response token
+            return (kept["hidden"], *args[1:])
+
+        handle = lm.get_output_embeddings().register_forward_pre_hook(response_slice)
+        try:
+            out = lm(
+                input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=positions_from_mask(attention_mask), use_cache=False,
+            )
+        finally:
+            handle.remove()
+        return out.logits.float() / temperature, kept["hidden"]
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, temperature: float = 1.0
@@ -129,14 +145,11 @@ class PolicyWithValue(nn.Module):
 
         `temperature` divides the logits, so logprobs match what was sampled at that temperature.
         """
-        lm = self.causal_lm
-        hidden = self._hidden(lm, input_ids, attention_mask)  # (B, S, H)
-        logp = self._response_logits(lm, hidden, response_start, temperature).log_softmax(-1)  # (B, R, V)
-        targets = input_ids[:, response_start:]  # (B, R)
-        logprobs = logp.gather(-1, targets[..., None]).squeeze(-1)
+        logits, hidden = self._score(self.causal_lm, input_ids, attention_mask, response_start, temperature)
+        logp = logits.log_softmax(-1)  # (B, R, V)
+        logprobs = logp.gather(-1, input_ids[:, response_start:, None]).squeeze(-1)
         entropy = -(logp.exp() * logp).sum(-1)
-        values = self.value_head(hidden[:, response_start - 1 : -1])  # (B, R)
-        return logprobs, values, entropy
+        return logprobs, self.value_head(hidden), entropy
 
     @torch.no_grad()
     def reference_logprobs(
@@ -144,14 +157,11 @@ class PolicyWithValue(nn.Module):
     ) -> torch.Tensor:
         """(B, S) -> (B, R) log-probs of the response tokens under the reference model."""
         if self.reference is not None:
-            lm = self.reference
-            hidden = self._hidden(lm, input_ids, attention_mask)
+            logits, _ = self._score(self.reference, input_ids, attention_mask, response_start, temperature)
         else:
-            lm = self.causal_lm
             with self.model.disable_adapter():
-                hidden = self._hidden(lm, input_ids, attention_mask)
-        logp = self._response_logits(lm, hidden, response_start, temperature).log_softmax(-1)
-        return logp.gather(-1, input_ids[:, response_start:, None]).squeeze(-1)
+                logits, _ = self._score(self.causal_lm, input_ids, attention_mask, response_start, temperature)
+        return logits.log_softmax(-1).gather(-1, input_ids[:, response_start:, None]).squeeze(-1)
 
     # ---- generation ----------------------------------------------------------------------------
 
