@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("app.ppo.cli_train", "PPO against the solver score: train [CONFIG] key=value ..."),
     "eval": ("app.eval_policy", "pass@1 of a model on a dataset, scored by the evaluation system"),
     "sft": ("app.sft.cli", "supervised warm start on question -> reference model pairs: sft [CONFIG] key=value ..."),
+    "export": ("app.models.cli_export", "merge LoRA into the base and write an official-format checkpoint"),
 }
 
 
