@@ -253,6 +253,8 @@ def test_hidden_states_batch_first_last_is_after_final_norm():
     last = out.hidden_states[-1]
     torch.testing.assert_close(model.transformer.output_layer(last), out.logits)
     torch.testing.assert_close(out.hidden_states[0], model.transformer.embedding.word_embeddings(ids))
+    with torch.no_grad():  # the backbone alone returns the same final-normed states, no logits
+        torch.testing.assert_close(model.transformer(ids).last_hidden_state, last)
 
 
 def test_labels_give_shifted_cross_entropy():

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer (k, v), each (B, G, S, D)
 
@@ -283,17 +283,6 @@ class GLMTransformer(nn.Module):
         return x, presents, hidden_states
 
 
-class ChatGLMModel(nn.Module):
-    """The `transformer` submodule; names mirror the published weights."""
-
-    def __init__(self, config: ChatGLMConfig):
-        super().__init__()
-        self.embedding = Embedding(config)
-        self.rotary_pos_emb = RotaryEmbedding(config.kv_channels)
-        self.encoder = GLMTransformer(config)
-        self.output_layer = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
-
-
 def attention_mask_4d(attention_mask: torch.Tensor, query_len: int) -> torch.Tensor:
     """(B, S) 1/0 key mask -> (B, 1, T, S) bool: causal (the last T keys are the queries) and not padding."""
     S = attention_mask.shape[-1]
@@ -307,6 +296,48 @@ def attention_mask_4d(attention_mask: torch.Tensor, query_len: int) -> torch.Ten
 def position_ids_from_mask(attention_mask: torch.Tensor, query_len: int) -> torch.Tensor:
     """(B, S) mask -> (B, T) positions of the last T tokens: real tokens before each, clamped at 0."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -query_len:]
+
+
+class ChatGLMModel(nn.Module):
+    """The `transformer` submodule; names mirror the published weights.
+
+    Its forward returns the final-normed hidden states without applying `output_layer`.
+    """
+
+    def __init__(self, config: ChatGLMConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = Embedding(config)
+        self.rotary_pos_emb = RotaryEmbedding(config.kv_channels)
+        self.encoder = GLMTransformer(config)
+        self.output_layer = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, S), S = cached + T; 1 real, 0 padding
+        position_ids: torch.Tensor | None = None,  # (B, T)
+        past_key_values: KVCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,  # (B, T, C)
+        use_cache: bool = True,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPast:
+        x = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        B, T, _ = x.shape
+        past_len = past_key_values[0][0].shape[2] if past_key_values is not None else 0
+        if attention_mask is None:
+            attention_mask = torch.ones(B, past_len + T, dtype=torch.long, device=x.device)
+        if attention_mask.shape != (B, past_len + T):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past_len + T)} "
+                f"({past_len} cached + {T} new tokens)"
+            )
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask, T)
+        mask = attention_mask_4d(attention_mask, T)
+        angles = rope_angles(position_ids, self.config.kv_channels, self.config.rope_ratio)
+        x, presents, hidden_states = self.encoder(x, angles, mask, past_key_values, use_cache, output_hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=presents, hidden_states=hidden_states)
 
 
 class ChatGLMPreTrainedModel(PreTrainedModel):
@@ -365,25 +396,10 @@ class ChatGLMForCausalLM(ChatGLMPreTrainedModel):
         output_hidden_states = output_hidden_states or self.config.output_hidden_states
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
 
-        x = self.transformer.embedding(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
-        B, T, _ = x.shape
-        past_len = past_key_values[0][0].shape[2] if past_key_values is not None else 0
-        if attention_mask is None:
-            attention_mask = torch.ones(B, past_len + T, dtype=torch.long, device=x.device)
-        if attention_mask.shape != (B, past_len + T):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past_len + T)} "
-                f"({past_len} cached + {T} new tokens)"
-            )
-        if position_ids is None:
-            position_ids = position_ids_from_mask(attention_mask, T)
-        mask = attention_mask_4d(attention_mask, T)
-        angles = rope_angles(position_ids, self.config.kv_channels, self.config.rope_ratio)
-
-        x, presents, hidden_states = self.transformer.encoder(
-            x, angles, mask, past_key_values, use_cache, output_hidden_states
+        out = self.transformer(
+            input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache, output_hidden_states
         )
-        logits = self.transformer.output_layer(x)  # (B, T, V)
+        logits = self.transformer.output_layer(out.last_hidden_state)  # (B, T, V)
 
         loss = None
         if labels is not None:
@@ -391,8 +407,10 @@ class ChatGLMForCausalLM(ChatGLMPreTrainedModel):
                 logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
             )
         if not return_dict:
-            return tuple(t for t in (loss, logits, presents, hidden_states) if t is not None)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=presents, hidden_states=hidden_states)
+            return tuple(t for t in (loss, logits, out.past_key_values, out.hidden_states) if t is not None)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+        )
 
     def prepare_inputs_for_generation(
         self,
