@@ -1,0 +1,1 @@
+"""Prompt data: public dataset formats, streaming datasets, the prompt template."""

@@ -1,0 +1,247 @@
+"""Problem records from the public dataset formats, read as a stream.
+
+Formats (keys of one record):
+- project:   id, question, answer, optional reference_model (LP text)
+- sirl:      en_question, en_answer (SIRL / ORLM), optional id
+- mamo:      Question, Answer, id
+- optibench: question, results {label: value}, optional index
+`auto` picks the format per record from its keys. Files are JSONL, or one JSON array (OptiBench),
+which is parsed element by element so that no file is ever held in memory whole.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("auto", "project", "sirl", "mamo", "optibench")
+
+
+@dataclass
+class Problem:
+    id: str
+    question: str
+    answer: str | None  # the reference optimum as written in the dataset ("219816.0", "No Best Solution")
+    reference_model: str | None = None  # LP text of a reference model, when the dataset has one
+
+
+class BadRecord(UserError):
+    """A record that cannot be read; the message starts with `file:line:`."""
+
+
+def detect_format(obj: dict) -> str:
+    if "en_question" in obj:
+        return "sirl"
+    if "Question" in obj:
+        return "mamo"
+    if "question" in obj:
+        return "optibench" if "results" in obj else "project"
+    raise ValueError(f"no question field: expected one of question, en_question, Question (keys: {sorted(obj)[:8]})")
+
+
+# OptiBench `results` list the optimal variable values and the objective, in no fixed order
+# (the objective is usually last, sometimes first); the objective's label names it.
+_OBJECTIVE_LABEL = re.compile(r"\b(maxim|minim|max\b|min\b|optimal|objective|total|profit|cost|revenue)", re.IGNORECASE)
+
+
+def optibench_answer(results: dict) -> str | None:
+    """The objective value among OptiBench `results`: the last entry whose label names an objective, else the last."""
+    if not results:
+        return None
+    labels = list(results)
+    named = [label for label in labels if _OBJECTIVE_LABEL.search(label)]
+    return _text(results[(named or labels)[-1]], "results value")
+
+
+def _text(value, key: str, required: bool = False) -> str | None:
+    """A field as text: strings as they are, numbers written out; anything else is an error."""
+    if value is None:
+        if required:
+            raise ValueError(f"'{key}' is missing or null")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"'{key}' must be a string or a number, got {type(value).__name__}")
+    text = str(value)
+    if required and not text.strip():
+        raise ValueError(f"'{key}' is empty")
+    return text
+
+
+def normalize_record(obj, fmt: str, where: str, default_id: str) -> Problem:
+    """One decoded record -> Problem; `where` ("file:line") prefixes any error, `default_id` fills a missing id."""
+    try:
+        if not isinstance(obj, dict):
+            raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+        kind = detect_format(obj) if fmt == "auto" else fmt
+        if kind == "project":
+            question, answer, id_key = obj.get("question"), obj.get("answer"), "id"
+            keys = ("question", "answer")
+        elif kind == "sirl":
+            question, answer, id_key = obj.get("en_question"), obj.get("en_answer"), "id"
+            keys = ("en_question", "en_answer")
+        elif kind == "mamo":
+            question, answer, id_key = obj.get("Question"), obj.get("Answer"), "id"
+            keys = ("Question", "Answer")
+        elif kind == "optibench":
+            results = obj.get("results")
+            if results is not None and not isinstance(results, dict):
+                raise ValueError(f"'results' must be an object {{label: value}}, got {type(results).__name__}")
+            question, answer, id_key = obj.get("question"), optibench_answer(results or {}), "index"
+            keys = ("question", "results")
+        else:
+            raise UserError(f"unknown data format '{fmt}' (one of {', '.join(FORMATS)})")
+        reference = obj.get("reference_model") if kind == "project" else None
+        return Problem(
+            id=_text(obj.get(id_key), id_key) or default_id,
+            question=_text(question, keys[0], required=True),
+            answer=_text(answer, keys[1]),
+            reference_model=_text(reference, "reference_model"),
+        )
+    except ValueError as err:
+        raise BadRecord(f"{where}: {err}") from None
+
+
+Report = Callable[[str], None]
+
+
+def iter_records(
+    path: Path, shard: tuple[int, int] = (0, 1), chunk_chars: int = 1 << 16
+) -> Iterator[tuple[int, object]]:
+    """(line number, decoded value or BadRecord) for this shard's records of a JSONL or JSON-array file.
+
+    Records are counted over non-blank JSONL lines / array elements; shard (i, n) keeps numbers
+    i, i+n, ... The kind of file is decided by its first non-blank character ('[': one array).
+    """
+    with open(path, encoding="utf-8-sig") as fh:
+        first = ""
+        while not first:
+            chunk = fh.read(4096)
+            if not chunk:
+                return
+            first = chunk.lstrip()[:1]
+        fh.seek(0)
+        records = _iter_json_array(fh, path, chunk_chars) if first == "[" else _iter_jsonl(fh, path, shard)
+        for n, record in enumerate(records):
+            if n % shard[1] == shard[0]:
+                yield record
+
+
+def _iter_jsonl(fh, path: Path, shard: tuple[int, int]) -> Iterator[tuple[int, object]]:
+    """Every non-blank line, decoded only when it belongs to `shard` (the others cost no parsing)."""
+    n = 0
+    for line_no, line in enumerate(fh, start=1):
+        if not line.strip():
+            continue
+        mine = n % shard[1] == shard[0]
+        n += 1
+        if not mine:
+            yield line_no, None
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as err:
+            yield line_no, BadRecord(f"{path}:{line_no}: not valid JSON ({err.msg} at column {err.colno})")
+
+
+_decoder = json.JSONDecoder()
+
+
+def _iter_json_array(fh, path: Path, chunk_chars: int) -> Iterator[tuple[int, object]]:
+    """Elements of a top-level JSON array, decoded one at a time from chunks of the file.
+
+    A syntax error inside the array is fatal: there is no reliable place to resume after it.
+    """
+    buf, pos, line, eof = "", 0, 1, False  # `line`: line number at `pos`
+
+    def fill() -> bool:
+        nonlocal buf, pos, eof
+        more = fh.read(chunk_chars)
+        if not more:
+            eof = True
+            return False
+        buf = buf[pos:] + more  # drop what has been consumed
+        pos = 0
+        return True
+
+    def next_char() -> str:
+        """Skip blanks; the next character, or "" at the end of the file."""
+        nonlocal pos, line
+        while True:
+            while pos < len(buf) and buf[pos] in " \t\r\n":
+                line += buf[pos] == "\n"
+                pos += 1
+            if pos < len(buf):
+                return buf[pos]
+            if not fill():
+                return ""
+
+    next_char()
+    pos += 1  # the opening '['
+    expect_comma = False
+    while True:
+        ch = next_char()
+        if ch == "":
+            raise UserError(f"{path}:{line}: the JSON array is not closed (missing ']')")
+        if ch == "]":
+            return
+        if expect_comma:
+            if ch != ",":
+                raise UserError(f"{path}:{line}: expected ',' or ']' between array elements, found {ch!r}")
+            pos += 1
+            expect_comma = False
+            continue
+        # decode one element; one cut by the chunk end fails, or ends exactly at the buffer end: read more
+        while True:
+            try:
+                value, end = _decoder.raw_decode(buf, pos)
+                if end < len(buf) or eof:
+                    break
+            except json.JSONDecodeError as err:
+                if eof:
+                    raise UserError(f"{path}:{line}: not valid JSON in the array ({err.msg})") from None
+            fill()
+        yield line, value
+        line += buf.count("\n", pos, end)
+        pos = end
+        expect_comma = True
+
+
+def iter_problems(
+    path: str | Path,
+    fmt: str = "auto",
+    on_bad_line: str = "skip",
+    report: Report | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> Iterator[Problem]:
+    """Stream the problems of one file, record by record.
+
+    A bad record is fatal (`on_bad_line="error"`, raises BadRecord) or reported through `report`
+    (default: a logged warning, "file:line: reason") and skipped. `shard=(i, n)` keeps only records
+    number i, i+n, i+2n, ... (counted over non-blank records), which are the only ones normalized
+    or reported, so every bad line is reported by exactly one shard.
+    """
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise UserError(f"unknown data format '{fmt}' (one of {', '.join(FORMATS)})")
+    if on_bad_line not in ("skip", "error"):
+        raise UserError(f"data.on_bad_line='{on_bad_line}' is not one of skip, error")
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    report = report or log.warning
+    for line, value in iter_records(path, shard):
+        try:
+            if isinstance(value, BadRecord):
+                raise value
+            yield normalize_record(value, fmt, f"{path}:{line}", f"{path.stem}:{line}")
+        except BadRecord as err:
+            if on_bad_line == "error":
+                raise
+            report(f"{err} (skipped)")
