@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("app.eval_policy", "pass@1 of a model on a dataset, scored by the evaluation system"),
     "sft": ("app.sft.cli", "supervised warm start on question -> reference model pairs: sft [CONFIG] key=value ..."),
     "export": ("app.models.cli_export", "merge LoRA into the base and write an official-format checkpoint"),
+    "make-data": ("app.data.cli_make_data", "generate synthetic modeling problems with reference models and optima"),
 }
 
 
