@@ -1,0 +1,73 @@
+"""`python -m app make-data`: synthetic modeling problems with reference models and optima.
+
+Writes DIR/train.jsonl and DIR/heldout.jsonl (no (family, numbers) problem on both sides) and
+prints how many problems of each family, sense and type each split holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+from app.data.synthetic import DIFFICULTIES, Item, make_splits
+from app.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output directory (created if missing)")
+    parser.add_argument("--train", type=int, default=2000, help="number of training problems (default 2000)")
+    parser.add_argument("--heldout", type=int, default=200, help="number of held-out problems (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same files")
+    parser.add_argument("--difficulty", default="easy",
+                        help="easy | medium | hard, or a number in [0, 1] (0 = easy, 1 = hard); default easy")
+    parser.add_argument("--families", default=None,
+                        help="comma-separated subset of production,diet,transportation,assignment,knapsack,staffing")
+    parser.add_argument("--infeasible", type=float, default=0.05,
+                        help="fraction of problems made infeasible on purpose (default 0.05)")
+
+
+def _difficulty(text: str) -> str | float:
+    if text in DIFFICULTIES:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"--difficulty must be easy, medium, hard or a number in [0, 1], got '{text}'") from None
+
+
+def _table(splits: dict[str, list[Item]]) -> str:
+    header = f"{'split':8} {'family':15} {'n':>6} {'max':>6} {'min':>6} {'LP':>6} {'MILP':>6} {'infeas':>6}"
+    lines = [header, "-" * len(header)]
+    for split, items in splits.items():
+        by_family: dict[str, Counter] = {}
+        for item in items:
+            c = by_family.setdefault(item.family, Counter())
+            c.update(["n", item.sense[:3], item.type, "infeasible" if item.answer == "infeasible" else ""])
+        for family, c in [*by_family.items(), ("all", sum(by_family.values(), Counter()))]:
+            lines.append(f"{split:8} {family:15} {c['n']:6d} {c['max']:6d} {c['min']:6d} "
+                         f"{c['LP']:6d} {c['MILP']:6d} {c['infeasible']:6d}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.train < 0 or args.heldout < 0:
+        raise UserError(f"--train and --heldout must be 0 or more, got {args.train} and {args.heldout}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory")
+    families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
+    start = time.perf_counter()
+    train, heldout = make_splits(args.train, args.heldout, args.seed, _difficulty(args.difficulty),
+                                 families, args.infeasible)
+    seconds = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    for name, items in (("train", train), ("heldout", heldout)):
+        with open(out / f"{name}.jsonl", "w") as f:
+            for item in items:
+                f.write(json.dumps(item.to_json()) + "\n")
+    print(_table({"train": train, "heldout": heldout}))
+    print(f"wrote {len(train)} train and {len(heldout)} held-out problems to {out} in {seconds:.1f} s")
+    return 0
