@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from app.models.chatglm import ChatGLMConfig, ChatGLMForCausalLM
 from app.models.config import SamplingConfig
 from app.models.generation import filter_logits, generate, left_pad, positions_from_mask
 
@@ -23,6 +24,20 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg).eval()
 
 
+def tiny_chatglm(seed: int = 0) -> ChatGLMForCausalLM:
+    torch.manual_seed(seed)
+    cfg = ChatGLMConfig(
+        num_layers=2, padded_vocab_size=61, hidden_size=32, ffn_hidden_size=48, kv_channels=8,
+        num_attention_heads=4, multi_query_group_num=2, seq_length=128, pad_token_id=PAD, eos_token_id=2,
+    )
+    model = ChatGLMForCausalLM(cfg).eval()
+    with torch.no_grad():  # the default init (std 0.02) makes a near-uniform tiny model: sharpen it
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(std=0.3)
+    return model
+
+
 def greedy(n: int) -> SamplingConfig:
     return SamplingConfig(max_new_tokens=n, do_sample=False)
 
@@ -36,9 +51,10 @@ def hf_greedy(model, prompts, n: int, stop: list[int]) -> torch.Tensor:
         )
 
 
-@pytest.fixture(scope="module")
-def llama():
-    return tiny_llama()
+@pytest.fixture(scope="module", params=["llama", "chatglm"])
+def model(request):
+    """Every test taking this fixture runs on an HF Llama and on the native ChatGLM."""
+    return tiny_llama() if request.param == "llama" else tiny_chatglm()
 
 
 def test_left_pad_and_positions():
@@ -50,20 +66,20 @@ def test_left_pad_and_positions():
         left_pad([[1], []], pad_token_id=0)
 
 
-def test_greedy_matches_hf_generate_without_stop(llama):
-    ours = generate(llama, PROMPTS, pad_token_id=PAD, stop_token_ids=[60], sampling=greedy(12))
-    theirs = hf_greedy(llama, PROMPTS, 12, stop=[60])
+def test_greedy_matches_hf_generate_without_stop(model):
+    ours = generate(model, PROMPTS, pad_token_id=PAD, stop_token_ids=[60], sampling=greedy(12))
+    theirs = hf_greedy(model, PROMPTS, 12, stop=[60])
     assert torch.equal(ours.sequences, theirs)
     assert ours.prompt_length == 7
     assert ours.sequences.shape == (3, 7 + 12)
 
 
-def test_greedy_matches_hf_generate_with_early_stop(llama):
-    free = generate(llama, PROMPTS, pad_token_id=PAD, stop_token_ids=[], sampling=greedy(10))
+def test_greedy_matches_hf_generate_with_early_stop(model):
+    free = generate(model, PROMPTS, pad_token_id=PAD, stop_token_ids=[], sampling=greedy(10))
     # make row 1's 4th generated token a stop token: row 1 must end there, others wherever it occurs
     stop_tok = int(free.responses[1, 3])
-    ours = generate(llama, PROMPTS, pad_token_id=PAD, stop_token_ids=[stop_tok], sampling=greedy(10))
-    theirs = hf_greedy(llama, PROMPTS, 10, stop=[stop_tok])
+    ours = generate(model, PROMPTS, pad_token_id=PAD, stop_token_ids=[stop_tok], sampling=greedy(10))
+    theirs = hf_greedy(model, PROMPTS, 10, stop=[stop_tok])
     assert torch.equal(ours.sequences, theirs)
 
     resp = ours.responses
@@ -80,29 +96,29 @@ def test_greedy_matches_hf_generate_with_early_stop(llama):
     assert torch.equal(ours.attention_mask, torch.cat([prompt_mask, ours.response_mask.long()], 1))
 
 
-def test_stops_early_when_every_row_finished(llama):
-    free = generate(llama, PROMPTS, pad_token_id=PAD, stop_token_ids=[], sampling=greedy(6))
+def test_stops_early_when_every_row_finished(model):
+    free = generate(model, PROMPTS, pad_token_id=PAD, stop_token_ids=[], sampling=greedy(6))
     stops = [int(free.responses[r, 1]) for r in range(3)]  # every row stops at its 2nd token (or earlier)
-    out = generate(llama, PROMPTS, pad_token_id=PAD, stop_token_ids=stops, sampling=greedy(50))
+    out = generate(model, PROMPTS, pad_token_id=PAD, stop_token_ids=stops, sampling=greedy(50))
     assert out.responses.size(1) <= 2
     assert (out.response_lengths <= 2).all()
     assert out.tokens_per_second > 0 and out.elapsed_s > 0
 
 
-def test_cached_equals_uncached(llama):
+def test_cached_equals_uncached(model):
     for sampling in (greedy(15), SamplingConfig(max_new_tokens=15, temperature=0.8, top_k=20, top_p=0.9)):
-        a = generate(llama, PROMPTS, pad_token_id=PAD, stop_token_ids=[2], sampling=sampling,
+        a = generate(model, PROMPTS, pad_token_id=PAD, stop_token_ids=[2], sampling=sampling,
                      generator=torch.Generator().manual_seed(3))
-        b = generate(llama, PROMPTS, pad_token_id=PAD, stop_token_ids=[2], sampling=sampling,
+        b = generate(model, PROMPTS, pad_token_id=PAD, stop_token_ids=[2], sampling=sampling,
                      generator=torch.Generator().manual_seed(3), use_cache=False)
         assert torch.equal(a.sequences, b.sequences)
         assert torch.equal(a.response_mask, b.response_mask)
 
 
-def test_seeded_sampling_is_reproducible(llama):
+def test_seeded_sampling_is_reproducible(model):
     sampling = SamplingConfig(max_new_tokens=20, temperature=1.3)
     runs = [
-        generate(llama, PROMPTS, pad_token_id=PAD, stop_token_ids=[2], sampling=sampling,
+        generate(model, PROMPTS, pad_token_id=PAD, stop_token_ids=[2], sampling=sampling,
                  generator=torch.Generator().manual_seed(seed))
         for seed in (7, 7, 8)
     ]
@@ -110,9 +126,9 @@ def test_seeded_sampling_is_reproducible(llama):
     assert not torch.equal(runs[0].sequences, runs[2].sequences)
 
 
-def test_top_k_one_is_greedy(llama):
-    g = generate(llama, PROMPTS, pad_token_id=PAD, stop_token_ids=[2], sampling=greedy(12))
-    k1 = generate(llama, PROMPTS, pad_token_id=PAD, stop_token_ids=[2],
+def test_top_k_one_is_greedy(model):
+    g = generate(model, PROMPTS, pad_token_id=PAD, stop_token_ids=[2], sampling=greedy(12))
+    k1 = generate(model, PROMPTS, pad_token_id=PAD, stop_token_ids=[2],
                   sampling=SamplingConfig(max_new_tokens=12, temperature=2.0, top_k=1),
                   generator=torch.Generator().manual_seed(0))
     assert torch.equal(g.sequences, k1.sequences)
@@ -132,12 +148,12 @@ def test_filter_logits_top_k_and_top_p():
         filter_logits(logits, 0.0, 0, 1.0)
 
 
-def test_sampling_respects_filters(llama):
+def test_sampling_respects_filters(model):
     """With top_k=3 every sampled token is among the 3 best of its step (checked by rescoring)."""
-    out = generate(llama, PROMPTS, pad_token_id=PAD, stop_token_ids=[], generator=torch.Generator().manual_seed(1),
+    out = generate(model, PROMPTS, pad_token_id=PAD, stop_token_ids=[], generator=torch.Generator().manual_seed(1),
                    sampling=SamplingConfig(max_new_tokens=8, temperature=1.5, top_k=3))
     with torch.no_grad():
-        logits = llama(input_ids=out.sequences, attention_mask=out.attention_mask,
+        logits = model(input_ids=out.sequences, attention_mask=out.attention_mask,
                        position_ids=positions_from_mask(out.attention_mask)).logits
     P = out.prompt_length
     top3 = logits[:, P - 1 : -1].topk(3, dim=-1).indices  # (B, R, 3)
