@@ -105,7 +105,7 @@ def test_bad_line_is_fatal_when_configured(tmp_path):
     assert isinstance(err.value, UserError)  # the CLI prints it as one line
     with pytest.raises(UserError, match="data.on_bad_line='ignore'"):
         list(iter_problems(path, on_bad_line="ignore"))
-    with pytest.raises(UserError, match="unknown data format 'csv'"):
+    with pytest.raises(UserError, match="data.format='csv' is not one of"):
         list(iter_problems(path, fmt="csv"))
     with pytest.raises(UserError, match="data file not found"):
         list(iter_problems(tmp_path / "missing.jsonl"))

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from app.config import DataSettings
-from app.data.formats import Problem, iter_problems
+from app.data.formats import Problem, check_options, iter_problems
 from app.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -158,8 +158,7 @@ class PromptDataModule(pl.LightningDataModule):
 
     def __init__(self, settings: DataSettings, prompts_per_step: int, seed: int = 0):
         super().__init__()
-        if settings.on_bad_line not in ("skip", "error"):
-            raise UserError(f"data.on_bad_line='{settings.on_bad_line}' is not one of skip, error")
+        check_options(settings.format, settings.on_bad_line)
         if settings.shuffle_buffer < 0 or settings.num_workers < 0:
             raise UserError(
                 f"data.shuffle_buffer ({settings.shuffle_buffer}) and data.num_workers ({settings.num_workers}) "

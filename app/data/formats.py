@@ -75,35 +75,41 @@ def _text(value, key: str, required: bool = False) -> str | None:
     return text
 
 
+# format -> (id key, question key, answer key)
+FIELDS = {
+    "project": ("id", "question", "answer"),
+    "sirl": ("id", "en_question", "en_answer"),
+    "mamo": ("id", "Question", "Answer"),
+    "optibench": ("index", "question", "results"),
+}
+
+
+def check_options(fmt: str, on_bad_line: str = "skip") -> None:
+    """Fail fast on a format or bad-line policy that does not exist."""
+    if fmt not in FORMATS:
+        raise UserError(f"data.format='{fmt}' is not one of {', '.join(FORMATS)}")
+    if on_bad_line not in ("skip", "error"):
+        raise UserError(f"data.on_bad_line='{on_bad_line}' is not one of skip, error")
+
+
 def normalize_record(obj, fmt: str, where: str, default_id: str) -> Problem:
     """One decoded record -> Problem; `where` ("file:line") prefixes any error, `default_id` fills a missing id."""
+    check_options(fmt)
     try:
         if not isinstance(obj, dict):
             raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
         kind = detect_format(obj) if fmt == "auto" else fmt
-        if kind == "project":
-            question, answer, id_key = obj.get("question"), obj.get("answer"), "id"
-            keys = ("question", "answer")
-        elif kind == "sirl":
-            question, answer, id_key = obj.get("en_question"), obj.get("en_answer"), "id"
-            keys = ("en_question", "en_answer")
-        elif kind == "mamo":
-            question, answer, id_key = obj.get("Question"), obj.get("Answer"), "id"
-            keys = ("Question", "Answer")
-        elif kind == "optibench":
-            results = obj.get("results")
-            if results is not None and not isinstance(results, dict):
-                raise ValueError(f"'results' must be an object {{label: value}}, got {type(results).__name__}")
-            question, answer, id_key = obj.get("question"), optibench_answer(results or {}), "index"
-            keys = ("question", "results")
-        else:
-            raise UserError(f"unknown data format '{fmt}' (one of {', '.join(FORMATS)})")
-        reference = obj.get("reference_model") if kind == "project" else None
+        id_key, question_key, answer_key = FIELDS[kind]
+        answer = obj.get(answer_key)
+        if kind == "optibench":
+            if answer is not None and not isinstance(answer, dict):
+                raise ValueError(f"'results' must be an object {{label: value}}, got {type(answer).__name__}")
+            answer = optibench_answer(answer or {})
         return Problem(
             id=_text(obj.get(id_key), id_key) or default_id,
-            question=_text(question, keys[0], required=True),
-            answer=_text(answer, keys[1]),
-            reference_model=_text(reference, "reference_model"),
+            question=_text(obj.get(question_key), question_key, required=True),
+            answer=_text(answer, answer_key),
+            reference_model=_text(obj.get("reference_model"), "reference_model") if kind == "project" else None,
         )
     except ValueError as err:
         raise BadRecord(f"{where}: {err}") from None
@@ -117,9 +123,11 @@ def iter_records(
 ) -> Iterator[tuple[int, object]]:
     """(line number, decoded value or BadRecord) for this shard's records of a JSONL or JSON-array file.
 
-    Records are counted over non-blank JSONL lines / array elements; shard (i, n) keeps numbers
-    i, i+n, ... The kind of file is decided by its first non-blank character ('[': one array).
+    Records are the non-blank JSONL lines or the array elements, numbered from 0; shard (i, n)
+    keeps numbers i, i+n, ... and decodes no other JSONL line. The kind of file is decided by
+    its first non-blank character ('[': one array), not by its name.
     """
+    index, count = shard
     with open(path, encoding="utf-8-sig") as fh:
         first = ""
         while not first:
@@ -128,27 +136,19 @@ def iter_records(
                 return
             first = chunk.lstrip()[:1]
         fh.seek(0)
-        records = _iter_json_array(fh, path, chunk_chars) if first == "[" else _iter_jsonl(fh, path, shard)
-        for n, record in enumerate(records):
-            if n % shard[1] == shard[0]:
-                yield record
-
-
-def _iter_jsonl(fh, path: Path, shard: tuple[int, int]) -> Iterator[tuple[int, object]]:
-    """Every non-blank line, decoded only when it belongs to `shard` (the others cost no parsing)."""
-    n = 0
-    for line_no, line in enumerate(fh, start=1):
-        if not line.strip():
-            continue
-        mine = n % shard[1] == shard[0]
-        n += 1
-        if not mine:
-            yield line_no, None
-            continue
-        try:
-            yield line_no, json.loads(line)
-        except json.JSONDecodeError as err:
-            yield line_no, BadRecord(f"{path}:{line_no}: not valid JSON ({err.msg} at column {err.colno})")
+        if first == "[":
+            for n, record in enumerate(_iter_json_array(fh, path, chunk_chars)):
+                if n % count == index:
+                    yield record
+            return
+        lines = ((line_no, line) for line_no, line in enumerate(fh, start=1) if line.strip())
+        for n, (line_no, line) in enumerate(lines):
+            if n % count != index:
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as err:
+                yield line_no, BadRecord(f"{path}:{line_no}: not valid JSON ({err.msg} at column {err.colno})")
 
 
 _decoder = json.JSONDecoder()
@@ -229,10 +229,7 @@ def iter_problems(
     or reported, so every bad line is reported by exactly one shard.
     """
     path = Path(path)
-    if fmt not in FORMATS:
-        raise UserError(f"unknown data format '{fmt}' (one of {', '.join(FORMATS)})")
-    if on_bad_line not in ("skip", "error"):
-        raise UserError(f"data.on_bad_line='{on_bad_line}' is not one of skip, error")
+    check_options(fmt, on_bad_line)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
     report = report or log.warning
