@@ -339,7 +339,9 @@ def assignment(rng: random.Random, lvl: Level, infeasible: bool) -> Draft | None
     if cap < 1:
         return None
     sense = "minimize" if rng.random() < 0.6 else "maximize"
-    objective = {f"{w}_{t}": _coef(rng, lvl, lvl.max_obj) for w in workers for t in tasks}
+    # a wider range than other families: small grids have few numbers, and the splits need
+    # hundreds of distinct problems
+    objective = {f"{w}_{t}": _coef(rng, lvl, lvl.max_obj + 20) for w in workers for t in tasks}
 
     unit = "cost" if sense == "minimize" else "score"
     sentences = [rng.choice([f"{_plural('Worker', workers)} {_join(workers)} can do {_plural('task', tasks)} {_join(tasks)}.",
@@ -541,6 +543,7 @@ def generate(n: int, seed: int, difficulty: str | float = "easy", families: list
     for i in range(n):
         family = names[i % len(names)]
         infeasible = rng.random() < infeasible_fraction
+        repeats = 0
         for _ in range(200):
             draft = FAMILIES[family](rng, lvl, infeasible)
             if draft is None:
@@ -554,13 +557,16 @@ def generate(n: int, seed: int, difficulty: str | float = "easy", families: list
                         reference_model=lp, family=family, difficulty=difficulty, sense=draft.sense,
                         type="LP" if draft.vtype == "continuous" else "MILP",
                         n_vars=len(draft.objective), n_cons=len(draft.constraints))
-            if signature(item) not in seen:
-                seen.add(signature(item))
-                items.append(item)
-                break
+            if signature(item) in seen:
+                repeats += 1
+                continue
+            seen.add(signature(item))
+            items.append(item)
+            break
         else:
-            raise RuntimeError(f"no {'infeasible' if infeasible else 'feasible'} {family} problem at difficulty "
-                               f"{difficulty} after 200 draws; the family's generator cannot make one at this size")
+            raise UserError(f"no new {'infeasible' if infeasible else 'feasible'} {family} problem at difficulty "
+                            f"{difficulty} after 200 draws ({repeats} repeated earlier problems) at item {i}; "
+                            f"ask for fewer problems or a higher difficulty")
     return items
 
 
