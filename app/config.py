@@ -62,6 +62,8 @@ class DataSettings:
     on_bad_line: str = "skip"  # skip (report and go on) | error
     num_workers: int = 0
     max_prompt_tokens: int = 512
+    system_prompt: str | None = None  # None: the default system prompt; "": none
+    instruction: str | None = None  # None: the default answer-format instruction; "": none
 
 
 @dataclass

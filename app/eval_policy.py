@@ -28,12 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=1e-6)
     parser.add_argument("--workers", type=int, default=2, help="SCIP worker processes")
     parser.add_argument("--out", help="write one JSON line per problem here")
+    parser.add_argument("--system-prompt", default=None, help="system prompt ('' for none; default: the training default)")
+    parser.add_argument("--instruction", default=None, help="answer-format instruction ('' for none; default: the built-in)")
 
 
 def evaluate_policy(
     model_dir: str, data: str, *, family: str = "chatglm", adapter: str | None = None, fmt: str = "auto",
     limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 512, evaluation=None,
-    out: str | None = None,
+    out: str | None = None, system_prompt: str | None = None, instruction: str | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Greedy pass@1 on `data`; returns (summary, per-item rows)."""
     import itertools
@@ -67,7 +69,7 @@ def evaluate_policy(
     with EvaluatorPool(evaluation) as pool:
         for start in range(0, len(problems), batch_size):
             batch = problems[start : start + batch_size]
-            prompts = [loaded.chat.encode_prompt(loaded.tokenizer, build_messages(p)) for p in batch]
+            prompts = [loaded.chat.encode_prompt(loaded.tokenizer, build_messages(p, system_prompt, instruction)) for p in batch]
             with torch.no_grad():
                 gen = generate(model, prompts, pad_token_id=loaded.chat.pad_token_id,
                                stop_token_ids=loaded.chat.stop_token_ids, sampling=sampling)
@@ -98,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     summary, _ = evaluate_policy(
         args.model, args.data, family=args.family, adapter=args.adapter, fmt=args.format, limit=args.limit,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, evaluation=evaluation, out=args.out,
+        system_prompt=args.system_prompt, instruction=args.instruction,
     )
     print(format_summary_table({"pass@1": summary}))
     return 0

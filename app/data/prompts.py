@@ -36,9 +36,25 @@ End
 Optimal value: 11"""
 
 
-def build_messages(problem: Problem, system_prompt: str | None = None) -> list[dict[str, str]]:
-    """[system, user] messages for one problem; `system_prompt=""` leaves the system turn out."""
+def build_messages(
+    problem: Problem, system_prompt: str | None = None, instruction: str | None = None
+) -> list[dict[str, str]]:
+    """[system, user] messages for one problem.
+
+    None means the defaults above; "" leaves the system turn (or the instruction) out, which a
+    small model trained on this project's own data can afford (short prompts learn faster).
+    """
     system = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
+    instruction = INSTRUCTION if instruction is None else instruction
     messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": f"{problem.question.strip()}\n\n{INSTRUCTION}"})
+    user = problem.question.strip() + (f"\n\n{instruction}" if instruction else "")
+    messages.append({"role": "user", "content": user})
     return messages
+
+
+def answer_text(problem: Problem) -> str:
+    """The answer the instruction asks for, built from the reference: the SFT target."""
+    if not problem.reference_model:
+        raise ValueError(f"problem {problem.id} has no reference_model to build an answer from")
+    value = problem.answer if problem.answer is not None else "unknown"
+    return f"```lp\n{problem.reference_model.strip()}\n```\nOptimal value: {value}"

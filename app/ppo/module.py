@@ -156,13 +156,16 @@ class PPOModule(pl.LightningModule):
     def _mean_across_ranks(self, value: torch.Tensor) -> torch.Tensor:
         return self.all_gather(value.detach()).float().mean()
 
+    def _messages(self, problem) -> list[dict[str, str]]:
+        return build_messages(problem, self.cfg.data.system_prompt, self.cfg.data.instruction)
+
     @torch.no_grad()
     def generate_rollout(self, problems: list) -> Rollout | None:
         """Render prompts with the model's chat format, sample responses, decode them."""
         limit = self.cfg.data.max_prompt_tokens
         prompts, kept = [], []
         for problem in problems:
-            ids = self.chat.encode_prompt(self.tokenizer, build_messages(problem))
+            ids = self.chat.encode_prompt(self.tokenizer, self._messages(problem))
             if len(ids) > limit:
                 self.print(f"problem {problem.id}: prompt of {len(ids)} tokens > data.max_prompt_tokens={limit}, skipped")
                 continue

@@ -52,7 +52,7 @@ def train(cfg: TrainConfig, extra_callbacks: list | None = None) -> tuple[PPOMod
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     loaded = load_model(cfg.model)
     module = PPOModule(cfg, loaded, build_policy(loaded, cfg.model))
-    datamodule = PromptDataModule(cfg.data, batch_size=cfg.ppo.prompts_per_step, seed=cfg.seed)
+    datamodule = PromptDataModule(cfg.data, prompts_per_step=cfg.ppo.prompts_per_step, seed=cfg.seed)
     trainer = build_trainer(cfg, extra_callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
     return module, trainer

@@ -25,7 +25,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     loaded = load_model(cfg.model)
     module = SFTModule(cfg, loaded)
-    datamodule = PromptDataModule(cfg.data, batch_size=cfg.sft.batch_size, seed=cfg.seed)
+    datamodule = PromptDataModule(cfg.data, prompts_per_step=cfg.sft.batch_size, seed=cfg.seed)
     t = cfg.trainer
     trainer = pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,

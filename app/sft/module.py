@@ -42,12 +42,15 @@ class SFTModule(pl.LightningModule):
         self.model = model
         self.skipped_long = 0
 
+    def _messages(self, problem) -> list[dict[str, str]]:
+        return build_messages(problem, self.cfg.data.system_prompt, self.cfg.data.instruction)
+
     def encode(self, problems: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """Problems -> left-padded input_ids (B, S), attention_mask (B, S), labels (B, S)."""
         rows, label_rows = [], []
         eos = self.chat.stop_token_ids[0]
         for problem in problems:
-            prompt = self.chat.encode_prompt(self.tokenizer, build_messages(problem))
+            prompt = self.chat.encode_prompt(self.tokenizer, self._messages(problem))
             target = self.tokenizer.encode(answer_text(problem), add_special_tokens=False) + [eos]
             if len(prompt) + len(target) > self.cfg.sft.max_length:
                 self.skipped_long += 1
