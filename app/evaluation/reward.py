@@ -1,0 +1,185 @@
+"""From one answer to one reward: extract, read, solve, match the optimum, compare the graphs."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+
+from app.evaluation.config import EvaluationConfig, MatchRule, SolverLimits
+from app.evaluation.extract import extract_model
+from app.evaluation.graph import graph_distance
+from app.evaluation.model import Model, ModelReadError, read_model
+from app.evaluation.solve import SolveResult, solve_model
+
+_INFEASIBLE_WORDS = ("infeasible", "no best solution", "no feasible solution", "no solution")
+
+
+@dataclass
+class Reference:
+    value: float | None = None  # the optimum, when known
+    infeasible: bool = False
+    model_text: str | None = None  # a reference model (LP or MPS): its optimum and graph are used
+
+    @classmethod
+    def from_answer(cls, answer: str | float | int | None, model_text: str | None = None) -> Reference:
+        """Dataset answers: 219816.0, "219816.0", "$1,234.50", "No Best Solution", "infeasible", None."""
+        if answer is None or (isinstance(answer, str) and not answer.strip()):
+            return cls(None, False, model_text)
+        if isinstance(answer, bool):
+            raise ValueError(f"reference answer {answer!r} is not a number or 'infeasible'")
+        if isinstance(answer, (int, float)):
+            return cls(float(answer), False, model_text)
+        text = answer.strip().lower().rstrip(".")
+        if text in _INFEASIBLE_WORDS:
+            return cls(None, True, model_text)
+        cleaned = re.sub(r"^\$|\s", "", text.replace("$", ""))
+        if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?", cleaned):
+            cleaned = cleaned.replace(",", "")
+        try:
+            value = float(cleaned)
+        except ValueError:
+            raise ValueError(f"reference answer {answer!r} is not a number or 'infeasible'") from None
+        if not math.isfinite(value):
+            raise ValueError(f"reference answer {answer!r} is not finite")
+        return cls(value, False, model_text)
+
+    @property
+    def key(self) -> str | None:
+        """Cache key of the reference model (hash of its text)."""
+        return None if self.model_text is None else hashlib.sha256(self.model_text.encode()).hexdigest()
+
+
+@dataclass
+class ScoreResult:
+    reward: float  # in [0, 1]
+    breakdown: dict[str, float]  # format, solved, answer, graph (graph only with a reference model)
+    status: str  # solver status, or no_model | several | parse_error | rejected
+    objective: float | None = None
+    matched: bool = False
+    graph_distance: float | None = None
+    final_answer: float | None = None
+    reason: str = ""
+    solve_seconds: float = 0.0
+    n_vars: int = 0
+    n_cons: int = 0
+
+
+def objective_matches(pred: SolveResult, ref_value: float | None, ref_infeasible: bool, rule: MatchRule) -> bool:
+    if ref_infeasible:
+        return pred.status == "infeasible"
+    if pred.status != "optimal" or pred.objective is None or ref_value is None:
+        return False
+    diff = abs(pred.objective - ref_value)
+    if rule.kind == "abs_rel":
+        return diff / (abs(ref_value) + 1.0) <= rule.tolerance
+    if rule.kind == "relative":
+        return diff <= rule.tolerance * max(abs(ref_value), 1e-9)
+    raise ValueError(f"unknown match rule {rule.kind!r}; use 'abs_rel' or 'relative'")
+
+
+# Reference models read and solved in this process, by text hash: (model or None, solve result or None, error)
+_references: dict[str, tuple[Model | None, SolveResult | None, str]] = {}
+
+
+def reference_model(reference: Reference, limits: SolverLimits, solve: bool) -> tuple[Model | None, SolveResult | None, str]:
+    """The reference's parsed model (and its solve, when asked), cached per process by text hash."""
+    key = reference.key
+    if key is None:
+        return None, None, ""
+    model, result, error = _references.get(key, (None, None, ""))
+    if model is None and not error:
+        try:
+            model = read_model(reference.model_text)
+        except ModelReadError as err:
+            error = f"reference model not readable: {err}"
+    if model is not None and result is None and solve:
+        result = solve_model(model, limits)
+    _references[key] = (model, result, error)
+    return model, result, error
+
+
+def resolve_reference(reference: Reference, limits: SolverLimits) -> Reference:
+    """A reference with its optimum filled in from its model, when only the model is given."""
+    if reference.value is not None or reference.infeasible or reference.model_text is None:
+        return reference
+    _, result, _ = reference_model(reference, limits, solve=True)
+    if result is None:
+        return reference
+    return reference_from_solve(reference, result)
+
+
+def reference_from_solve(reference: Reference, result: SolveResult) -> Reference:
+    if result.status == "optimal":
+        return Reference(result.objective, False, reference.model_text)
+    if result.status == "infeasible":
+        return Reference(None, True, reference.model_text)
+    return reference
+
+
+def score_answer(answer: str | bytes, reference: Reference, config: EvaluationConfig, solve_reference: bool = True) -> ScoreResult:
+    """Score one answer; never raises on a bad answer (the reason says what went wrong).
+
+    A reference given only as a model is solved here once per process (solve_reference=False:
+    the caller, e.g. the pool, has already tried and its optimum stays unknown).
+    """
+    if isinstance(answer, bytes):
+        answer = answer.decode("utf-8", errors="replace")
+    limits = config.limits
+    if solve_reference:
+        reference = resolve_reference(reference, limits)
+    ref_model, _, ref_error = reference_model(reference, limits, solve=False)
+    has_graph = reference.model_text is not None
+    terms = {"format": 0.0, "solved": 0.0, "answer": 0.0}
+    if has_graph:
+        terms["graph"] = 0.0
+
+    def done(status: str, reason: str, **kw) -> ScoreResult:
+        w = config.weights
+        weights = {k: getattr(w, k) for k in terms}
+        total = sum(weights.values())
+        reward = sum(weights[k] * terms[k] for k in terms) / total if total > 0 else 0.0
+        if ref_error:
+            reason = f"{reason}; {ref_error}" if reason else ref_error
+        return ScoreResult(min(max(reward, 0.0), 1.0), dict(terms), status, reason=reason, **kw)
+
+    if len(answer) > limits.max_answer_chars:
+        return done("rejected", f"answer has {len(answer)} characters, over the limit of {limits.max_answer_chars}")
+    ext = extract_model(answer)
+    if ext.status == "none":
+        return done("no_model", "no model found", final_answer=ext.final_answer)
+    if ext.status == "several":
+        return done("several", f"{ext.candidates} different models in one answer; write exactly one", final_answer=ext.final_answer)
+    try:
+        model = read_model(ext.text, ext.fmt)
+    except ModelReadError as err:
+        return done("parse_error", f"model not readable: {err}", final_answer=ext.final_answer)
+    terms["format"] = 1.0
+    distance = None
+    if has_graph and ref_model is not None:
+        distance = graph_distance(model, ref_model)
+        terms["graph"] = 1.0 - distance
+    result = solve_model(model, limits)
+    matched = objective_matches(result, reference.value, reference.infeasible, config.match)
+    terms["solved"] = float(result.status == "optimal" or (reference.infeasible and result.status == "infeasible"))
+    terms["answer"] = float(matched)
+    reason = result.reason
+    if result.status == "optimal" and not matched:
+        if reference.value is None:
+            reason = f"objective {result.objective:g}, but the reference optimum is unknown"
+        else:
+            reason = f"objective {result.objective:g} does not match the reference {reference.value:g}"
+    elif result.status != "infeasible" and reference.infeasible and not matched:
+        reason = f"the reference is infeasible but the model is {result.status}" + (f" ({result.reason})" if result.reason else "")
+    return done(
+        result.status,
+        reason,
+        objective=result.objective,
+        matched=matched,
+        graph_distance=distance,
+        final_answer=ext.final_answer,
+        solve_seconds=result.solve_seconds,
+        n_vars=result.n_vars,
+        n_cons=result.n_cons,
+    )

@@ -1,0 +1,118 @@
+"""Solve a Model with SCIP (pyscipopt), in-process, under the configured limits.
+
+This is the only module that imports pyscipopt. The model is built through the API rather than
+through SCIP's LP reader, so names such as `x[0,1]` need no escaping.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from app.evaluation.config import SolverLimits
+from app.evaluation.model import Model
+
+STATUSES = ("optimal", "infeasible", "unbounded", "inf_or_unbd", "timelimit", "error", "rejected")
+
+
+@dataclass
+class SolveResult:
+    status: str  # one of STATUSES
+    objective: float | None = None  # optimum (optimal) or best found (timelimit), objective constant included
+    values: dict[str, float] = field(default_factory=dict)  # primal values of the solution above
+    solve_seconds: float = 0.0  # SCIP's own solving time
+    reason: str = ""
+    n_vars: int = 0
+    n_cons: int = 0
+
+
+def size_problem(model: Model, limits: SolverLimits) -> str | None:
+    """Why the model is over the size limits, or None."""
+    for what, n, cap in (
+        ("variables", model.n_vars, limits.max_vars),
+        ("constraints", model.n_cons, limits.max_cons),
+        ("nonzeros", model.n_nonzeros, limits.max_nonzeros),
+    ):
+        if n > cap:
+            return f"model has {n} {what}, over the limit of {cap}"
+    return None
+
+
+def solve_model(model: Model, limits: SolverLimits) -> SolveResult:
+    """Never raises: SCIP errors come back as status 'error' with the message as the reason."""
+    n_vars, n_cons = model.n_vars, model.n_cons
+    too_big = size_problem(model, limits)
+    if too_big:
+        return SolveResult("rejected", reason=too_big, n_vars=n_vars, n_cons=n_cons)
+    try:
+        result = _solve(model, limits, limits.time_limit_s)
+        if result.status == "inf_or_unbd":
+            result = _resolve_inf_or_unbd(model, limits, result)
+    except Exception as err:  # SCIP raises plain Exceptions on bad data
+        result = SolveResult("error", reason=f"SCIP failed: {type(err).__name__}: {err}")
+    result.n_vars, result.n_cons = n_vars, n_cons
+    return result
+
+
+def _build(model: Model, with_objective: bool):
+    from pyscipopt import Model as ScipModel, quicksum
+
+    scip = ScipModel()
+    scip.hideOutput()
+    scip.setParam("parallel/maxnthreads", 1)
+    svars = {}
+    for v in model.variables:
+        lb = None if v.lb == float("-inf") else v.lb
+        ub = None if v.ub == float("inf") else v.ub
+        svars[v.name] = scip.addVar(name=v.name, vtype=v.vtype, lb=lb, ub=ub, obj=v.obj if with_objective else 0.0)
+    for c in model.constraints:
+        expr = quicksum(coef * svars[name] for name, coef in c.coefs.items())
+        if c.sense == "<=":
+            scip.addCons(expr <= c.rhs, name=c.name)
+        elif c.sense == ">=":
+            scip.addCons(expr >= c.rhs, name=c.name)
+        else:
+            scip.addCons(expr == c.rhs, name=c.name)
+    if model.sense == "max":
+        scip.setMaximize()
+    else:
+        scip.setMinimize()
+    return scip, svars
+
+
+def _solve(model: Model, limits: SolverLimits, time_limit: float, with_objective: bool = True) -> SolveResult:
+    scip, svars = _build(model, with_objective)
+    scip.setParam("limits/time", max(time_limit, 0.01))
+    scip.setParam("limits/memory", float(limits.memory_limit_mb))
+    scip.optimize()
+    status = scip.getStatus()
+    seconds = scip.getSolvingTime()
+    mapped = {"optimal": "optimal", "infeasible": "infeasible", "unbounded": "unbounded", "inforunbd": "inf_or_unbd", "timelimit": "timelimit"}
+    result = SolveResult(mapped.get(status, "error"), solve_seconds=seconds)
+    if status in ("optimal", "timelimit", "unbounded") and scip.getNSols() > 0:
+        sol = scip.getBestSol()
+        if status != "unbounded":
+            result.objective = scip.getSolObjVal(sol) + model.obj_constant
+        result.values = {name: scip.getSolVal(sol, var) for name, var in svars.items()}
+    result.reason = {
+        "optimal": "",
+        "infeasible": "SCIP proved the model infeasible",
+        "unbounded": "SCIP proved the model unbounded",
+        "inforunbd": "SCIP proved the model infeasible or unbounded",
+        "timelimit": f"SCIP hit the time limit of {time_limit:g} s before proving optimality",
+    }.get(status, f"SCIP stopped with status '{status}'")
+    return result
+
+
+def _resolve_inf_or_unbd(model: Model, limits: SolverLimits, first: SolveResult) -> SolveResult:
+    """Tell infeasible from unbounded: the same constraints with a zero objective are feasible iff unbounded."""
+    left = limits.time_limit_s - first.solve_seconds
+    if left <= 0:
+        return first
+    check = _solve(model, limits, left, with_objective=False)
+    seconds = first.solve_seconds + check.solve_seconds
+    if check.status == "optimal":
+        return SolveResult("unbounded", solve_seconds=seconds, reason="SCIP proved the model unbounded (feasible, objective unbounded)")
+    if check.status == "infeasible":
+        return SolveResult("infeasible", solve_seconds=seconds, reason="SCIP proved the model infeasible")
+    return first
