@@ -300,7 +300,7 @@ def transportation(rng: random.Random, lvl: Level, infeasible: bool) -> Draft | 
             [f"{format_number(objective[v])} from {v[0]} to {v[1:]}" for v in routes]) + ".")
     else:
         sentences.append(f"{unit.capitalize()} per unit: " + ", ".join(
-            f"{s} to {t} {format_number(objective[s + t])}" for s in sources for t in stores) + ".")
+            f"{s} to {t}: {format_number(objective[s + t])}" for s in sources for t in stores) + ".")
     sentences.append(rng.choice([
         "Supplies: " + _join([f"{s} has {supply[s]}" for s in sources]) + ".",
         "Warehouse " + _join([f"{s} can ship at most {supply[s]}" for s in sources]) + ".",
