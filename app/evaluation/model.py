@@ -271,7 +271,10 @@ class _LPReader:
                     raise ModelReadError(f"constraint ends after '{toks[i - 1].text}' without a right-hand side", sense_line)
                 # the side after a sense ends with its line, so an unlabelled `-x + y >= 2` on the
                 # next line starts a new constraint rather than continuing this one
+                before = i
                 coefs, const, i = self._expression(toks, i, toks[i].line)
+                if i == before:
+                    raise ModelReadError(f"{_unexpected(toks[i])} after '{toks[i - 1].text}' (expected a number or expression)", toks[i].line)
                 sides.append((coefs, const))
             if not senses:
                 bad = toks[i] if i < len(toks) else start

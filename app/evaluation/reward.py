@@ -165,13 +165,13 @@ def score_answer(answer: str | bytes, reference: Reference, config: EvaluationCo
     terms["solved"] = float(result.status == "optimal" or (reference.infeasible and result.status == "infeasible"))
     terms["answer"] = float(matched)
     reason = result.reason
-    if result.status == "optimal" and not matched:
+    if reference.infeasible and result.status != "infeasible":
+        reason = f"the reference is infeasible but the model is {result.status}" + (f" ({result.reason})" if result.reason else "")
+    elif result.status == "optimal" and not matched:
         if reference.value is None:
             reason = f"objective {result.objective:g}, but the reference optimum is unknown"
         else:
             reason = f"objective {result.objective:g} does not match the reference {reference.value:g}"
-    elif result.status != "infeasible" and reference.infeasible and not matched:
-        reason = f"the reference is infeasible but the model is {result.status}" + (f" ({result.reason})" if result.reason else "")
     return done(
         result.status,
         reason,
