@@ -67,7 +67,6 @@ def level(difficulty: str | float) -> Level:
 class Draft:
     """A problem before solving: its question and the model the question states, term by term."""
 
-    family: str
     question: str
     sense: str  # maximize | minimize
     objective: dict[str, float]  # variable -> coefficient, in the order of the question
@@ -128,10 +127,6 @@ def _dot(terms: dict[str, float], point: dict[str, float]) -> float:
     return sum(c * point[v] for v, c in terms.items())
 
 
-def _pick(rng: random.Random, lo_hi: tuple[int, int], lo: int = 1) -> int:
-    return rng.randint(max(lo, lo_hi[0]), max(lo, lo_hi[1]))
-
-
 def _plural(word: str, names: list[str]) -> str:
     return word if len(names) == 1 else word + "s"
 
@@ -156,17 +151,15 @@ PRODUCTION_SETTINGS = [
 ]
 
 
-def production(rng: random.Random, lvl: Level, infeasible: bool) -> Draft | None:
+def production(rng: random.Random, lvl: Level, infeasible: bool) -> Draft:
     """Products share limited resources; maximize profit (maybe with a minimum order) or
     minimize cost while making enough units in total."""
     maker, product_pool, resource_pool = rng.choice(PRODUCTION_SETTINGS)
     sense = "minimize" if rng.random() < 0.3 else "maximize"
-    n_cons = _pick(rng, lvl.cons)
-    extra = sense == "minimize" or infeasible or (n_cons >= 2 and rng.random() < 0.3)
+    n_cons = rng.randint(*lvl.cons)
+    extra = sense == "minimize" or infeasible or rng.random() < 0.3
     n_res = n_cons - int(extra)
-    if n_res < 1:
-        return None
-    products = rng.sample(product_pool, _pick(rng, lvl.vars))
+    products = rng.sample(product_pool, rng.randint(*lvl.vars))
     resources = rng.sample(resource_pool, n_res)
     witness = {p: rng.randint(1, lvl.max_witness) for p in products}
     objective = {p: _coef(rng, lvl, lvl.max_obj) for p in products}
@@ -204,7 +197,7 @@ def production(rng: random.Random, lvl: Level, infeasible: bool) -> Draft | None
     vtype = _vtype(rng)
     if vtype == "integer":
         sentences.append(rng.choice(WHOLE))
-    return Draft("production", " ".join(sentences), sense, objective, rows, vtype)
+    return Draft(" ".join(sentences), sense, objective, rows, vtype)
 
 
 DIET_SETTINGS = [
@@ -218,12 +211,10 @@ DIET_SETTINGS = [
 def diet(rng: random.Random, lvl: Level, infeasible: bool) -> Draft | None:
     """Blend foods to meet nutrient minimums at least cost, maybe under a cap on the total."""
     what, unit, food_pool, nutrient_pool = rng.choice(DIET_SETTINGS)
-    n_cons = _pick(rng, lvl.cons)
-    capped = infeasible or (n_cons >= 2 and rng.random() < 0.3)
+    n_cons = rng.randint(*lvl.cons)
+    capped = infeasible or rng.random() < 0.3
     n_nut = n_cons - int(capped)
-    if n_nut < 1:
-        return None
-    foods = rng.sample(food_pool, _pick(rng, lvl.vars))
+    foods = rng.sample(food_pool, rng.randint(*lvl.vars))
     nutrients = rng.sample(nutrient_pool, n_nut)
     witness = {f: rng.randint(1, lvl.max_witness) for f in foods}
     objective = {f: _coef(rng, lvl, lvl.max_obj) for f in foods}
@@ -255,7 +246,7 @@ def diet(rng: random.Random, lvl: Level, infeasible: bool) -> Draft | None:
     vtype = _vtype(rng)
     if vtype == "integer":
         sentences.append(rng.choice([f"Use whole {unit} amounts.", "Use integer amounts."]))
-    return Draft("diet", " ".join(sentences), "minimize", objective, rows, vtype)
+    return Draft(" ".join(sentences), "minimize", objective, rows, vtype)
 
 
 def _grids(lvl: Level, want_short: bool) -> list[tuple[int, int]]:
@@ -267,13 +258,11 @@ def _grids(lvl: Level, want_short: bool) -> list[tuple[int, int]]:
     return [(r, c) for r, c in grids if min(r, c) >= 2] or grids
 
 
-def transportation(rng: random.Random, lvl: Level, infeasible: bool) -> Draft | None:
+def transportation(rng: random.Random, lvl: Level, infeasible: bool) -> Draft:
     """Ship from warehouses to stores: minimize cost meeting demands within supplies, or
     maximize profit within supplies and store capacities."""
     sense = "maximize" if not infeasible and rng.random() < 0.25 else "minimize"
     grids = _grids(lvl, want_short=False)
-    if not grids:
-        return None
     n_src, n_dst = rng.choice(grids)
     sources = ["A", "B", "C", "D", "F", "G"][:n_src]
     stores = [str(k) for k in range(1, n_dst + 1)]
@@ -320,24 +309,21 @@ def transportation(rng: random.Random, lvl: Level, infeasible: bool) -> Draft | 
     rows = [(f"supply_{s}", {s + t: 1 for t in stores}, "<=", supply[s]) for s in sources]
     op = ">=" if sense == "minimize" else "<="
     rows += [(f"demand_{t}", {s + t: 1 for s in sources}, op, demand[t]) for t in stores]
-    return Draft("transportation", " ".join(sentences), sense, objective, rows, vtype)
+    return Draft(" ".join(sentences), sense, objective, rows, vtype)
 
 
 WORKERS = ["Ann", "Bob", "Cal", "Dan", "Gus", "Ivy"]
 TASKS = ["weld", "paint", "sort", "pack", "test", "load"]
 
 
-def assignment(rng: random.Random, lvl: Level, infeasible: bool) -> Draft | None:
+def assignment(rng: random.Random, lvl: Level, infeasible: bool) -> Draft:
     """Each task gets exactly 1 worker, each worker takes at most a few tasks; minimize cost or
     maximize score. Infeasible: more tasks than the workers can take."""
     grids = _grids(lvl, want_short=infeasible)
-    if not grids:
-        return None
     n_w, n_t = rng.choice(grids)
     workers, tasks = rng.sample(WORKERS, n_w), rng.sample(TASKS, n_t)
+    # infeasible grids have more tasks than workers, so this cap is at least 1
     cap = math.ceil(n_t / n_w) - 1 if infeasible else math.ceil(n_t / n_w) + rng.randint(0, 1)
-    if cap < 1:
-        return None
     sense = "minimize" if rng.random() < 0.6 else "maximize"
     # a wider range than other families: small grids have few numbers, and the splits need
     # hundreds of distinct problems
@@ -356,7 +342,7 @@ def assignment(rng: random.Random, lvl: Level, infeasible: bool) -> Draft | None
     sentences.append(f"Minimize the total {unit}." if sense == "minimize" else f"Maximize the total {unit}.")
     rows = [(t, {f"{w}_{t}": 1 for w in workers}, "=", 1) for t in tasks]
     rows += [(w, {f"{w}_{t}": 1 for t in tasks}, "<=", cap) for w in workers]
-    return Draft("assignment", " ".join(sentences), sense, objective, rows, "binary")
+    return Draft(" ".join(sentences), sense, objective, rows, "binary")
 
 
 KNAPSACK_SETTINGS = [
@@ -371,12 +357,10 @@ def knapsack(rng: random.Random, lvl: Level, infeasible: bool) -> Draft | None:
     """Pick projects (binary) or load items (integer) under resource limits to maximize value,
     maybe with a count limit; infeasible: a minimum count that no selection can afford."""
     vtype, intro, item_pool, resource_pool, gain, noun = rng.choice(KNAPSACK_SETTINGS)
-    n_cons = _pick(rng, lvl.cons)
-    counted = infeasible or (n_cons >= 2 and rng.random() < 0.4)
+    n_cons = rng.randint(*lvl.cons)
+    counted = infeasible or rng.random() < 0.4
     n_res = n_cons - int(counted)
-    if n_res < 1:
-        return None
-    items = rng.sample(item_pool, _pick(rng, lvl.vars))
+    items = rng.sample(item_pool, rng.randint(*lvl.vars))
     top = 1 if vtype == "binary" else lvl.max_witness
     witness = {i: rng.randint(0, top) for i in items}
     objective = {i: _coef(rng, lvl, lvl.max_obj) for i in items}
@@ -412,7 +396,7 @@ def knapsack(rng: random.Random, lvl: Level, infeasible: bool) -> Draft | None:
             sentences.append(f"At least {k} {noun} must be chosen.")
     sentences.append(rng.choice([f"Maximize the total {gain}.", f"Find the largest total {gain}."]))
     sentences.append("Each can be chosen at most once." if vtype == "binary" else rng.choice(WHOLE))
-    return Draft("knapsack", " ".join(sentences), "maximize", objective, rows, vtype)
+    return Draft(" ".join(sentences), "maximize", objective, rows, vtype)
 
 
 def _most_items(terms: dict[str, float], rhs: float, binary: bool) -> int:
@@ -433,12 +417,10 @@ PERIODS = ["dawn", "morning", "noon", "afternoon", "dusk", "night"]
 def staffing(rng: random.Random, lvl: Level, infeasible: bool) -> Draft | None:
     """Shifts cover consecutive periods; hire enough staff in every period at least cost, maybe
     under a cap on the total hired."""
-    n_cons = _pick(rng, lvl.cons)
+    n_cons = rng.randint(*lvl.cons)
     capped = infeasible or (n_cons >= 3 and rng.random() < 0.3)
     n_per = n_cons - int(capped)
-    n_sh = _pick(rng, lvl.vars)
-    if n_per < 1:
-        return None
+    n_sh = rng.randint(*lvl.vars)
     periods = PERIODS[:n_per] if rng.random() < 0.5 else PERIODS[-n_per:]
     shifts = rng.sample(SHIFTS, n_sh)
     starts = [i * n_per // n_sh for i in range(n_sh)] + [n_per]
@@ -468,7 +450,7 @@ def staffing(rng: random.Random, lvl: Level, infeasible: bool) -> Draft | None:
         sentences.append(f"At most {cap} workers can be hired in total.")
     sentences.append(rng.choice(["Minimize the total pay.", "Find the cheapest schedule."]))
     sentences.append(rng.choice(["Workers are whole people.", "Staff counts must be integers."]))
-    return Draft("staffing", " ".join(sentences), "minimize", objective, rows, "integer")
+    return Draft(" ".join(sentences), "minimize", objective, rows, "integer")
 
 
 FAMILIES: dict[str, Callable[[random.Random, Level, bool], Draft | None]] = {
