@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from app.models.chatglm import ChatGLMConfig, ChatGLMForCausalLM
 from app.models.config import SamplingConfig
-from app.models.generation import filter_logits, generate, left_pad, positions_from_mask
+from app.models.generation import filter_logits, generate, head_on_columns, left_pad, positions_from_mask
 
 PAD = 0
 PROMPTS = [[5, 9, 14, 3, 22, 7, 8], [11, 4], [30, 31, 32, 33]]  # different lengths -> left padding
@@ -158,3 +158,18 @@ def test_sampling_respects_filters(model):
     P = out.prompt_length
     top3 = logits[:, P - 1 : -1].topk(3, dim=-1).indices  # (B, R, 3)
     assert (top3 == out.responses[..., None]).any(-1).all()
+
+
+def test_head_on_columns_slices_the_head_input_and_cleans_up(model):
+    ids, mask = left_pad(PROMPTS, PAD)
+    kw = dict(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask))
+    with torch.no_grad():
+        full = model(**kw).logits  # (B, P, V)
+        with head_on_columns(model, 2, 5, seq_len=ids.size(1)) as kept:
+            part = model(**kw).logits
+        assert part.shape == (3, 3, full.size(-1)) and kept["hidden"].shape[:2] == (3, 3)
+        torch.testing.assert_close(part, full[:, 2:5], atol=1e-5, rtol=0)
+        assert model(**kw).logits.shape == full.shape  # the hook is gone
+        with pytest.raises(ValueError, match="batch-first"), head_on_columns(model, 0, 1, seq_len=99):
+            model(**kw)
+        assert model(**kw).logits.shape == full.shape  # gone after an error too

@@ -14,6 +14,8 @@ at position 0 whatever its padding — the same convention `PolicyWithValue` sco
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +42,32 @@ class Generation:
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) position ids: 0 at each row's first real token, counting only real tokens."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@contextmanager
+def head_on_columns(model: torch.nn.Module, start: int, stop: int | None, seq_len: int | None = None) -> Iterator[dict]:
+    """Within the block, the LM head sees only hidden columns [start:stop) of its (B, T, H) input.
+
+    The logits of other columns are never made: (B, T, V) is the largest activation of a causal
+    LM. A forward pre-hook on `get_output_embeddings()` does the slicing, so it works for any
+    model that applies its head to batch-first hidden states (HF causal LMs, the native ChatGLM).
+    Yields a dict whose "hidden" entry is the sliced head input after the forward. `seq_len`:
+    the T the caller expects, checked so a seq-first model fails loudly instead of mis-slicing.
+    """
+    kept: dict[str, torch.Tensor] = {}
+
+    def slice_input(_head: torch.nn.Module, args: tuple) -> tuple:
+        h = args[0]
+        if seq_len is not None and h.shape[1] != seq_len:
+            raise ValueError(f"LM head input has shape {tuple(h.shape)}, expected batch-first (B, {seq_len}, hidden)")
+        kept["hidden"] = h[:, start:stop]
+        return (kept["hidden"], *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(slice_input)
+    try:
+        yield kept
+    finally:
+        handle.remove()
 
 
 def left_pad(prompts: list[list[int]], pad_token_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,17 +141,18 @@ def generate(
     step_ids, seq_ids, seq_mask = input_ids, input_ids, attention_mask
     for _ in range(sampling.max_new_tokens):
         positions = positions_from_mask(seq_mask)  # (B, T)
-        if use_cache:
-            out = model(
-                input_ids=step_ids,
-                attention_mask=seq_mask,
-                position_ids=positions[:, -step_ids.size(1) :],
-                past_key_values=past,
-                use_cache=True,
-            )
-            past = out.past_key_values
-        else:
-            out = model(input_ids=seq_ids, attention_mask=seq_mask, position_ids=positions, use_cache=False)
+        with head_on_columns(model, -1, None):  # logits of the last column only
+            if use_cache:
+                out = model(
+                    input_ids=step_ids,
+                    attention_mask=seq_mask,
+                    position_ids=positions[:, -step_ids.size(1) :],
+                    past_key_values=past,
+                    use_cache=True,
+                )
+                past = out.past_key_values
+            else:
+                out = model(input_ids=seq_ids, attention_mask=seq_mask, position_ids=positions, use_cache=False)
         token = _next_token(out.logits[:, -1, :], sampling, generator)  # (B,)
         token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)

@@ -16,7 +16,7 @@ scoring a left-padded batch gives each row the numbers it gets alone.
 
 The model must be a transformers `PreTrainedModel` whose `get_output_embeddings()` is the LM
 head, called on batch-first final-normed hidden states: logits are computed only for the
-response slice (see `_score`).
+response slice (`generation.head_on_columns`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from app.errors import UserError
 from app.models.config import LoraSettings, ModelConfig, SamplingConfig
-from app.models.generation import Generation, generate, positions_from_mask
+from app.models.generation import Generation, generate, head_on_columns, positions_from_mask
 
 if TYPE_CHECKING:
     from app.models.loading import LoadedModel
@@ -111,31 +111,18 @@ class PolicyWithValue(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward of (B, S) -> logits (B, R, V) fp32 and hidden states (B, R, H) for the response.
 
-        A pre-hook on the LM head hands it only the columns that predict response tokens, so the
-        prompt's (B, P, V) logits are never made; the hook keeps that slice of the final-normed
-        hidden states for the value head. Works for any model that calls its head on batch-first
-        hidden states (HF causal LMs, the native ChatGLM).
+        The prompt's (B, P, V) logits are never made; the final-normed hidden states that the head
+        saw are the value head's input.
         """
-        B, S = input_ids.shape
+        S = input_ids.shape[1]
         if not 0 < response_start < S:
             raise ValueError(f"response_start must be in 1..{S - 1} for sequences of length {S}, got {response_start}")
-        kept: dict[str, torch.Tensor] = {}
-
-        def response_slice(_head: nn.Module, args: tuple) -> tuple:
-            h = args[0]
-            if h.shape[:2] != (B, S):
-                raise ValueError(f"LM head input has shape {tuple(h.shape)}, expected batch-first ({B}, {S}, hidden)")
-            kept["hidden"] = h[:, response_start - 1 : -1]  # (B, R, H): the state before each response token
-            return (kept["hidden"], *args[1:])
-
-        handle = lm.get_output_embeddings().register_forward_pre_hook(response_slice)
-        try:
+        # column s+t-1 predicts response token t: the head sees exactly those R columns
+        with head_on_columns(lm, response_start - 1, -1, seq_len=S) as kept:
             out = lm(
                 input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=positions_from_mask(attention_mask), use_cache=False,
             )
-        finally:
-            handle.remove()
         return out.logits.float() / temperature, kept["hidden"]
 
     def forward(
