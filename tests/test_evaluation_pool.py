@@ -1,0 +1,142 @@
+"""EvaluatorPool: order, reference caching, killed and hung workers, no leaks, no torch in workers."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, SolverLimits, read_model
+
+ROOT = Path(__file__).resolve().parents[1]
+LP = "Maximize\n obj: 3 x + 2 y\nSubject To\n c1: x + y <= 4\n c2: x + 3 y <= {b}\nBounds\n x <= 3\nEnd"
+
+
+def answer(b: float) -> str:
+    return f"```lp\n{LP.format(b=b)}\n```"
+
+
+def optimum(b: float) -> float:  # x = 3, y = min(1, (b - 3) / 3)
+    return 9 + 2 * min(1.0, (b - 3) / 3)
+
+
+def market_split(m: int = 4, n: int = 40, seed: int = 1) -> str:
+    rng = random.Random(seed)
+    lines = ["Minimize", " obj: " + " + ".join(f"x{j}" for j in range(n)), "Subject To"]
+    for i in range(m):
+        a = [rng.randint(0, 99) for _ in range(n)]
+        lines.append(f" s{i}: " + " + ".join(f"{c} x{j}" for j, c in enumerate(a)) + f" = {sum(a) // 2}")
+    lines += ["Binaries", " " + " ".join(f"x{j}" for j in range(n)), "End"]
+    return "\n".join(lines)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with EvaluatorPool(EvaluationConfig(workers=2)) as p:
+        yield p
+
+
+def test_order_is_preserved_and_results_are_right(pool):
+    bs = [4 + 0.25 * k for k in range(12)]
+    items = [(answer(b), Reference(optimum(b))) for b in bs] + [("no model here", Reference(1.0))]
+    results = pool.score_many(items)
+    assert [r.objective for r in results[:-1]] == pytest.approx([optimum(b) for b in bs])
+    assert all(r.matched and r.reward == 1.0 for r in results[:-1])
+    assert (results[-1].status, results[-1].reason) == ("no_model", "no model found")
+
+
+def test_reference_model_is_solved_once_and_cached(pool):
+    ref = Reference(model_text=LP.format(b=4.5).replace("c1", "cap"))
+    before = len(pool._references)
+    future = pool.submit([(answer(4.5), ref), (answer(6), ref), (answer(4.5), ref)])
+    results = future.result()
+    assert len(pool._references) == before + 1
+    assert pool._references[ref.key][0].value == pytest.approx(10.0)
+    assert [r.matched for r in results] == [True, False, True]
+    assert results[0].graph_distance == 0.0 and results[1].graph_distance > 0.0
+
+
+def test_solve_many_accepts_models_and_texts(pool):
+    out = pool.solve_many([read_model(LP.format(b=6)), LP.format(b=4.5), "max x\nst\n c: x + + <= 1\nend", "min x\nst\n c: x <= -1\nend"])
+    assert [r.status for r in out] == ["optimal", "optimal", "error", "infeasible"]
+    assert out[1].objective == pytest.approx(10.0) and "line 3" in out[2].reason
+
+
+def test_worker_killed_mid_solve_is_replaced():
+    slow = EvaluationConfig(limits=SolverLimits(time_limit_s=60, wall_limit_s=120), workers=1)
+    with EvaluatorPool(slow) as victim:
+        [pid] = [w["pid"] for w in victim.worker_info()]
+        killer = threading.Timer(1.5, os.kill, (pid, signal.SIGKILL))
+        killer.start()
+        t0 = time.monotonic()
+        [r] = victim.score_many([(f"```lp\n{market_split()}\n```", Reference(20.0))])
+        killer.join()
+        assert time.monotonic() - t0 < 30
+        assert (r.status, r.reward) == ("error", 0.0) and "died mid-task (signal 9)" in r.reason
+        assert victim.replaced == 1
+        [ok] = victim.score_many([(answer(6), Reference(11.0))])
+        assert ok.matched
+
+
+def test_worker_past_its_wall_deadline_is_killed():
+    hung = EvaluationConfig(limits=SolverLimits(time_limit_s=60, wall_limit_s=1.0), workers=1)
+    with EvaluatorPool(hung) as p:
+        [pid] = [w["pid"] for w in p.worker_info()]
+        t0 = time.monotonic()
+        results = p.score_many([(f"```lp\n{market_split()}\n```", Reference(20.0)), (answer(6), Reference(11.0))])
+        assert time.monotonic() - t0 < 20
+        assert results[0].status == "timelimit" and "wall limit of 1 s" in results[0].reason
+        assert results[1].matched  # the replacement took the next task
+        time.sleep(0.2)
+        assert not alive(pid)
+
+
+def test_hundreds_of_calls_leak_no_processes():
+    seen = set()
+    with EvaluatorPool(EvaluationConfig(workers=2)) as p:
+        for k in range(150):
+            r = p.score_many([(answer(4 + k % 5), Reference(optimum(4 + k % 5)))])
+            assert r[0].matched
+        seen.update(w["pid"] for w in p.worker_info())
+    time.sleep(0.2)
+    assert len(seen) == 2 and not any(alive(pid) for pid in seen)
+    with pytest.raises(RuntimeError, match="closed"):
+        p.score_many([("x", Reference(1.0))])
+
+
+@pytest.mark.slow  # importing torch in the child script takes ~10 s here
+def test_workers_do_not_load_torch_when_the_main_script_does(tmp_path):
+    script = tmp_path / "train_like.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            sys.path.insert(0, {str(ROOT)!r})
+            import torch  # the caller has torch loaded; its workers must not
+            from app.evaluation import EvaluationConfig, EvaluatorPool, Reference
+
+            if __name__ == "__main__":
+                with EvaluatorPool(EvaluationConfig(workers=1)) as pool:
+                    info = pool.worker_info()[0]
+                    [r] = pool.score_many([("```lp\\nmax x\\nst\\n c: x <= 2\\nend\\n```", Reference(2.0))])
+                print(info["torch"], info["lightning"], r.matched)
+            """
+        )
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "True"]
