@@ -178,6 +178,8 @@ class _Joint:
     def refine(self, colours: np.ndarray) -> list[np.ndarray]:
         """WL rounds until the partition stops splitting; returns the colours of every round."""
         history = [colours]
+        if self.N == 0:
+            return history
         rng = np.random.default_rng(777)
         n_colours = len(np.unique(colours))
         while True:
@@ -212,7 +214,7 @@ def _individualize(joint: _Joint, colours: np.ndarray) -> np.ndarray:
     """
     in_a = np.zeros(joint.N, dtype=bool)
     in_a[: joint.off[2]] = True
-    while joint.work < _WORK_CAP:
+    while joint.N and joint.work < _WORK_CAP:
         k = int(colours.max()) + 1
         n_a = np.bincount(colours[in_a], minlength=k)
         n_b = np.bincount(colours[~in_a], minlength=k)
@@ -398,7 +400,7 @@ def edit_costs() -> dict:
 
     def node_subst(x: dict, y: dict) -> float:
         if x["kind"] != y["kind"]:
-            return 1e6
+            return 3.0  # never cheaper than deleting one and inserting the other
         if x["kind"] == "var":
             return float(_var_cost(_var_array(x), _var_array(y)))
         if x["kind"] == "con":
@@ -406,6 +408,8 @@ def edit_costs() -> dict:
         return ((x["sense"] != y["sense"]) + float(_delta(np.array(x["constant"]), np.array(y["constant"])))) / 2.0
 
     def edge_subst(x: dict, y: dict) -> float:
+        if x["kind"] != y["kind"]:
+            return 2.0
         if x["kind"] == "obj":
             return 0.0
         return float(_delta(np.array(x["coef"]), np.array(y["coef"])))
