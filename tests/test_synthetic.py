@@ -9,8 +9,9 @@ import pytest
 
 from app.cli import main
 from app.data.synthetic import (
-    FAMILIES, NUMBER, Item, format_number, generate, level, make_splits, reference_answer, signature,
+    FAMILIES, NUMBER, Item, generate, level, make_splits, signature,
 )
+from app.data.prompts import answer_text, format_number
 from app.errors import UserError
 from app.evaluation import read_model, solve_model
 from app.evaluation.config import SolverLimits
@@ -157,11 +158,11 @@ def test_constraints_in_question_order(splits):
 def test_reference_answer_renders_the_sft_target():
     lp = "minimize\n obj: x + y\nsubject to\n c1: 3 x + 3 y >= 1\nend\n"
     item = Item("a", "q", format_number(1 / 3, 9), lp, "diet", "easy", "minimize", "LP", 2, 1)
-    assert reference_answer(item) == f"```lp\n{lp.rstrip()}\n```\nOptimal value: 0.3333"
+    assert answer_text(item) == f"```lp\n{lp.rstrip()}\n```\nOptimal value: 0.3333"
     item.answer = "infeasible"
-    assert reference_answer(item).endswith("```\nOptimal value: infeasible")
+    assert answer_text(item).endswith("```\nOptimal value: infeasible")
     item.answer = "42"
-    assert reference_answer(item).splitlines()[-1] == "Optimal value: 42"
+    assert answer_text(item).splitlines()[-1] == "Optimal value: 42"
 
 
 def test_family_subset_and_bad_arguments():

@@ -18,20 +18,20 @@ INSTRUCTION = """\
 Formulate this problem as a linear or mixed-integer program. Think it through briefly, then \
 write the complete model in LP file format inside exactly one ```lp fenced block, and finish \
 with a line "Optimal value: <number>". Use variable names made of letters, digits and \
-underscores, put integer variables under General and 0/1 variables under Binary.
+underscores, put integer variables under general and 0/1 variables under binary.
 
 Example of the format:
 ```lp
-Maximize
+maximize
  obj: 3 x + 2 y
-Subject To
+subject to
  labor: x + y <= 4
  material: x + 3 y <= 6
-Bounds
+bounds
  x <= 3
-General
+general
  y
-End
+end
 ```
 Optimal value: 11"""
 
@@ -52,9 +52,21 @@ def build_messages(
     return messages
 
 
-def answer_text(problem: Problem) -> str:
-    """The answer the instruction asks for, built from the reference: the SFT target."""
+def format_number(x: float, places: int = 4) -> str:
+    """Integers without '.0', others rounded to `places` decimals with trailing zeros dropped."""
+    r = round(float(x), places)
+    if r == int(r):
+        return str(int(r))
+    return f"{r:.{places}f}".rstrip("0").rstrip(".")
+
+
+def answer_text(problem) -> str:
+    """The answer the instruction asks for, built from the reference (the SFT target): the LP in
+    an ```lp block, then `Optimal value: <number>` (4 decimals at most) or the answer as given."""
     if not problem.reference_model:
         raise ValueError(f"problem {problem.id} has no reference_model to build an answer from")
-    value = problem.answer if problem.answer is not None else "unknown"
-    return f"```lp\n{problem.reference_model.strip()}\n```\nOptimal value: {value}"
+    try:
+        value = format_number(float(problem.answer))
+    except (TypeError, ValueError):  # "infeasible" and other non-numeric answers stay as written
+        value = problem.answer
+    return f"```lp\n{problem.reference_model.rstrip()}\n```\nOptimal value: {value}"

@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from app.data.prompts import format_number
 from app.errors import UserError
 
 DIFFICULTIES = {"easy": 0.0, "medium": 0.5, "hard": 1.0}
@@ -92,14 +93,6 @@ class Item:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def format_number(x: float, places: int = 4) -> str:
-    """Integers without '.0', others rounded to `places` decimals with trailing zeros dropped."""
-    r = round(float(x), places)
-    if r == int(r):
-        return str(int(r))
-    return f"{r:.{places}f}".rstrip("0").rstrip(".")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,13 +472,6 @@ def render_lp(draft: Draft) -> str:
         lines += ["general" if draft.vtype == "integer" else "binary", " " + " ".join(draft.objective)]
     lines.append("end")
     return "\n".join(lines) + "\n"
-
-
-def reference_answer(item) -> str:
-    """The SFT target for an item (anything with `reference_model` and `answer`): the LP in an
-    ```lp block, then `Optimal value: <number>` (4 decimals at most) or `Optimal value: infeasible`."""
-    value = item.answer if item.answer == "infeasible" else format_number(float(item.answer))
-    return f"```lp\n{item.reference_model.rstrip()}\n```\nOptimal value: {value}"
 
 
 def signature(item: Item) -> tuple[str, tuple[float, ...]]:
