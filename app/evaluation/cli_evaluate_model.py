@@ -1,0 +1,26 @@
+"""`python -m app evaluate-model FILE [FILE ...]`: solve each LP/MPS file, one JSON line per file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from app.evaluation.cli_common import add_limit_arguments, config_from_args, read_text
+from app.evaluation.pool import EvaluatorPool
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="LP or MPS model files (format sniffed)")
+    add_limit_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    texts = [read_text(path) for path in args.files]
+    with EvaluatorPool(config_from_args(args)) as pool:
+        results = pool.solve_many(texts)
+    for path, r in zip(args.files, results):
+        row = {"file": path, "status": r.status, "objective": r.objective, "n_vars": r.n_vars, "n_cons": r.n_cons,
+               "solve_seconds": round(r.solve_seconds, 6), "reason": r.reason}
+        print(json.dumps(row), file=sys.stdout)
+    return 0
