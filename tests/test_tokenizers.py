@@ -73,6 +73,8 @@ def test_prefix_padding_and_decode_skipping_specials(glm3):
     assert short[n_pad : n_pad + 2] == [gmask, sop]
     assert glm3.decode(short[n_pad:]) == "[gMASK]sophi"
     assert glm3.decode(short, skip_special_tokens=True) == "hi"
+    # ids of the model's padded vocabulary beyond the tokenizer (a random model can sample them) have no text
+    assert glm3.decode([glm3.vocab_size, glm3.vocab_size + 5] + short[n_pad + 2 :]) == "hi"
 
 
 def test_tokenizer_save_and_load_back(glm3, tmp_path):

@@ -43,7 +43,7 @@ class _GLMTokenizerBase(PreTrainedTokenizer):
     sop: str
 
     def __init__(self, vocab_file: str | Path, padding_side: str = "left", **kwargs):
-        """The subclass has loaded its ordinary vocabulary (`_load`) before calling this."""
+        """The subclass has loaded its ordinary vocabulary before calling this."""
         self.vocab_file = str(vocab_file)
         n = self._ordinary_size()
         self.special_ids = {token: n + i for i, token in enumerate(self.specials)}
@@ -119,14 +119,11 @@ class ChatGLM3Tokenizer(_GLMTokenizerBase):
     sop = "sop"
 
     def __init__(self, vocab_file: str | Path, **kwargs):
-        self._load(str(vocab_file))
+        self.sp = spm.SentencePieceProcessor(model_file=str(vocab_file))
         kwargs.setdefault("eos_token", self.sp.id_to_piece(self.sp.eos_id()))
         kwargs.setdefault("unk_token", self.sp.id_to_piece(self.sp.unk_id()))
         kwargs.setdefault("pad_token", self.sp.id_to_piece(self.sp.unk_id()))
         super().__init__(vocab_file, **kwargs)
-
-    def _load(self, path: str) -> None:
-        self.sp = spm.SentencePieceProcessor(model_file=path)
 
     def _ordinary_size(self) -> int:
         return self.sp.get_piece_size()
@@ -174,16 +171,13 @@ class GLM4Tokenizer(_GLMTokenizerBase):
     sop = "<sop>"
 
     def __init__(self, vocab_file: str | Path, **kwargs):
-        self._load(str(vocab_file))
-        kwargs.setdefault("eos_token", "<|endoftext|>")
-        kwargs.setdefault("pad_token", "<|endoftext|>")
-        super().__init__(vocab_file, **kwargs)
-
-    def _load(self, path: str) -> None:
-        self.ranks = read_tiktoken_ranks(path)
+        self.ranks = read_tiktoken_ranks(vocab_file)
         self.encoding = tiktoken.Encoding(name="glm4", pat_str=GLM4_PAT_STR, mergeable_ranks=self.ranks,
                                           special_tokens={})  # fmt: skip
         self.tokens_by_rank = {rank: token for token, rank in self.ranks.items()}
+        kwargs.setdefault("eos_token", "<|endoftext|>")
+        kwargs.setdefault("pad_token", "<|endoftext|>")
+        super().__init__(vocab_file, **kwargs)
 
     def _ordinary_size(self) -> int:
         return len(self.ranks)
