@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from app.evaluation.model import Model
 
@@ -268,6 +267,8 @@ def _assign(cost: np.ndarray, fa: np.ndarray, fb: np.ndarray) -> tuple[np.ndarra
     if not len(fa) or not len(fb):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if len(fa) * len(fb) <= _ASSIGN_CAP:
+        from scipy.optimize import linear_sum_assignment  # imported here: scipy.optimize costs ~0.5 s to import
+
         return linear_sum_assignment(cost(fa, fb))
     k = min(len(fa), len(fb))
     return np.lexsort(fa.T[::-1])[:k], np.lexsort(fb.T[::-1])[:k]
