@@ -82,3 +82,22 @@ def test_config_roundtrip_keeps_official_names(tmp_path):
 def test_config_rejects_math_changing_options(field, value):
     with pytest.raises(ValueError, match=field):
         ChatGLMConfig(**{field: value})
+
+
+def test_official_style_config_json_with_extra_fields_loads(tmp_path):
+    """Fields the published config.json carries beyond the math (auto_map, dropouts, vocab_size ...) are accepted."""
+    import json
+
+    raw = CHATGLM3_6B | {
+        "_name_or_path": "THUDM/chatglm3-6b", "model_type": "chatglm", "architectures": ["ChatGLMModel"],
+        "auto_map": {"AutoConfig": "configuration_chatglm.ChatGLMConfig",
+                     "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration"},
+        "attention_dropout": 0.0, "hidden_dropout": 0.0, "classifier_dropout": None, "prefix_projection": False,
+        "pre_seq_len": None, "quantization_bit": 0, "tie_word_embeddings": False, "transformers_version": "4.27.1",
+        "use_cache": True, "vocab_size": 65024,
+    }  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    config = ChatGLMConfig.from_json_file(tmp_path / "config.json")
+    assert config.padded_vocab_size == 65024 and config.num_layers == 28 and config.tie_word_embeddings is False
+    with torch.device("meta"):
+        assert ChatGLMForCausalLM(config).num_parameters() == 6_243_584_000
