@@ -1,0 +1,304 @@
+"""Time and memory of one PPO iteration: our PPOModule against TRL 0.9.6's PPOTrainer.
+
+    bash tools/setup_trl_venv.sh                      # once: .venv-trl with TRL 0.9.6 (the baseline)
+    .venv/bin/python tools/bench_ppo.py [--batch 16 --prompt-tokens 64 --new-tokens 64 --iters 3]
+
+Both sides get the same tiny Llama (built here from a LlamaConfig and saved with
+`save_pretrained`, with a word-level tokenizer trained here on synthetic sentences; nothing is
+downloaded), the same prompts (token ids from our chat format, every one exactly
+--prompt-tokens long), the same sampling (temperature 1, no top-k/top-p, no stop token, so every
+response is exactly --new-tokens long), the same LoRA (r, alpha, all seven linear layers) and the
+same PPO settings (epochs, minibatch size, lr, clip ranges, vf coefficient, fixed k1 KL penalty,
+GAE, whitened advantages, grad-norm clip). Rewards on both sides come from the evaluation
+system's `EvaluatorPool` (SCIP worker processes) scoring the decoded responses against each
+problem's answer and reference model.
+
+- ours: a real `lightning.Trainer` fit of `PPOModule` (the production `build_trainer`, TensorBoard
+  logging included), phases from the module's own `time/*` metrics, the iteration from a callback.
+- TRL: `PPOTrainer.generate` (batched) -> pool scoring -> `PPOTrainer.step`, run by
+  tools/bench_ppo_trl.py inside .venv-trl; its forward passes are timed by wrapping
+  `batched_forward_pass`, the update is the rest of `step`.
+
+Each side runs in a fresh subprocess: 1 warm-up iteration, then --iters timed ones; the table
+shows medians. Memory is the peak RSS of that process (ru_maxrss) minus its RSS after imports,
+so model, optimizer state, activations and caches count and the libraries' import cost does not.
+The last line is one JSON object: {"time_vs_trl": ours/TRL, "memory_vs_trl": ours/TRL}.
+Targets: time <= 0.7, memory <= 1.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PHASES = ("generate", "score", "forward", "update", "other", "total")
+# every linear layer of a Llama block (what peft's "all-linear" picks), named so TRL gets the same
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+WORDS = (
+    "a factory makes chairs tables desks and shelves each week . every chair needs wood hours "
+    "of labor and paint while a table needs more wood . the profit per unit is known and the "
+    "plant has limited machine time storage space budget and workers . how many units of each "
+    "product should it make to maximize total profit ? a farmer plants wheat corn and soy on "
+    "acres of land with water fertilizer and tractor limits . minimize the cost of shipping goods "
+    "from warehouses to stores so that demand is met and supply is not exceeded . a hospital "
+    "schedules nurses in shifts at least some nurses must work on each day . choose which "
+    "projects to fund with binary decisions under a budget . variables constraints objective "
+    "subject to bounds integer end maximize minimize x y z + - * <= >= = : lp model optimal value"
+).split()
+
+
+# ----------------------------------------------------------------------------- the shared fixture
+
+
+def synthetic_sentences(n: int, rng: random.Random) -> list[str]:
+    """Sentences over WORDS and the numbers 0..199, the corpus the tokenizer is trained on."""
+    numbers = [str(i) for i in range(200)]
+    return [" ".join(rng.choice(WORDS if rng.random() < 0.7 else numbers) for _ in range(rng.randint(8, 24)))
+            for _ in range(n)]
+
+
+def build_tokenizer(sentences: list[str]):
+    """A word-level fast tokenizer: one token per word or punctuation mark, <s> prepended."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    tok.train_from_iterator(sentences + ["User : Assistant : System :"],
+                            trainers.WordLevelTrainer(special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+REFERENCE_LP = """Maximize
+ obj: {a} x + {b} y
+Subject To
+ c1: x + y <= {c}
+ c2: x - y <= {d}
+Bounds
+ 0 <= x <= 100
+ 0 <= y <= 100
+End
+"""
+
+
+def build_fixture(out: Path, s: dict) -> None:
+    """Model + tokenizer dir, problems.jsonl (ours reads it), prompts.json (token ids for TRL), settings.json."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from app.data.prompts import build_messages
+    from app.data.formats import Problem
+    from app.models.chat import chat_format_for
+
+    rng = random.Random(s["seed"])
+    tokenizer = build_tokenizer(synthetic_sentences(400, rng))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=s["hidden"], intermediate_size=s["ffn"], num_hidden_layers=s["layers"],
+        num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"], max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(s["seed"])
+    model_dir = out / "model"
+    LlamaForCausalLM(config).save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+
+    # Questions of exactly prompt_tokens tokens after the plain chat format: measure the template's
+    # overhead once, then fill the question with that many words.
+    chat = chat_format_for("plain", tokenizer, config)
+    overhead = len(chat.encode_prompt(tokenizer, build_messages(Problem("x", "x", None), "", ""))) - 1
+    n_words = s["prompt_tokens"] - overhead
+    if n_words < 1:
+        raise SystemExit(f"--prompt-tokens {s['prompt_tokens']} leaves no room for a question (template: {overhead})")
+    problems, prompts = [], []
+    for i in range(s["batch"] * (s["warmup"] + s["iters"])):
+        question = " ".join(rng.choice(WORDS) for _ in range(n_words))
+        a, b, c, d = (rng.randint(1, 9) for _ in range(4))
+        problem = Problem(f"p{i}", question, None, REFERENCE_LP.format(a=a, b=b, c=c, d=d))
+        ids = chat.encode_prompt(tokenizer, build_messages(problem, "", ""))
+        if len(ids) != s["prompt_tokens"]:
+            raise SystemExit(f"prompt {i} has {len(ids)} tokens, expected {s['prompt_tokens']}")
+        problems.append({"id": problem.id, "question": question, "answer": None, "reference_model": problem.reference_model})
+        prompts.append(ids)
+    with open(out / "problems.jsonl", "w") as f:
+        f.writelines(json.dumps(p) + "\n" for p in problems)
+    (out / "prompts.json").write_text(json.dumps({"prompts": prompts, "problems": problems}))
+    (out / "settings.json").write_text(json.dumps(s, indent=1))
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# ----------------------------------------------------------------------------- our side
+
+
+def run_ours(fixture: Path) -> dict:
+    """One Lightning fit of PPOModule: warm-up + timed iterations; per-iteration phase seconds."""
+    import lightning.pytorch as pl
+    import torch
+
+    from app.config import DataSettings, PPOSettings, TrainConfig, TrainerSettings
+    from app.data.datamodule import PromptDataModule
+    from app.evaluation import EvaluationConfig
+    from app.models.config import LoraSettings, ModelConfig, SamplingConfig
+    from app.models.loading import load_model
+    from app.models.policy import PolicyWithValue
+    from app.ppo.module import PPOModule
+    from app.ppo.train import build_trainer
+
+    s = json.loads((fixture / "settings.json").read_text())
+    torch.set_num_threads(s["threads"])
+    rss0 = rss_mb()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_ppo_ours_"))
+    cfg = TrainConfig(
+        seed=s["seed"],
+        model=ModelConfig(family="auto", path=str(fixture / "model"), chat_format="plain",
+                          lora=LoraSettings(r=s["lora_r"], alpha=s["lora_alpha"], target_modules=list(LORA_TARGETS))),
+        sampling=SamplingConfig(max_new_tokens=s["new_tokens"], temperature=1.0, top_p=1.0, top_k=0, do_sample=True),
+        ppo=PPOSettings(
+            prompts_per_step=s["batch"], epochs=s["epochs"], minibatch_size=s["minibatch"], lr=s["lr"],
+            max_grad_norm=s["max_grad_norm"], clip_low=s["clip"], clip_high=s["clip"], value_clip=s["clip"],
+            vf_coef=s["vf_coef"], gamma=s["gamma"], lam=s["lam"], whiten_advantages=True,
+        ),
+        data=DataSettings(train=str(fixture / "problems.jsonl"), format="project", shuffle_buffer=1,
+                          max_prompt_tokens=s["prompt_tokens"], system_prompt="", instruction=""),
+        evaluation=EvaluationConfig(workers=s["workers"]),
+        trainer=TrainerSettings(max_steps=s["warmup"] + s["iters"], root_dir=str(tmp), enable_progress_bar=False,
+                                checkpoint_every=0, sample_log_every=0),
+    )
+    cfg.ppo.kl.coef = s["kl_coef"]
+
+    class Timer(pl.Callback):
+        def __init__(self):
+            self.rows: list[dict] = []
+            self.t0 = 0.0
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            total = time.perf_counter() - self.t0
+            m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("time/")}
+            lengths = module.last_rollout.response_mask.sum(-1)
+            if not bool((lengths == s["new_tokens"]).all()):
+                raise RuntimeError(f"response lengths {lengths.tolist()}, expected all {s['new_tokens']}")
+            row = {"generate": m["time/generate"], "score": m["time/score_wait"], "forward": m["time/forward"],
+                   "update": m["time/update"], "total": total}
+            row["other"] = total - sum(row[k] for k in ("generate", "score", "forward", "update"))
+            self.rows.append(row)
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    loaded = load_model(cfg.model)
+    # No stop tokens: every response is exactly max_new_tokens long, as TRL's min_new_tokens makes its own.
+    policy = PolicyWithValue(loaded.model, cfg.model.lora, pad_token_id=loaded.chat.pad_token_id, stop_token_ids=[])
+    module = PPOModule(cfg, loaded, policy)
+    timer = Timer()
+    trainer = build_trainer(cfg, [timer])
+    trainer.fit(module, datamodule=PromptDataModule(cfg.data, prompts_per_step=cfg.ppo.prompts_per_step, seed=cfg.seed))
+    return {"iterations": timer.rows[s["warmup"]:], "rss_after_imports_mb": rss0, "peak_rss_mb": peak_rss_mb()}
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def run_side(cmd: list[str], name: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+        raise SystemExit(f"{name} side failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def medians(result: dict) -> dict[str, float]:
+    return {k: statistics.median(row[k] for row in result["iterations"]) for k in PHASES}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--side", choices=["ours"], help="internal: run one side on --fixture and print its JSON")
+    p.add_argument("--fixture", type=Path)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--minibatch", type=int, default=4)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--ffn", type=int, default=688)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
+    p.add_argument("--workers", type=int, default=2, help="solver worker processes on both sides")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trl-python", type=Path, default=ROOT / ".venv-trl" / "bin" / "python")
+    args = p.parse_args()
+
+    if args.side == "ours":
+        print(json.dumps(run_ours(args.fixture)))
+        return 0
+
+    if not args.trl_python.is_file():
+        raise SystemExit(f"{args.trl_python} not found; run `bash tools/setup_trl_venv.sh` first")
+    settings = {
+        "batch": args.batch, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+        "epochs": args.epochs, "minibatch": args.minibatch, "layers": args.layers, "hidden": args.hidden,
+        "ffn": args.ffn, "heads": args.heads, "kv_heads": args.kv_heads, "warmup": args.warmup, "iters": args.iters,
+        "threads": args.threads, "workers": args.workers, "seed": args.seed,
+        "lora_r": 8, "lora_alpha": 16, "lora_targets": LORA_TARGETS, "lr": 1e-5, "kl_coef": 0.05,
+        "clip": 0.2, "vf_coef": 0.1, "gamma": 1.0, "lam": 0.95, "max_grad_norm": 1.0,
+    }
+    with tempfile.TemporaryDirectory(prefix="bench_ppo_") as tmp:
+        fixture = Path(tmp)
+        build_fixture(fixture, settings)
+        ours = run_side([sys.executable, str(Path(__file__).resolve()), "--side", "ours", "--fixture", str(fixture)], "our")
+        trl = run_side([str(args.trl_python), str(ROOT / "tools" / "bench_ppo_trl.py"), "--fixture", str(fixture)], "TRL")
+
+    a, b = medians(ours), medians(trl)
+    mem_a = ours["peak_rss_mb"] - ours["rss_after_imports_mb"]
+    mem_b = trl["peak_rss_mb"] - trl["rss_after_imports_mb"]
+    print(f"PPO iteration: batch {args.batch}, prompt {args.prompt_tokens} + {args.new_tokens} new tokens, "
+          f"{args.epochs} epochs x minibatch {args.minibatch}, LoRA r=8; Llama {args.layers}x{args.hidden}; "
+          f"{args.threads} torch threads, {args.workers} solver workers; median of {args.iters} after {args.warmup} warm-up")
+    print(f"{'phase (s)':<26}{'ours':>10}{'TRL 0.9.6':>12}{'ours/TRL':>10}")
+    labels = {"generate": "generation", "score": "scoring (wait)", "forward": "ref/value/old-logp pass",
+              "update": "PPO update", "other": "other (adv., logging)", "total": "iteration"}
+    for k in PHASES:
+        ratio = f"{a[k] / b[k]:.2f}" if b[k] > 0 else "-"
+        print(f"{labels[k]:<26}{a[k]:>10.3f}{b[k]:>12.3f}{ratio:>10}")
+    print(f"{'peak RSS - after imports':<26}{mem_a:>9.0f}M{mem_b:>11.0f}M{mem_a / mem_b:>10.2f}")
+    print(json.dumps({"time_vs_trl": round(a["total"] / b["total"], 3), "memory_vs_trl": round(mem_a / mem_b, 3)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
