@@ -237,6 +237,14 @@ def run_side(cmd: list[str], name: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def pool_rounds(results: list[dict]) -> dict:
+    """All rounds' timed iterations together; memory: the median over rounds of peak - after-imports RSS."""
+    return {
+        "iterations": [row for r in results for row in r["iterations"]],
+        "memory_mb": statistics.median(r["peak_rss_mb"] - r["rss_after_imports_mb"] for r in results),
+    }
+
+
 def medians(result: dict) -> dict[str, float]:
     return {k: statistics.median(row[k] for row in result["iterations"]) for k in PHASES}
 
@@ -257,7 +265,9 @@ def main() -> int:
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
+    p.add_argument("--rounds", type=int, default=2, help="fresh processes per side, alternating which goes first")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads on both sides (1: a shared 2-core machine makes multi-threaded timings erratic)")
     p.add_argument("--workers", type=int, default=2, help="solver worker processes on both sides")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trl-python", type=Path, default=ROOT / ".venv-trl" / "bin" / "python")
@@ -277,18 +287,24 @@ def main() -> int:
         "lora_r": 8, "lora_alpha": 16, "lora_targets": LORA_TARGETS, "lr": 1e-5, "kl_coef": 0.05,
         "clip": 0.2, "vf_coef": 0.1, "gamma": 1.0, "lam": 0.95, "max_grad_norm": 1.0,
     }
+    ours_cmd = [sys.executable, str(Path(__file__).resolve()), "--side", "ours", "--fixture"]
+    trl_cmd = [str(args.trl_python), str(ROOT / "tools" / "bench_ppo_trl.py"), "--fixture"]
+    runs: dict[str, list[dict]] = {"ours": [], "TRL": []}
     with tempfile.TemporaryDirectory(prefix="bench_ppo_") as tmp:
         fixture = Path(tmp)
         build_fixture(fixture, settings)
-        ours = run_side([sys.executable, str(Path(__file__).resolve()), "--side", "ours", "--fixture", str(fixture)], "our")
-        trl = run_side([str(args.trl_python), str(ROOT / "tools" / "bench_ppo_trl.py"), "--fixture", str(fixture)], "TRL")
+        # Rounds alternate which side goes first, so a change in the machine's load hits both.
+        for r in range(args.rounds):
+            order = [("ours", ours_cmd), ("TRL", trl_cmd)]
+            for name, cmd in order if r % 2 == 0 else order[::-1]:
+                runs[name].append(run_side(cmd + [str(fixture)], name))
+    ours, trl = (pool_rounds(runs[name]) for name in ("ours", "TRL"))
 
     a, b = medians(ours), medians(trl)
-    mem_a = ours["peak_rss_mb"] - ours["rss_after_imports_mb"]
-    mem_b = trl["peak_rss_mb"] - trl["rss_after_imports_mb"]
+    mem_a, mem_b = ours["memory_mb"], trl["memory_mb"]
     print(f"PPO iteration: batch {args.batch}, prompt {args.prompt_tokens} + {args.new_tokens} new tokens, "
           f"{args.epochs} epochs x minibatch {args.minibatch}, LoRA r=8; Llama {args.layers}x{args.hidden}; "
-          f"{args.threads} torch threads, {args.workers} solver workers; median of {args.iters} after {args.warmup} warm-up")
+          f"{args.threads} torch threads, {args.workers} solver workers; median of {args.rounds} rounds x {args.iters} iterations, each round after {args.warmup} warm-up")
     print(f"{'phase (s)':<26}{'ours':>10}{'TRL 0.9.6':>12}{'ours/TRL':>10}")
     labels = {"generate": "generation", "score": "scoring (wait)", "forward": "ref/value/old-logp pass",
               "update": "PPO update", "other": "other (adv., logging)", "total": "iteration"}
