@@ -79,6 +79,7 @@ class TrainerSettings:
     checkpoint_every: int = 10
     root_dir: str = "logs"
     enable_progress_bar: bool = True
+    cpu_threads: int = 0  # torch intra-op threads; 0: torch's default. Small CPU models run faster on 1
 
 
 @dataclass

@@ -91,14 +91,13 @@ class PPOModule(pl.LightningModule):
     # ---- the algorithm -----------------------------------------------------------------
 
     def training_step(self, problems: list, batch_idx: int):
-        ppo = self.cfg.ppo
         timings: dict[str, float] = {}
-        problems = [p for p in problems for _ in range(ppo.samples_per_prompt)]
-
         t0 = time.perf_counter()
         rollout = self.generate_rollout(problems)
         timings["time/generate"] = time.perf_counter() - t0
-        if rollout is None:
+        if not self._on_all_ranks(rollout is not None):  # ranks skip together, or DDP would hang
+            self.log("train/skipped_batches", 1.0)
+            self._end_iteration()
             return None
 
         scorer = self._scorer()
@@ -115,7 +114,8 @@ class PPOModule(pl.LightningModule):
         rollout.breakdowns = scored.breakdowns
 
         self.compute_advantages(rollout)
-        if not (torch.isfinite(rollout.rewards).all() and torch.isfinite(rollout.advantages).all()):
+        finite = bool(torch.isfinite(rollout.rewards).all() and torch.isfinite(rollout.advantages).all())
+        if not self._on_all_ranks(finite):
             self.log("train/skipped_nonfinite", 1.0)
             self.print(f"iteration {self.iteration}: non-finite rewards or advantages, step skipped")
             self._end_iteration()
@@ -153,6 +153,9 @@ class PPOModule(pl.LightningModule):
         if self.iteration >= self.cfg.trainer.max_steps:
             self.trainer.should_stop = True
 
+    def _on_all_ranks(self, flag: bool) -> bool:
+        return bool(self.all_gather(torch.tensor(flag, device=self.device)).all())
+
     def _mean_across_ranks(self, value: torch.Tensor) -> torch.Tensor:
         return self.all_gather(value.detach()).float().mean()
 
@@ -161,16 +164,17 @@ class PPOModule(pl.LightningModule):
 
     @torch.no_grad()
     def generate_rollout(self, problems: list) -> Rollout | None:
-        """Render prompts with the model's chat format, sample responses, decode them."""
-        limit = self.cfg.data.max_prompt_tokens
+        """Render prompts with the model's chat format, sample `samples_per_prompt` responses each,
+        decode them. Prompts over `data.max_prompt_tokens` are reported and left out."""
+        limit, n = self.cfg.data.max_prompt_tokens, self.cfg.ppo.samples_per_prompt
         prompts, kept = [], []
         for problem in problems:
             ids = self.chat.encode_prompt(self.tokenizer, self._messages(problem))
             if len(ids) > limit:
                 self.print(f"problem {problem.id}: prompt of {len(ids)} tokens > data.max_prompt_tokens={limit}, skipped")
                 continue
-            prompts.append(ids)
-            kept.append(problem)
+            prompts += [ids] * n
+            kept += [problem] * n
         if not prompts:
             return None
         self.policy.eval()
@@ -267,11 +271,11 @@ class PPOModule(pl.LightningModule):
         mean_entropy = losses.masked_mean(entropy, mask)
         loss = pg_loss + ppo.vf_coef * v_loss - ppo.entropy_coef * mean_entropy
         stats = {
-            "train/policy_loss": float(pg_loss),
-            "train/value_loss": float(v_loss),
-            "train/entropy": float(mean_entropy),
-            "train/approx_kl": float(pg_stats["approx_kl"]),
-            "train/clip_fraction": float(pg_stats["clip_fraction"]),
-            "train/value_clip_fraction": float(v_stats["clip_fraction"]),
+            "train/policy_loss": pg_loss.item(),
+            "train/value_loss": v_loss.item(),
+            "train/entropy": mean_entropy.item(),
+            "train/approx_kl": pg_stats["approx_kl"].item(),
+            "train/clip_fraction": pg_stats["clip_fraction"].item(),
+            "train/value_clip_fraction": v_stats["clip_fraction"].item(),
         }
         return loss, stats

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from app.config import TrainConfig
@@ -50,6 +51,8 @@ def train(cfg: TrainConfig, extra_callbacks: list | None = None) -> tuple[PPOMod
     if cfg.resume is not None and not Path(cfg.resume).is_file():
         raise UserError(f"resume checkpoint not found: {cfg.resume}")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.cpu_threads > 0:
+        torch.set_num_threads(cfg.trainer.cpu_threads)
     loaded = load_model(cfg.model)
     module = PPOModule(cfg, loaded, build_policy(loaded, cfg.model))
     datamodule = PromptDataModule(cfg.data, prompts_per_step=cfg.ppo.prompts_per_step, seed=cfg.seed)

@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train_sft(cfg: SFTConfig) -> Path:
     import lightning.pytorch as pl
+    import torch
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from app.data.datamodule import PromptDataModule
@@ -23,6 +24,8 @@ def train_sft(cfg: SFTConfig) -> Path:
     from app.sft.module import SFTModule
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.cpu_threads > 0:
+        torch.set_num_threads(cfg.trainer.cpu_threads)
     loaded = load_model(cfg.model)
     module = SFTModule(cfg, loaded)
     datamodule = PromptDataModule(cfg.data, prompts_per_step=cfg.sft.batch_size, seed=cfg.seed)
