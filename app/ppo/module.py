@@ -72,8 +72,9 @@ class PPOModule(pl.LightningModule):
 
     def on_train_end(self) -> None:
         """The trained weights in the file `python -m app export --adapter` reads."""
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank asks
         if self.trainer.is_global_zero:
-            self.policy.save_trainable(Path(self.trainer.log_dir or self.trainer.default_root_dir) / "trainable.pt")
+            self.policy.save_trainable(run_dir / "trainable.pt")
 
     def _scorer(self) -> RolloutScorer:
         scorers = [cb for cb in self.trainer.callbacks if isinstance(cb, RolloutScorer)]
@@ -112,6 +113,7 @@ class PPOModule(pl.LightningModule):
         timings["time/score_wait"] = time.perf_counter() - t0
         rollout.scores = torch.tensor(scored.scores, dtype=torch.float32, device=self.device)
         rollout.breakdowns = scored.breakdowns
+        self.last_solver_metrics = scored.metrics
 
         self.compute_advantages(rollout)
         finite = bool(torch.isfinite(rollout.rewards).all() and torch.isfinite(rollout.advantages).all())

@@ -1,0 +1,94 @@
+"""Real DDP with 2 CPU processes (gloo), launched by the Trainer's own launcher.
+
+Rank 0 is handed correct answers and rank 1 garbage, so the solver metrics differ per rank: the
+logged values must be the cross-rank means, and after the PPO updates both ranks must hold
+identical trainable weights.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.data.synthetic import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from lightning.pytorch import Callback
+    from app.config import load_config
+    from app.data.prompts import answer_text
+    from app.ppo import train as train_mod
+    from callbacks.solver_reward import SolverReward
+
+    out = sys.argv[1]
+
+    class RankAnswers(SolverReward):
+        # rank 0 answers with the reference model, rank 1 with garbage
+        def begin(self, responses, problems):
+            rank = self._rank
+            responses = [answer_text(p) if rank == 0 else "no idea" for p in problems]
+            super().begin(responses, problems)
+
+        def setup(self, trainer, pl_module, stage):
+            self._rank = trainer.global_rank
+            super().setup(trainer, pl_module, stage)
+
+    class Dump(Callback):
+        def on_train_end(self, trainer, module):
+            rank = trainer.global_rank
+            torch.save({k: v.cpu() for k, v in module.policy.trainable_state_dict().items()}, f"{out}/rank{rank}.pt")
+            with open(f"{out}/rank{rank}.json", "w") as f:
+                json.dump({"scores": module.last_rollout.scores.tolist(), "metrics": module.last_solver_metrics,
+                           "world": trainer.world_size}, f)
+
+    train_mod.SolverReward = RankAnswers
+    cfg = load_config(None, sys.argv[2:])
+    train_mod.train(cfg, extra_callbacks=[Dump()])
+    """
+)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_ranks_identical_weights_and_reduced_metrics(tiny_chatglm_dir, tmp_path):
+    data = tmp_path / "train.jsonl"
+    with open(data, "w") as f:
+        for item in generate(8, seed=5, infeasible_fraction=0.0):
+            f.write(json.dumps(item.to_json()) + "\n")
+    script = tmp_path / "ddp_run.py"
+    script.write_text(SCRIPT)
+    args = [
+        f"model.path={tiny_chatglm_dir}", f"data.train={data}", "data.system_prompt=", "data.instruction=",
+        "data.max_prompt_tokens=2048", "sampling.max_new_tokens=8", "ppo.prompts_per_step=2", "ppo.minibatch_size=2",
+        "ppo.lr=1e-2", "evaluation.workers=1", "trainer.max_steps=2", "trainer.checkpoint_every=0",
+        "trainer.devices=2", "trainer.strategy=ddp", f"trainer.root_dir={tmp_path / 'logs'}",
+        "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0.keys() == r1.keys() and r0
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key
+    assert any(float(v.abs().max()) > 0 for k, v in r0.items() if "lora_B" in k), "no update happened"
+
+    m0, m1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert m0["world"] == 2
+    assert min(m0["scores"]) > 0.9 and max(m1["scores"]) == 0.0  # the two ranks really saw different answers
+    for metrics in (m0["metrics"], m1["metrics"]):
+        assert metrics["accuracy"] == pytest.approx(0.5)
+        assert metrics["format_rate"] == pytest.approx(0.5)
+        expected = (sum(m0["scores"]) + sum(m1["scores"])) / (len(m0["scores"]) + len(m1["scores"]))
+        assert metrics["reward"] == pytest.approx(expected, abs=1e-6)
