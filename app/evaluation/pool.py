@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import sys
 import time
 import types
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 
 from app.evaluation.config import EvaluationConfig
@@ -36,13 +37,12 @@ def _context():
 # ----------------------------------------------------------------------------- worker side
 
 
-def _run_task(kind: str, payload):
+def _run_task(kind: str, shared, item):
     if kind == "score":
-        answer, reference, config = payload
-        return score_answer(answer, reference, config, solve_reference=False)
+        answer, reference = item
+        return score_answer(answer, reference, shared, solve_reference=False)
     if kind == "solve":
-        item, limits = payload
-        return _solve_item(item, limits)
+        return _solve_item(item, shared)
     if kind == "info":
         return {"pid": os.getpid(), "torch": "torch" in sys.modules, "lightning": "lightning" in sys.modules}
     raise ValueError(f"unknown task kind {kind!r}")
@@ -60,6 +60,8 @@ def _solve_item(item: Model | str, limits) -> SolveResult:
 
 
 def _worker_main(conn) -> None:
+    """Messages are chunks `(kind, shared, [(task_id, item), ...])`; one result message per item,
+    sent as soon as it is done, so the parent knows which item is running and since when."""
     while True:
         try:
             msg = conn.recv()
@@ -67,18 +69,19 @@ def _worker_main(conn) -> None:
             return
         if msg is None:
             return
-        task_id, kind, payload = msg
-        try:
-            result = _run_task(kind, payload)
-        except Exception as err:  # a bug or bad payload must not take the worker down
-            result = _failure(kind, payload, "error", f"evaluator error: {type(err).__name__}: {err}")
-        conn.send((task_id, result))
+        kind, shared, chunk = msg
+        for task_id, item in chunk:
+            try:
+                result = _run_task(kind, shared, item)
+            except Exception as err:  # a bug or bad payload must not take the worker down
+                result = _failure(kind, item, "error", f"evaluator error: {type(err).__name__}: {err}")
+            conn.send((task_id, result))
 
 
-def _failure(kind: str, payload, status: str, reason: str):
+def _failure(kind: str, item, status: str, reason: str):
     if kind == "score":
         terms = {"format": 0.0, "solved": 0.0, "answer": 0.0}
-        if payload[1].model_text is not None:
+        if item[1].model_text is not None:
             terms["graph"] = 0.0
         return ScoreResult(0.0, terms, status, reason=reason)
     return SolveResult(status, reason=reason)
@@ -86,11 +89,18 @@ def _failure(kind: str, payload, status: str, reason: str):
 
 # ----------------------------------------------------------------------------- parent side
 
+_CHUNK = 8  # items per message to a worker: fewer messages and wake-ups than one per item
+# A worker holds at most two chunks: the one it runs and one queued behind it. The queued one must
+# fit the pipe's buffer (212,992 bytes on Linux) so that sending it never blocks on a hung worker.
+_QUEUED_CHUNK_BYTES = 32 * 1024
+
 
 @dataclass
 class _Worker:
     process: mp.process.BaseProcess
     conn: object
+    chunks: deque[list[int]] = field(default_factory=deque)  # task indices sent, in order; chunks[0][0] runs
+    started: float = 0.0  # when the running task started; it is killed at started + wall_limit_s
 
 
 class EvaluatorPool:
@@ -130,68 +140,106 @@ class EvaluatorPool:
         self._workers[index] = self._start()
         self.replaced += 1
 
-    def _run(self, tasks: list[tuple[str, object]]) -> list:
-        """Run tasks on the workers, one at a time each; results in task order."""
+    def _run(self, kind: str, shared, items: list) -> list:
+        """Run items on the workers in chunks; results in item order.
+
+        Each worker runs one chunk with at most one more queued. The running item gets
+        `wall_limit_s` from the moment it starts; past that, or when the worker dies, the worker
+        is killed and replaced, that item gets its reason and the rest of its chunks go back to
+        the front of the queue.
+        """
         if self._executor is None:
             raise RuntimeError("the evaluator pool is closed")
-        results: list = [None] * len(tasks)
-        pending = deque(range(len(tasks)))
-        busy: dict[int, tuple[int, float]] = {}  # worker index -> (task index, deadline)
+        results: list = [None] * len(items)
+        pending = deque(range(len(items)))
         wall = self.config.limits.wall_limit_s
-        while pending or busy:
+        per_worker = 2 * len(self._workers)
+
+        def fail_head(w: int, status: str, reason: str) -> None:
+            worker = self._workers[w]
+            head, *rest = [t for chunk in worker.chunks for t in chunk]
+            results[head] = _failure(kind, items[head], status, reason)
+            pending.extendleft(reversed(rest))
+            worker.chunks.clear()
+            self._replace(w)
+
+        while True:
             for w in range(len(self._workers)):
-                while w not in busy and pending:
-                    t = pending.popleft()
+                while pending and (not self._workers[w].chunks or len(self._workers[w].chunks) == 1):
+                    worker = self._workers[w]
+                    size = min(_CHUNK, max(1, len(pending) // per_worker))
+                    chunk = [pending.popleft() for _ in range(min(size, len(pending)))]
+                    data, chunk = self._pack(kind, shared, items, chunk, results)
+                    if data is None:
+                        continue
+                    if worker.chunks and len(data) > _QUEUED_CHUNK_BYTES:  # too big to queue: wait until idle
+                        pending.extendleft(reversed(chunk))
+                        break
                     try:
-                        self._workers[w].conn.send((t, *tasks[t]))
-                        busy[w] = (t, time.monotonic() + wall)
-                    except (BrokenPipeError, OSError, EOFError):  # died while idle: replace, try again
-                        pending.appendleft(t)
+                        worker.conn.send_bytes(data)
+                    except OSError:  # died: replace it now if idle, else the sentinel below reports it
+                        pending.extendleft(reversed(chunk))
+                        if worker.chunks:
+                            break
                         self._replace(w)
-                    except Exception as err:  # the payload does not pickle
-                        results[t] = _failure(*tasks[t], "error", f"cannot send the task to a worker: {err}")
+                        continue
+                    if not worker.chunks:
+                        worker.started = time.monotonic()
+                    worker.chunks.append(chunk)
+            busy = [w for w in range(len(self._workers)) if self._workers[w].chunks]
+            if not busy:
+                return results
+            first_deadline = min(self._workers[w].started for w in busy) + wall
             waitables = [x for w in busy for x in (self._workers[w].conn, self._workers[w].process.sentinel)]
-            timeout = max(0.0, min(d for _, d in busy.values()) - time.monotonic()) if busy else 0.0
-            ready = set(wait(waitables, timeout=timeout)) if waitables else set()
-            for w, (t, deadline) in list(busy.items()):
+            ready = set(wait(waitables, timeout=max(0.0, first_deadline - time.monotonic())))
+            for w in busy:
                 worker = self._workers[w]
-                if worker.conn in ready or worker.process.sentinel in ready:
-                    try:
-                        if worker.conn.poll():
-                            _, results[t] = worker.conn.recv()
-                            del busy[w]
-                            continue
-                    except (EOFError, OSError):
-                        pass
-                    if not worker.process.is_alive() or worker.process.sentinel in ready:
-                        worker.process.join(timeout=1.0)
-                        code = worker.process.exitcode
-                        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                        results[t] = _failure(*tasks[t], "error", f"worker process died mid-task ({how}); replaced")
-                        del busy[w]
-                        self._replace(w)
-                elif time.monotonic() >= deadline:
-                    results[t] = _failure(*tasks[t], "timelimit", f"worker killed after the wall limit of {wall:g} s; replaced")
-                    del busy[w]
-                    self._replace(w)
-        return results
+                try:
+                    while worker.chunks and worker.conn.poll():
+                        _, result = worker.conn.recv()
+                        results[worker.chunks[0].pop(0)] = result
+                        if not worker.chunks[0]:
+                            worker.chunks.popleft()
+                        worker.started = time.monotonic()
+                except (EOFError, OSError):
+                    pass
+                if not worker.chunks:
+                    continue
+                if worker.process.sentinel in ready or not worker.process.is_alive():
+                    worker.process.join(timeout=1.0)
+                    code = worker.process.exitcode
+                    how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                    fail_head(w, "error", f"worker process died mid-task ({how}); replaced")
+                elif time.monotonic() >= worker.started + wall:
+                    fail_head(w, "timelimit", f"worker killed after the wall limit of {wall:g} s; replaced")
+
+    @staticmethod
+    def _pack(kind: str, shared, items: list, chunk: list[int], results: list) -> tuple[bytes | None, list[int]]:
+        """The pickled message for a chunk; items that do not pickle get an error result instead."""
+        try:
+            return pickle.dumps((kind, shared, [(t, items[t]) for t in chunk]), pickle.HIGHEST_PROTOCOL), chunk
+        except Exception:
+            good = []
+            for t in chunk:
+                try:
+                    pickle.dumps(items[t])
+                    good.append(t)
+                except Exception as err:
+                    results[t] = _failure(kind, items[t], "error", f"cannot send the task to a worker: {err}")
+            if not good:
+                return None, good
+            return pickle.dumps((kind, shared, [(t, items[t]) for t in good]), pickle.HIGHEST_PROTOCOL), good
 
     def _score_batch(self, items: list[tuple[str, Reference]]) -> list[ScoreResult]:
-        # Reference models: solved once per text hash, on the workers, and cached.
-        todo = {}
-        for _, ref in items:
-            if ref.value is None and not ref.infeasible and ref.model_text is not None and ref.key not in self._references:
-                todo[ref.key] = ref
+        # Reference models without a known optimum: solved once per text hash, on the workers, and cached.
+        keys = [ref.key if ref.value is None and not ref.infeasible else None for _, ref in items]
+        todo = {key: ref for key, (_, ref) in zip(keys, items) if key is not None and key not in self._references}
         if todo:
-            solved = self._run([("solve", (ref.model_text, self.config.limits)) for ref in todo.values()])
+            solved = self._run("solve", self.config.limits, [ref.model_text for ref in todo.values()])
             for (key, ref), result in zip(todo.items(), solved):
                 self._references[key] = (reference_from_solve(ref, result), result.reason)
-        tasks = []
-        for answer, ref in items:
-            if ref.key in self._references and ref.value is None and not ref.infeasible:
-                ref = self._references[ref.key][0]
-            tasks.append(("score", (answer, ref, self.config)))
-        return self._run(tasks)
+        tasks = [(answer, ref if key is None else self._references[key][0]) for key, (answer, ref) in zip(keys, items)]
+        return self._run("score", self.config, tasks)
 
     def submit(self, items: list[tuple[str, Reference]]) -> Future:
         """Score in the background; `.result()` gives list[ScoreResult] in order."""
@@ -206,7 +254,7 @@ class EvaluatorPool:
         limits = self.config.limits
         if self._executor is None:
             raise RuntimeError("the evaluator pool is closed")
-        return self._executor.submit(self._run, [("solve", (m, limits)) for m in models_or_texts]).result()
+        return self._executor.submit(self._run, "solve", limits, list(models_or_texts)).result()
 
     def worker_info(self) -> list[dict]:
         """pid of each worker and whether torch / lightning are loaded in it (they must not be)."""
@@ -218,7 +266,7 @@ class EvaluatorPool:
         out = []
         for w in range(len(self._workers)):
             # one task per worker, sent directly, so each worker answers for itself
-            self._workers[w].conn.send((0, "info", None))
+            self._workers[w].conn.send(("info", None, [(0, None)]))
             out.append(self._workers[w].conn.recv()[1])
         return out
 
