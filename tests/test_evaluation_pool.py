@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, SolverLimits, read_model
+from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, SolverLimits, read_model, score_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 LP = "Maximize\n obj: 3 x + 2 y\nSubject To\n c1: x + y <= 4\n c2: x + 3 y <= {b}\nBounds\n x <= 3\nEnd"
@@ -59,6 +59,35 @@ def test_order_is_preserved_and_results_are_right(pool):
     assert (results[-1].status, results[-1].reason) == ("no_model", "no model found")
 
 
+def varied_items(n: int) -> list[tuple[str, Reference]]:
+    """Answers of every kind against numeric, infeasible and model references."""
+    rng = random.Random(3)
+    ref_model = Reference(model_text=LP.format(b=4.5))
+    items = []
+    for k in range(n):
+        b = rng.choice([4, 4.5, 6, 7.5])
+        items.append(rng.choice([
+            (answer(b), Reference(optimum(b))),
+            (answer(b), Reference(optimum(b) + 1)),
+            (answer(b), ref_model),
+            (answer(b), Reference(infeasible=True)),
+            ("```lp\nmin x\nst\n c: x <= -1\nend\n```", Reference(infeasible=True)),
+            ("no model in this answer", Reference(1.0)),
+            ("```lp\nmax x\nst\n c: x + + <= 1\nend\n```", ref_model),
+            (answer(4) + answer(6), Reference(11.0)),
+        ]))
+    return items
+
+
+def test_pool_results_equal_serial_results(pool):
+    items = varied_items(60)  # several chunks per worker, tail chunks of 1
+    config = EvaluationConfig()
+    serial = [score_answer(a, ref, config) for a, ref in items]
+    pooled = pool.score_many(items)
+    assert [r.__dict__ for r in pooled] == [r.__dict__ | {"solve_seconds": p.solve_seconds} for r, p in zip(serial, pooled)]
+    assert {r.status for r in pooled} == {"optimal", "infeasible", "no_model", "parse_error", "several"}
+
+
 def test_reference_model_is_solved_once_and_cached(pool):
     ref = Reference(model_text=LP.format(b=4.5).replace("c1", "cap"))
     before = len(pool._references)
@@ -83,11 +112,16 @@ def test_worker_killed_mid_solve_is_replaced():
         killer = threading.Timer(1.5, os.kill, (pid, signal.SIGKILL))
         killer.start()
         t0 = time.monotonic()
-        [r] = victim.score_many([(f"```lp\n{market_split()}\n```", Reference(20.0))])
+        # chunks [0, 1] and [2] queued behind it: item 2 goes back to the queue unstarted
+        bs = [4.5, None, 6, 5, 4.25]
+        items = [(answer(b), Reference(optimum(b))) if b else (f"```lp\n{market_split()}\n```", Reference(20.0)) for b in bs]
+        results = victim.score_many(items)
         killer.join()
         assert time.monotonic() - t0 < 30
+        r = results[1]
         assert (r.status, r.reward) == ("error", 0.0) and "died mid-task (signal 9)" in r.reason
         assert victim.replaced == 1
+        assert [r.matched for r in results] == [True, False, True, True, True]
         [ok] = victim.score_many([(answer(6), Reference(11.0))])
         assert ok.matched
 
@@ -103,6 +137,20 @@ def test_worker_past_its_wall_deadline_is_killed():
         assert results[1].matched  # the replacement took the next task
         time.sleep(0.2)
         assert not alive(pid)
+
+
+def test_hung_item_in_the_middle_of_a_chunk_is_killed_and_the_rest_re_queued():
+    hung = EvaluationConfig(limits=SolverLimits(time_limit_s=60, wall_limit_s=1.0), workers=1)
+    bs = [4, None, 4.5, 5, 5.5, 6, 6.5, 7]  # 1 worker: chunks [0..3] and [4, 5] queued behind it
+    items = [(answer(b), Reference(optimum(b))) if b else (f"```lp\n{market_split()}\n```", Reference(20.0)) for b in bs]
+    with EvaluatorPool(hung) as p:
+        t0 = time.monotonic()
+        results = p.score_many(items)
+        assert time.monotonic() - t0 < 20
+        assert p.replaced == 1
+    assert results[1].status == "timelimit" and "wall limit of 1 s" in results[1].reason
+    assert [r.objective for r in results[:1] + results[2:]] == pytest.approx([optimum(b) for b in bs if b])
+    assert all(r.matched for r in results[:1] + results[2:])
 
 
 def test_hundreds_of_calls_leak_no_processes():
