@@ -62,11 +62,13 @@ WORDS = (
 # ----------------------------------------------------------------------------- the shared fixture
 
 
-def synthetic_sentences(n: int, rng: random.Random) -> list[str]:
-    """Sentences over WORDS and the numbers 0..199, the corpus the tokenizer is trained on."""
-    numbers = [str(i) for i in range(200)]
-    return [" ".join(rng.choice(WORDS if rng.random() < 0.7 else numbers) for _ in range(rng.randint(8, 24)))
-            for _ in range(n)]
+def synthetic_sentences(n: int, n_numbers: int, rng: random.Random) -> list[str]:
+    """The tokenizer's corpus: sentences over WORDS and numbers, plus every number 0..n_numbers-1
+    once, so the vocabulary is about n_numbers + 120 tokens (real LMs: 32k to 150k)."""
+    numbers = [str(i) for i in range(n_numbers)]
+    sentences = [" ".join(rng.choice(WORDS if rng.random() < 0.7 else numbers) for _ in range(rng.randint(8, 24)))
+                 for _ in range(n)]
+    return sentences + [" ".join(numbers[i : i + 100]) for i in range(0, n_numbers, 100)]
 
 
 def build_tokenizer(sentences: list[str]):
@@ -77,8 +79,8 @@ def build_tokenizer(sentences: list[str]):
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     specials = ["<pad>", "<unk>", "<s>", "</s>"]
-    tok.train_from_iterator(sentences + ["User : Assistant : System :"],
-                            trainers.WordLevelTrainer(special_tokens=specials))
+    trainer = trainers.WordLevelTrainer(vocab_size=10**7, special_tokens=specials)  # every word seen, no cap
+    tok.train_from_iterator(sentences + ["User : Assistant : System :"], trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                    unk_token="<unk>")
@@ -97,7 +99,8 @@ End
 
 
 def build_fixture(out: Path, s: dict) -> None:
-    """Model + tokenizer dir, problems.jsonl (ours reads it), prompts.json (token ids for TRL), settings.json."""
+    """Model + tokenizer dir, problems.jsonl (ours reads it), prompts.json (token ids for TRL), settings.json
+    (`s` plus the vocab size it adds)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -106,7 +109,7 @@ def build_fixture(out: Path, s: dict) -> None:
     from app.models.chat import chat_format_for
 
     rng = random.Random(s["seed"])
-    tokenizer = build_tokenizer(synthetic_sentences(400, rng))
+    tokenizer = build_tokenizer(synthetic_sentences(400, s["numbers"], rng))
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=s["hidden"], intermediate_size=s["ffn"], num_hidden_layers=s["layers"],
         num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"], max_position_embeddings=1024,
@@ -137,6 +140,7 @@ def build_fixture(out: Path, s: dict) -> None:
     with open(out / "problems.jsonl", "w") as f:
         f.writelines(json.dumps(p) + "\n" for p in problems)
     (out / "prompts.json").write_text(json.dumps({"prompts": prompts, "problems": problems}))
+    s["vocab"] = len(tokenizer)
     (out / "settings.json").write_text(json.dumps(s, indent=1))
 
 
@@ -176,7 +180,6 @@ def run_ours(fixture: Path) -> dict:
     s = json.loads((fixture / "settings.json").read_text())
     torch.set_num_threads(s["threads"])
     rss0 = rss_mb()
-    tmp = Path(tempfile.mkdtemp(prefix="bench_ppo_ours_"))
     cfg = TrainConfig(
         seed=s["seed"],
         model=ModelConfig(family="auto", path=str(fixture / "model"), chat_format="plain",
@@ -190,7 +193,7 @@ def run_ours(fixture: Path) -> dict:
         data=DataSettings(train=str(fixture / "problems.jsonl"), format="project", shuffle_buffer=1,
                           max_prompt_tokens=s["prompt_tokens"], system_prompt="", instruction=""),
         evaluation=EvaluationConfig(workers=s["workers"]),
-        trainer=TrainerSettings(max_steps=s["warmup"] + s["iters"], root_dir=str(tmp), enable_progress_bar=False,
+        trainer=TrainerSettings(max_steps=s["warmup"] + s["iters"], root_dir=str(fixture / "logs"), enable_progress_bar=False,
                                 checkpoint_every=0, sample_log_every=0),
     )
     cfg.ppo.kl.coef = s["kl_coef"]
@@ -258,6 +261,7 @@ def main() -> int:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--minibatch", type=int, default=4)
+    p.add_argument("--numbers", type=int, default=200, help="numbers in the tokenizer's corpus: sets the vocab size")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--ffn", type=int, default=688)
@@ -282,7 +286,8 @@ def main() -> int:
     settings = {
         "batch": args.batch, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
         "epochs": args.epochs, "minibatch": args.minibatch, "layers": args.layers, "hidden": args.hidden,
-        "ffn": args.ffn, "heads": args.heads, "kv_heads": args.kv_heads, "warmup": args.warmup, "iters": args.iters,
+        "ffn": args.ffn, "numbers": args.numbers, "heads": args.heads, "kv_heads": args.kv_heads,
+        "warmup": args.warmup, "iters": args.iters,
         "threads": args.threads, "workers": args.workers, "seed": args.seed,
         "lora_r": 8, "lora_alpha": 16, "lora_targets": LORA_TARGETS, "lr": 1e-5, "kl_coef": 0.05,
         "clip": 0.2, "vf_coef": 0.1, "gamma": 1.0, "lam": 0.95, "max_grad_norm": 1.0,
@@ -303,7 +308,7 @@ def main() -> int:
     a, b = medians(ours), medians(trl)
     mem_a, mem_b = ours["memory_mb"], trl["memory_mb"]
     print(f"PPO iteration: batch {args.batch}, prompt {args.prompt_tokens} + {args.new_tokens} new tokens, "
-          f"{args.epochs} epochs x minibatch {args.minibatch}, LoRA r=8; Llama {args.layers}x{args.hidden}; "
+          f"{args.epochs} epochs x minibatch {args.minibatch}, LoRA r=8; Llama {args.layers}x{args.hidden}, vocab {settings['vocab']}; "
           f"{args.threads} torch threads, {args.workers} solver workers; median of {args.rounds} rounds x {args.iters} iterations, each round after {args.warmup} warm-up")
     print(f"{'phase (s)':<26}{'ours':>10}{'TRL 0.9.6':>12}{'ours/TRL':>10}")
     labels = {"generate": "generation", "score": "scoring (wait)", "forward": "ref/value/old-logp pass",
