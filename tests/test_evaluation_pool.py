@@ -153,6 +153,24 @@ def test_hung_item_in_the_middle_of_a_chunk_is_killed_and_the_rest_re_queued():
     assert all(r.matched for r in results[:1] + results[2:])
 
 
+def test_a_large_chunk_is_never_queued_behind_a_hung_item():
+    """A 1 MB answer does not fit the pipe's buffer: sent behind a hung item, the parent would block
+    in send and never kill the hung worker. It must wait until the worker is idle (or replaced)."""
+    hung = EvaluationConfig(limits=SolverLimits(time_limit_s=60, wall_limit_s=1.0, max_answer_chars=2_000_000), workers=1)
+    big = [("The plan, explained at length. " * 35_000) + answer(b) for b in (5, 6)]
+    items = [(f"```lp\n{market_split()}\n```", Reference(20.0)), (big[0], Reference(optimum(5))), (big[1], Reference(optimum(6)))]
+    with EvaluatorPool(hung) as p:
+        [pid] = [w["pid"] for w in p.worker_info()]
+        future = p.submit(items)  # chunks [0] and then [1], [2], each too large to queue
+        try:
+            results = future.result(timeout=30)
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)  # unblock the parent's send so the pool can close
+            raise
+    assert results[0].status == "timelimit"
+    assert [r.matched for r in results[1:]] == [True, True]
+
+
 def test_hundreds_of_calls_leak_no_processes():
     seen = set()
     with EvaluatorPool(EvaluationConfig(workers=2)) as p:
