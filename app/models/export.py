@@ -71,14 +71,31 @@ def export(
     loaded = load_model(cfg, torch.device("cpu"))
     policy = build_policy(loaded, cfg)
     policy.load_trainable_state_dict(payload["state_dict"])
-    model = merged_model(policy).to(DTYPES[dtype])
+    model = merged_model(policy)
+    return write_checkpoint(model, model_dir, out_dir, dtype=dtype, serialization=serialization,
+                            max_shard_size=max_shard_size)
 
+
+def write_checkpoint(
+    model: torch.nn.Module,
+    source_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    dtype: str | None = None,
+    serialization: str = "safetensors",
+    max_shard_size: str = "5GB",
+) -> Path:
+    """Save `model` in the layout of the checkpoint it was loaded from: its weights under the
+    published names, the source's config.json (torch_dtype updated), every other source file."""
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    dtype = dtype or base_dtype(source_dir)
+    model = model.to(DTYPES[dtype])
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=serialization == "safetensors", max_shard_size=max_shard_size)
-    for src in sorted(model_dir.iterdir()):
+    for src in sorted(source_dir.iterdir()):
         if src.is_file() and src.name != "config.json" and not src.name.endswith(WEIGHT_SUFFIXES):
             shutil.copy2(src, out_dir / src.name)
-    config = json.loads((model_dir / "config.json").read_text())
+    config = json.loads((source_dir / "config.json").read_text())
     config["torch_dtype"] = dtype
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out_dir

@@ -43,7 +43,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         model = module.model
         if cfg.model.lora.enabled:
             model = model.merge_and_unload()
-        write_checkpoint(model, loaded.tokenizer, source_dir=cfg.model.path, out_dir=out)
+        write_checkpoint(model, cfg.model.path, out, dtype=cfg.model.dtype)
     trainer.strategy.barrier()
     return out
 
