@@ -193,8 +193,8 @@ def run_ours(fixture: Path) -> dict:
         data=DataSettings(train=str(fixture / "problems.jsonl"), format="project", shuffle_buffer=1,
                           max_prompt_tokens=s["prompt_tokens"], system_prompt="", instruction=""),
         evaluation=EvaluationConfig(workers=s["workers"]),
-        trainer=TrainerSettings(max_steps=s["warmup"] + s["iters"], root_dir=str(fixture / "logs"), enable_progress_bar=False,
-                                checkpoint_every=0, sample_log_every=0),
+        trainer=TrainerSettings(max_steps=s["warmup"] + s["iters"], root_dir=str(fixture / "logs"),
+                                enable_progress_bar=False, checkpoint_every=0, sample_log_every=0),
     )
     cfg.ppo.kl.coef = s["kl_coef"]
 
