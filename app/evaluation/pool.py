@@ -11,13 +11,13 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import selectors
 import sys
 import time
 import types
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait
 
 from app.evaluation.config import EvaluationConfig
 from app.evaluation.model import Model, ModelReadError, read_model
@@ -146,7 +146,8 @@ class EvaluatorPool:
         Each worker runs one chunk with at most one more queued. The running item gets
         `wall_limit_s` from the moment it starts; past that, or when the worker dies, the worker
         is killed and replaced, that item gets its reason and the rest of its chunks go back to
-        the front of the queue.
+        the front of the queue. One selector watches every worker's pipe and exit sentinel, so a
+        wake-up costs one epoll call and one read.
         """
         if self._executor is None:
             raise RuntimeError("the evaluator pool is closed")
@@ -154,6 +155,17 @@ class EvaluatorPool:
         pending = deque(range(len(items)))
         wall = self.config.limits.wall_limit_s
         per_worker = 2 * len(self._workers)
+        selector = selectors.DefaultSelector()
+
+        def watch(w: int) -> None:
+            selector.register(self._workers[w].conn, selectors.EVENT_READ, w)
+            selector.register(self._workers[w].process.sentinel, selectors.EVENT_READ, w)
+
+        def replace(w: int) -> None:
+            selector.unregister(self._workers[w].conn)
+            selector.unregister(self._workers[w].process.sentinel)
+            self._replace(w)
+            watch(w)
 
         def fail_head(w: int, status: str, reason: str) -> None:
             worker = self._workers[w]
@@ -161,57 +173,63 @@ class EvaluatorPool:
             results[head] = _failure(kind, items[head], status, reason)
             pending.extendleft(reversed(rest))
             worker.chunks.clear()
-            self._replace(w)
+            replace(w)
 
-        while True:
-            for w in range(len(self._workers)):
-                while pending and (not self._workers[w].chunks or len(self._workers[w].chunks) == 1):
-                    worker = self._workers[w]
-                    size = min(_CHUNK, max(1, len(pending) // per_worker))
-                    chunk = [pending.popleft() for _ in range(min(size, len(pending)))]
-                    data, chunk = self._pack(kind, shared, items, chunk, results)
-                    if data is None:
-                        continue
-                    if worker.chunks and len(data) > _QUEUED_CHUNK_BYTES:  # too big to queue: wait until idle
-                        pending.extendleft(reversed(chunk))
-                        break
-                    try:
-                        worker.conn.send_bytes(data)
-                    except OSError:  # died: replace it now if idle, else the sentinel below reports it
-                        pending.extendleft(reversed(chunk))
-                        if worker.chunks:
+        for w in range(len(self._workers)):
+            watch(w)
+        try:
+            while True:
+                for w in range(len(self._workers)):
+                    while pending and len(self._workers[w].chunks) < 2:
+                        worker = self._workers[w]
+                        size = min(_CHUNK, max(1, len(pending) // per_worker))
+                        chunk = [pending.popleft() for _ in range(min(size, len(pending)))]
+                        data, chunk = self._pack(kind, shared, items, chunk, results)
+                        if data is None:
+                            continue
+                        if worker.chunks and len(data) > _QUEUED_CHUNK_BYTES:  # too big to queue: wait until idle
+                            pending.extendleft(reversed(chunk))
                             break
-                        self._replace(w)
-                        continue
-                    if not worker.chunks:
-                        worker.started = time.monotonic()
-                    worker.chunks.append(chunk)
-            busy = [w for w in range(len(self._workers)) if self._workers[w].chunks]
-            if not busy:
-                return results
-            first_deadline = min(self._workers[w].started for w in busy) + wall
-            waitables = [x for w in busy for x in (self._workers[w].conn, self._workers[w].process.sentinel)]
-            ready = set(wait(waitables, timeout=max(0.0, first_deadline - time.monotonic())))
-            for w in busy:
-                worker = self._workers[w]
-                try:
-                    while worker.chunks and worker.conn.poll():
-                        _, result = worker.conn.recv()
-                        results[worker.chunks[0].pop(0)] = result
-                        if not worker.chunks[0]:
-                            worker.chunks.popleft()
-                        worker.started = time.monotonic()
-                except (EOFError, OSError):
-                    pass
-                if not worker.chunks:
-                    continue
-                if worker.process.sentinel in ready or not worker.process.is_alive():
-                    worker.process.join(timeout=1.0)
-                    code = worker.process.exitcode
-                    how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                    fail_head(w, "error", f"worker process died mid-task ({how}); replaced")
-                elif time.monotonic() >= worker.started + wall:
-                    fail_head(w, "timelimit", f"worker killed after the wall limit of {wall:g} s; replaced")
+                        try:
+                            worker.conn.send_bytes(data)
+                        except OSError:  # died: replace it now if idle, else its sentinel reports it
+                            pending.extendleft(reversed(chunk))
+                            if worker.chunks:
+                                break
+                            replace(w)
+                            continue
+                        if not worker.chunks:
+                            worker.started = time.monotonic()
+                        worker.chunks.append(chunk)
+                busy = [w for w in range(len(self._workers)) if self._workers[w].chunks]
+                if not busy:
+                    return results
+                first_deadline = min(self._workers[w].started for w in busy) + wall
+                events = selector.select(max(0.0, first_deadline - time.monotonic()))
+                readable = {key.data for key, _ in events if key.fileobj is self._workers[key.data].conn}
+                exited = {key.data for key, _ in events} - readable
+                for w in busy:
+                    worker = self._workers[w]
+                    if w in readable:  # one result per wake-up; the selector reports any further ones at once
+                        try:
+                            _, result = worker.conn.recv()
+                        except (EOFError, OSError):
+                            exited.add(w)
+                        else:
+                            results[worker.chunks[0].pop(0)] = result
+                            if not worker.chunks[0]:
+                                worker.chunks.popleft()
+                            worker.started = time.monotonic()
+                            continue
+                    if w in exited:
+                        worker.process.join(timeout=1.0)
+                        code = worker.process.exitcode
+                        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                        fail_head(w, "error", f"worker process died mid-task ({how}); replaced")
+                    elif time.monotonic() >= worker.started + wall:
+                        fail_head(w, "timelimit", f"worker killed after the wall limit of {wall:g} s; replaced")
+        finally:
+            selector.close()
 
     @staticmethod
     def _pack(kind: str, shared, items: list, chunk: list[int], results: list) -> tuple[bytes | None, list[int]]:
