@@ -81,7 +81,8 @@ def build_tokenizer(sentences: list[str]):
     specials = ["<pad>", "<unk>", "<s>", "</s>"]
     trainer = trainers.WordLevelTrainer(vocab_size=10**7, special_tokens=specials)  # every word seen, no cap
     tok.train_from_iterator(sentences + ["User : Assistant : System :"], trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    bos = ("<s>", tok.token_to_id("<s>"))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[bos])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                    unk_token="<unk>")
 
@@ -135,7 +136,8 @@ def build_fixture(out: Path, s: dict) -> None:
         ids = chat.encode_prompt(tokenizer, build_messages(problem, "", ""))
         if len(ids) != s["prompt_tokens"]:
             raise SystemExit(f"prompt {i} has {len(ids)} tokens, expected {s['prompt_tokens']}")
-        problems.append({"id": problem.id, "question": question, "answer": None, "reference_model": problem.reference_model})
+        problems.append({"id": problem.id, "question": question, "answer": None,
+                         "reference_model": problem.reference_model})
         prompts.append(ids)
     with open(out / "problems.jsonl", "w") as f:
         f.writelines(json.dumps(p) + "\n" for p in problems)
@@ -308,8 +310,9 @@ def main() -> int:
     a, b = medians(ours), medians(trl)
     mem_a, mem_b = ours["memory_mb"], trl["memory_mb"]
     print(f"PPO iteration: batch {args.batch}, prompt {args.prompt_tokens} + {args.new_tokens} new tokens, "
-          f"{args.epochs} epochs x minibatch {args.minibatch}, LoRA r=8; Llama {args.layers}x{args.hidden}, vocab {settings['vocab']}; "
-          f"{args.threads} torch threads, {args.workers} solver workers; median of {args.rounds} rounds x {args.iters} iterations, each round after {args.warmup} warm-up")
+          f"{args.epochs} epochs x minibatch {args.minibatch}, LoRA r=8; Llama {args.layers}x{args.hidden}, "
+          f"vocab {settings['vocab']}; {args.threads} torch threads, {args.workers} solver workers; median of "
+          f"{args.rounds} rounds x {args.iters} iterations, each round after {args.warmup} warm-up")
     print(f"{'phase (s)':<26}{'ours':>10}{'TRL 0.9.6':>12}{'ours/TRL':>10}")
     labels = {"generate": "generation", "score": "scoring (wait)", "forward": "ref/value/old-logp pass",
               "update": "PPO update", "other": "other (adv., logging)", "total": "iteration"}

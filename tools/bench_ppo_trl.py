@@ -62,7 +62,8 @@ def run(fixture: Path) -> dict:
             t1 = time.perf_counter()
             if any(len(r) != n for r in responses):
                 raise RuntimeError(f"response lengths {[len(r) for r in responses]}, expected all {n}")
-            items = [(text, Reference.from_answer(p["answer"], p["reference_model"])) for text, p in zip(texts, problems)]
+            items = [(text, Reference.from_answer(p["answer"], p["reference_model"]))
+                     for text, p in zip(texts, problems)]
             scores = [torch.tensor(r.reward) for r in pool.score_many(items)]
             t2 = time.perf_counter()
             stats = trainer.step(queries, responses, scores)
