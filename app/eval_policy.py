@@ -66,6 +66,7 @@ def evaluate_policy(
     if not problems:
         raise UserError(f"{data}: no problems to evaluate")
     rows: list[dict] = []
+    scored = []
     with EvaluatorPool(evaluation) as pool:
         for start in range(0, len(problems), batch_size):
             batch = problems[start : start + batch_size]
@@ -80,10 +81,11 @@ def evaluate_policy(
             results = pool.score_many(
                 [(text, Reference.from_answer(p.answer, p.reference_model)) for text, p in zip(responses, batch)]
             )
+            scored += results
             for problem, response, result in zip(batch, responses, results):
                 rows.append({"id": problem.id, "response": response, **asdict(result)})
             print(f"evaluated {len(rows)}/{len(problems)}", file=sys.stderr)
-        summary = summarize([pool_result for pool_result in (r for r in rows)])
+    summary = summarize(scored)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w") as f:

@@ -11,6 +11,7 @@ from app.evaluation.model import Constraint, Model, ModelReadError, Variable, re
 from app.evaluation.pool import EvaluatorPool
 from app.evaluation.reward import Reference, ScoreResult, objective_matches, score_answer
 from app.evaluation.solve import SolveResult, solve_model
+from app.evaluation.summary import format_summary_table, summarize
 
 __all__ = [
     "Constraint",
@@ -28,11 +29,13 @@ __all__ = [
     "Variable",
     "equivalent",
     "extract_model",
+    "format_summary_table",
     "graph_distance",
     "model_graph",
     "objective_matches",
     "read_model",
     "score_answer",
     "solve_model",
+    "summarize",
     "to_lp_text",
 ]

@@ -16,6 +16,7 @@ from app.errors import UserError
 from app.evaluation.cli_common import add_limit_arguments, config_from_args, read_text
 from app.evaluation.pool import EvaluatorPool
 from app.evaluation.reward import Reference
+from app.evaluation.summary import summarize
 
 _ANSWER_KEYS = ("answer", "en_answer", "Answer")
 _RESPONSE_KEYS = ("answer", "response", "output", "text")
@@ -105,14 +106,15 @@ def _summary(ids: list[str], results: list) -> str:
     lines = [f"{'id':<14} {'status':<12} {'reward':>6}  reason", "-" * 72]
     lines += [f"{i[:14]:<14} {r.status:<12} {r.reward:>6.3f}  {r.reason[:60]}" for i, r in zip(ids, results)]
     lines.append("-" * 72)
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    s = summarize(results)
+    graph = "—" if s["graph_distance"] is None else f"{s['graph_distance']:.3f}"
     lines += [
         f"items               {n}",
-        f"accuracy            {mean([r.matched for r in results]):.3f}",
-        f"solved rate         {mean([r.breakdown['solved'] for r in results]):.3f}",
-        f"format rate         {mean([r.breakdown['format'] for r in results]):.3f}",
-        f"mean graph distance {mean(graphs):.3f}  ({len(graphs)} with a reference model)",
-        f"mean reward         {mean([r.reward for r in results]):.3f}",
+        f"accuracy            {s['accuracy']:.3f}",
+        f"solved rate         {s['solved_rate']:.3f}",
+        f"format rate         {s['format_rate']:.3f}",
+        f"mean graph distance {graph}  ({len(graphs)} with a reference model)",
+        f"mean reward         {s['reward']:.3f}",
         "statuses            " + ", ".join(f"{k} {v}" for k, v in Counter(r.status for r in results).most_common()),
     ]
     return "\n".join(lines)
