@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate-model": ("app.evaluation.cli_evaluate_model", "solve LP/MPS model files with SCIP, one JSON line each"),
     "graph-distance": ("app.evaluation.cli_graph_distance", "structural distance between two models (or pairs from a TSV)"),
     "score": ("app.evaluation.cli_score", "score a file of answers against a file of problems"),
+    "quickstart": ("app.quickstart", "the CPU demo: PPO from the SFT starter, then SFT vs SFT + PPO on held-out problems"),
     "train": ("app.ppo.cli_train", "PPO against the solver score: train [CONFIG] key=value ..."),
     "eval": ("app.eval_policy", "pass@1 of a model on a dataset, scored by the evaluation system"),
     "sft": ("app.sft.cli", "supervised warm start on question -> reference model pairs: sft [CONFIG] key=value ..."),
