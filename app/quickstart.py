@@ -75,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.time()
     out = Path(args.out)
-    cfg = load_config(args.config, [*args.overrides])
+    config, overrides = args.config, [*args.overrides]
+    if "=" in config:  # only overrides were given
+        config, overrides = str(DEFAULT_CONFIG), [config, *overrides]
+    cfg = load_config(config, overrides)
     data_dir = out / "data"
     train_path, heldout_path = make_data(data_dir, args.train_problems, args.heldout, cfg.seed, "easy")
     cfg.data.train = str(train_path)

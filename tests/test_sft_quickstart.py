@@ -1,0 +1,107 @@
+"""SFT warm start and the quick-start pipeline, shortened: the pieces connect end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from app.cli import main
+from app.config import SFTConfig, load_config
+from app.data.formats import iter_problems
+from app.data.prompts import answer_text, build_messages
+from app.data.synthetic import generate
+from app.models.config import ModelConfig
+from app.models.loading import load_model
+
+
+def write_problems(path: Path, n: int, seed: int) -> Path:
+    with open(path, "w") as f:
+        for item in generate(n, seed=seed):
+            f.write(json.dumps(item.to_json()) + "\n")
+    return path
+
+
+def answer_loss(model_dir: Path, problems_path: Path) -> float:
+    """Mean cross-entropy of the reference answers given the questions (the SFT objective)."""
+    loaded = load_model(ModelConfig(family="chatglm", path=str(model_dir)))
+    losses = []
+    for problem in iter_problems(problems_path):
+        prompt = loaded.chat.encode_prompt(loaded.tokenizer, build_messages(problem, "", ""))
+        target = loaded.tokenizer.encode(answer_text(problem), add_special_tokens=False)
+        ids = torch.tensor([prompt + target])
+        with torch.no_grad():
+            logits = loaded.model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+        losses.append(torch.nn.functional.cross_entropy(logits.float(), ids[0, len(prompt) :]).item())
+    return sum(losses) / len(losses)
+
+
+def sft_overrides(model_dir: Path, data: Path, out: Path, root: Path, steps: int, **extra) -> list[str]:
+    base = {
+        "model.path": model_dir, "output_dir": out, "data.train": data, "data.system_prompt": "",
+        "data.instruction": "", "sft.max_steps": steps, "sft.batch_size": 4, "sft.lr": 3e-3, "sft.warmup_steps": 0,
+        "sft.lr_schedule": "constant", "trainer.root_dir": root, "trainer.enable_progress_bar": False,
+        "trainer.cpu_threads": 1,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def test_sft_lowers_the_answer_loss_and_writes_a_loadable_checkpoint(tiny_chatglm_dir, tmp_path):
+    from app.sft.cli import train_sft
+
+    data = write_problems(tmp_path / "train.jsonl", 8, seed=11)
+    out = tmp_path / "sft_model"
+    cfg = load_config(None, sft_overrides(tiny_chatglm_dir, data, out, tmp_path / "logs", steps=12,
+                                          **{"model.lora.enabled": False}), schema_cls=SFTConfig)  # fmt: skip
+    before = answer_loss(tiny_chatglm_dir, data)
+    train_sft(cfg)
+    after = answer_loss(out, data)
+    assert after < before - 0.5, (before, after)
+    assert (out / "config.json").is_file() and (out / "tokenizer.model").is_file()
+    events = EventAccumulator(str(next((tmp_path / "logs" / "sft").glob("version_*"))))
+    events.Reload()
+    assert "sft/loss" in events.Tags()["scalars"]
+
+
+def test_sft_with_lora_merges_into_the_written_checkpoint(tiny_chatglm_dir, tmp_path):
+    from app.sft.cli import train_sft
+
+    data = write_problems(tmp_path / "train.jsonl", 4, seed=12)
+    out = tmp_path / "sft_lora"
+    cfg = load_config(None, sft_overrides(tiny_chatglm_dir, data, out, tmp_path / "logs", steps=6,
+                                          **{"sft.lr": 1e-2}), schema_cls=SFTConfig)  # fmt: skip
+    train_sft(cfg)
+    merged = load_model(ModelConfig(family="chatglm", path=str(out))).model.state_dict()
+    base = load_model(ModelConfig(family="chatglm", path=str(tiny_chatglm_dir))).model.state_dict()
+    assert merged.keys() == base.keys()  # official names, no lora_ leftovers
+    changed = [k for k in base if not torch.equal(base[k], merged[k])]
+    assert any("query_key_value" in k for k in changed)
+    assert not any("word_embeddings" in k for k in changed)  # LoRA does not touch the embeddings
+
+
+def test_shortened_quickstart_runs_end_to_end(tiny_chatglm_dir, tmp_path):
+    data = write_problems(tmp_path / "sft.jsonl", 4, seed=13)
+    starter = tmp_path / "starter"
+    assert main(["sft", *sft_overrides(tiny_chatglm_dir, data, starter, tmp_path / "logs", steps=3)]) == 0
+    out = tmp_path / "quickstart"
+    code = main([
+        "quickstart", f"model.path={starter}", "trainer.max_steps=2", "trainer.checkpoint_every=1",
+        "sampling.max_new_tokens=12", "ppo.prompts_per_step=2", "ppo.samples_per_prompt=2", "ppo.minibatch_size=4",
+        "evaluation.workers=1", f"trainer.root_dir={tmp_path / 'logs'}", "trainer.enable_progress_bar=false",
+        "--heldout", "4", "--train-problems", "8", "--out", str(out),
+    ])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    for side in ("sft", "ppo"):
+        assert set(results[side]) == {"accuracy", "solved_rate", "format_rate", "graph_distance", "reward"}
+        assert 0.0 <= results[side]["reward"] <= 1.0
+    run_dir = Path(results["run_dir"])
+    assert (run_dir / "curves.png").stat().st_size > 1000
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    rows = [json.loads(line) for line in open(out / "ppo_heldout.jsonl")]
+    assert len(rows) == 4 and all(row["status"] and row["reason"] for row in rows)  # scored by the evaluator
+    heldout = {p.id for p in iter_problems(out / "data" / "heldout.jsonl")}
+    assert {row["id"] for row in rows} == heldout
