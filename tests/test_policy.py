@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -10,7 +12,7 @@ from app.errors import UserError
 from app.models.chatglm import ChatGLMConfig, ChatGLMForCausalLM
 from app.models.config import LoraSettings, SamplingConfig
 from app.models.generation import left_pad, positions_from_mask
-from app.models.policy import PolicyWithValue, ValueHead, read_trainable
+from app.models.policy import PolicyWithValue, ValueHead, entropy_from_logsumexp, read_trainable, token_logprobs
 
 PAD = 0
 PROMPTS = [[5, 9, 14, 3, 22, 7], [11, 4], [30, 31, 32]]
@@ -270,3 +272,59 @@ def test_policy_generate_uses_the_adapter(family):
         logits = policy.causal_lm(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
     n = int(after.response_lengths[0])
     assert torch.equal(logits[0, 2 : 2 + n].argmax(-1), after.responses[0, :n])
+
+
+@both
+def test_score_rollout_in_chunks_equals_one_pass_and_the_separate_calls(family):
+    policy = make_policy(family=family)
+    train_step(policy)  # the adapter is on: policy and reference differ
+    ids, mask, P, rmask = batch()
+    with torch.no_grad():
+        logp, values, _ = policy(ids, mask, P, temperature=0.7)
+        ref = policy.reference_logprobs(ids, mask, P, temperature=0.7)
+    assert (logp - ref)[rmask].abs().max() > 1e-4
+    whole = policy.score_rollout(ids, mask, P, temperature=0.7)
+    for got, want in zip(whole, (logp, values, ref)):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    for chunk in (1, 2, 5):
+        for got, want in zip(policy.score_rollout(ids, mask, P, temperature=0.7, chunk_size=chunk), whole):
+            assert got.shape == want.shape == rmask.shape and not got.requires_grad
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="chunk_size must be positive"):
+        policy.score_rollout(ids, mask, P, chunk_size=0)
+
+
+def test_entropy_without_grad_has_the_same_values_and_logprob_gradients():
+    ids, mask, P, rmask = batch()
+    results = {}
+    for entropy_grad in (True, False):
+        policy = make_policy()
+        logp, values, entropy = policy(ids, mask, P, temperature=0.7, entropy_grad=entropy_grad)
+        assert entropy.requires_grad == entropy_grad and logp.requires_grad
+        ((logp + values) * rmask).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in policy.policy_parameters()])
+        results[entropy_grad] = (logp.detach(), entropy, grads)
+    torch.testing.assert_close(results[False][0], results[True][0], atol=0, rtol=0)
+    torch.testing.assert_close(results[False][1], results[True][1].detach(), atol=0, rtol=0)
+    torch.testing.assert_close(results[False][2], results[True][2], atol=0, rtol=0)
+    assert results[True][2].abs().sum() > 0
+    # with grad, the entropy bonus reaches the adapter
+    policy = make_policy()
+    _, _, entropy = policy(ids, mask, P, entropy_grad=True)
+    (entropy * rmask).sum().backward()
+    assert sum(float(p.grad.abs().sum()) for p in policy.policy_parameters() if p.grad is not None) > 0
+
+
+def test_token_logprobs_and_entropy_match_log_softmax_even_for_large_logits():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 1000, dtype=torch.float64) * torch.tensor([1.0, 30.0, 300.0])[:, None, None]
+    logits[0, 0] = 0.0  # uniform: entropy log(V)
+    tokens = torch.randint(0, 1000, (3, 5))
+    logp, lse = token_logprobs(logits, tokens)
+    full = logits.log_softmax(-1)
+    torch.testing.assert_close(logp, full.gather(-1, tokens[..., None]).squeeze(-1), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(lse, logits.logsumexp(-1))
+    entropy = entropy_from_logsumexp(logits, lse)
+    torch.testing.assert_close(entropy, -(full.exp() * full).sum(-1), atol=1e-9, rtol=1e-9)
+    assert entropy[0, 0].item() == pytest.approx(math.log(1000))
+    assert torch.isfinite(entropy).all() and (entropy >= -1e-9).all()

@@ -51,6 +51,24 @@ def default_target_modules(model: nn.Module) -> list[str] | str:
     return "all-linear"
 
 
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, R, V) logits, (B, R) tokens -> log p(token) (B, R) and logsumexp(logits) (B, R).
+
+    x_token - logsumexp(x) instead of log_softmax(x).gather: no (B, R, V) log-softmax is made.
+    """
+    lse = logits.logsumexp(-1)
+    return logits.gather(-1, tokens[..., None]).squeeze(-1) - lse, lse
+
+
+def entropy_from_logsumexp(logits: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """(B, R, V) logits and their (B, R) logsumexp -> entropy (B, R) = lse - sum softmax(x) * x.
+
+    One (B, R, V) temporary (the softmax); the sum over V is a batched dot product.
+    """
+    probs = (logits - lse[..., None]).exp()
+    return lse - torch.einsum("brv,brv->br", probs, logits)
+
+
 class ValueHead(nn.Module):
     """Scalar value per position from final hidden states, in fp32 whatever the model dtype."""
 
@@ -123,19 +141,25 @@ class PolicyWithValue(nn.Module):
                 input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=positions_from_mask(attention_mask), use_cache=False,
             )
-        return out.logits.float() / temperature, kept["hidden"]
+        logits = out.logits.float()  # (B, R, V); a copy only for a half-precision model
+        if temperature != 1.0:
+            logits = logits / temperature
+        return logits, kept["hidden"]
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, temperature: float = 1.0
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, temperature: float = 1.0,
+        entropy_grad: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, S) -> logprobs, values, entropy, each (B, R) with R = S - response_start.
 
         `temperature` divides the logits, so logprobs match what was sampled at that temperature.
+        `entropy_grad=False`: the entropy is a logged statistic only (no (B, R, V) product kept for
+        backward) — what PPO wants when the entropy bonus is 0.
         """
         logits, hidden = self._score(self.causal_lm, input_ids, attention_mask, response_start, temperature)
-        logp = logits.log_softmax(-1)  # (B, R, V)
-        logprobs = logp.gather(-1, input_ids[:, response_start:, None]).squeeze(-1)
-        entropy = -(logp.exp() * logp).sum(-1)
+        logprobs, lse = token_logprobs(logits, input_ids[:, response_start:])
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = entropy_from_logsumexp(logits, lse)
         return logprobs, self.value_head(hidden), entropy
 
     @torch.no_grad()
@@ -148,7 +172,29 @@ class PolicyWithValue(nn.Module):
         else:
             with self.model.disable_adapter():
                 logits, _ = self._score(self.causal_lm, input_ids, attention_mask, response_start, temperature)
-        return logits.log_softmax(-1).gather(-1, input_ids[:, response_start:, None]).squeeze(-1)
+        return token_logprobs(logits, input_ids[:, response_start:])[0]
+
+    @torch.no_grad()
+    def score_rollout(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, temperature: float = 1.0,
+        chunk_size: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, S) -> old logprobs, values, reference logprobs, each (B, R); no entropy.
+
+        Rows go through in chunks of `chunk_size` (None: all at once), so the (chunk, R, V) logits
+        bound the memory of this pass instead of (B, R, V).
+        """
+        if chunk_size is not None and chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive or None, got {chunk_size}")
+        tokens = input_ids[:, response_start:]  # (B, R)
+        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        for ids, mask, tok in zip(*(t.split(chunk_size or len(t)) for t in (input_ids, attention_mask, tokens))):
+            logits, hidden = self._score(self.causal_lm, ids, mask, response_start, temperature)
+            logprobs = token_logprobs(logits, tok)[0]
+            del logits  # the reference pass below needs the same room
+            parts.append((logprobs, self.value_head(hidden), self.reference_logprobs(ids, mask, response_start, temperature)))
+        logprobs, values, ref_logprobs = (torch.cat(p) for p in zip(*parts))
+        return logprobs, values, ref_logprobs
 
     # ---- generation ----------------------------------------------------------------------------
 

@@ -198,9 +198,11 @@ class PPOModule(pl.LightningModule):
 
     @torch.no_grad()
     def evaluate_rollout(self, rollout: Rollout) -> None:
-        start, t = rollout.prompt_length, self._temperature
-        rollout.old_logprobs, rollout.values, _ = self.policy(rollout.sequences, rollout.attention_mask, start, t)
-        rollout.ref_logprobs = self.policy.reference_logprobs(rollout.sequences, rollout.attention_mask, start, t)
+        """Old log-probs, values and reference log-probs, minibatch_size rows at a time (bounded memory)."""
+        rollout.old_logprobs, rollout.values, rollout.ref_logprobs = self.policy.score_rollout(
+            rollout.sequences, rollout.attention_mask, rollout.prompt_length, self._temperature,
+            chunk_size=self.cfg.ppo.minibatch_size,
+        )
 
     @property
     def _temperature(self) -> float:
@@ -267,7 +269,10 @@ class PPOModule(pl.LightningModule):
 
     def minibatch_loss(self, mb: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
         ppo, mask = self.cfg.ppo, mb.response_mask
-        logprobs, values, entropy = self.policy(mb.sequences, mb.attention_mask, mb.prompt_length, self._temperature)
+        # with no entropy bonus the entropy is only logged: no gradient through a (B, R, V) product
+        logprobs, values, entropy = self.policy(
+            mb.sequences, mb.attention_mask, mb.prompt_length, self._temperature, entropy_grad=ppo.entropy_coef != 0
+        )
         pg_loss, pg_stats = losses.policy_loss(logprobs, mb.old_logprobs, mb.advantages, mask, ppo.clip_low, ppo.clip_high)
         v_loss, v_stats = losses.value_loss(values, mb.values, mb.returns, mask, ppo.value_clip)
         mean_entropy = losses.masked_mean(entropy, mask)
