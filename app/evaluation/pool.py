@@ -59,9 +59,10 @@ def _solve_item(item: Model | str, limits) -> SolveResult:
     return solve_model(item, limits)
 
 
-def _worker_main(conn) -> None:
-    """Messages are chunks `(kind, shared, [(task_id, item), ...])`; one result message per item,
-    sent as soon as it is done, so the parent knows which item is running and since when."""
+def _worker_main(conn, progress) -> None:
+    """Messages are chunks `(kind, shared, [(task_id, item), ...])`; the answer is the chunk's list
+    of results, one message per chunk. Meanwhile `progress` (shared memory) says which task runs
+    and since when, so the parent can enforce each task's deadline without a message per task."""
     while True:
         try:
             msg = conn.recv()
@@ -70,12 +71,16 @@ def _worker_main(conn) -> None:
         if msg is None:
             return
         kind, shared, chunk = msg
+        out = []
         for task_id, item in chunk:
+            progress[_STARTED] = time.monotonic()  # CLOCK_MONOTONIC: the same clock in every process
+            progress[_TASK] = task_id  # written second: the parent never pairs a task with an older start
             try:
-                result = _run_task(kind, shared, item)
+                out.append(_run_task(kind, shared, item))
             except Exception as err:  # a bug or bad payload must not take the worker down
-                result = _failure(kind, item, "error", f"evaluator error: {type(err).__name__}: {err}")
-            conn.send((task_id, result))
+                out.append(_failure(kind, item, "error", f"evaluator error: {type(err).__name__}: {err}"))
+        progress[_TASK] = -1
+        conn.send(out)
 
 
 def _failure(kind: str, item, status: str, reason: str):
@@ -93,14 +98,21 @@ _CHUNK = 8  # items per message to a worker: fewer messages and wake-ups than on
 # A worker holds at most two chunks: the one it runs and one queued behind it. The queued one must
 # fit the pipe's buffer (212,992 bytes on Linux) so that sending it never blocks on a hung worker.
 _QUEUED_CHUNK_BYTES = 32 * 1024
+_STARTED, _TASK = 0, 1  # fields of a worker's progress record (shared doubles); _TASK is -1 between chunks
 
 
 @dataclass
 class _Worker:
     process: mp.process.BaseProcess
     conn: object
-    chunks: deque[list[int]] = field(default_factory=deque)  # task indices sent, in order; chunks[0][0] runs
-    started: float = 0.0  # when the running task started; it is killed at started + wall_limit_s
+    progress: object  # RawArray('d', 2): [_STARTED, _TASK], written by the worker
+    chunks: deque[list[int]] = field(default_factory=deque)  # task indices sent and not yet answered, in order
+    seen: float = 0.0  # when the parent last gave it work or got its results (deadline base between chunks)
+
+    def running(self) -> tuple[int, float] | None:
+        """(task index, start time) of the task it runs now, or None between chunks."""
+        task, started, again = self.progress[_TASK], self.progress[_STARTED], self.progress[_TASK]
+        return (int(task), started) if task == again and task >= 0 else None
 
 
 class EvaluatorPool:
@@ -119,7 +131,8 @@ class EvaluatorPool:
 
     def _start(self) -> _Worker:
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child,), daemon=True, name="evaluator-worker")
+        progress = self._ctx.RawArray("d", [0.0, -1.0])
+        process = self._ctx.Process(target=_worker_main, args=(child, progress), daemon=True, name="evaluator-worker")
         # A spawned/forkserver child re-runs the parent's main *script* (not `-m` modules) before
         # the target; that script may import torch. Start the worker behind a bare __main__.
         main = sys.modules["__main__"]
@@ -129,7 +142,7 @@ class EvaluatorPool:
         finally:
             sys.modules["__main__"] = main
         child.close()
-        return _Worker(process, parent)
+        return _Worker(process, parent, progress)
 
     def _replace(self, index: int) -> None:
         old = self._workers[index]
@@ -143,11 +156,11 @@ class EvaluatorPool:
     def _run(self, kind: str, shared, items: list) -> list:
         """Run items on the workers in chunks; results in item order.
 
-        Each worker runs one chunk with at most one more queued. The running item gets
-        `wall_limit_s` from the moment it starts; past that, or when the worker dies, the worker
-        is killed and replaced, that item gets its reason and the rest of its chunks go back to
-        the front of the queue. One selector watches every worker's pipe and exit sentinel, so a
-        wake-up costs one epoll call and one read.
+        Each worker runs one chunk with at most one more queued, and answers once per chunk. The
+        running task (read from the worker's progress record) gets `wall_limit_s` from its start;
+        past that, or when the worker dies, the worker is killed and replaced, that task gets the
+        reason, and the worker's other unanswered tasks go back to the front of the queue (the
+        finished ones of its chunk are run again: their results died with the worker).
         """
         if self._executor is None:
             raise RuntimeError("the evaluator pool is closed")
@@ -167,11 +180,17 @@ class EvaluatorPool:
             self._replace(w)
             watch(w)
 
-        def fail_head(w: int, status: str, reason: str) -> None:
+        def deadline(worker: _Worker) -> tuple[float, int]:
+            """When to kill it, and the task to blame (the first unanswered one between chunks)."""
+            running = worker.running()
+            if running is not None and any(running[0] in chunk for chunk in worker.chunks):
+                return running[1] + wall, running[0]
+            return worker.seen + wall, worker.chunks[0][0]
+
+        def fail(w: int, task: int, status: str, reason: str) -> None:
             worker = self._workers[w]
-            head, *rest = [t for chunk in worker.chunks for t in chunk]
-            results[head] = _failure(kind, items[head], status, reason)
-            pending.extendleft(reversed(rest))
+            results[task] = _failure(kind, items[task], status, reason)
+            pending.extendleft(reversed([t for chunk in worker.chunks for t in chunk if t != task]))
             worker.chunks.clear()
             replace(w)
 
@@ -199,35 +218,35 @@ class EvaluatorPool:
                             replace(w)
                             continue
                         if not worker.chunks:
-                            worker.started = time.monotonic()
+                            worker.seen = time.monotonic()
                         worker.chunks.append(chunk)
                 busy = [w for w in range(len(self._workers)) if self._workers[w].chunks]
                 if not busy:
                     return results
-                first_deadline = min(self._workers[w].started for w in busy) + wall
+                first_deadline = min(deadline(self._workers[w])[0] for w in busy)
                 events = selector.select(max(0.0, first_deadline - time.monotonic()))
                 readable = {key.data for key, _ in events if key.fileobj is self._workers[key.data].conn}
                 exited = {key.data for key, _ in events} - readable
                 for w in busy:
                     worker = self._workers[w]
-                    if w in readable:  # one result per wake-up; the selector reports any further ones at once
+                    if w in readable:  # one chunk's results per wake-up; the selector reports any more at once
                         try:
-                            _, result = worker.conn.recv()
+                            out = worker.conn.recv()
                         except (EOFError, OSError):
                             exited.add(w)
                         else:
-                            results[worker.chunks[0].pop(0)] = result
-                            if not worker.chunks[0]:
-                                worker.chunks.popleft()
-                            worker.started = time.monotonic()
+                            for t, result in zip(worker.chunks.popleft(), out):
+                                results[t] = result
+                            worker.seen = time.monotonic()
                             continue
+                    when, task = deadline(worker)
                     if w in exited:
                         worker.process.join(timeout=1.0)
                         code = worker.process.exitcode
                         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                        fail_head(w, "error", f"worker process died mid-task ({how}); replaced")
-                    elif time.monotonic() >= worker.started + wall:
-                        fail_head(w, "timelimit", f"worker killed after the wall limit of {wall:g} s; replaced")
+                        fail(w, task, "error", f"worker process died mid-task ({how}); replaced")
+                    elif time.monotonic() >= when:
+                        fail(w, task, "timelimit", f"worker killed after the wall limit of {wall:g} s; replaced")
         finally:
             selector.close()
 
@@ -285,7 +304,7 @@ class EvaluatorPool:
         for w in range(len(self._workers)):
             # one task per worker, sent directly, so each worker answers for itself
             self._workers[w].conn.send(("info", None, [(0, None)]))
-            out.append(self._workers[w].conn.recv()[1])
+            out.extend(self._workers[w].conn.recv())
         return out
 
     def close(self) -> None:
