@@ -153,6 +153,17 @@ def test_hung_item_in_the_middle_of_a_chunk_is_killed_and_the_rest_re_queued():
     assert all(r.matched for r in results[:1] + results[2:])
 
 
+def test_the_wall_limit_is_per_task_not_per_chunk():
+    """Twelve 0.3 s solves on one worker: the first chunk (6 tasks) takes 1.8 s, over the 1.5 s
+    wall limit, yet no task runs past it, so nothing is killed."""
+    config = EvaluationConfig(limits=SolverLimits(time_limit_s=0.3, wall_limit_s=1.5), workers=1)
+    with EvaluatorPool(config) as p:
+        results = p.solve_many([market_split(seed=k) for k in range(12)])
+        assert p.replaced == 0
+    assert [r.status for r in results] == ["timelimit"] * 12
+    assert all("SCIP hit the time limit of 0.3 s" in r.reason for r in results)
+
+
 def test_a_large_chunk_is_never_queued_behind_a_hung_item():
     """A 1 MB answer does not fit the pipe's buffer: sent behind a hung item, the parent would block
     in send and never kill the hung worker. It must wait until the worker is idle (or replaced)."""
