@@ -328,3 +328,17 @@ def test_token_logprobs_and_entropy_match_log_softmax_even_for_large_logits():
     torch.testing.assert_close(entropy, -(full.exp() * full).sum(-1), atol=1e-9, rtol=1e-9)
     assert entropy[0, 0].item() == pytest.approx(math.log(1000))
     assert torch.isfinite(entropy).all() and (entropy >= -1e-9).all()
+
+
+def test_token_logprobs_gradient_matches_autograd_of_log_softmax():
+    torch.manual_seed(1)
+    logits = (torch.randn(2, 4, 50, dtype=torch.float64) * 5).requires_grad_()
+    tokens = torch.randint(0, 50, (2, 4))
+    weights = torch.randn(2, 4, dtype=torch.float64)  # a non-uniform upstream gradient
+    (token_logprobs(logits, tokens)[0] * weights).sum().backward()
+    ours = logits.grad.clone()
+    logits.grad = None
+    (logits.log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1) * weights).sum().backward()
+    torch.testing.assert_close(ours, logits.grad, atol=1e-12, rtol=1e-10)
+    assert torch.autograd.gradcheck(lambda x: token_logprobs(x, tokens)[0], (logits.detach().requires_grad_(),))
+    assert not token_logprobs(logits, tokens)[1].requires_grad  # the logsumexp is a by-product, no gradient
