@@ -8,7 +8,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from app.models.chatglm import ChatGLMConfig, ChatGLMForCausalLM
 from app.models.config import SamplingConfig
-from app.models.generation import filter_logits, generate, head_on_columns, left_pad, positions_from_mask
+from app.models.generation import (
+    filter_logits, generate, head_on_columns, left_pad, positions_from_mask, sample_categorical,
+)
 
 PAD = 0
 PROMPTS = [[5, 9, 14, 3, 22, 7, 8], [11, 4], [30, 31, 32, 33]]  # different lengths -> left padding
@@ -173,3 +175,23 @@ def test_head_on_columns_slices_the_head_input_and_cleans_up(model):
         with pytest.raises(ValueError, match="batch-first"), head_on_columns(model, 0, 1, seq_len=99):
             model(**kw)
         assert model(**kw).logits.shape == full.shape  # gone after an error too
+
+
+def test_sample_categorical_draws_the_given_distribution():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0], [0.1, 0.0, 0.0, 0.0, 0.0, 0.3]])  # row 2 sums to 0.4
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_categorical(probs, g) for _ in range(20_000)])  # (N, 2)
+    for row, want in enumerate(probs / probs.sum(-1, keepdim=True)):
+        freq = torch.bincount(draws[:, row], minlength=6).double() / len(draws)
+        assert (freq[want == 0] == 0).all()  # a zero-probability token is never drawn
+        torch.testing.assert_close(freq, want.double(), atol=0.015, rtol=0)  # 4+ binomial std at N=20k
+    # same generator state, same draws
+    a = sample_categorical(probs.repeat(25, 1), torch.Generator().manual_seed(5))
+    assert torch.equal(a, sample_categorical(probs.repeat(25, 1), torch.Generator().manual_seed(5)))
+
+
+@pytest.mark.parametrize("u", [0.0, 1.0 - 2.0**-53])
+def test_sample_categorical_extreme_uniforms_stay_on_positive_tokens(monkeypatch, u):
+    probs = torch.tensor([[0.0, 0.25, 0.0, 0.75, 0.0, 0.0]])
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.full(shape, u, dtype=kw["dtype"]))
+    assert sample_categorical(probs).tolist() == ([1] if u == 0.0 else [3])
