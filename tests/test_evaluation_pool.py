@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from builders import market_split
 from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, SolverLimits, read_model, score_answer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,14 +27,6 @@ def optimum(b: float) -> float:  # x = 3, y = min(1, (b - 3) / 3)
     return 9 + 2 * min(1.0, (b - 3) / 3)
 
 
-def market_split(m: int = 4, n: int = 40, seed: int = 1) -> str:
-    rng = random.Random(seed)
-    lines = ["Minimize", " obj: " + " + ".join(f"x{j}" for j in range(n)), "Subject To"]
-    for i in range(m):
-        a = [rng.randint(0, 99) for _ in range(n)]
-        lines.append(f" s{i}: " + " + ".join(f"{c} x{j}" for j, c in enumerate(a)) + f" = {sum(a) // 2}")
-    lines += ["Binaries", " " + " ".join(f"x{j}" for j in range(n)), "End"]
-    return "\n".join(lines)
 
 
 def alive(pid: int) -> bool:

@@ -1,11 +1,11 @@
 """score_answer, matching and references, and every kind of bad input (in-process)."""
 
 import pickle
-import random
 import re
 
 import pytest
 
+from builders import market_split
 from app.evaluation import (
     EvaluationConfig,
     MatchRule,
@@ -22,15 +22,6 @@ LP = "Maximize\n obj: 3 x + 2 y\nSubject To\n c1: x + y <= 4\n c2: x + 3 y <= 6\
 ANSWER = f"Let x, y be the amounts.\n```lp\n{LP}\n```\nThe optimal value is 11."
 
 
-def market_split(m: int = 4, n: int = 40, seed: int = 1) -> str:
-    """A random market-split instance: tiny, and far beyond SCIP in one second."""
-    rng = random.Random(seed)
-    lines = ["Minimize", " obj: " + " + ".join(f"x{j}" for j in range(n)), "Subject To"]
-    for i in range(m):
-        a = [rng.randint(0, 99) for _ in range(n)]
-        lines.append(f" s{i}: " + " + ".join(f"{c} x{j}" for j, c in enumerate(a)) + f" = {sum(a) // 2}")
-    lines += ["Binaries", " " + " ".join(f"x{j}" for j in range(n)), "End"]
-    return "\n".join(lines)
 
 
 def cfg(**limits) -> EvaluationConfig:

@@ -6,19 +6,11 @@ import threading
 
 import pytest
 
+from builders import market_split
 from app.evaluation import Constraint, Model, SolverLimits, Variable, read_model, solve_model
 from app.evaluation import solve as solve_module
 
 
-def market_split(m: int = 4, n: int = 40, seed: int = 1) -> str:
-    """Tiny, and far beyond SCIP in a second."""
-    rng = random.Random(seed)
-    lines = ["Minimize", " obj: " + " + ".join(f"x{j}" for j in range(n)), "Subject To"]
-    for i in range(m):
-        a = [rng.randint(0, 99) for _ in range(n)]
-        lines.append(f" s{i}: " + " + ".join(f"{c} x{j}" for j, c in enumerate(a)) + f" = {sum(a) // 2}")
-    lines += ["Binaries", " " + " ".join(f"x{j}" for j in range(n)), "End"]
-    return "\n".join(lines)
 
 
 def knapsack(rng: random.Random, n: int, vtype: str) -> Model:

@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from builders import PAD, tiny_llama
 from app.models.chatglm import ChatGLMConfig, ChatGLMForCausalLM
 from app.models.config import SamplingConfig
 from app.models.generation import (
     filter_logits, generate, head_on_columns, left_pad, positions_from_mask, sample_categorical,
 )
 
-PAD = 0
 PROMPTS = [[5, 9, 14, 3, 22, 7, 8], [11, 4], [30, 31, 32, 33]]  # different lengths -> left padding
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
-    )
-    return LlamaForCausalLM(cfg).eval()
 
 
 def tiny_chatglm(seed: int = 0) -> ChatGLMForCausalLM:

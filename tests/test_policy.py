@@ -6,27 +6,18 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from builders import PAD, tiny_llama
 from app.errors import UserError
 from app.models.chatglm import ChatGLMConfig, ChatGLMForCausalLM
 from app.models.config import LoraSettings, SamplingConfig
 from app.models.generation import left_pad, positions_from_mask
 from app.models.policy import PolicyWithValue, ValueHead, entropy_from_logsumexp, read_trainable, token_logprobs
 
-PAD = 0
 PROMPTS = [[5, 9, 14, 3, 22, 7], [11, 4], [30, 31, 32]]
 RESPONSES = [[40, 41, 2], [17, 18, 19, 20, 21], [8]]  # different lengths: right-padded in the batch
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
-    )
-    return LlamaForCausalLM(cfg)
 
 
 def tiny_chatglm(seed: int = 0) -> ChatGLMForCausalLM:
