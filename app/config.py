@@ -32,6 +32,7 @@ class KLSettings:
 class PPOSettings:
     prompts_per_step: int = 8
     samples_per_prompt: int = 1
+    advantage: str = "gae"  # gae (value head, per-token) | rloo (leave-one-out over a prompt's samples; no value model)
     epochs: int = 2  # PPO epochs over each rollout
     minibatch_size: int = 4
     grad_accum: int = 1

@@ -26,16 +26,20 @@ OUT = Path("logs") / "quickstart"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG), help="PPO config (default: configs/quickstart.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the PPO config")
-    parser.add_argument("--heldout", type=int, default=100, help="held-out problems to evaluate on")
+    parser.add_argument("--heldout", type=int, default=200, help="held-out problems to evaluate on")
     parser.add_argument("--train-problems", type=int, default=2000, help="synthetic prompts for PPO")
     parser.add_argument("--out", default=str(OUT), help="where data, results.json and the plot go")
 
 
 def make_data(out: Path, n_train: int, n_heldout: int, seed: int, difficulty: str) -> tuple[Path, Path]:
-    from app.data.synthetic import make_splits
+    """PPO prompts and held-out problems. The held-out set is the starter's (the SFT never saw it);
+    the PPO prompts come from their own stream, so PPO practises on problems new to the starter,
+    as the held-out ones are, rather than on the ones it was fine-tuned on."""
+    from app.data.synthetic import generate, signature
 
     out.mkdir(parents=True, exist_ok=True)
-    train, heldout = make_splits(n_train, n_heldout, seed=seed, difficulty=difficulty)
+    heldout = generate(n_heldout, seed, difficulty, split="heldout")
+    train = generate(n_train, seed, difficulty, split="ppo", exclude={signature(item) for item in heldout})
     paths = out / "train.jsonl", out / "heldout.jsonl"
     for path, items in zip(paths, (train, heldout)):
         with open(path, "w") as f:

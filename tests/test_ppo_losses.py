@@ -106,6 +106,17 @@ def test_gae_matches_loop_and_ignores_padding():
     assert torch.equal(adv, adv2) and torch.equal(ret, ret2)
 
 
+def test_leave_one_out_advantages_by_hand():
+    # two prompts, three samples each: sample minus the mean of the other two
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.2, 0.2, 0.2])
+    adv = losses.leave_one_out_advantages(rewards, group_size=3)
+    assert adv.tolist() == pytest.approx([0.75, -0.75, 0.0, 0.0, 0.0, 0.0], abs=1e-6)
+    with pytest.raises(ValueError, match="6 rows in groups of 4"):
+        losses.leave_one_out_advantages(rewards, group_size=4)
+    with pytest.raises(ValueError, match="groups of 1"):
+        losses.leave_one_out_advantages(rewards, group_size=1)
+
+
 def test_policy_loss_clips_separately_low_and_high():
     # ratios exp(0.5)=1.6487 (A>0: clipped at 1.2), exp(-0.5)=0.6065 (A<0: clipped at 0.9), 1.0 (A>0), padded
     logp = torch.tensor([[0.5, -0.5, 0.0, 3.0]])

@@ -100,6 +100,31 @@ def test_train_logs_metrics_and_checkpoints_only_trainable_weights(tiny_chatglm_
     assert (run / "trainable.pt").is_file()
 
 
+def test_rloo_advantages_train_the_policy_and_leave_the_value_head_alone(tiny_chatglm_dir, problems_file, tmp_path):
+    from app.ppo.train import train
+
+    cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **{"ppo.advantage": "rloo"}))
+    module, _ = train(cfg)
+    rollout = module.last_rollout
+    assert rollout.returns is None
+    # one advantage per response on all its tokens, summing to zero over each prompt's pair (before whitening)
+    per_row = rollout.advantages.sum(-1) / rollout.response_mask.sum(-1)
+    assert torch.allclose(rollout.advantages, per_row[:, None] * rollout.response_mask, atol=1e-6)
+    logged = scalars(run_dir(tmp_path))
+    assert "train/value_loss" not in logged and len(logged["train/policy_loss"]) == 2
+    head = module.policy.value_head.proj
+    assert float(head.bias.abs().max()) == 0.0  # starts at zero and gets no gradient without a value loss
+
+
+def test_rloo_needs_several_samples_per_prompt(tiny_chatglm_dir, problems_file, tmp_path):
+    from app.cli import main
+
+    argv = ["train", *overrides(tiny_chatglm_dir, problems_file, tmp_path), "ppo.advantage=rloo", "ppo.samples_per_prompt=1"]
+    assert main(argv) == 2
+    argv = ["train", *overrides(tiny_chatglm_dir, problems_file, tmp_path), "ppo.advantage=grpo"]
+    assert main(argv) == 2
+
+
 def test_unknown_config_key_names_the_closest_one(tiny_chatglm_dir, problems_file, tmp_path):
     from app.cli import main
 

@@ -129,6 +129,20 @@ def gae(
     return advantages, (advantages + values) * mask
 
 
+def leave_one_out_advantages(sequence_rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO: each sample's reward minus the mean reward of the other samples of its prompt; (B,) -> (B,).
+
+    Rows come in consecutive groups of `group_size` samples of one prompt. The baseline needs no
+    value model and is unbiased (it does not depend on the sample it is subtracted from).
+    """
+    B = sequence_rewards.shape[0]
+    if group_size < 2 or B % group_size:
+        raise ValueError(f"leave-one-out needs groups of >= 2 samples that divide the batch; got {B} rows in groups of {group_size}")
+    r = sequence_rewards.view(B // group_size, group_size)  # (G, k)
+    baseline = (r.sum(-1, keepdim=True) - r) / (group_size - 1)  # (G, k)
+    return (r - baseline).flatten()
+
+
 # ---- losses ----
 
 

@@ -218,7 +218,11 @@ class PPOModule(pl.LightningModule):
             response_ids = rollout.sequences[:, rollout.prompt_length :]
             rollout.kl_mask = partial_kl_mask(response_ids, mask, self.tokenizer).to(mask)
         rollout.rewards = losses.token_rewards(rollout.scores, rollout.kl, mask, self.kl_ctl.value, rollout.kl_mask)
-        advantages, rollout.returns = losses.gae(rollout.rewards, rollout.values, mask, ppo.gamma, ppo.lam)
+        if ppo.advantage == "rloo":  # one advantage per response, on all its tokens; the value head is not used
+            per_row = losses.leave_one_out_advantages(rollout.rewards.sum(-1), ppo.samples_per_prompt)  # (B,)
+            advantages, rollout.returns = per_row[:, None] * mask, None
+        else:
+            advantages, rollout.returns = losses.gae(rollout.rewards, rollout.values, mask, ppo.gamma, ppo.lam)
         if ppo.whiten_advantages:
             advantages = losses.masked_whiten(advantages, mask)
         rollout.advantages = advantages
@@ -258,9 +262,10 @@ class PPOModule(pl.LightningModule):
         out = {key: value / max(1, n_minibatches) for key, value in sums.items()}
         out["train/early_stopped"] = float(stopped_early)
         out["train/skipped_nonfinite"] = float(n_skipped)
-        out["train/explained_variance"] = float(
-            losses.explained_variance(rollout.values, rollout.returns, rollout.response_mask)
-        )
+        if rollout.returns is not None:
+            out["train/explained_variance"] = float(
+                losses.explained_variance(rollout.values, rollout.returns, rollout.response_mask)
+            )
         return out
 
     def _gradients_finite(self) -> bool:
@@ -274,15 +279,17 @@ class PPOModule(pl.LightningModule):
             mb.sequences, mb.attention_mask, mb.prompt_length, self._temperature, entropy_grad=ppo.entropy_coef != 0
         )
         pg_loss, pg_stats = losses.policy_loss(logprobs, mb.old_logprobs, mb.advantages, mask, ppo.clip_low, ppo.clip_high)
-        v_loss, v_stats = losses.value_loss(values, mb.values, mb.returns, mask, ppo.value_clip)
         mean_entropy = losses.masked_mean(entropy, mask)
-        loss = pg_loss + ppo.vf_coef * v_loss - ppo.entropy_coef * mean_entropy
+        loss = pg_loss - ppo.entropy_coef * mean_entropy
         stats = {
             "train/policy_loss": pg_loss.item(),
-            "train/value_loss": v_loss.item(),
             "train/entropy": mean_entropy.item(),
             "train/approx_kl": pg_stats["approx_kl"].item(),
             "train/clip_fraction": pg_stats["clip_fraction"].item(),
-            "train/value_clip_fraction": v_stats["clip_fraction"].item(),
         }
+        if mb.returns is not None:  # GAE: the value head learns the returns (RLOO needs no values)
+            v_loss, v_stats = losses.value_loss(values, mb.values, mb.returns, mask, ppo.value_clip)
+            loss = loss + ppo.vf_coef * v_loss
+            stats["train/value_loss"] = v_loss.item()
+            stats["train/value_clip_fraction"] = v_stats["clip_fraction"].item()
         return loss, stats

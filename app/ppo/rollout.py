@@ -35,7 +35,7 @@ class Rollout:
     kl_mask: torch.Tensor | None = None  # (B, R) 1 where the KL penalty applies (partial KL), None: everywhere
     rewards: torch.Tensor | None = None  # (B, R) -beta*KL, plus the score on the last token
     advantages: torch.Tensor | None = None  # (B, R)
-    returns: torch.Tensor | None = None  # (B, R)
+    returns: torch.Tensor | None = None  # (B, R) GAE targets of the value head; None with RLOO advantages
 
     def __len__(self) -> int:
         return self.sequences.shape[0]

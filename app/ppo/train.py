@@ -47,9 +47,21 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None) -> pl.T
     )
 
 
+def check_ppo_settings(cfg: TrainConfig) -> None:
+    """Settings the schema's types cannot check, before any model is loaded."""
+    ppo = cfg.ppo
+    if ppo.advantage not in ("gae", "rloo"):
+        raise UserError(f"ppo.advantage='{ppo.advantage}' is not one of gae, rloo")
+    if ppo.advantage == "rloo" and ppo.samples_per_prompt < 2:
+        raise UserError(
+            f"ppo.advantage=rloo compares the samples of a prompt: set ppo.samples_per_prompt >= 2 (it is {ppo.samples_per_prompt})"
+        )
+
+
 def train(cfg: TrainConfig, extra_callbacks: list | None = None) -> tuple[PPOModule, pl.Trainer]:
     if cfg.resume is not None and not Path(cfg.resume).is_file():
         raise UserError(f"resume checkpoint not found: {cfg.resume}")
+    check_ppo_settings(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.cpu_threads > 0:
         torch.set_num_threads(cfg.trainer.cpu_threads)
