@@ -7,3 +7,18 @@ class UserError(Exception):
     The message must name the problem and what to do about it; the CLI prints it without a
     traceback.
     """
+
+
+def user_message(err: UserError) -> str:
+    """The error's own one-line message.
+
+    A UserError raised inside a DataLoader worker process is re-raised in the main process with
+    the worker's traceback wrapped around it ("Caught UserError in DataLoader worker process 0.
+    Original Traceback ..."); its last line holds the original message.
+    """
+    text = str(err).strip()
+    if "Original Traceback" not in text:
+        return text
+    last = text.splitlines()[-1]  # "app.data.formats.BadRecord: data.jsonl:2: not valid JSON ..."
+    kind, sep, rest = last.partition(": ")
+    return rest if sep and kind.replace(".", "").replace("_", "").isalnum() else last

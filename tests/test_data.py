@@ -1,5 +1,6 @@
 """Streaming prompt data: formats, bad lines, the JSON-array parser, sharding, shuffling, resume, memory."""
 
+import itertools
 import json
 import random
 import re
@@ -304,6 +305,17 @@ def test_datamodule_batches_and_exact_resume_through_lightning(tmp_path):
     second = RecordingModule()
     trainer(tmp_path, 8).fit(second, datamodule(), ckpt_path=ckpt)
     assert first.seen + second.seen == straight.seen
+
+
+def test_bad_line_in_a_dataloader_worker_still_reads_as_one_line(tmp_path):
+    from app.errors import user_message
+
+    path = write_jsonl(tmp_path / "bad.jsonl", BAD_FILE)
+    settings = DataSettings(train=str(path), on_bad_line="error", num_workers=1, shuffle_buffer=0)
+    with pytest.raises(UserError) as err:
+        list(itertools.islice(PromptDataModule(settings, prompts_per_step=2).train_dataloader(), 3))
+    assert "Original Traceback" in str(err.value)  # how torch re-raises a worker's error
+    assert user_message(err.value) == f"{path}:2: not valid JSON (Expecting value at column 1)"
 
 
 def test_val_dataloader_is_one_ordered_pass(tmp_path):
