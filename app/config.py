@@ -77,6 +77,7 @@ class TrainerSettings:
     precision: str = "32-true"
     log_every_n_steps: int = 1
     sample_log_every: int = 10  # text table of samples in TensorBoard every N steps
+    val_every: int = 20  # with data.val: greedy answers to those problems scored every N PPO steps (val/*)
     checkpoint_every: int = 10
     root_dir: str = "logs"
     enable_progress_bar: bool = True

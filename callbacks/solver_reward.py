@@ -36,12 +36,14 @@ class SolverReward(RolloutScorer):
         self._pending = None
         self._n_items = 0
         self.metrics = {name: MeanMetric() for name in METRICS}
+        self.val_metrics = {name: MeanMetric() for name in METRICS}
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.pool is None:
             self.pool = EvaluatorPool(self.config)
-        for name, metric in self.metrics.items():
-            self.metrics[name] = metric.to(pl_module.device)
+        for metrics in (self.metrics, self.val_metrics):
+            for name, metric in metrics.items():
+                metrics[name] = metric.to(pl_module.device)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.pool is not None:
@@ -70,23 +72,47 @@ class SolverReward(RolloutScorer):
                 breakdowns=[{"reason": reason}] * self._n_items,
                 metrics={"solver/worker_failures": float(self._n_items)},
             )
-        for result in results:
-            for name, value in _summary_values(result).items():
-                # A missing value (no reference model: no graph distance) counts with weight 0, so
-                # every rank updates and syncs the same metrics.
-                weight = 0.0 if value is None else 1.0
-                self.metrics[name].update(torch.tensor(value or 0.0), torch.tensor(weight))
-        reduced = {}
-        for name, metric in self.metrics.items():
-            value = float(metric.compute())  # compute() syncs across ranks
-            metric.reset()
-            if value == value:  # nan when no rank had a value
-                reduced[name] = value
-        mean = reduced["reward"]
-        reduced["reward_std"] = max(0.0, reduced.pop("reward_sq") - mean * mean) ** 0.5
+        _update(self.metrics, results)
+        reduced = _reduce(self.metrics)
         module.log_dict({f"solver/{k}": v for k, v in reduced.items()}, rank_zero_only=True)
         return RolloutScores(
             scores=[r.reward for r in results],
             breakdowns=[{**r.breakdown, "status": r.status, "reason": r.reason} for r in results],
             metrics=reduced,
         )
+
+    def validate(self, responses: list[str], problems: list) -> None:
+        items = [(text, Reference.from_answer(p.answer, p.reference_model)) for text, p in zip(responses, problems)]
+        try:
+            results = self.pool.score_many(items)
+        except Exception as err:  # counted as wrong answers, like a failed training rollout
+            reason = f"reward worker failure: {type(err).__name__}: {err}"
+            results = [ScoreResult(0.0, {}, "worker_failure", reason=reason) for _ in items]
+        _update(self.val_metrics, results)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        reduced = _reduce(self.val_metrics)
+        pl_module.log_dict({f"val/{k}": v for k, v in reduced.items()}, rank_zero_only=True)
+
+
+def _update(metrics: dict[str, MeanMetric], results: list[ScoreResult]) -> None:
+    for result in results:
+        for name, value in _summary_values(result).items():
+            # A missing value (no reference model: no graph distance) counts with weight 0, so
+            # every rank updates and syncs the same metrics.
+            weight = 0.0 if value is None else 1.0
+            metrics[name].update(torch.tensor(value or 0.0), torch.tensor(weight))
+
+
+def _reduce(metrics: dict[str, MeanMetric]) -> dict[str, float]:
+    """Means across ranks (compute() is the collective), then reset; reward_sq becomes reward_std."""
+    reduced = {}
+    for name, metric in metrics.items():
+        value = float(metric.compute())
+        metric.reset()
+        if value == value:  # nan when no rank had a value
+            reduced[name] = value
+    if "reward" in reduced:
+        mean = reduced["reward"]
+        reduced["reward_std"] = max(0.0, reduced.pop("reward_sq") - mean * mean) ** 0.5
+    return reduced

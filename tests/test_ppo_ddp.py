@@ -2,7 +2,8 @@
 
 Rank 0 is handed correct answers and rank 1 garbage, so the solver metrics differ per rank: the
 logged values must be the cross-rank means, and after the PPO updates both ranks must hold
-identical trainable weights.
+identical trainable weights. Validation runs on shards of different sizes (a collective inside a
+validation step would hang there).
 """
 
 from __future__ import annotations
@@ -41,15 +42,23 @@ SCRIPT = textwrap.dedent(
 
         def setup(self, trainer, pl_module, stage):
             self._rank = trainer.global_rank
+            self.val_items = 0
             super().setup(trainer, pl_module, stage)
+
+        def validate(self, responses, problems):
+            self.val_items += len(problems)
+            responses = [answer_text(p) if self._rank == 0 else "no idea" for p in problems]
+            super().validate(responses, problems)
 
     class Dump(Callback):
         def on_train_end(self, trainer, module):
             rank = trainer.global_rank
             torch.save({k: v.cpu() for k, v in module.policy.trainable_state_dict().items()}, f"{out}/rank{rank}.pt")
             with open(f"{out}/rank{rank}.json", "w") as f:
+                scorer = next(cb for cb in trainer.callbacks if isinstance(cb, RankAnswers))
+                val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
                 json.dump({"scores": module.last_rollout.scores.tolist(), "metrics": module.last_solver_metrics,
-                           "world": trainer.world_size}, f)
+                           "world": trainer.world_size, "val": val, "val_items": scorer.val_items}, f)
 
     train_mod.SolverReward = RankAnswers
     cfg = load_config(None, sys.argv[2:])
@@ -64,6 +73,10 @@ def test_ddp_two_cpu_ranks_identical_weights_and_reduced_metrics(tiny_chatglm_di
     with open(data, "w") as f:
         for item in generate(8, seed=5, infeasible_fraction=0.0):
             f.write(json.dumps(item.to_json()) + "\n")
+    val = tmp_path / "val.jsonl"  # 5 problems: rank 0 gets 3 (2 batches), rank 1 gets 2 (1 batch)
+    with open(val, "w") as f:
+        for item in generate(5, seed=6, infeasible_fraction=0.0):
+            f.write(json.dumps(item.to_json()) + "\n")
     script = tmp_path / "ddp_run.py"
     script.write_text(SCRIPT)
     args = [
@@ -71,7 +84,7 @@ def test_ddp_two_cpu_ranks_identical_weights_and_reduced_metrics(tiny_chatglm_di
         "data.max_prompt_tokens=2048", "sampling.max_new_tokens=8", "ppo.prompts_per_step=2", "ppo.minibatch_size=2",
         "ppo.lr=1e-2", "evaluation.workers=1", "trainer.max_steps=2", "trainer.checkpoint_every=0",
         "trainer.devices=2", "trainer.strategy=ddp", f"trainer.root_dir={tmp_path / 'logs'}",
-        "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
+        "trainer.enable_progress_bar=false", "trainer.cpu_threads=1", f"data.val={val}", "trainer.val_every=1",
     ]
     proc = subprocess.run(
         [sys.executable, str(script), str(tmp_path), *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -92,3 +105,7 @@ def test_ddp_two_cpu_ranks_identical_weights_and_reduced_metrics(tiny_chatglm_di
         assert metrics["format_rate"] == pytest.approx(0.5)
         expected = (sum(m0["scores"]) + sum(m1["scores"])) / (len(m0["scores"]) + len(m1["scores"]))
         assert metrics["reward"] == pytest.approx(expected, abs=1e-6)
+    # validation on uneven shards does not hang, and its metrics are the mean over all 5 problems
+    assert (m0["val_items"], m1["val_items"]) == (2 * 3, 2 * 2)  # two validation passes
+    assert m0["val"]["val/accuracy"] == pytest.approx(3 / 5)
+    assert m0["val"]["val/format_rate"] == pytest.approx(3 / 5)

@@ -21,6 +21,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from app.config import load_config
+from app.errors import UserError
 from app.data.synthetic import generate
 from app.ppo.scoring import RolloutScorer, RolloutScores
 
@@ -123,6 +124,21 @@ def test_rloo_needs_several_samples_per_prompt(tiny_chatglm_dir, problems_file, 
     assert main(argv) == 2
     argv = ["train", *overrides(tiny_chatglm_dir, problems_file, tmp_path), "ppo.advantage=grpo"]
     assert main(argv) == 2
+
+
+def test_validation_scores_greedy_answers_every_val_every_steps(tiny_chatglm_dir, problems_file, tmp_path):
+    from app.ppo.train import train
+
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(problems_file.read_text().splitlines(keepends=True)[:3]))
+    extra = {"data.val": val, "trainer.val_every": 1, "trainer.max_steps": 2}
+    module, trainer = train(load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **extra)))
+    logged = scalars(run_dir(tmp_path))
+    for tag in ("val/accuracy", "val/format_rate", "val/reward", "val/solved_rate"):
+        assert len(logged[tag]) == 2, tag
+    assert logged["val/format_rate"] == [0.0, 0.0]  # the random tiny model writes no LP, greedy or not
+    with pytest.raises(UserError, match="trainer.val_every=0 must be positive"):
+        train(load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **{**extra, "trainer.val_every": 0})))
 
 
 def test_unknown_config_key_names_the_closest_one(tiny_chatglm_dir, problems_file, tmp_path):

@@ -12,6 +12,7 @@ several optimizer steps. The module never imports SCIP: scores come from the tra
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -164,28 +165,35 @@ class PPOModule(pl.LightningModule):
     def _messages(self, problem) -> list[dict[str, str]]:
         return build_messages(problem, self.cfg.data.system_prompt, self.cfg.data.instruction)
 
-    @torch.no_grad()
-    def generate_rollout(self, problems: list) -> Rollout | None:
-        """Render prompts with the model's chat format, sample `samples_per_prompt` responses each,
-        decode them. Prompts over `data.max_prompt_tokens` are reported and left out."""
-        limit, n = self.cfg.data.max_prompt_tokens, self.cfg.ppo.samples_per_prompt
+    def _encode(self, problems: list, copies: int) -> tuple[list[list[int]], list]:
+        """Prompt token ids in the model's chat format, each `copies` times, and their problems.
+        Prompts over `data.max_prompt_tokens` are reported and left out."""
+        limit = self.cfg.data.max_prompt_tokens
         prompts, kept = [], []
         for problem in problems:
             ids = self.chat.encode_prompt(self.tokenizer, self._messages(problem))
             if len(ids) > limit:
                 self.print(f"problem {problem.id}: prompt of {len(ids)} tokens > data.max_prompt_tokens={limit}, skipped")
                 continue
-            prompts += [ids] * n
-            kept += [problem] * n
+            prompts += [ids] * copies
+            kept += [problem] * copies
+        return prompts, kept
+
+    def _decode(self, gen) -> list[str]:
+        return [
+            self.tokenizer.decode(row[mask.bool()].tolist(), skip_special_tokens=True)
+            for row, mask in zip(gen.responses, gen.response_mask)
+        ]
+
+    @torch.no_grad()
+    def generate_rollout(self, problems: list) -> Rollout | None:
+        """Sample `samples_per_prompt` responses per problem and decode them."""
+        prompts, kept = self._encode(problems, self.cfg.ppo.samples_per_prompt)
         if not prompts:
             return None
         self.policy.eval()
         gen = self.policy.generate(prompts, self.cfg.sampling, generator=self._generator(salt=1))
-        response_ids = gen.sequences[:, gen.prompt_length :]
-        responses = [
-            self.tokenizer.decode(row[mask.bool()].tolist(), skip_special_tokens=True)
-            for row, mask in zip(response_ids, gen.response_mask)
-        ]
+        responses = self._decode(gen)
         return Rollout(
             problems=kept,
             responses=responses,
@@ -195,6 +203,15 @@ class PPOModule(pl.LightningModule):
             response_mask=gen.response_mask.float(),
             tokens_per_second=gen.tokens_per_second,
         )
+
+    @torch.no_grad()
+    def validation_step(self, problems: list, batch_idx: int) -> None:
+        """Greedy answers to held-out problems (`data.val`), scored by the solver: what PPO is meant
+        to raise. The scorer logs val/accuracy, val/reward, ... once per validation pass."""
+        prompts, kept = self._encode(problems, copies=1)
+        if prompts:
+            gen = self.policy.generate(prompts, dataclasses.replace(self.cfg.sampling, do_sample=False))
+            self._scorer().validate(self._decode(gen), kept)
 
     @torch.no_grad()
     def evaluate_rollout(self, rollout: Rollout) -> None:

@@ -30,3 +30,8 @@ class RolloutScorer(Callback, ABC):
     @abstractmethod
     def finish(self, module: LightningModule) -> RolloutScores:
         """Wait for the scores of the last `begin`, log the solver metrics on `module`, return them."""
+
+    @abstractmethod
+    def validate(self, responses: list[str], problems: list) -> None:
+        """Score greedy answers to held-out problems; the callback logs their metrics at the end of
+        the validation pass (one reduction across ranks, so ranks may see different numbers of batches)."""

@@ -44,12 +44,17 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None) -> pl.T
         enable_model_summary=False,
         use_distributed_sampler=False,  # the prompt stream shards itself by rank and worker
         num_sanity_val_steps=0,
+        # with data.val: every val_every PPO steps (the prompt stream has no epochs)
+        val_check_interval=t.val_every if cfg.data.val else None,
+        check_val_every_n_epoch=None if cfg.data.val else 1,
     )
 
 
 def check_ppo_settings(cfg: TrainConfig) -> None:
     """Settings the schema's types cannot check, before any model is loaded."""
     ppo = cfg.ppo
+    if cfg.data.val and cfg.trainer.val_every <= 0:
+        raise UserError(f"trainer.val_every={cfg.trainer.val_every} must be positive when data.val is set")
     if ppo.advantage not in ("gae", "rloo"):
         raise UserError(f"ppo.advantage='{ppo.advantage}' is not one of gae, rloo")
     if ppo.advantage == "rloo" and ppo.samples_per_prompt < 2:
