@@ -48,8 +48,9 @@ def make_data(out: Path, n_train: int, n_heldout: int, seed: int, difficulty: st
     return paths
 
 
-def plot_curves(run_dir: Path, png: Path) -> Path:
-    """Reward, accuracy and KL per PPO step, from the run's TensorBoard events."""
+def plot_curves(run_dir: Path, png: Path, starter_accuracy: float) -> Path:
+    """Reward, accuracy (sampled training answers, and greedy held-out answers from the starter
+    at step 0 on) and KL per PPO step, from the run's TensorBoard events."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,6 +64,11 @@ def plot_curves(run_dir: Path, png: Path) -> Path:
     for ax, (tag, title) in zip(axes, panels):
         points = events.Scalars(tag) if tag in events.Tags()["scalars"] else []
         ax.plot([p.step for p in points], [p.value for p in points], lw=1)
+        if tag == "solver/accuracy":
+            held = events.Scalars("val/accuracy") if "val/accuracy" in events.Tags()["scalars"] else []
+            steps = [0] + [p.step for p in held]
+            ax.plot(steps, [starter_accuracy] + [p.value for p in held], "o-", lw=1.5, label="held-out, greedy")
+            ax.legend(fontsize=8)
         ax.set_title(title)
         ax.set_xlabel("PPO step")
         ax.grid(alpha=0.3)
@@ -86,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     data_dir = out / "data"
     train_path, heldout_path = make_data(data_dir, args.train_problems, args.heldout, cfg.seed, "easy")
     cfg.data.train = str(train_path)
+    cfg.data.val = cfg.data.val or str(heldout_path)  # held-out accuracy every trainer.val_every steps
     style = {"system_prompt": cfg.data.system_prompt, "instruction": cfg.data.instruction}
     common = {"max_new_tokens": cfg.sampling.max_new_tokens, "evaluation": cfg.evaluation, "batch_size": 50, **style}
 
@@ -105,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     results = {"sft": {k: sft[k] for k in keys}, "ppo": {k: ppo[k] for k in keys}, "minutes": round(minutes, 2),
                "heldout": args.heldout, "ppo_steps": cfg.trainer.max_steps, "run_dir": str(run_dir)}  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    png = plot_curves(run_dir, run_dir / "curves.png")
+    png = plot_curves(run_dir, run_dir / "curves.png", sft["accuracy"])
     print()
     print(f"Held-out problems ({args.heldout}), greedy answers scored by SCIP:")
     print(format_summary_table({"SFT alone": sft, "SFT + PPO": ppo}))

@@ -91,7 +91,7 @@ def test_shortened_quickstart_runs_end_to_end(tiny_chatglm_dir, tmp_path):
         "quickstart", f"model.path={starter}", "trainer.max_steps=2", "trainer.checkpoint_every=1",
         "sampling.max_new_tokens=12", "ppo.prompts_per_step=2", "ppo.samples_per_prompt=2", "ppo.minibatch_size=4",
         "evaluation.workers=1", f"trainer.root_dir={tmp_path / 'logs'}", "trainer.enable_progress_bar=false",
-        "--heldout", "4", "--train-problems", "8", "--out", str(out),
+        "trainer.val_every=1", "--heldout", "4", "--train-problems", "8", "--out", str(out),
     ])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
@@ -100,6 +100,9 @@ def test_shortened_quickstart_runs_end_to_end(tiny_chatglm_dir, tmp_path):
         assert 0.0 <= results[side]["reward"] <= 1.0
     run_dir = Path(results["run_dir"])
     assert (run_dir / "curves.png").stat().st_size > 1000
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert len(events.Scalars("val/accuracy")) == 2  # the held-out set, validated after each PPO step
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     rows = [json.loads(line) for line in open(out / "ppo_heldout.jsonl")]
     assert len(rows) == 4 and all(row["status"] and row["reason"] for row in rows)  # scored by the evaluator
