@@ -12,7 +12,9 @@ from app.errors import UserError
 from app.models.chatglm import ChatGLMConfig, ChatGLMForCausalLM
 from app.models.config import LoraSettings, SamplingConfig
 from app.models.generation import left_pad, positions_from_mask
-from app.models.policy import PolicyWithValue, ValueHead, entropy_from_logsumexp, read_trainable, token_logprobs
+from app.models.policy import (
+    PolicyWithValue, ValueHead, entropy_from_logsumexp, merged_lora, read_trainable, token_logprobs,
+)
 
 PROMPTS = [[5, 9, 14, 3, 22, 7], [11, 4], [30, 31, 32]]
 RESPONSES = [[40, 41, 2], [17, 18, 19, 20, 21], [8]]  # different lengths: right-padded in the batch
@@ -263,6 +265,29 @@ def test_policy_generate_uses_the_adapter(family):
         logits = policy.causal_lm(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
     n = int(after.response_lengths[0])
     assert torch.equal(logits[0, 2 : 2 + n].argmax(-1), after.responses[0, :n])
+
+
+@both
+def test_merged_lora_equals_the_adapter_path_and_restores_the_base_bit_for_bit(family):
+    policy = make_policy(family=family).eval()
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.3)
+    ids, mask, P, _ = batch()
+    base = {n: (p.data_ptr(), p.detach().clone()) for n, p in policy.named_parameters() if "base_layer" in n}
+    with torch.no_grad():
+        adapter_path = policy(ids, mask, P)[0]
+        reference = policy.reference_logprobs(ids, mask, P)
+        with merged_lora(policy.model):
+            merged = policy(ids, mask, P)[0]
+            assert any(p.data_ptr() != base[n][0] for n, p in policy.named_parameters() if n in base)
+        assert torch.allclose(merged, adapter_path, atol=1e-5) and not torch.allclose(merged, reference, atol=1e-3)
+        assert torch.equal(policy(ids, mask, P)[0], adapter_path)
+        assert torch.equal(policy.reference_logprobs(ids, mask, P), reference)
+    for name, p in policy.named_parameters():
+        if name in base:
+            assert p.data_ptr() == base[name][0] and torch.equal(p, base[name][1]), name
 
 
 @both
