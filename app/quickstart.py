@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -63,12 +64,16 @@ def plot_curves(run_dir: Path, png: Path, starter_accuracy: float) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(12, 3.2))
     for ax, (tag, title) in zip(axes, panels):
         points = events.Scalars(tag) if tag in events.Tags()["scalars"] else []
-        ax.plot([p.step for p in points], [p.value for p in points], lw=1)
+        steps, values = [p.step for p in points], [p.value for p in points]
+        ax.plot(steps, values, lw=0.8, alpha=0.4)
+        window = 10  # one step's batch is noisy: a trailing mean shows the trend
+        trend = [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+        ax.plot(steps, trend, lw=1.5, color="C0", label=f"mean of {window} steps")
         if tag == "solver/accuracy":
             held = events.Scalars("val/accuracy") if "val/accuracy" in events.Tags()["scalars"] else []
             steps = [0] + [p.step for p in held]
             ax.plot(steps, [starter_accuracy] + [p.value for p in held], "o-", lw=1.5, label="held-out, greedy")
-            ax.legend(fontsize=8)
+        ax.legend(fontsize=8)
         ax.set_title(title)
         ax.set_xlabel("PPO step")
         ax.grid(alpha=0.3)
