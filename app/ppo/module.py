@@ -3,7 +3,10 @@
 One `training_step` is one PPO iteration:
 
     prompts ─► generate ─► (scorer starts solving) ─► old/ref log-probs, values ─► scores
-            ─► per-token rewards (−β·KL, score on the last token) ─► GAE ─► K epochs × minibatches
+            ─► per-token rewards (−β·KL, score on the last token) ─► advantages (GAE, or RLOO over each
+               prompt's samples) ─► K epochs × minibatches
+
+`validation_step` answers the `data.val` problems greedily and has the scorer grade them.
 
 Optimization is manual (`automatic_optimization = False`) because one batch of prompts feeds
 several optimizer steps. The module never imports SCIP: scores come from the trainer's
@@ -22,6 +25,7 @@ import torch
 
 from app.config import TrainConfig
 from app.data.prompts import build_messages
+from app.models.generation import Generation
 from app.models.loading import LoadedModel
 from app.models.policy import PolicyWithValue
 from app.optim import lr_lambda
@@ -179,7 +183,7 @@ class PPOModule(pl.LightningModule):
             kept += [problem] * copies
         return prompts, kept
 
-    def _decode(self, gen) -> list[str]:
+    def _decode(self, gen: Generation) -> list[str]:
         return [
             self.tokenizer.decode(row[mask.bool()].tolist(), skip_special_tokens=True)
             for row, mask in zip(gen.responses, gen.response_mask)
