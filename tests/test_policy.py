@@ -291,6 +291,20 @@ def test_merged_lora_equals_the_adapter_path_and_restores_the_base_bit_for_bit(f
 
 
 @both
+def test_sampling_merged_or_not_gives_the_same_answers(family):
+    policies = [make_policy(LoraSettings(r=4, alpha=8, merge_for_sampling=m), family=family).eval() for m in (True, False)]
+    with torch.no_grad():
+        noise = {n: torch.randn_like(p) * 0.3 for n, p in policies[0].named_parameters() if "lora_B" in n}
+        for policy in policies:
+            for name, p in policy.named_parameters():
+                if name in noise:
+                    p.copy_(noise[name])
+    greedy = SamplingConfig(max_new_tokens=8, do_sample=False)
+    merged, plain = (p.generate([[5, 6, 7], [9, 4]], greedy) for p in policies)
+    assert torch.equal(merged.sequences, plain.sequences)
+
+
+@both
 def test_score_rollout_in_chunks_equals_one_pass_and_the_separate_calls(family):
     policy = make_policy(family=family)
     train_step(policy)  # the adapter is on: policy and reference differ

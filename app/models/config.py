@@ -14,6 +14,9 @@ class LoraSettings:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: list[str] | None = None  # None: the family's default (ChatGLM: qkv, dense, MLP)
+    # sample with the adapter folded into a copy of the adapted weights: one matmul per layer
+    # instead of three per decoding step, for one extra copy of those weights while sampling
+    merge_for_sampling: bool = True
 
 
 @dataclass

@@ -230,10 +230,11 @@ class PolicyWithValue(nn.Module):
     ) -> Generation:
         """Sample from the policy (adapter on) with the model's pad and stop tokens.
 
-        With LoRA the adapter is folded into the base weights for the duration (`merged_lora`):
-        each decoding step then runs one matmul per layer instead of three.
+        With LoRA and `lora.merge_for_sampling` the adapter is folded into the base weights for the
+        duration (`merged_lora`): each decoding step then runs one matmul per layer instead of three.
         """
-        with merged_lora(self.model) if isinstance(self.model, PeftModel) else contextlib.nullcontext():
+        merge = self.lora_settings is not None and self.lora_settings["merge_for_sampling"]
+        with merged_lora(self.model) if merge else contextlib.nullcontext():
             return generate(
                 self.causal_lm, prompts, pad_token_id=self.pad_token_id, stop_token_ids=self.stop_token_ids,
                 sampling=sampling, generator=generator, use_cache=use_cache,
