@@ -8,6 +8,7 @@ reach the weights, a broken reward pool scores zero and training goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -111,6 +112,14 @@ def test_rloo_advantages_train_the_policy_and_leave_the_value_head_alone(tiny_ch
     # one advantage per response on all its tokens, summing to zero over each prompt's pair (before whitening)
     per_row = rollout.advantages.sum(-1) / rollout.response_mask.sum(-1)
     assert torch.allclose(rollout.advantages, per_row[:, None] * rollout.response_mask, atol=1e-6)
+    # each row: its reward (score - beta * KL) minus its partner's, then whitened over the batch's tokens
+    from app.ppo import losses
+
+    total = rollout.scores - module.kl_ctl.value * rollout.kl.sum(-1)
+    pairs = total.view(-1, 2)
+    expected = torch.stack([pairs[:, 0] - pairs[:, 1], pairs[:, 1] - pairs[:, 0]], -1).flatten()
+    expected = losses.masked_whiten(expected[:, None] * rollout.response_mask, rollout.response_mask)
+    assert torch.allclose(rollout.advantages, expected, atol=1e-5)
     logged = scalars(run_dir(tmp_path))
     assert "train/value_loss" not in logged and len(logged["train/policy_loss"]) == 2
     head = module.policy.value_head.proj
@@ -129,14 +138,45 @@ def test_rloo_needs_several_samples_per_prompt(tiny_chatglm_dir, problems_file, 
 def test_validation_scores_greedy_answers_every_val_every_steps(tiny_chatglm_dir, problems_file, tmp_path):
     from app.ppo.train import train
 
+    from app.data.prompts import answer_text
+    from app.ppo import train as train_mod
+    from callbacks.solver_reward import SolverReward
+
+    class FirstAnswerRight(SolverReward):
+        """Records the greedy answers it is handed; the first val problem's is swapped for the reference model."""
+
+        seen: list = []
+
+        def validate(self, responses, problems):
+            self.seen.extend(responses)
+            swapped = [answer_text(p) if p.id == first_id else r for r, p in zip(responses, problems)]
+            super().validate(swapped, problems)
+
     val = tmp_path / "val.jsonl"
     val.write_text("".join(problems_file.read_text().splitlines(keepends=True)[:3]))
-    extra = {"data.val": val, "trainer.val_every": 1, "trainer.max_steps": 2}
-    module, trainer = train(load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **extra)))
+    first_id = json.loads(val.read_text().splitlines()[0])["id"]
+    extra = {"data.val": val, "trainer.val_every": 1, "trainer.max_steps": 2, "data.shuffle_buffer": 0}
+    original = train_mod.SolverReward
+    train_mod.SolverReward = FirstAnswerRight
+    try:
+        module, trainer = train_mod.train(load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **extra)))
+    finally:
+        train_mod.SolverReward = original
     logged = scalars(run_dir(tmp_path))
     for tag in ("val/accuracy", "val/format_rate", "val/reward", "val/solved_rate"):
         assert len(logged[tag]) == 2, tag
-    assert logged["val/format_rate"] == [0.0, 0.0]  # the random tiny model writes no LP, greedy or not
+    # the random tiny model writes no LP: only the swapped-in reference answer of 3 is right
+    assert logged["val/accuracy"] == pytest.approx([1 / 3, 1 / 3])
+    assert logged["val/format_rate"] == pytest.approx([1 / 3, 1 / 3])
+    # what was scored after the last step is the final policy's greedy answer to each val problem
+    assert len(FirstAnswerRight.seen) == 2 * 3  # two passes over the 3 val problems
+    problems = [json.loads(line) for line in val.read_text().splitlines()]
+    from app.data.formats import Problem
+
+    prompts = [module.chat.encode_prompt(module.tokenizer, module._messages(Problem(p["id"], p["question"], str(p["answer"]))))
+               for p in problems]
+    greedy = module.policy.generate(prompts, dataclasses.replace(module.cfg.sampling, do_sample=False))
+    assert FirstAnswerRight.seen[-3:] == module._decode(greedy)
     with pytest.raises(UserError, match="trainer.val_every=0 must be positive"):
         train(load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **{**extra, "trainer.val_every": 0})))
 
@@ -169,6 +209,9 @@ class NaNScorer(RolloutScorer):
 
     def finish(self, module):
         return RolloutScores(scores=[float("nan")] * self.n, breakdowns=[{}] * self.n)
+
+    def validate(self, responses, problems):
+        raise AssertionError("no data.val in this run")
 
 
 def test_nonfinite_rewards_skip_the_step(tiny_chatglm_dir, problems_file, tmp_path):

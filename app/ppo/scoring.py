@@ -31,7 +31,7 @@ class RolloutScorer(Callback, ABC):
     def finish(self, module: LightningModule) -> RolloutScores:
         """Wait for the scores of the last `begin`, log the solver metrics on `module`, return them."""
 
+    @abstractmethod
     def validate(self, responses: list[str], problems: list) -> None:
         """Score greedy answers to held-out problems; the callback logs their metrics at the end of
         the validation pass (one reduction across ranks, so ranks may see different numbers of batches)."""
-        raise NotImplementedError(f"{type(self).__name__} does not score validation answers; leave data.val unset")
