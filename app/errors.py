@@ -1,5 +1,7 @@
 """The one error type that the command line turns into a single clear line (exit code 2)."""
 
+import re
+
 
 class UserError(Exception):
     """Bad input from the user (a path, an argument, a config key, a file's content).
@@ -20,5 +22,5 @@ def user_message(err: UserError) -> str:
     if "Original Traceback" not in text:
         return text
     last = text.splitlines()[-1]  # "app.data.formats.BadRecord: data.jsonl:2: not valid JSON ..."
-    kind, sep, rest = last.partition(": ")
-    return rest if sep and kind.replace(".", "").replace("_", "").isalnum() else last
+    match = re.fullmatch(r"[\w.]+: (.*)", last)
+    return match.group(1) if match else last
