@@ -36,16 +36,14 @@ def make_data(out: Path, n_train: int, n_heldout: int, seed: int, difficulty: st
     """PPO prompts and held-out problems. The held-out set is the starter's (the SFT never saw it);
     the PPO prompts come from their own stream, so PPO practises on problems new to the starter,
     as the held-out ones are, rather than on the ones it was fine-tuned on."""
-    from app.data.synthetic import generate, signature
+    from app.data.synthetic import generate, signature, write_jsonl
 
     out.mkdir(parents=True, exist_ok=True)
     heldout = generate(n_heldout, seed, difficulty, split="heldout")
     train = generate(n_train, seed, difficulty, split="ppo", exclude={signature(item) for item in heldout})
     paths = out / "train.jsonl", out / "heldout.jsonl"
     for path, items in zip(paths, (train, heldout)):
-        with open(path, "w") as f:
-            for item in items:
-                f.write(json.dumps(item.to_json()) + "\n")
+        write_jsonl(path, items)
     return paths
 
 

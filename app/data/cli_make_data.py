@@ -7,12 +7,11 @@ prints how many problems of each family, sense and type each split holds.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections import Counter
 from pathlib import Path
 
-from app.data.synthetic import DIFFICULTIES, Item, make_splits
+from app.data.synthetic import DIFFICULTIES, Item, make_splits, write_jsonl
 from app.errors import UserError
 
 
@@ -65,9 +64,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     for name, items in (("train", train), ("heldout", heldout)):
-        with open(out / f"{name}.jsonl", "w") as f:
-            for item in items:
-                f.write(json.dumps(item.to_json()) + "\n")
+        write_jsonl(out / f"{name}.jsonl", items)
     print(_table({"train": train, "heldout": heldout}))
     print(f"wrote {len(train)} train and {len(heldout)} held-out problems to {out} in {seconds:.1f} s")
     return 0

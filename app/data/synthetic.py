@@ -15,6 +15,7 @@ solver then checks both and computes the optimum.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -93,6 +94,13 @@ class Item:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def write_jsonl(path, items: list[Item]) -> None:
+    """Items as JSONL in the project's dataset format (one problem per line)."""
+    with open(path, "w") as f:
+        for item in items:
+            f.write(json.dumps(item.to_json()) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
