@@ -13,20 +13,14 @@ from lightning.pytorch import LightningModule, Trainer
 from torchmetrics import MeanMetric
 
 from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, ScoreResult
+from app.evaluation.summary import result_values
 from app.ppo.scoring import RolloutScorer, RolloutScores
 
 METRICS = ("accuracy", "solved_rate", "format_rate", "graph_distance", "reward", "reward_sq")
 
 
 def _summary_values(result: ScoreResult) -> dict[str, float | None]:
-    return {
-        "accuracy": float(result.matched),
-        "solved_rate": float(result.breakdown.get("solved", 0.0) > 0),
-        "format_rate": float(result.breakdown.get("format", 0.0) > 0),
-        "graph_distance": result.graph_distance,
-        "reward": result.reward,
-        "reward_sq": result.reward**2,
-    }
+    return {**result_values(result), "reward_sq": result.reward**2}
 
 
 class SolverReward(RolloutScorer):

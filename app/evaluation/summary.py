@@ -15,20 +15,28 @@ SUMMARY_COLUMNS = [
 ]
 
 
+def result_values(r: ScoreResult) -> dict[str, float | None]:
+    """One answer's contribution to each summary number (graph distance None without a reference model)."""
+    return {
+        "accuracy": float(r.matched),
+        "solved_rate": float(r.breakdown.get("solved", 0.0) > 0),
+        "format_rate": float(r.breakdown.get("format", 0.0) > 0),
+        "graph_distance": r.graph_distance,
+        "reward": r.reward,
+    }
+
+
 def summarize(results: Sequence[ScoreResult]) -> dict[str, float | None]:
     """Rates as fractions in [0, 1]; graph distance over the answers that have one (None if none)."""
     n = len(results)
     if n == 0:
         raise ValueError("nothing to summarize: no scored answers")
-    graphs = [r.graph_distance for r in results if r.graph_distance is not None]
-    return {
-        "n": n,
-        "accuracy": sum(r.matched for r in results) / n,
-        "solved_rate": sum(r.breakdown.get("solved", 0.0) > 0 for r in results) / n,
-        "format_rate": sum(r.breakdown.get("format", 0.0) > 0 for r in results) / n,
-        "graph_distance": sum(graphs) / len(graphs) if graphs else None,
-        "reward": sum(r.reward for r in results) / n,
-    }
+    values = [result_values(r) for r in results]
+    out: dict[str, float | None] = {"n": n}
+    for key, _ in SUMMARY_COLUMNS:
+        present = [v[key] for v in values if v[key] is not None]
+        out[key] = sum(present) / len(present) if present else None
+    return out
 
 
 def format_summary_table(rows: dict[str, dict[str, float | None]]) -> str:
