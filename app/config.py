@@ -51,6 +51,10 @@ class PPOSettings:
     lam: float = 0.95
     whiten_advantages: bool = True
     max_approx_kl: float | None = None  # stop the PPO epochs of a step once exceeded
+    # Old log-probs and values from the sampling loop instead of a second policy pass over the rollout
+    # (one forward fewer per iteration). Equal to the full pass up to rounding in fp32; in bf16/fp16 the
+    # KV-cached (and LoRA-merged) numbers differ more, so the first ratios are not exactly 1.
+    logprobs_from_sampling: bool = False
     kl: KLSettings = field(default_factory=KLSettings)
 
 

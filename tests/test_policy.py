@@ -305,6 +305,27 @@ def test_sampling_merged_or_not_gives_the_same_answers(family):
 
 
 @both
+@pytest.mark.parametrize("merge", [True, False])
+def test_sampling_keeps_the_logprobs_and_hidden_states_a_scoring_pass_computes(family, merge):
+    policy = make_policy(LoraSettings(r=4, alpha=8, merge_for_sampling=merge), family=family)
+    train_step(policy)  # a non-zero adapter: merged sampling differs from the base weights
+    policy.eval().stop_token_ids = list(range(0, 61, 4))  # a quarter of the vocabulary ends a row: ragged lengths
+    sampling = SamplingConfig(max_new_tokens=7, temperature=0.7, top_k=20)  # top-k: kept log-probs are unfiltered
+    gen = policy.generate(PROMPTS, sampling, generator=torch.Generator().manual_seed(3), keep_logprobs=True)
+    rmask = gen.response_mask
+    assert rmask.shape == gen.logprobs.shape and not rmask.all()  # rows of different lengths (a stop token)
+    with torch.no_grad():
+        old, values, ref = policy.score_rollout(gen.sequences, gen.attention_mask, gen.prompt_length, 0.7)
+        kept_values = policy.value_head(gen.hidden)
+        only_ref = policy.score_rollout(gen.sequences, gen.attention_mask, gen.prompt_length, 0.7, reference_only=True)
+    torch.testing.assert_close(gen.logprobs[rmask], old[rmask], atol=2e-5, rtol=0)
+    torch.testing.assert_close(kept_values[rmask], values[rmask], atol=2e-5, rtol=0)
+    assert only_ref[:2] == (None, None) and torch.equal(only_ref[2], ref)
+    assert (old - ref)[rmask].abs().max() > 1e-3  # the policy's own numbers, not the reference's
+    assert policy.generate(PROMPTS, sampling).logprobs is None
+
+
+@both
 def test_score_rollout_in_chunks_equals_one_pass_and_the_separate_calls(family):
     policy = make_policy(family=family)
     train_step(policy)  # the adapter is on: policy and reference differ

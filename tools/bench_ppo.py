@@ -15,6 +15,9 @@ problem's answer and reference model.
 
 - ours: a real `lightning.Trainer` fit of `PPOModule` (the production `build_trainer`, TensorBoard
   logging included), phases from the module's own `time/*` metrics, the iteration from a callback.
+  Old log-probs and values come from the sampling loop (`ppo.logprobs_from_sampling`, exact in
+  this fp32 setting), so the forward phase is the reference pass alone; `--recompute-logprobs`
+  measures the default second policy pass instead.
 - TRL: `PPOTrainer.generate` (batched) -> pool scoring -> `PPOTrainer.step`, run by
   tools/bench_ppo_trl.py inside .venv-trl; its forward passes are timed by wrapping
   `batched_forward_pass`, the update is the rest of `step`.
@@ -191,6 +194,7 @@ def run_ours(fixture: Path) -> dict:
             prompts_per_step=s["batch"], epochs=s["epochs"], minibatch_size=s["minibatch"], lr=s["lr"],
             max_grad_norm=s["max_grad_norm"], clip_low=s["clip"], clip_high=s["clip"], value_clip=s["clip"],
             vf_coef=s["vf_coef"], gamma=s["gamma"], lam=s["lam"], whiten_advantages=True,
+            logprobs_from_sampling=s["logprobs_from_sampling"],
         ),
         data=DataSettings(train=str(fixture / "problems.jsonl"), format="project", shuffle_buffer=1,
                           max_prompt_tokens=s["prompt_tokens"], system_prompt="", instruction=""),
@@ -276,6 +280,8 @@ def main() -> int:
                    help="torch threads on both sides (1: a shared 2-core machine makes multi-threaded timings erratic)")
     p.add_argument("--workers", type=int, default=2, help="solver worker processes on both sides")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recompute-logprobs", action="store_true",
+                   help="ours: old log-probs and values from a second policy pass, not the sampling loop")
     p.add_argument("--trl-python", type=Path, default=ROOT / ".venv-trl" / "bin" / "python")
     args = p.parse_args()
 
@@ -291,6 +297,7 @@ def main() -> int:
         "ffn": args.ffn, "numbers": args.numbers, "heads": args.heads, "kv_heads": args.kv_heads,
         "warmup": args.warmup, "iters": args.iters,
         "threads": args.threads, "workers": args.workers, "seed": args.seed,
+        "logprobs_from_sampling": not args.recompute_logprobs,
         "lora_r": 8, "lora_alpha": 16, "lora_targets": LORA_TARGETS, "lr": 1e-5, "kl_coef": 0.05,
         "clip": 0.2, "vf_coef": 0.1, "gamma": 1.0, "lam": 0.95, "max_grad_norm": 1.0,
     }
@@ -312,7 +319,8 @@ def main() -> int:
     print(f"PPO iteration: batch {args.batch}, prompt {args.prompt_tokens} + {args.new_tokens} new tokens, "
           f"{args.epochs} epochs x minibatch {args.minibatch}, LoRA r=8; Llama {args.layers}x{args.hidden}, "
           f"vocab {settings['vocab']}; {args.threads} torch threads, {args.workers} solver workers; median of "
-          f"{args.rounds} rounds x {args.iters} iterations, each round after {args.warmup} warm-up")
+          f"{args.rounds} rounds x {args.iters} iterations, each round after {args.warmup} warm-up; ours: old log-probs "
+          f"{'recomputed' if args.recompute_logprobs else 'from the sampling loop'}")
     print(f"{'phase (s)':<26}{'ours':>10}{'TRL 0.9.6':>12}{'ours/TRL':>10}")
     labels = {"generate": "generation", "score": "scoring (wait)", "forward": "ref/value/old-logp pass",
               "update": "PPO update", "other": "other (adv., logging)", "total": "iteration"}

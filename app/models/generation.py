@@ -32,6 +32,9 @@ class Generation:
     response_lengths: torch.Tensor  # (B,) long
     tokens_per_second: float  # generated (unmasked) tokens / elapsed_s
     elapsed_s: float
+    # with `keep_logprobs`: what the sampling pass already knows about each response token
+    logprobs: torch.Tensor | None = None  # (B, R) fp32 log p(token) at the sampling temperature, unfiltered
+    hidden: torch.Tensor | None = None  # (B, R, H) the LM head's input at the column that predicted the token
 
     @property
     def responses(self) -> torch.Tensor:
@@ -133,11 +136,14 @@ def generate(
     sampling: SamplingConfig,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    keep_logprobs: bool = False,
 ) -> Generation:
     """Sample up to `sampling.max_new_tokens` tokens per prompt; a row ends at its first stop token.
 
-    `use_cache=False` re-runs the whole sequence every step (the benchmark's baseline). The model's
-    train/eval mode is left as the caller set it.
+    `use_cache=False` re-runs the whole sequence every step (the benchmark's baseline).
+    `keep_logprobs`: also return each token's log-prob (logits / temperature, before top-k/top-p,
+    as a full scoring pass computes it) and the hidden state that predicted it, so PPO can skip its
+    own policy pass. The model's train/eval mode is left as the caller set it.
     """
     device = next(model.parameters()).device
     input_ids, attention_mask = left_pad(prompts, pad_token_id, device)  # (B, P)
@@ -146,6 +152,9 @@ def generate(
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     tokens: list[torch.Tensor] = []  # R tensors of (B,)
     alive: list[torch.Tensor] = []  # R tensors of (B,) bool: the token is part of the response
+    logprobs: list[torch.Tensor] = []  # R tensors of (B,), with keep_logprobs
+    hidden: list[torch.Tensor] = []  # R tensors of (B, 1, H), with keep_logprobs
+    temperature = sampling.temperature if sampling.do_sample else 1.0
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -154,7 +163,7 @@ def generate(
     step_ids, seq_ids, seq_mask = input_ids, input_ids, attention_mask
     for _ in range(sampling.max_new_tokens):
         positions = positions_from_mask(seq_mask)  # (B, T)
-        with head_on_columns(model, -1, None):  # logits of the last column only
+        with head_on_columns(model, -1, None) as kept:  # logits of the last column only
             if use_cache:
                 out = model(
                     input_ids=step_ids,
@@ -166,8 +175,12 @@ def generate(
                 past = out.past_key_values
             else:
                 out = model(input_ids=seq_ids, attention_mask=seq_mask, position_ids=positions, use_cache=False)
-        token = _next_token(out.logits[:, -1, :], sampling, generator)  # (B,)
+        logits = out.logits[:, -1, :]  # (B, V)
+        token = _next_token(logits, sampling, generator)  # (B,)
         token = token.masked_fill(finished, pad_token_id)
+        if keep_logprobs:
+            logprobs.append((logits.float() / temperature).log_softmax(-1).gather(-1, token[:, None]).squeeze(-1))
+            hidden.append(kept["hidden"])
         tokens.append(token)
         alive.append(~finished)
         finished = finished | torch.isin(token, stop)
@@ -194,4 +207,6 @@ def generate(
         response_lengths=lengths,
         tokens_per_second=generated / elapsed if elapsed > 0 else float("inf"),
         elapsed_s=elapsed,
+        logprobs=torch.stack(logprobs, dim=1) if logprobs else None,  # (B, R)
+        hidden=torch.cat(hidden, dim=1) if hidden else None,  # (B, R, H)
     )

@@ -203,32 +203,37 @@ class PolicyWithValue(nn.Module):
     @torch.no_grad()
     def score_rollout(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, temperature: float = 1.0,
-        chunk_size: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        chunk_size: int | None = None, reference_only: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         """(B, S) -> old logprobs, values, reference logprobs, each (B, R); no entropy.
 
         Rows go through in chunks of `chunk_size` (None: all at once), so the (chunk, R, V) logits
-        bound the memory of this pass instead of (B, R, V).
+        bound the memory of this pass instead of (B, R, V). `reference_only`: no policy pass (the
+        sampling loop kept the old log-probs and hidden states); returns (None, None, reference).
         """
         if chunk_size is not None and chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive or None, got {chunk_size}")
         tokens = input_ids[:, response_start:]  # (B, R)
-        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        logprobs, values, ref_logprobs = [], [], []
         for ids, mask, tok in zip(*(t.split(chunk_size or len(t)) for t in (input_ids, attention_mask, tokens))):
-            logits, hidden = self._score(self.causal_lm, ids, mask, response_start, temperature)
-            logprobs = token_logprobs(logits, tok)[0]
-            del logits  # the reference pass below needs the same room
-            parts.append((logprobs, self.value_head(hidden), self.reference_logprobs(ids, mask, response_start, temperature)))
-        logprobs, values, ref_logprobs = (torch.cat(p) for p in zip(*parts))
-        return logprobs, values, ref_logprobs
+            if not reference_only:
+                logits, hidden = self._score(self.causal_lm, ids, mask, response_start, temperature)
+                logprobs.append(token_logprobs(logits, tok)[0])
+                values.append(self.value_head(hidden))
+                del logits  # the reference pass below needs the same room
+            ref_logprobs.append(self.reference_logprobs(ids, mask, response_start, temperature))
+        if reference_only:
+            return None, None, torch.cat(ref_logprobs)
+        return torch.cat(logprobs), torch.cat(values), torch.cat(ref_logprobs)
 
     # ---- generation ----------------------------------------------------------------------------
 
     def generate(
         self, prompts: list[list[int]], sampling: SamplingConfig, generator: torch.Generator | None = None,
-        use_cache: bool = True,
+        use_cache: bool = True, keep_logprobs: bool = False,
     ) -> Generation:
         """Sample from the policy (adapter on) with the model's pad and stop tokens.
+        `keep_logprobs`: see `generation.generate` (`self.value_head(gen.hidden)` are then the values).
 
         With LoRA and `lora.merge_for_sampling` the adapter is folded into the base weights for the
         duration (`merged_lora`): each decoding step then runs one matmul per layer instead of three.
@@ -237,7 +242,7 @@ class PolicyWithValue(nn.Module):
         with merged_lora(self.model) if merge else contextlib.nullcontext():
             return generate(
                 self.causal_lm, prompts, pad_token_id=self.pad_token_id, stop_token_ids=self.stop_token_ids,
-                sampling=sampling, generator=generator, use_cache=use_cache,
+                sampling=sampling, generator=generator, use_cache=use_cache, keep_logprobs=keep_logprobs,
             )
 
     # ---- parameters and checkpoints ------------------------------------------------------------

@@ -196,7 +196,8 @@ class PPOModule(pl.LightningModule):
         if not prompts:
             return None
         self.policy.eval()
-        gen = self.policy.generate(prompts, self.cfg.sampling, generator=self._generator(salt=1))
+        from_sampling = self.cfg.ppo.logprobs_from_sampling
+        gen = self.policy.generate(prompts, self.cfg.sampling, generator=self._generator(salt=1), keep_logprobs=from_sampling)
         responses = self._decode(gen)
         return Rollout(
             problems=kept,
@@ -206,6 +207,8 @@ class PPOModule(pl.LightningModule):
             prompt_length=gen.prompt_length,
             response_mask=gen.response_mask.float(),
             tokens_per_second=gen.tokens_per_second,
+            old_logprobs=gen.logprobs,
+            values=self.policy.value_head(gen.hidden) if from_sampling else None,
         )
 
     @torch.no_grad()
@@ -219,11 +222,15 @@ class PPOModule(pl.LightningModule):
 
     @torch.no_grad()
     def evaluate_rollout(self, rollout: Rollout) -> None:
-        """Old log-probs, values and reference log-probs, minibatch_size rows at a time (bounded memory)."""
-        rollout.old_logprobs, rollout.values, rollout.ref_logprobs = self.policy.score_rollout(
+        """Reference log-probs, and old log-probs and values unless sampling kept them
+        (`ppo.logprobs_from_sampling`); minibatch_size rows at a time (bounded memory)."""
+        from_sampling = self.cfg.ppo.logprobs_from_sampling
+        old_logprobs, values, rollout.ref_logprobs = self.policy.score_rollout(
             rollout.sequences, rollout.attention_mask, rollout.prompt_length, self._temperature,
-            chunk_size=self.cfg.ppo.minibatch_size,
+            chunk_size=self.cfg.ppo.minibatch_size, reference_only=from_sampling,
         )
+        if not from_sampling:
+            rollout.old_logprobs, rollout.values = old_logprobs, values
 
     @property
     def _temperature(self) -> float:
