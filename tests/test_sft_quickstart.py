@@ -66,6 +66,34 @@ def test_sft_lowers_the_answer_loss_and_writes_a_loadable_checkpoint(tiny_chatgl
     assert "sft/loss" in events.Tags()["scalars"]
 
 
+def test_sft_validation_logs_the_held_out_answer_loss_of_the_current_weights(tiny_chatglm_dir, tmp_path):
+    from app.sft.cli import train_sft
+
+    data = write_problems(tmp_path / "train.jsonl", 8, seed=11)
+    val = write_problems(tmp_path / "val.jsonl", 4, seed=12)  # one batch of 4
+    out = tmp_path / "sft_model"
+    cfg = load_config(None, sft_overrides(tiny_chatglm_dir, data, out, tmp_path / "logs", steps=12, **{
+        "model.lora.enabled": False, "data.val": val, "trainer.val_every": 6}), schema_cls=SFTConfig)  # fmt: skip
+    train_sft(cfg)
+    events = EventAccumulator(str(next((tmp_path / "logs" / "sft").glob("version_*"))))
+    events.Reload()
+    logged = [e.value for e in events.Scalars("sft/val_loss")]
+    assert len(logged) == 2 and logged[1] < logged[0], logged
+    # the last pass ran on the final weights: the token-mean cross-entropy of the written model
+    loaded = load_model(ModelConfig(family="chatglm", path=str(out)))
+    total, tokens = 0.0, 0
+    for problem in iter_problems(val):
+        messages = build_messages(problem, cfg.data.system_prompt, cfg.data.instruction)
+        prompt = loaded.chat.encode_prompt(loaded.tokenizer, messages)
+        target = loaded.tokenizer.encode(answer_text(problem), add_special_tokens=False) + [loaded.chat.stop_token_ids[0]]
+        ids = torch.tensor([prompt + target])
+        with torch.no_grad():
+            logits = loaded.model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+        total += torch.nn.functional.cross_entropy(logits.float(), ids[0, len(prompt):], reduction="sum").item()
+        tokens += len(target)
+    assert abs(logged[1] - total / tokens) < 1e-4, (logged[1], total / tokens)
+
+
 def test_sft_with_lora_merges_into_the_written_checkpoint(tiny_chatglm_dir, tmp_path):
     from app.sft.cli import train_sft
 

@@ -35,6 +35,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         precision=t.precision, max_steps=cfg.sft.max_steps, max_epochs=-1,
         gradient_clip_val=cfg.sft.max_grad_norm, logger=TensorBoardLogger(t.root_dir, name=cfg.run_name),
         log_every_n_steps=t.log_every_n_steps, enable_checkpointing=False,
+        val_check_interval=t.val_every if cfg.data.val else None, num_sanity_val_steps=0,
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, use_distributed_sampler=False,
     )
     trainer.fit(module, datamodule=datamodule)

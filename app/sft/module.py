@@ -2,7 +2,9 @@
 
 The target is the answer the PPO instruction asks for (the reference model in a ```lp block,
 then the optimal value), so the SFT policy starts PPO already speaking the expected format.
-Loss: token cross-entropy on the answer tokens only (prompt and padding are ignored).
+Loss: token cross-entropy on the answer tokens only (prompt and padding are ignored). With
+`data.val`, the same loss and token accuracy on held-out problems every `trainer.val_every` steps
+(`sft/val_loss`, `sft/val_token_accuracy`): where over-fitting to the training problems shows.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class SFTModule(pl.LightningModule):
                 LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
                            bias="none", task_type="CAUSAL_LM"),
             )
-        self.model = model
+        self.model = model.train()  # from_pretrained returns it in eval mode
         self.skipped_long = 0
 
     def _messages(self, problem) -> list[dict[str, str]]:
@@ -65,7 +67,8 @@ class SFTModule(pl.LightningModule):
         labels, _ = left_pad(label_rows, IGNORE, self.device)
         return input_ids, attention_mask, labels
 
-    def training_step(self, problems: list, batch_idx: int):
+    def answer_loss(self, problems: list) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Mean cross-entropy and argmax accuracy over the answer tokens; None if every problem was too long."""
         encoded = self.encode(problems)
         if encoded is None:
             return None
@@ -79,10 +82,24 @@ class SFTModule(pl.LightningModule):
         with torch.no_grad():
             answer = labels[:, 1:] != IGNORE
             accuracy = (logits.argmax(-1) == labels[:, 1:])[answer].float().mean()
+        return loss, accuracy
+
+    def training_step(self, problems: list, batch_idx: int):
+        result = self.answer_loss(problems)
+        if result is None:
+            return None
+        loss, accuracy = result
         self.log("sft/loss", loss, prog_bar=True, sync_dist=True)
         self.log("sft/token_accuracy", accuracy, prog_bar=True, sync_dist=True)
         self.log("sft/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
+
+    def validation_step(self, problems: list, batch_idx: int) -> None:
+        result = self.answer_loss(problems)
+        if result is not None:
+            n = len(problems)
+            self.log("sft/val_loss", result[0], batch_size=n, sync_dist=True)
+            self.log("sft/val_token_accuracy", result[1], batch_size=n, sync_dist=True)
 
     def configure_optimizers(self):
         s = self.cfg.sft
