@@ -15,9 +15,9 @@ problem's answer and reference model.
 
 - ours: a real `lightning.Trainer` fit of `PPOModule` (the production `build_trainer`, TensorBoard
   logging included), phases from the module's own `time/*` metrics, the iteration from a callback.
-  Old log-probs and values come from the sampling loop (`ppo.logprobs_from_sampling`, exact in
-  this fp32 setting), so the forward phase is the reference pass alone; `--recompute-logprobs`
-  measures the default second policy pass instead.
+  Ours runs twice: with old log-probs and values kept by the sampling loop
+  (`ppo.logprobs_from_sampling=true`, exact in this fp32 setting: the forward phase is the
+  reference pass alone), and with the default second policy pass ("ours, recompute").
 - TRL: `PPOTrainer.generate` (batched) -> pool scoring -> `PPOTrainer.step`, run by
   tools/bench_ppo_trl.py inside .venv-trl; its forward passes are timed by wrapping
   `batched_forward_pass`, the update is the rest of `step`.
@@ -25,7 +25,8 @@ problem's answer and reference model.
 Each side runs in a fresh subprocess: 1 warm-up iteration, then --iters timed ones; the table
 shows medians. Memory is the peak RSS of that process (ru_maxrss) minus its RSS after imports,
 so model, optimizer state, activations and caches count and the libraries' import cost does not.
-The last line is one JSON object: {"time_vs_trl": ours/TRL, "memory_vs_trl": ours/TRL}.
+The last line is one JSON object: {"time_vs_trl": ours/TRL, "memory_vs_trl": ours/TRL, and the same two
+for "ours, recompute" as "recompute_time_vs_trl", "recompute_memory_vs_trl"}.
 Targets: time <= 0.7, memory <= 1.0.
 """
 
@@ -168,7 +169,7 @@ def peak_rss_mb() -> float:
 # ----------------------------------------------------------------------------- our side
 
 
-def run_ours(fixture: Path) -> dict:
+def run_ours(fixture: Path, logprobs_from_sampling: bool) -> dict:
     """One Lightning fit of PPOModule: warm-up + timed iterations; per-iteration phase seconds."""
     import lightning.pytorch as pl
     import torch
@@ -194,7 +195,7 @@ def run_ours(fixture: Path) -> dict:
             prompts_per_step=s["batch"], epochs=s["epochs"], minibatch_size=s["minibatch"], lr=s["lr"],
             max_grad_norm=s["max_grad_norm"], clip_low=s["clip"], clip_high=s["clip"], value_clip=s["clip"],
             vf_coef=s["vf_coef"], gamma=s["gamma"], lam=s["lam"], whiten_advantages=True,
-            logprobs_from_sampling=s["logprobs_from_sampling"],
+            logprobs_from_sampling=logprobs_from_sampling,
         ),
         data=DataSettings(train=str(fixture / "problems.jsonl"), format="project", shuffle_buffer=1,
                           max_prompt_tokens=s["prompt_tokens"], system_prompt="", instruction=""),
@@ -280,13 +281,12 @@ def main() -> int:
                    help="torch threads on both sides (1: a shared 2-core machine makes multi-threaded timings erratic)")
     p.add_argument("--workers", type=int, default=2, help="solver worker processes on both sides")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--recompute-logprobs", action="store_true",
-                   help="ours: old log-probs and values from a second policy pass, not the sampling loop")
+    p.add_argument("--recompute-logprobs", action="store_true", help="internal: --side ours with a second policy pass")
     p.add_argument("--trl-python", type=Path, default=ROOT / ".venv-trl" / "bin" / "python")
     args = p.parse_args()
 
     if args.side == "ours":
-        print(json.dumps(run_ours(args.fixture)))
+        print(json.dumps(run_ours(args.fixture, logprobs_from_sampling=not args.recompute_logprobs)))
         return 0
 
     if not args.trl_python.is_file():
@@ -297,38 +297,47 @@ def main() -> int:
         "ffn": args.ffn, "numbers": args.numbers, "heads": args.heads, "kv_heads": args.kv_heads,
         "warmup": args.warmup, "iters": args.iters,
         "threads": args.threads, "workers": args.workers, "seed": args.seed,
-        "logprobs_from_sampling": not args.recompute_logprobs,
         "lora_r": 8, "lora_alpha": 16, "lora_targets": LORA_TARGETS, "lr": 1e-5, "kl_coef": 0.05,
         "clip": 0.2, "vf_coef": 0.1, "gamma": 1.0, "lam": 0.95, "max_grad_norm": 1.0,
     }
-    ours_cmd = [sys.executable, str(Path(__file__).resolve()), "--side", "ours", "--fixture"]
-    trl_cmd = [str(args.trl_python), str(ROOT / "tools" / "bench_ppo_trl.py"), "--fixture"]
-    runs: dict[str, list[dict]] = {"ours": [], "TRL": []}
+    ours_cmd = [sys.executable, str(Path(__file__).resolve()), "--side", "ours"]
+    trl_cmd = [str(args.trl_python), str(ROOT / "tools" / "bench_ppo_trl.py")]
+    sides = [("ours", ours_cmd), ("ours, recompute", ours_cmd + ["--recompute-logprobs"]), ("TRL", trl_cmd)]
+    runs: dict[str, list[dict]] = {name: [] for name, _ in sides}
     with tempfile.TemporaryDirectory(prefix="bench_ppo_") as tmp:
         fixture = Path(tmp)
         build_fixture(fixture, settings)
-        # Rounds alternate which side goes first, so a change in the machine's load hits both.
+        # Rounds alternate the order of the sides, so a change in the machine's load hits all of them.
         for r in range(args.rounds):
-            order = [("ours", ours_cmd), ("TRL", trl_cmd)]
-            for name, cmd in order if r % 2 == 0 else order[::-1]:
-                runs[name].append(run_side(cmd + [str(fixture)], name))
-    ours, trl = (pool_rounds(runs[name]) for name in ("ours", "TRL"))
+            for name, cmd in sides if r % 2 == 0 else sides[::-1]:
+                runs[name].append(run_side(cmd + ["--fixture", str(fixture)], name))
+    pooled = {name: pool_rounds(runs[name]) for name in runs}
+    times = {name: medians(result) for name, result in pooled.items()}
+    memory = {name: result["memory_mb"] for name, result in pooled.items()}
+    trl = times["TRL"]
 
-    a, b = medians(ours), medians(trl)
-    mem_a, mem_b = ours["memory_mb"], trl["memory_mb"]
     print(f"PPO iteration: batch {args.batch}, prompt {args.prompt_tokens} + {args.new_tokens} new tokens, "
           f"{args.epochs} epochs x minibatch {args.minibatch}, LoRA r=8; Llama {args.layers}x{args.hidden}, "
           f"vocab {settings['vocab']}; {args.threads} torch threads, {args.workers} solver workers; median of "
-          f"{args.rounds} rounds x {args.iters} iterations, each round after {args.warmup} warm-up; ours: old log-probs "
-          f"{'recomputed' if args.recompute_logprobs else 'from the sampling loop'}")
-    print(f"{'phase (s)':<26}{'ours':>10}{'TRL 0.9.6':>12}{'ours/TRL':>10}")
+          f"{args.rounds} rounds x {args.iters} iterations, each round after {args.warmup} warm-up")
+    print("ours: old log-probs and values kept by the sampling loop; ours, recompute: a second policy pass (the default)")
+    print(f"{'phase (s)':<26}{'ours':>10}{'recompute':>11}{'TRL 0.9.6':>11}{'ours/TRL':>10}{'recomp./TRL':>13}")
     labels = {"generate": "generation", "score": "scoring (wait)", "forward": "ref/value/old-logp pass",
               "update": "PPO update", "other": "other (adv., logging)", "total": "iteration"}
+
+    def ratio(x: float, y: float) -> str:
+        return f"{x / y:.2f}" if y > 0 else "-"
+
     for k in PHASES:
-        ratio = f"{a[k] / b[k]:.2f}" if b[k] > 0 else "-"
-        print(f"{labels[k]:<26}{a[k]:>10.3f}{b[k]:>12.3f}{ratio:>10}")
-    print(f"{'peak RSS - after imports':<26}{mem_a:>9.0f}M{mem_b:>11.0f}M{mem_a / mem_b:>10.2f}")
-    print(json.dumps({"time_vs_trl": round(a["total"] / b["total"], 3), "memory_vs_trl": round(mem_a / mem_b, 3)}))
+        a, c = times["ours"][k], times["ours, recompute"][k]
+        print(f"{labels[k]:<26}{a:>10.3f}{c:>11.3f}{trl[k]:>11.3f}{ratio(a, trl[k]):>10}{ratio(c, trl[k]):>13}")
+    a, c, b = memory["ours"], memory["ours, recompute"], memory["TRL"]
+    print(f"{'peak RSS - after imports':<26}{a:>9.0f}M{c:>10.0f}M{b:>10.0f}M{ratio(a, b):>10}{ratio(c, b):>13}")
+    print(json.dumps({
+        "time_vs_trl": round(times["ours"]["total"] / trl["total"], 3), "memory_vs_trl": round(a / b, 3),
+        "recompute_time_vs_trl": round(times["ours, recompute"]["total"] / trl["total"], 3),
+        "recompute_memory_vs_trl": round(c / b, 3),
+    }))
     return 0
 
 
