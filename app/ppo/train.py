@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -20,6 +21,9 @@ from callbacks.solver_reward import SolverReward
 
 
 def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None) -> pl.Trainer:
+    # PPOModule sets train/eval mode itself (eval to sample, train to update) and the frozen
+    # reference stays in eval mode: Lightning's warning about eval-mode modules is expected here.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     t = cfg.trainer
     logger = TensorBoardLogger(t.root_dir, name=cfg.run_name)
     callbacks = [
