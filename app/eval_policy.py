@@ -32,6 +32,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instruction", default=None, help="answer-format instruction ('' for none; default: the built-in)")
 
 
+def load_trained(model_dir: str, family: str = "chatglm", adapter: str | None = None):
+    """(LoadedModel, the causal LM in eval mode): the base model, or with `adapter` (a run's
+    trainable.pt) the policy as trained, with the LoRA shape recorded in that file."""
+    from app.models.config import LoraSettings, ModelConfig
+    from app.models.loading import load_model
+    from app.models.policy import build_policy, read_trainable
+
+    cfg = ModelConfig(family=family, path=model_dir)
+    loaded = load_model(cfg)
+    model = loaded.model
+    if adapter is not None:
+        saved_lora = read_trainable(adapter)["lora"]
+        cfg.lora = LoraSettings(**saved_lora) if saved_lora else LoraSettings(enabled=False)
+        policy = build_policy(loaded, cfg)
+        policy.load_trainable(adapter)
+        model = policy.causal_lm
+    return loaded, model.eval()
+
+
 def evaluate_policy(
     model_dir: str, data: str, *, family: str = "chatglm", adapter: str | None = None, fmt: str = "auto",
     limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 512, evaluation=None,
@@ -45,21 +64,10 @@ def evaluate_policy(
     from app.data.formats import iter_problems
     from app.data.prompts import build_messages
     from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, summarize
-    from app.models.config import LoraSettings, ModelConfig, SamplingConfig
+    from app.models.config import SamplingConfig
     from app.models.generation import generate
-    from app.models.loading import load_model
-    from app.models.policy import build_policy, read_trainable
 
-    cfg = ModelConfig(family=family, path=model_dir)
-    loaded = load_model(cfg)
-    model = loaded.model
-    if adapter is not None:  # the policy as trained: same LoRA shape as in the file
-        saved_lora = read_trainable(adapter)["lora"]
-        cfg.lora = LoraSettings(**saved_lora) if saved_lora else LoraSettings(enabled=False)
-        policy = build_policy(loaded, cfg)
-        policy.load_trainable(adapter)
-        model = policy.causal_lm
-    model.eval()
+    loaded, model = load_trained(model_dir, family, adapter)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False)
     evaluation = evaluation or EvaluationConfig()
     problems = list(itertools.islice(iter_problems(data, fmt), limit))

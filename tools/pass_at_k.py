@@ -1,7 +1,7 @@
 """How often a policy's samples contain a right answer: pass@k next to greedy accuracy.
 
     .venv/bin/python tools/pass_at_k.py --model checkpoints/quickstart-sft --data logs/quickstart/data/heldout.jsonl \
-        --limit 100 --k 8 --temperatures 1.0 0.7 0
+        --limit 100 --k 8 --temperatures 1.0 0.7 0 [--adapter logs/quickstart/version_0/trainable.pt]
 
 PPO can only raise greedy accuracy towards what the samples already reach, so this is the
 ceiling to compare a recipe against. Per temperature: mean sample accuracy, pass@k (some sample
@@ -23,14 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.data.formats import iter_problems  # noqa: E402
 from app.data.prompts import build_messages  # noqa: E402
 from app.evaluation import EvaluationConfig, EvaluatorPool, Reference  # noqa: E402
-from app.models.config import ModelConfig, SamplingConfig  # noqa: E402
+from app.eval_policy import load_trained  # noqa: E402
+from app.models.config import SamplingConfig  # noqa: E402
 from app.models.generation import generate  # noqa: E402
-from app.models.loading import load_model  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
+    parser.add_argument("--adapter", help="a PPO run's trainable.pt on top of --model")
     parser.add_argument("--data", required=True)
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--k", type=int, default=8)
@@ -39,8 +40,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    loaded = load_model(ModelConfig(family="chatglm", path=args.model))
-    model = loaded.model.eval()
+    loaded, model = load_trained(args.model, adapter=args.adapter)
     problems = list(itertools.islice(iter_problems(args.data), args.limit))
     k = args.k
     prompts = [loaded.chat.encode_prompt(loaded.tokenizer, build_messages(p, "", "")) for p in problems for _ in range(k)]
