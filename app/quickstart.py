@@ -1,6 +1,7 @@
 """`python -m app quickstart`: the whole idea on a CPU in minutes.
 
-1. Synthetic problems (train prompts for PPO, a disjoint held-out set), from the config's seed.
+1. Synthetic problems from the config's seed: the held-out set, and PPO prompts that share no
+   problem with it or with the starter's SFT data.
 2. The committed starter policy (a tiny ChatGLM after SFT, `checkpoints/quickstart-sft`) is
    evaluated greedily on the held-out set.
 3. PPO from that starter against the SCIP-based score (configs/quickstart.yaml).
@@ -22,25 +23,32 @@ from app.config import load_config
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "quickstart.yaml"
 OUT = Path("logs") / "quickstart"
+STARTER_PROBLEMS = 9000  # `make-data --train 9000` in tools/build_starter.sh
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG), help="PPO config (default: configs/quickstart.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the PPO config")
     parser.add_argument("--heldout", type=int, default=200, help="held-out problems to evaluate on")
-    parser.add_argument("--train-problems", type=int, default=2000, help="synthetic prompts for PPO")
+    parser.add_argument("--train-problems", type=int, default=800,
+                        help="synthetic prompts for PPO (800 = 100 steps x 8; the easy assignment problems the starter "
+                             "has not seen run out at about 900)")
+    parser.add_argument("--starter-problems", type=int, default=STARTER_PROBLEMS,
+                        help="how many problems the starter was fine-tuned on (tools/build_starter.sh): PPO prompts avoid them")
     parser.add_argument("--out", default=str(OUT), help="where data, results.json and the plot go")
 
 
-def make_data(out: Path, n_train: int, n_heldout: int, seed: int, difficulty: str) -> tuple[Path, Path]:
-    """PPO prompts and held-out problems. The held-out set is the starter's (the SFT never saw it);
-    the PPO prompts come from their own stream, so PPO practises on problems new to the starter,
-    as the held-out ones are, rather than on the ones it was fine-tuned on."""
-    from app.data.synthetic import generate, signature, write_jsonl
+def make_data(out: Path, n_train: int, n_heldout: int, seed: int, difficulty: str, starter_problems: int) -> tuple[Path, Path]:
+    """PPO prompts and held-out problems. The held-out set is the starter's (the SFT never saw it).
+    The PPO prompts come from their own stream and leave out the starter's SFT problems, which are
+    rebuilt from the same seed (`make_splits`, as `make-data` draws them): PPO practises on
+    problems new to the starter, as the held-out ones are."""
+    from app.data.synthetic import generate, make_splits, signature, write_jsonl
 
     out.mkdir(parents=True, exist_ok=True)
-    heldout = generate(n_heldout, seed, difficulty, split="heldout")
-    train = generate(n_train, seed, difficulty, split="ppo", exclude={signature(item) for item in heldout})
+    starter, heldout = make_splits(starter_problems, n_heldout, seed, difficulty)
+    seen = {signature(item) for item in starter + heldout}
+    train = generate(n_train, seed, difficulty, split="ppo", exclude=seen)
     paths = out / "train.jsonl", out / "heldout.jsonl"
     for path, items in zip(paths, (train, heldout)):
         write_jsonl(path, items)
@@ -93,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         config, overrides = str(DEFAULT_CONFIG), [config, *overrides]
     cfg = load_config(config, overrides)
     data_dir = out / "data"
-    train_path, heldout_path = make_data(data_dir, args.train_problems, args.heldout, cfg.seed, "easy")
+    train_path, heldout_path = make_data(data_dir, args.train_problems, args.heldout, cfg.seed, "easy", args.starter_problems)
     cfg.data.train = str(train_path)
     cfg.data.val = cfg.data.val or str(heldout_path)  # held-out accuracy every trainer.val_every steps
     style = {"system_prompt": cfg.data.system_prompt, "instruction": cfg.data.instruction}

@@ -119,7 +119,7 @@ def test_shortened_quickstart_runs_end_to_end(tiny_chatglm_dir, tmp_path):
         "quickstart", f"model.path={starter}", "trainer.max_steps=2", "trainer.checkpoint_every=1",
         "sampling.max_new_tokens=12", "ppo.prompts_per_step=2", "ppo.samples_per_prompt=2", "ppo.minibatch_size=4",
         "evaluation.workers=1", f"trainer.root_dir={tmp_path / 'logs'}", "trainer.enable_progress_bar=false",
-        "trainer.val_every=1", "--heldout", "4", "--train-problems", "8", "--out", str(out),
+        "trainer.val_every=1", "--heldout", "4", "--train-problems", "8", "--starter-problems", "8", "--out", str(out),
     ])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
@@ -136,3 +136,23 @@ def test_shortened_quickstart_runs_end_to_end(tiny_chatglm_dir, tmp_path):
     assert len(rows) == 4 and all(row["status"] and row["reason"] for row in rows)  # scored by the evaluator
     heldout = {p.id for p in iter_problems(out / "data" / "heldout.jsonl")}
     assert {row["id"] for row in rows} == heldout
+
+
+def test_quickstart_ppo_prompts_are_new_to_the_starter(tmp_path):
+    """PPO prompts share no problem with the held-out set or with the starter's SFT data, which
+    the quick start rebuilds from the seed exactly as `make-data` drew it."""
+    from app.data.synthetic import Item, make_splits, signature
+    from app.quickstart import make_data
+
+    train_path, heldout_path = make_data(tmp_path, 120, 12, 0, "easy", starter_problems=300)
+    read = lambda path: [Item(**json.loads(line)) for line in open(path)]  # noqa: E731
+    ppo, heldout = read(train_path), read(heldout_path)
+    starter, starter_heldout = make_splits(300, 12, 0, "easy")
+    assert [i.id for i in heldout] == [i.id for i in starter_heldout] and len(ppo) == 120
+    seen = {signature(i) for i in starter + heldout}
+    assert not any(signature(i) in seen for i in ppo)
+    # without the exclusion this stream would repeat some of the starter's problems
+    from app.data.synthetic import generate
+
+    plain = generate(120, 0, "easy", split="ppo")
+    assert any(signature(i) in seen for i in plain)
