@@ -180,7 +180,7 @@ def generate(
         token = token.masked_fill(finished, pad_token_id)
         if keep_logprobs:
             logprobs.append((logits.float() / temperature).log_softmax(-1).gather(-1, token[:, None]).squeeze(-1))
-            hidden.append(kept["hidden"])
+            hidden.append(kept["hidden"].clone())  # (B, 1, H); a view would keep the prefill's (B, P, H) alive
         tokens.append(token)
         alive.append(~finished)
         finished = finished | torch.isin(token, stop)
