@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -13,6 +14,7 @@ from app.config import SFTConfig, load_config
 from app.data.formats import iter_problems
 from app.data.prompts import answer_text, build_messages
 from app.data.synthetic import generate
+from app.errors import UserError
 from app.models.config import ModelConfig
 from app.models.loading import load_model
 
@@ -92,6 +94,10 @@ def test_sft_validation_logs_the_held_out_answer_loss_of_the_current_weights(tin
         total += torch.nn.functional.cross_entropy(logits.float(), ids[0, len(prompt):], reduction="sum").item()
         tokens += len(target)
     assert abs(logged[1] - total / tokens) < 1e-4, (logged[1], total / tokens)
+    bad = load_config(None, sft_overrides(tiny_chatglm_dir, data, out, tmp_path / "logs", steps=1, **{
+        "data.val": val, "trainer.val_every": 0}), schema_cls=SFTConfig)  # fmt: skip
+    with pytest.raises(UserError, match="trainer.val_every=0 must be positive"):
+        train_sft(bad)
 
 
 def test_sft_with_lora_merges_into_the_written_checkpoint(tiny_chatglm_dir, tmp_path):

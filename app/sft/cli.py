@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from app.config import SFTConfig, load_config
+from app.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +24,8 @@ def train_sft(cfg: SFTConfig) -> Path:
     from app.models.loading import load_model
     from app.sft.module import SFTModule
 
+    if cfg.data.val and cfg.trainer.val_every <= 0:
+        raise UserError(f"trainer.val_every={cfg.trainer.val_every} must be positive when data.val is set")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.cpu_threads > 0:
         torch.set_num_threads(cfg.trainer.cpu_threads)
