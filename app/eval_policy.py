@@ -51,6 +51,18 @@ def load_trained(model_dir: str, family: str = "chatglm", adapter: str | None = 
     return loaded, model.eval()
 
 
+def answer(loaded, model, prompts: list[list[int]], sampling, generator=None) -> list[str]:
+    """The model's answers (text) to encoded prompts, with the chat format's pad and stop tokens."""
+    import torch
+
+    from app.models.generation import generate
+
+    with torch.no_grad():
+        gen = generate(model, prompts, pad_token_id=loaded.chat.pad_token_id, stop_token_ids=loaded.chat.stop_token_ids,
+                       sampling=sampling, generator=generator)
+    return gen.texts(loaded.tokenizer)
+
+
 def evaluate_policy(
     model_dir: str, data: str, *, family: str = "chatglm", adapter: str | None = None, fmt: str = "auto",
     limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 512, evaluation=None,
@@ -59,13 +71,10 @@ def evaluate_policy(
     """Greedy pass@1 on `data`; returns (summary, per-item rows)."""
     import itertools
 
-    import torch
-
     from app.data.formats import iter_problems
     from app.data.prompts import build_messages
     from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, summarize
     from app.models.config import SamplingConfig
-    from app.models.generation import generate
 
     loaded, model = load_trained(model_dir, family, adapter)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False)
@@ -79,13 +88,7 @@ def evaluate_policy(
         for start in range(0, len(problems), batch_size):
             batch = problems[start : start + batch_size]
             prompts = [loaded.chat.encode_prompt(loaded.tokenizer, build_messages(p, system_prompt, instruction)) for p in batch]
-            with torch.no_grad():
-                gen = generate(model, prompts, pad_token_id=loaded.chat.pad_token_id,
-                               stop_token_ids=loaded.chat.stop_token_ids, sampling=sampling)
-            responses = [
-                loaded.tokenizer.decode(row[mask].tolist(), skip_special_tokens=True)
-                for row, mask in zip(gen.responses, gen.response_mask.bool())
-            ]
+            responses = answer(loaded, model, prompts, sampling)
             results = pool.score_many(
                 [(text, Reference.from_answer(p.answer, p.reference_model)) for text, p in zip(responses, batch)]
             )

@@ -199,7 +199,7 @@ def test_validation_scores_greedy_answers_every_val_every_steps(tiny_chatglm_dir
     prompts = [module.chat.encode_prompt(module.tokenizer, module._messages(Problem(p["id"], p["question"], str(p["answer"]))))
                for p in problems]
     greedy = module.policy.generate(prompts, dataclasses.replace(module.cfg.sampling, do_sample=False))
-    assert FirstAnswerRight.seen[-3:] == module._decode(greedy)
+    assert FirstAnswerRight.seen[-3:] == greedy.texts(module.tokenizer)
     with pytest.raises(UserError, match="trainer.val_every=0 must be positive"):
         train(load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **{**extra, "trainer.val_every": 0})))
 

@@ -23,9 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.data.formats import iter_problems  # noqa: E402
 from app.data.prompts import build_messages  # noqa: E402
 from app.evaluation import EvaluationConfig, EvaluatorPool, Reference  # noqa: E402
-from app.eval_policy import load_trained  # noqa: E402
+from app.eval_policy import answer, load_trained  # noqa: E402
 from app.models.config import SamplingConfig  # noqa: E402
-from app.models.generation import generate  # noqa: E402
 
 
 def main() -> None:
@@ -53,11 +52,7 @@ def main() -> None:
             generator = torch.Generator().manual_seed(args.seed)
             responses = []
             for start in range(0, len(prompts), 64):
-                with torch.no_grad():
-                    gen = generate(model, prompts[start : start + 64], pad_token_id=loaded.chat.pad_token_id,
-                                   stop_token_ids=loaded.chat.stop_token_ids, sampling=sampling, generator=generator)
-                responses += [loaded.tokenizer.decode(row[mask].tolist(), skip_special_tokens=True)
-                              for row, mask in zip(gen.responses, gen.response_mask.bool())]
+                responses += answer(loaded, model, prompts[start : start + 64], sampling, generator)
             results = pool.score_many(list(zip(responses, refs)))
             right = torch.tensor([r.matched for r in results], dtype=torch.float).view(-1, k)
             per_prompt = right.mean(1)

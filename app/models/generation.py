@@ -41,6 +41,13 @@ class Generation:
         """(B, R) the response block."""
         return self.sequences[:, self.prompt_length :]
 
+    def texts(self, tokenizer) -> list[str]:
+        """(B,) the responses as text: each row's generated tokens, special tokens dropped."""
+        return [
+            tokenizer.decode(row[mask].tolist(), skip_special_tokens=True)
+            for row, mask in zip(self.responses, self.response_mask.bool())
+        ]
+
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) position ids: 0 at each row's first real token, counting only real tokens."""

@@ -25,7 +25,6 @@ import torch
 
 from app.config import TrainConfig
 from app.data.prompts import build_messages
-from app.models.generation import Generation
 from app.models.loading import LoadedModel
 from app.models.policy import PolicyWithValue
 from app.optim import lr_lambda
@@ -183,12 +182,6 @@ class PPOModule(pl.LightningModule):
             kept += [problem] * copies
         return prompts, kept
 
-    def _decode(self, gen: Generation) -> list[str]:
-        return [
-            self.tokenizer.decode(row[mask.bool()].tolist(), skip_special_tokens=True)
-            for row, mask in zip(gen.responses, gen.response_mask)
-        ]
-
     @torch.no_grad()
     def generate_rollout(self, problems: list) -> Rollout | None:
         """Sample `samples_per_prompt` responses per problem and decode them."""
@@ -198,7 +191,7 @@ class PPOModule(pl.LightningModule):
         self.policy.eval()
         from_sampling = self.cfg.ppo.logprobs_from_sampling
         gen = self.policy.generate(prompts, self.cfg.sampling, generator=self._generator(salt=1), keep_logprobs=from_sampling)
-        responses = self._decode(gen)
+        responses = gen.texts(self.tokenizer)
         return Rollout(
             problems=kept,
             responses=responses,
@@ -218,7 +211,7 @@ class PPOModule(pl.LightningModule):
         prompts, kept = self._encode(problems, copies=1)
         if prompts:
             gen = self.policy.generate(prompts, dataclasses.replace(self.cfg.sampling, do_sample=False))
-            self._scorer().validate(self._decode(gen), kept)
+            self._scorer().validate(gen.texts(self.tokenizer), kept)
 
     @torch.no_grad()
     def evaluate_rollout(self, rollout: Rollout) -> None:
