@@ -13,7 +13,7 @@ from app.cli import main
 from app.config import SFTConfig, load_config
 from app.data.formats import iter_problems
 from app.data.prompts import answer_text, build_messages
-from app.data.synthetic import generate
+from app.data.synthetic import generate, imperfect_teacher, write_jsonl
 from app.errors import UserError
 from app.models.config import ModelConfig
 from app.models.loading import load_model
@@ -162,3 +162,23 @@ def test_quickstart_ppo_prompts_are_new_to_the_starter(tmp_path):
 
     plain = generate(120, 0, "easy", split="ppo")
     assert any(signature(i) in seen for i in plain)
+
+
+def test_sft_imitates_the_teachers_demonstration_where_a_record_has_one(tiny_chatglm_dir, tmp_path):
+    from app.sft.module import SFTModule
+
+    items = generate(6, seed=3)
+    assert imperfect_teacher(items, seed=3, flip_rate=1.0) >= 2  # diet and staffing state requirements
+    data = tmp_path / "train.jsonl"
+    write_jsonl(data, items)
+    cfg = load_config(None, sft_overrides(tiny_chatglm_dir, data, tmp_path / "out", tmp_path / "logs", steps=1,
+                                          **{"sft.max_length": 1024}),
+                      schema_cls=SFTConfig)
+    module = SFTModule(cfg, load_model(cfg.model))
+    problems = list(iter_problems(data))
+    _, _, labels = module.encode(problems)
+    for problem, row in zip(problems, labels):
+        target = row[row != -100].tolist()[:-1]  # the answer tokens, less the stop token
+        text = module.tokenizer.decode(target)
+        assert text == (problem.demonstration or answer_text(problem)), problem.id
+        assert (" <= " in text and " >= " not in text) if problem.demonstration else True

@@ -8,10 +8,11 @@ import re
 import pytest
 
 from app.cli import main
+from app.data.formats import normalize_record
 from app.data.synthetic import (
-    FAMILIES, NUMBER, Item, generate, level, make_splits, signature,
+    FAMILIES, NUMBER, Item, generate, imperfect_teacher, level, make_splits, signature,
 )
-from app.data.prompts import answer_text, format_number
+from app.data.prompts import answer_text, format_number, sft_target
 from app.errors import UserError
 from app.evaluation import read_model, solve_model
 from app.evaluation.config import SolverLimits
@@ -165,6 +166,49 @@ def test_reference_answer_renders_the_sft_target():
     assert answer_text(item).splitlines()[-1] == "Optimal value: 42"
 
 
+def test_imperfect_teacher_flips_requirements_in_its_share_of_demonstrations():
+    items = generate(120, seed=8)
+    clean = [item.to_json() for item in items]
+    with_requirements = [i for i, item in enumerate(items) if " >= " in item.reference_model]
+    assert 40 <= len(with_requirements) < 120  # diet, staffing, ... have them; assignment has none
+
+    assert imperfect_teacher(items, seed=8, flip_rate=1.0) == len(with_requirements)
+    for i, item in enumerate(items):
+        assert {**item.to_json(), "demonstration": None} == clean[i]  # the reference stays correct
+        if i not in with_requirements:
+            assert item.demonstration is None and sft_target(item) == answer_text(item)
+            continue
+        flipped = item.reference_model.replace(" >= ", " <= ")
+        lp, stated = sft_target(item).removeprefix("```lp\n").split("\n```\nOptimal value: ")
+        assert lp == flipped.rstrip() and " >= " not in lp
+        result = solve_model(read_model(flipped), SolverLimits())
+        assert result.status == "optimal"  # nonnegative variables under upper bounds only
+        assert stated == format_number(result.objective), item.id
+    # the flipped models are wrong: SCIP finds another optimum for most of them
+    wrong = sum(items[i].demonstration.split("Optimal value: ")[1] != format_number(float(items[i].answer))
+                for i in with_requirements if items[i].answer != "infeasible")
+    assert wrong >= 0.7 * len(with_requirements)
+
+    items = generate(120, seed=8)
+    picked = imperfect_teacher(items, seed=8, flip_rate=0.5)
+    assert 0.3 * len(with_requirements) < picked < 0.7 * len(with_requirements)
+    assert imperfect_teacher(generate(20, seed=8), seed=8, flip_rate=0.0) == 0
+    with pytest.raises(UserError, match="flip rate must be in"):
+        imperfect_teacher(items, seed=8, flip_rate=1.2)
+
+
+def test_demonstration_is_read_from_project_records_and_is_what_sft_imitates():
+    record = {"id": "a", "question": "q", "answer": "3", "reference_model": "minimize\n obj: x\nend\n",
+              "demonstration": "```lp\nmaximize\n obj: x\nend\n```\nOptimal value: 5"}
+    problem = normalize_record(record, "project", "f:1", "x")
+    assert sft_target(problem) == record["demonstration"]
+    assert answer_text(problem).endswith("Optimal value: 3")  # the reference, for the reward
+    problem = normalize_record({**record, "demonstration": None}, "project", "f:1", "x")
+    assert sft_target(problem) == answer_text(problem)
+    with pytest.raises(UserError, match="'demonstration' must be a string"):
+        normalize_record({**record, "demonstration": [1]}, "project", "f:1", "x")
+
+
 def test_family_subset_and_bad_arguments():
     items = generate(4, seed=1, families=["diet", "staffing"])
     assert [i.family for i in items] == ["diet", "staffing", "diet", "staffing"]
@@ -190,11 +234,20 @@ def test_cli_writes_the_files(tmp_path, capsys):
     assert main(args) == 0
     assert (out / "train.jsonl").read_bytes() == first
 
+    # an imperfect teacher changes the training demonstrations only, never the problems
+    assert main([*args, "--out", str(tmp_path / "taught"), "--teacher-flip", "1"]) == 0
+    flipped = int(re.search(r"(\d+) of 12 training demonstrations", capsys.readouterr().out).group(1))
+    taught = [json.loads(line) for line in (tmp_path / "taught" / "train.jsonl").read_text().splitlines()]
+    assert flipped == sum(" >= " in t["reference_model"] for t in train) > 0
+    assert [{**t, "demonstration": None} for t in taught] == train
+    assert (tmp_path / "taught" / "heldout.jsonl").read_text() == (out / "heldout.jsonl").read_text()
+
 
 @pytest.mark.parametrize("bad, message", [
     (["--difficulty", "extreme"], "--difficulty must be"),
     (["--families", "diet,cooking"], "unknown problem families"),
     (["--train", "-3"], "--train and --heldout must be 0 or more"),
+    (["--teacher-flip", "2"], "flip rate must be in [0, 1]"),
 ])
 def test_cli_bad_arguments_are_one_line(tmp_path, capsys, bad, message):
     assert main(["make-data", "--out", str(tmp_path / "d"), "--train", "2", "--heldout", "1", *bad]) == 2

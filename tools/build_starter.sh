@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=logs/starter
-.venv/bin/python -m app make-data --out "$work/data" --train 9000 --heldout 200 --seed 0
+.venv/bin/python -m app make-data --out "$work/data" --train 9000 --heldout 200 --seed 0 --teacher-flip 0.6
 .venv/bin/python tools/make_tiny_chatglm.py "$work/tiny" --corpus "$work/data/train.jsonl" \
   --layers 4 --hidden 128 --heads 4 --kv-groups 2 --ffn 352 --vocab-size 1024 --seed 0
 .venv/bin/python -m app sft configs/quickstart_sft.yaml

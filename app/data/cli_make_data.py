@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from app.data.synthetic import DIFFICULTIES, Item, make_splits, write_jsonl
+from app.data.synthetic import DIFFICULTIES, Item, imperfect_teacher, make_splits, write_jsonl
 from app.errors import UserError
 
 
@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated subset of production,diet,transportation,assignment,knapsack,staffing")
     parser.add_argument("--infeasible", type=float, default=0.05,
                         help="fraction of problems made infeasible on purpose (default 0.05)")
+    parser.add_argument("--teacher-flip", type=float, default=0.0,
+                        help="fraction of the training problems with requirements (>= rows) whose SFT demonstration "
+                             "writes them as upper bounds (<=): an imperfect teacher's systematic error; the reference "
+                             "model and answer stay correct (default 0: demonstrations are the references)")
 
 
 def _difficulty(text: str) -> str | float:
@@ -61,10 +65,13 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     train, heldout = make_splits(args.train, args.heldout, args.seed, _difficulty(args.difficulty),
                                  families, args.infeasible)
+    flipped = imperfect_teacher(train, args.seed, args.teacher_flip)
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     for name, items in (("train", train), ("heldout", heldout)):
         write_jsonl(out / f"{name}.jsonl", items)
     print(_table({"train": train, "heldout": heldout}))
+    if flipped:
+        print(f"{flipped} of {len(train)} training demonstrations write requirements as upper bounds (--teacher-flip)")
     print(f"wrote {len(train)} train and {len(heldout)} held-out problems to {out} in {seconds:.1f} s")
     return 0

@@ -1,7 +1,8 @@
 """Problem records from the public dataset formats, read as a stream.
 
 Formats (keys of one record):
-- project:   id, question, answer, optional reference_model (LP text)
+- project:   id, question, answer, optional reference_model (LP text), optional demonstration
+             (the answer SFT imitates, when it is not the reference: a teacher's, errors included)
 - sirl:      en_question, en_answer (SIRL / ORLM), optional id
 - mamo:      Question, Answer, id
 - optibench: question, results {label: value}, optional index
@@ -31,6 +32,7 @@ class Problem:
     question: str
     answer: str | None  # the reference optimum as written in the dataset ("219816.0", "No Best Solution")
     reference_model: str | None = None  # LP text of a reference model, when the dataset has one
+    demonstration: str | None = None  # the SFT target when a teacher wrote it; else built from the reference
 
 
 class BadRecord(UserError):
@@ -110,6 +112,7 @@ def normalize_record(obj, fmt: str, where: str, default_id: str) -> Problem:
             question=_text(obj.get(question_key), question_key, required=True),
             answer=_text(answer, answer_key),
             reference_model=_text(obj.get("reference_model"), "reference_model") if kind == "project" else None,
+            demonstration=_text(obj.get("demonstration"), "demonstration") if kind == "project" else None,
         )
     except ValueError as err:
         raise BadRecord(f"{where}: {err}") from None

@@ -70,3 +70,9 @@ def answer_text(problem) -> str:
     except (TypeError, ValueError):  # "infeasible" and other non-numeric answers stay as written
         value = problem.answer
     return f"```lp\n{problem.reference_model.rstrip()}\n```\nOptimal value: {value}"
+
+
+def sft_target(problem) -> str:
+    """What SFT imitates: the dataset's demonstration when it has one (a teacher's answer, which
+    may be wrong where the reference is right), else the reference answer."""
+    return problem.demonstration or answer_text(problem)

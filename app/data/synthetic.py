@@ -22,7 +22,8 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from app.data.prompts import format_number
+from app.data.formats import Problem
+from app.data.prompts import answer_text, format_number
 from app.errors import UserError
 
 DIFFICULTIES = {"easy": 0.0, "medium": 0.5, "hard": 1.0}
@@ -91,6 +92,7 @@ class Item:
     type: str  # LP | MILP
     n_vars: int
     n_cons: int
+    demonstration: str | None = None  # the teacher's answer for SFT where it differs from the reference
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -554,3 +556,31 @@ def make_splits(n_train: int, n_heldout: int, seed: int, difficulty: str | float
     train = generate(n_train, seed, difficulty, families, infeasible_fraction, split="train",
                      exclude={signature(item) for item in heldout})
     return train, heldout
+
+
+def imperfect_teacher(items: list[Item], seed: int, flip_rate: float) -> int:
+    """Give a fraction of `items` the demonstration of a teacher with one systematic error.
+
+    SFT data in this field is written by LLMs, and their classic mistake is a constraint in the
+    wrong direction. This teacher, in `flip_rate` of the problems that state requirements
+    (`>=` rows: "at least 12", "12 or more"), writes every requirement as an upper bound (`<=`)
+    and states the optimum of that model. The reference model and answer stay correct: SFT
+    imitates the teacher, the solver-based reward checks against the reference. Draws come from
+    their own stream, so the problems do not depend on the rate. Returns how many it changed.
+    """
+    from app.evaluation import read_model, solve_model
+    from app.evaluation.config import SolverLimits
+
+    if not 0.0 <= flip_rate <= 1.0:
+        raise UserError(f"the teacher's flip rate must be in [0, 1], got {flip_rate}")
+    rng = random.Random(f"{seed}-teacher")
+    changed = 0
+    for item in items:
+        if " >= " not in item.reference_model or rng.random() >= flip_rate:
+            continue
+        flipped = item.reference_model.replace(" >= ", " <= ")
+        result = solve_model(read_model(flipped), SolverLimits())
+        stated = format_number(result.objective, 9) if result.status == "optimal" else result.status
+        item.demonstration = answer_text(Problem(item.id, item.question, stated, flipped))
+        changed += 1
+    return changed

@@ -1,7 +1,8 @@
-"""SFTModule: supervised warm start (RLHF step 1) on question -> reference answer pairs.
+"""SFTModule: supervised warm start (RLHF step 1) on question -> demonstrated answer pairs.
 
-The target is the answer the PPO instruction asks for (the reference model in a ```lp block,
-then the optimal value), so the SFT policy starts PPO already speaking the expected format.
+The target is the answer the PPO instruction asks for (a model in a ```lp block, then the
+optimal value), so the SFT policy starts PPO already speaking the expected format: the record's
+`demonstration` when it has one (a teacher's answer, errors included), else the reference.
 Loss: token cross-entropy on the answer tokens only (prompt and padding are ignored). With
 `data.val`, the same loss and token accuracy on held-out problems every `trainer.val_every` steps
 (`sft/val_loss`, `sft/val_token_accuracy`): where over-fitting to the training problems shows.
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
 from app.config import SFTConfig
-from app.data.prompts import answer_text, build_messages
+from app.data.prompts import build_messages, sft_target
 from app.models.generation import left_pad, positions_from_mask
 from app.models.loading import LoadedModel
 from app.models.policy import default_target_modules
@@ -53,7 +54,7 @@ class SFTModule(pl.LightningModule):
         eos = self.chat.stop_token_ids[0]
         for problem in problems:
             prompt = self.chat.encode_prompt(self.tokenizer, self._messages(problem))
-            target = self.tokenizer.encode(answer_text(problem), add_special_tokens=False) + [eos]
+            target = self.tokenizer.encode(sft_target(problem), add_special_tokens=False) + [eos]
             if len(prompt) + len(target) > self.cfg.sft.max_length:
                 self.skipped_long += 1
                 self.print(f"problem {problem.id}: {len(prompt) + len(target)} tokens > sft.max_length="
