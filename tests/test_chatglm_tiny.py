@@ -39,3 +39,11 @@ def test_tool_reports_bad_input(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
         tool.main([str(tmp_path / "x"), *args])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_skipped_keys_teach_the_tokenizer_nothing(tmp_path):
+    rows = [{"question": f"widget {i}", "demonstration": "zebra quokka " * 5} for i in range(50)]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert tool.read_corpus([str(corpus)], frozenset({"demonstration"})) == [r["question"] for r in rows]
+    assert len(tool.read_corpus([str(corpus)])) == 100

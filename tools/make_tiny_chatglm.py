@@ -1,10 +1,11 @@
 """Write a tiny ChatGLM checkpoint directory (config.json, model.safetensors, trained tokenizer).
 
     .venv/bin/python tools/make_tiny_chatglm.py OUT_DIR [--variant chatglm3|glm4] [--layers 2 --hidden 64 ...]
-        [--corpus FILE ...] [--vocab-size N] [--seed S]
+        [--corpus FILE ...] [--skip-keys KEY ...] [--vocab-size N] [--seed S]
 
 It loads like a real checkpoint: `load_model(ModelConfig(family="chatglm", path=OUT_DIR))`.
-A corpus file is read line by line; a JSONL line contributes its string values.
+A corpus file is read line by line; a JSONL line contributes its string values, except those
+under --skip-keys.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.models.tiny import VARIANTS, make_tiny_chatglm  # noqa: E402
 
 
-def read_corpus(paths: list[str]) -> list[str]:
+def read_corpus(paths: list[str], skip_keys: frozenset[str] = frozenset()) -> list[str]:
     lines = []
     for path in paths:
         for line in Path(path).read_text(encoding="utf-8").splitlines():
@@ -30,7 +31,7 @@ def read_corpus(paths: list[str]) -> list[str]:
             except json.JSONDecodeError:
                 record = None
             if isinstance(record, dict):
-                lines.extend(v for v in record.values() if isinstance(v, str) and v.strip())
+                lines.extend(v for k, v in record.items() if k not in skip_keys and isinstance(v, str) and v.strip())
             else:
                 lines.append(line)
     return lines
@@ -47,12 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ffn", type=int, default=128)
     parser.add_argument("--vocab-size", type=int, default=512, help="the model's padded vocabulary")
     parser.add_argument("--corpus", nargs="+", default=None, help="text/JSONL files to train the tokenizer on")
+    parser.add_argument("--skip-keys", nargs="+", default=[],
+                        help="JSONL keys whose values the tokenizer does not learn from (e.g. demonstration: the "
+                             "vocabulary is the problems', not one teacher's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     missing = [p for p in args.corpus or [] if not Path(p).is_file()]
     if missing:
         parser.error(f"corpus file not found: {', '.join(missing)}")
-    corpus = read_corpus(args.corpus) if args.corpus else None
+    corpus = read_corpus(args.corpus, frozenset(args.skip_keys)) if args.corpus else None
     if corpus is not None and not corpus:
         parser.error("the corpus files contain no text")
     try:
