@@ -18,6 +18,8 @@ from app.errors import UserError
 from app.models.config import ModelConfig
 from app.models.loading import load_model
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def write_problems(path: Path, n: int, seed: int) -> Path:
     with open(path, "w") as f:
@@ -182,3 +184,38 @@ def test_sft_imitates_the_teachers_demonstration_where_a_record_has_one(tiny_cha
         text = module.tokenizer.decode(target)
         assert text == (problem.demonstration or answer_text(problem)), problem.id
         assert (" <= " in text and " >= " not in text) if problem.demonstration else True
+
+
+def test_ppo_unlearns_the_starters_teacher_error_on_new_problems(tmp_path):
+    """The quick start's claim, shortened: the committed starter (SFT on an imperfect teacher)
+    writes staffing requirements as upper bounds; a few PPO steps against SCIP on other staffing
+    problems make it write `>=` on held-out ones."""
+    from app.data.prompts import build_messages
+    from app.eval_policy import answer, load_trained
+    from app.models.config import SamplingConfig
+    from app.ppo.train import train
+    from app.quickstart import DEFAULT_CONFIG
+
+    train_path, heldout_path = tmp_path / "train.jsonl", tmp_path / "heldout.jsonl"
+    write_jsonl(train_path, generate(160, seed=5, families=["staffing"], split="ppo"))
+    write_jsonl(heldout_path, generate(16, seed=5, families=["staffing"], split="heldout"))
+    starter = str(ROOT / "checkpoints" / "quickstart-sft")
+    cfg = load_config(DEFAULT_CONFIG, [
+        f"model.path={starter}", f"data.train={train_path}", "trainer.max_steps=20",
+        "trainer.val_every=0", "trainer.checkpoint_every=0", "trainer.sample_log_every=0",
+        f"trainer.root_dir={tmp_path / 'logs'}", "trainer.enable_progress_bar=false",
+    ])  # fmt: skip
+    _, trainer = train(cfg)
+
+    def requirements_written_as_lower_bounds(adapter: str | None) -> int:
+        """Greedy answers with as many `>=` rows as the reference (every period's staffing need)."""
+        loaded, model = load_trained(starter, adapter=adapter)
+        problems = list(iter_problems(heldout_path))
+        prompts = [loaded.chat.encode_prompt(loaded.tokenizer, build_messages(p, "", "")) for p in problems]
+        greedy = SamplingConfig(max_new_tokens=cfg.sampling.max_new_tokens, do_sample=False)
+        texts = answer(loaded, model, prompts, greedy)
+        return sum(text.count(" >= ") == p.reference_model.count(" >= ") for text, p in zip(texts, problems))
+
+    before = requirements_written_as_lower_bounds(None)
+    after = requirements_written_as_lower_bounds(str(Path(trainer.log_dir) / "trainable.pt"))
+    assert before <= 4 and after >= 12, (before, after)
