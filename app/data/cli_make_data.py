@@ -1,7 +1,8 @@
 """`python -m app make-data`: synthetic modeling problems with reference models and optima.
 
 Writes DIR/train.jsonl and DIR/heldout.jsonl (no (family, numbers) problem on both sides) and
-prints how many problems of each family, sense and type each split holds.
+prints how many problems of each family, sense and type each split holds. With --teacher-flip,
+some training problems carry an imperfect teacher's SFT demonstration (see `imperfect_teacher`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from app.data.synthetic import DIFFICULTIES, Item, imperfect_teacher, make_splits, write_jsonl
+from app.data.synthetic import DIFFICULTIES, Item, check_fraction, imperfect_teacher, make_splits, write_jsonl
 from app.errors import UserError
 
 
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory")
     families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
+    check_fraction("teacher's flip rate", args.teacher_flip)  # before minutes of solving, not after
     start = time.perf_counter()
     train, heldout = make_splits(args.train, args.heldout, args.seed, _difficulty(args.difficulty),
                                  families, args.infeasible)

@@ -484,6 +484,11 @@ def render_lp(draft: Draft) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"the {name} must be in [0, 1], got {value}")
+
+
 def signature(item: Item) -> tuple[str, tuple[float, ...]]:
     """(family, sorted numbers of the reference model): two items with equal signatures state the
     same problem up to wording and order, so a split must not put them on both sides."""
@@ -512,8 +517,7 @@ def generate(n: int, seed: int, difficulty: str | float = "easy", families: list
 
     names = _family_names(families)
     lvl = level(difficulty)
-    if not 0.0 <= infeasible_fraction <= 1.0:
-        raise UserError(f"the infeasible fraction must be in [0, 1], got {infeasible_fraction}")
+    check_fraction("infeasible fraction", infeasible_fraction)
     rng = random.Random(f"{seed}-{split}")
     limits = SolverLimits()
     seen = set(exclude)
@@ -571,8 +575,7 @@ def imperfect_teacher(items: list[Item], seed: int, flip_rate: float) -> int:
     from app.evaluation import read_model, solve_model
     from app.evaluation.config import SolverLimits
 
-    if not 0.0 <= flip_rate <= 1.0:
-        raise UserError(f"the teacher's flip rate must be in [0, 1], got {flip_rate}")
+    check_fraction("teacher's flip rate", flip_rate)
     rng = random.Random(f"{seed}-teacher")
     changed = 0
     for item in items:
