@@ -183,7 +183,8 @@ def test_sft_imitates_the_teachers_demonstration_where_a_record_has_one(tiny_cha
         target = row[row != -100].tolist()[:-1]  # the answer tokens, less the stop token
         text = module.tokenizer.decode(target)
         assert text == (problem.demonstration or answer_text(problem)), problem.id
-        assert (" <= " in text and " >= " not in text) if problem.demonstration else True
+        if problem.demonstration:
+            assert " <= " in text and " >= " not in text
 
 
 def test_ppo_unlearns_the_starters_teacher_error_on_new_problems(tmp_path):

@@ -61,15 +61,20 @@ def format_number(x: float, places: int = 4) -> str:
 
 
 def answer_text(problem) -> str:
-    """The answer the instruction asks for, built from the reference (the SFT target): the LP in
-    an ```lp block, then `Optimal value: <number>` (4 decimals at most) or the answer as given."""
+    """The answer the instruction asks for, built from the reference (the SFT target)."""
     if not problem.reference_model:
         raise ValueError(f"problem {problem.id} has no reference_model to build an answer from")
+    return lp_answer(problem.reference_model, problem.answer)
+
+
+def lp_answer(model: str, value) -> str:
+    """An LP in an ```lp block, then `Optimal value: <value>`: a number with 4 decimals at most, or
+    a status such as "infeasible" as given."""
     try:
-        value = format_number(float(problem.answer))
+        value = format_number(float(value))
     except (TypeError, ValueError):  # "infeasible" and other non-numeric answers stay as written
-        value = problem.answer
-    return f"```lp\n{problem.reference_model.rstrip()}\n```\nOptimal value: {value}"
+        pass
+    return f"```lp\n{model.rstrip()}\n```\nOptimal value: {value}"
 
 
 def sft_target(problem) -> str:

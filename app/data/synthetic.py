@@ -22,8 +22,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from app.data.formats import Problem
-from app.data.prompts import answer_text, format_number
+from app.data.prompts import format_number, lp_answer
 from app.errors import UserError
 
 DIFFICULTIES = {"easy": 0.0, "medium": 0.5, "hard": 1.0}
@@ -583,7 +582,6 @@ def imperfect_teacher(items: list[Item], seed: int, flip_rate: float) -> int:
             continue
         flipped = item.reference_model.replace(" >= ", " <= ")
         result = solve_model(read_model(flipped), SolverLimits())
-        stated = format_number(result.objective, 9) if result.status == "optimal" else result.status
-        item.demonstration = answer_text(Problem(item.id, item.question, stated, flipped))
+        item.demonstration = lp_answer(flipped, result.objective if result.status == "optimal" else result.status)
         changed += 1
     return changed
