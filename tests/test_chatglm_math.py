@@ -14,6 +14,7 @@ from app.models.chatglm import (
     MLP,
     ChatGLMConfig,
     ChatGLMForCausalLM,
+    KVCache,
     RMSNorm,
     SelfAttention,
     apply_rope,
@@ -143,7 +144,9 @@ def test_attention_query_head_h_reads_group_h_div_heads_per_group():
     x = torch.randn(B, T, cfg.hidden_size, dtype=torch.double)
     angles = torch.zeros(B, T, D // 4, dtype=torch.double)  # no rotation: isolate the group mapping
     mask = torch.ones(T, T, dtype=torch.bool).tril()[None, None].expand(B, 1, T, T)
-    got, (k_cache, v_cache) = attn(x, angles, mask, None)
+    cache = KVCache(1)
+    got = attn(x, angles, mask, cache, 0)
+    k_cache, v_cache = cache[0]
     assert k_cache.shape == (B, G, T, D) and v_cache.shape == (B, G, T, D)
 
     qkv = x @ attn.query_key_value.weight.T + attn.query_key_value.bias
@@ -194,7 +197,8 @@ def test_greedy_generation_matches_reference():
     assert got[0].tolist() == want
 
 
-def test_incremental_decoding_with_cache_equals_full_forward():
+def test_incremental_decoding_with_cache_equals_full_forward(monkeypatch):
+    monkeypatch.setattr(KVCache, "GROW", 4)  # the buffers grow twice on the way: 8, then 16 columns
     model = tiny_model()
     torch.manual_seed(1)
     ids = torch.randint(3, 96, (3, 10))
@@ -211,8 +215,21 @@ def test_incremental_decoding_with_cache_equals_full_forward():
             steps.append(out.logits)
             past = out.past_key_values
     assert past[0][0].shape == (3, 2, 10, 16)  # (B, G, S, D)
+    assert past.keys[0].shape == (3, 2, 16, 16) and past.lengths == [10] * len(past)
     real = mask.bool()
     torch.testing.assert_close(torch.cat(steps, dim=1)[real], full[real], atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_reorders_rows_and_rejects_another_shape():
+    cache = KVCache(2)
+    k = torch.arange(3 * 2 * 5 * 4, dtype=torch.float).view(3, 2, 5, 4)  # (B, G, T, D)
+    for layer in range(2):
+        cache.append(layer, k, -k)
+    picked = cache.index_select(torch.tensor([2, 0]))
+    assert torch.equal(picked[1][0], k[[2, 0]]) and torch.equal(picked[1][1], -k[[2, 0]])
+    assert picked.lengths == [5, 5] and cache[0][0].shape == (3, 2, 5, 4)  # the original is untouched
+    with pytest.raises(ValueError, match=r"cached keys are \(3, 2, 256, 4\).*new keys \(2, 2, 1, 4\)"):
+        cache.append(0, k[:2, :, :1], k[:2, :, :1])
 
 
 def test_left_padded_row_equals_unpadded_row():
