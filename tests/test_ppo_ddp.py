@@ -90,7 +90,7 @@ def test_ddp_two_cpu_ranks_identical_weights_and_reduced_metrics(tiny_chatglm_di
         [sys.executable, str(script), str(tmp_path), *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0.keys() == r1.keys() and r0
     for key in r0:
@@ -109,3 +109,35 @@ def test_ddp_two_cpu_ranks_identical_weights_and_reduced_metrics(tiny_chatglm_di
     assert (m0["val_items"], m1["val_items"]) == (2 * 3, 2 * 2)  # two validation passes
     assert m0["val"]["val/accuracy"] == pytest.approx(3 / 5)
     assert m0["val"]["val/format_rate"] == pytest.approx(3 / 5)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_with_different_numbers_of_usable_prompts_train_in_step(tiny_chatglm_dir, tmp_path):
+    """Rank 1 (records 1, 3, 5, 7) skips its over-long prompt, rank 0 has all its prompts: in that
+    step rank 0 must leave out as many, or its extra backward passes would wait forever for rank
+    1's all-reduce. The approx-KL early stop is taken by both ranks together for the same reason."""
+    items = [item.to_json() for item in generate(8, seed=7, infeasible_fraction=0.0)]
+    items[1]["question"] = " ".join([items[1]["question"]] * 30)  # in one of rank 1's two batches
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(item) + "\n" for item in items))
+    script = tmp_path / "ddp_run.py"
+    script.write_text(SCRIPT)
+    args = [
+        f"model.path={tiny_chatglm_dir}", f"data.train={data}", "data.system_prompt=", "data.instruction=",
+        "data.max_prompt_tokens=2048", "data.shuffle_buffer=1", "sampling.max_new_tokens=8",
+        "ppo.prompts_per_step=2", "ppo.samples_per_prompt=2", "ppo.minibatch_size=1", "ppo.epochs=2",
+        "ppo.max_approx_kl=1e-6", "ppo.lr=1e-2", "evaluation.workers=1", "trainer.max_steps=2",
+        "trainer.checkpoint_every=0", "trainer.devices=2", "trainer.strategy=ddp", f"trainer.root_dir={tmp_path / 'logs'}",
+        "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key
+    assert proc.stdout.count("rank 0: 1 problems left out so every rank trains on 1") == 1, proc.stdout[-2000:]
+    m0, m1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert len(m0["scores"]) == len(m1["scores"])

@@ -165,6 +165,9 @@ class PPOModule(pl.LightningModule):
     def _mean_across_ranks(self, value: torch.Tensor) -> torch.Tensor:
         return self.all_gather(value.detach()).float().mean()
 
+    def _min_across_ranks(self, n: int) -> int:
+        return int(self.all_gather(torch.tensor(n, device=self.device)).min())
+
     def _messages(self, problem) -> list[dict[str, str]]:
         return build_messages(problem, self.cfg.data.system_prompt, self.cfg.data.instruction)
 
@@ -185,7 +188,16 @@ class PPOModule(pl.LightningModule):
     @torch.no_grad()
     def generate_rollout(self, problems: list) -> Rollout | None:
         """Sample `samples_per_prompt` responses per problem and decode them."""
-        prompts, kept = self._encode(problems, self.cfg.ppo.samples_per_prompt)
+        copies = self.cfg.ppo.samples_per_prompt
+        prompts, kept = self._encode(problems, copies)
+        # Every rank trains on the same number of rows, or the ranks' gradient all-reduces would
+        # stop matching up (DDP hangs): a rank that skipped long prompts makes the others leave
+        # out as many problems (whole groups of samples, as RLOO needs).
+        n_problems = len(prompts) // copies
+        common = self._min_across_ranks(n_problems)
+        if common < n_problems:
+            self.print(f"rank {self.global_rank}: {n_problems - common} problems left out so every rank trains on {common}")
+            prompts, kept = prompts[: common * copies], kept[: common * copies]
         if not prompts:
             return None
         self.policy.eval()
@@ -258,15 +270,17 @@ class PPOModule(pl.LightningModule):
         per_epoch = math.ceil(len(rollout) / ppo.minibatch_size)
         generator = torch.Generator().manual_seed(self._seed(salt=2))
         for _ in range(ppo.epochs):
+            # Every decision below is taken by all ranks together (same rows per rank, see
+            # generate_rollout): a backward on one rank only would leave DDP's all-reduce waiting.
             for i, mb in enumerate(rollout.minibatches(ppo.minibatch_size, generator)):
                 loss, stats = self.minibatch_loss(mb)
-                if torch.isfinite(loss):
+                if self._on_all_ranks(bool(torch.isfinite(loss))):
                     self.manual_backward(loss / ppo.grad_accum)
-                else:  # a non-finite loss never reaches the weights
+                else:  # a non-finite loss (on any rank) never reaches the weights
                     n_skipped += 1
                 if (i + 1) % ppo.grad_accum == 0 or i + 1 == per_epoch:
                     self.clip_gradients(optimizer, gradient_clip_val=ppo.max_grad_norm, gradient_clip_algorithm="norm")
-                    if self._gradients_finite():
+                    if self._on_all_ranks(self._gradients_finite()):
                         optimizer.step()
                     else:
                         n_skipped += 1
@@ -274,7 +288,8 @@ class PPOModule(pl.LightningModule):
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
                 n_minibatches += 1
-                if ppo.max_approx_kl is not None and stats["train/approx_kl"] > ppo.max_approx_kl:
+                approx_kl = torch.tensor(stats["train/approx_kl"], device=self.device)
+                if ppo.max_approx_kl is not None and float(self._mean_across_ranks(approx_kl)) > ppo.max_approx_kl:
                     stopped_early = True
                     break
             if stopped_early:
