@@ -1,4 +1,4 @@
-"""Real DDP with 2 CPU processes (gloo), launched by the Trainer's own launcher.
+"""Real DDP and FSDP2 with 2 CPU processes (gloo), launched by the Trainer's own launcher.
 
 Rank 0 is handed correct answers and rank 1 garbage, so the solver metrics differ per rank: the
 logged values must be the cross-rank means, and after the PPO updates both ranks must hold
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from app.data.synthetic import generate
 
@@ -57,8 +58,12 @@ SCRIPT = textwrap.dedent(
             with open(f"{out}/rank{rank}.json", "w") as f:
                 scorer = next(cb for cb in trainer.callbacks if isinstance(cb, RankAnswers))
                 val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+                # the part of the LM's weights this rank holds: 1.0 unless sharded
+                held = [(p.to_local().numel() if hasattr(p, "to_local") else p.numel(), p.numel())
+                        for p in module.policy.causal_lm.parameters()]
                 json.dump({"scores": module.last_rollout.scores.tolist(), "metrics": module.last_solver_metrics,
-                           "world": trainer.world_size, "val": val, "val_items": scorer.val_items}, f)
+                           "world": trainer.world_size, "val": val, "val_items": scorer.val_items,
+                           "held_fraction": sum(h for h, _ in held) / sum(n for _, n in held)}, f)
 
     train_mod.SolverReward = RankAnswers
     cfg = load_config(None, sys.argv[2:])
@@ -141,3 +146,69 @@ def test_ddp_ranks_with_different_numbers_of_usable_prompts_train_in_step(tiny_c
     assert proc.stdout.count("rank 0: 1 problems left out so every rank trains on 1") == 1, proc.stdout[-2000:]
     m0, m1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert len(m0["scores"]) == len(m1["scores"])
+
+
+def run_two_ranks(tmp_path: Path, run: str, args: list[str]) -> tuple[dict, dict, subprocess.CompletedProcess]:
+    """SCRIPT on 2 CPU ranks with `args`; returns each rank's trainable weights and numbers."""
+    out = tmp_path / run
+    out.mkdir()
+    script = tmp_path / "ddp_run.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(out), *args, f"trainer.root_dir={out / 'logs'}"], cwd=ROOT,
+        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    weights = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    numbers = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), (run, key)
+    assert numbers[0]["world"] == 2 and numbers[0]["held_fraction"] == pytest.approx(0.5, abs=0.01), numbers[0]
+    return weights[0], numbers[0], proc
+
+
+@pytest.mark.slow
+def test_fsdp2_shards_the_lora_policy_and_resumes_exactly(tiny_chatglm_dir, tmp_path):
+    """trainer.strategy=fsdp2: each rank holds half of the LM; after PPO steps both ranks hold the
+    same weights; the checkpoint has the trainable weights only; 2 steps + resume = 3 straight."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(12, seed=8, infeasible_fraction=0.0)))
+    common = [
+        f"model.path={tiny_chatglm_dir}", "model.lora.enabled=true", f"data.train={data}", "data.system_prompt=",
+        "data.instruction=", "data.max_prompt_tokens=2048", "sampling.max_new_tokens=12", "ppo.prompts_per_step=2",
+        "ppo.minibatch_size=2", "ppo.lr=1e-2", "evaluation.workers=1", "trainer.checkpoint_every=1",
+        "trainer.devices=2", "trainer.strategy=fsdp2", "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
+    ]
+    straight, _, _ = run_two_ranks(tmp_path, "straight", [*common, "trainer.max_steps=3"])
+    assert any(float(v.abs().max()) > 0 for k, v in straight.items() if "lora_B" in k), "no update happened"
+    first, _, _ = run_two_ranks(tmp_path, "first", [*common, "trainer.max_steps=2"])
+    last = tmp_path / "first" / "logs" / "ppo" / "version_0" / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=False)["state_dict"]
+    assert {k.removeprefix("policy.") for k in saved} == set(first)  # LoRA + value head, not the frozen base
+    resumed, _, _ = run_two_ranks(tmp_path, "resumed", [*common, "trainer.max_steps=3", f"resume={last}"])
+    for key in straight:
+        assert torch.equal(resumed[key], straight[key]), key
+
+
+@pytest.mark.slow
+def test_fsdp2_full_fine_tuning_and_its_limits(tiny_chatglm_dir, tmp_path):
+    """Full fine-tuning (the frozen reference copy sharded too) trains in step on both ranks; data.val
+    with fsdp2 is refused before anything loads."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(8, seed=9, infeasible_fraction=0.0)))
+    args = [
+        f"model.path={tiny_chatglm_dir}", "model.lora.enabled=false", f"data.train={data}", "data.system_prompt=",
+        "data.instruction=", "data.max_prompt_tokens=2048", "sampling.max_new_tokens=12", "ppo.prompts_per_step=2",
+        "ppo.minibatch_size=2", "ppo.lr=1e-2", "evaluation.workers=1", "trainer.checkpoint_every=0",
+        "trainer.devices=2", "trainer.strategy=fsdp2", "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
+        "trainer.max_steps=2",
+    ]
+    trained, numbers, _ = run_two_ranks(tmp_path, "full", args)
+    start = load_file(Path(tiny_chatglm_dir) / "model.safetensors")
+    changed = [k for k, v in trained.items() if k.removeprefix("model.") in start and not torch.equal(v, start[k.removeprefix("model.")])]
+    assert changed, "no LM weight changed"
+    assert numbers["metrics"]["accuracy"] == pytest.approx(0.5)  # rank 0 right, rank 1 garbage, reduced
+
+    from app.cli import main
+
+    assert main(["train", *args, f"data.val={data}"]) == 2

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 from peft import LoraConfig, PeftModel, get_peft_model
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 from peft.tuners.lora import LoraLayer
 
 from app.errors import UserError
@@ -121,6 +123,7 @@ class PolicyWithValue(nn.Module):
         self.pad_token_id = pad_token_id
         self.stop_token_ids = list(stop_token_ids)
         self.reference: nn.Module | None = None
+        self.sharded = False  # set by shard(): parameters are FSDP2 DTensors split across ranks
         if gradient_checkpointing:
             # non-reentrant: works with a frozen base (no need for inputs that require grad)
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -138,6 +141,24 @@ class PolicyWithValue(nn.Module):
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         hidden = self.causal_lm.get_output_embeddings().weight.shape[1]
         self.value_head = ValueHead(hidden).to(next(model.parameters()).device)
+
+    def shard(self, mesh) -> None:
+        """FSDP2 (`fully_shard`) over the ranks of `mesh`, in groups that match how the module is
+        called: each transformer block, then each causal LM as a whole (embedding, final norm and
+        head; sampling and scoring call the LM directly) and the value head. Every group gathers its
+        parameters in its own forward, so the module works as before, a group at a time.
+
+        While sharded, sampling runs with the adapter unmerged (`merged_lora` swaps weight tensors,
+        which sharded parameters do not allow) and ends only when every rank is done.
+        """
+        if self.sharded:
+            return
+        for lm in [self.causal_lm] + ([self.reference] if self.reference is not None else []):
+            for block in transformer_blocks(lm):
+                fully_shard(block, mesh=mesh)
+            fully_shard(lm, mesh=mesh)
+        fully_shard(self.value_head, mesh=mesh)
+        self.sharded = True
 
     @property
     def causal_lm(self) -> nn.Module:
@@ -238,11 +259,12 @@ class PolicyWithValue(nn.Module):
         With LoRA and `lora.merge_for_sampling` the adapter is folded into the base weights for the
         duration (`merged_lora`): each decoding step then runs one matmul per layer instead of three.
         """
-        merge = self.lora_settings is not None and self.lora_settings["merge_for_sampling"]
+        merge = self.lora_settings is not None and self.lora_settings["merge_for_sampling"] and not self.sharded
         with merged_lora(self.model) if merge else contextlib.nullcontext():
             return generate(
                 self.causal_lm, prompts, pad_token_id=self.pad_token_id, stop_token_ids=self.stop_token_ids,
                 sampling=sampling, generator=generator, use_cache=use_cache, keep_logprobs=keep_logprobs,
+                collective_stop=self.sharded,
             )
 
     # ---- parameters and checkpoints ------------------------------------------------------------
@@ -255,8 +277,12 @@ class PolicyWithValue(nn.Module):
         return list(self.value_head.parameters())
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """What PPO changes — LoRA + value head (LoRA mode) or LM + value head (full mode)."""
-        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+        """What PPO changes — LoRA + value head (LoRA mode) or LM + value head (full mode), as
+        whole tensors. Sharded, this gathers them: a collective that every rank must call."""
+        return {
+            name: p.detach().full_tensor() if isinstance(p, DTensor) else p.detach()
+            for name, p in self.named_parameters() if p.requires_grad
+        }
 
     def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         own = dict((name, p) for name, p in self.named_parameters() if p.requires_grad)
@@ -280,16 +306,19 @@ class PolicyWithValue(nn.Module):
                 )
         with torch.no_grad():
             for name, p in own.items():
-                p.copy_(state_dict[name])
+                value = state_dict[name].to(device=p.device, dtype=p.dtype)
+                p.copy_(distribute_tensor(value, p.device_mesh, p.placements) if isinstance(p, DTensor) else value)
 
-    def save_trainable(self, path: str | Path) -> Path:
-        """Write the trainable weights and the LoRA settings that shape them (one torch.save file)."""
+    def save_trainable(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write the trainable weights (`state_dict`, else `trainable_state_dict()`) and the LoRA
+        settings that shape them (one torch.save file)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        state_dict = self.trainable_state_dict() if state_dict is None else state_dict
         payload = {
             "format": TRAINABLE_FORMAT,
             "lora": self.lora_settings,
-            "state_dict": {k: v.cpu() for k, v in self.trainable_state_dict().items()},
+            "state_dict": {k: v.cpu() for k, v in state_dict.items()},
         }
         torch.save(payload, path)
         return path
@@ -301,6 +330,15 @@ class PolicyWithValue(nn.Module):
             mine = "full fine-tuning" if self.lora_settings is None else "LoRA"
             raise UserError(f"{path}: saved in {saved} mode but this policy uses {mine}; set model.lora.enabled to match")
         self.load_trainable_state_dict(payload["state_dict"])
+
+
+def transformer_blocks(lm: nn.Module) -> nn.ModuleList:
+    """The causal LM's stack of transformer blocks: its longest ModuleList (ChatGLM's
+    `transformer.encoder.layers`, Llama's `model.layers`, ...)."""
+    stacks = [m for m in lm.modules() if isinstance(m, nn.ModuleList)]
+    if not stacks:
+        raise UserError(f"{type(lm).__name__} has no list of transformer blocks (nn.ModuleList) to shard")
+    return max(stacks, key=len)
 
 
 @contextlib.contextmanager

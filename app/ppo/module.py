@@ -22,6 +22,8 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.distributed.tensor import DTensor
 
 from app.config import TrainConfig
 from app.data.prompts import build_messages
@@ -74,11 +76,17 @@ class PPOModule(pl.LightningModule):
         self.iteration = checkpoint["ppo"]["iteration"]
         self.kl_ctl.load_state_dict(checkpoint["ppo"]["kl_controller"])
 
+    def configure_model(self) -> None:
+        """With `trainer.strategy=fsdp2` (Lightning's ModelParallelStrategy): shard the policy."""
+        if isinstance(self.trainer.strategy, ModelParallelStrategy):
+            self.policy.shard(self.device_mesh["data_parallel"])
+
     def on_train_end(self) -> None:
         """The trained weights in the file `python -m app export --adapter` reads."""
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank asks
+        state = self.policy.trainable_state_dict()  # a collective too when sharded
         if self.trainer.is_global_zero:
-            self.policy.save_trainable(run_dir / "trainable.pt")
+            self.policy.save_trainable(run_dir / "trainable.pt", state)
 
     def _scorer(self) -> RolloutScorer:
         scorers = [cb for cb in self.trainer.callbacks if isinstance(cb, RolloutScorer)]
@@ -306,7 +314,8 @@ class PPOModule(pl.LightningModule):
 
     def _gradients_finite(self) -> bool:
         """One host sync for all gradients (not one per tensor: a 6B LoRA has ~1,000 of them)."""
-        flags = [torch.isfinite(p.grad).all() for p in self.policy.parameters() if p.grad is not None]
+        grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in self.policy.parameters()]
+        flags = [torch.isfinite(g).all() for g in grads if g is not None]
         return bool(torch.stack(flags).all()) if flags else True
 
     def minibatch_loss(self, mb: Rollout) -> tuple[torch.Tensor, dict[str, float]]:

@@ -8,8 +8,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import ModelParallelStrategy
 
-from app.config import TrainConfig
+from app.config import TrainConfig, TrainerSettings
 from app.data.datamodule import PromptDataModule
 from app.errors import UserError
 from app.models.loading import load_model
@@ -36,7 +37,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None) -> pl.T
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=build_strategy(t),
         precision=t.precision,
         max_epochs=-1,  # the prompt stream is endless; PPOModule stops after trainer.max_steps iterations
         max_steps=-1,
@@ -54,9 +55,26 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None) -> pl.T
     )
 
 
+def build_strategy(t: TrainerSettings) -> str | ModelParallelStrategy:
+    """`fsdp2`: FSDP2 through Lightning's ModelParallelStrategy (data parallel over every device,
+    no tensor parallelism; PPOModule.configure_model shards the policy). Any other name goes to
+    Lightning as it is."""
+    if t.strategy != "fsdp2":
+        return t.strategy
+    # one file on rank 0 with the trainable weights only (PPOModule.state_dict), as with DDP
+    return ModelParallelStrategy(
+        data_parallel_size=t.devices * t.num_nodes, tensor_parallel_size=1, save_distributed_checkpoint=False
+    )
+
+
 def check_ppo_settings(cfg: TrainConfig) -> None:
     """Settings the schema's types cannot check, before any model is loaded."""
     ppo = cfg.ppo
+    if cfg.trainer.strategy == "fsdp2" and cfg.data.val:
+        raise UserError(
+            "data.val is not supported with trainer.strategy=fsdp2 yet: the ranks' validation shards differ "
+            "in size, and sharded sampling needs every rank in step; evaluate afterwards with `python -m app eval`"
+        )
     if cfg.data.val and cfg.trainer.val_every <= 0:
         raise UserError(f"trainer.val_every={cfg.trainer.val_every} must be positive when data.val is set")
     if ppo.advantage not in ("gae", "rloo"):
