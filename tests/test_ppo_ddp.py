@@ -148,7 +148,16 @@ def test_ddp_ranks_with_different_numbers_of_usable_prompts_train_in_step(tiny_c
     assert len(m0["scores"]) == len(m1["scores"])
 
 
-def run_two_ranks(tmp_path: Path, run: str, args: list[str]) -> tuple[dict, dict, subprocess.CompletedProcess]:
+def fsdp2_args(model_dir, data: Path, lora: bool, checkpoint_every: int) -> list[str]:
+    return [
+        f"model.path={model_dir}", f"model.lora.enabled={str(lora).lower()}", f"data.train={data}", "data.system_prompt=",
+        "data.instruction=", "data.max_prompt_tokens=2048", "sampling.max_new_tokens=12", "ppo.prompts_per_step=2",
+        "ppo.minibatch_size=2", "ppo.lr=1e-2", "evaluation.workers=1", f"trainer.checkpoint_every={checkpoint_every}",
+        "trainer.devices=2", "trainer.strategy=fsdp2", "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
+    ]
+
+
+def run_two_ranks(tmp_path: Path, run: str, args: list[str]) -> tuple[dict, dict]:
     """SCRIPT on 2 CPU ranks with `args`; returns each rank's trainable weights and numbers."""
     out = tmp_path / run
     out.mkdir()
@@ -164,7 +173,7 @@ def run_two_ranks(tmp_path: Path, run: str, args: list[str]) -> tuple[dict, dict
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), (run, key)
     assert numbers[0]["world"] == 2 and numbers[0]["held_fraction"] == pytest.approx(0.5, abs=0.01), numbers[0]
-    return weights[0], numbers[0], proc
+    return weights[0], numbers[0]
 
 
 @pytest.mark.slow
@@ -173,19 +182,14 @@ def test_fsdp2_shards_the_lora_policy_and_resumes_exactly(tiny_chatglm_dir, tmp_
     same weights; the checkpoint has the trainable weights only; 2 steps + resume = 3 straight."""
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(12, seed=8, infeasible_fraction=0.0)))
-    common = [
-        f"model.path={tiny_chatglm_dir}", "model.lora.enabled=true", f"data.train={data}", "data.system_prompt=",
-        "data.instruction=", "data.max_prompt_tokens=2048", "sampling.max_new_tokens=12", "ppo.prompts_per_step=2",
-        "ppo.minibatch_size=2", "ppo.lr=1e-2", "evaluation.workers=1", "trainer.checkpoint_every=1",
-        "trainer.devices=2", "trainer.strategy=fsdp2", "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
-    ]
-    straight, _, _ = run_two_ranks(tmp_path, "straight", [*common, "trainer.max_steps=3"])
+    common = fsdp2_args(tiny_chatglm_dir, data, lora=True, checkpoint_every=1)
+    straight, _ = run_two_ranks(tmp_path, "straight", [*common, "trainer.max_steps=3"])
     assert any(float(v.abs().max()) > 0 for k, v in straight.items() if "lora_B" in k), "no update happened"
-    first, _, _ = run_two_ranks(tmp_path, "first", [*common, "trainer.max_steps=2"])
+    first, _ = run_two_ranks(tmp_path, "first", [*common, "trainer.max_steps=2"])
     last = tmp_path / "first" / "logs" / "ppo" / "version_0" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=False)["state_dict"]
     assert {k.removeprefix("policy.") for k in saved} == set(first)  # LoRA + value head, not the frozen base
-    resumed, _, _ = run_two_ranks(tmp_path, "resumed", [*common, "trainer.max_steps=3", f"resume={last}"])
+    resumed, _ = run_two_ranks(tmp_path, "resumed", [*common, "trainer.max_steps=3", f"resume={last}"])
     for key in straight:
         assert torch.equal(resumed[key], straight[key]), key
 
@@ -196,16 +200,11 @@ def test_fsdp2_full_fine_tuning_and_its_limits(tiny_chatglm_dir, tmp_path):
     with fsdp2 is refused before anything loads."""
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(8, seed=9, infeasible_fraction=0.0)))
-    args = [
-        f"model.path={tiny_chatglm_dir}", "model.lora.enabled=false", f"data.train={data}", "data.system_prompt=",
-        "data.instruction=", "data.max_prompt_tokens=2048", "sampling.max_new_tokens=12", "ppo.prompts_per_step=2",
-        "ppo.minibatch_size=2", "ppo.lr=1e-2", "evaluation.workers=1", "trainer.checkpoint_every=0",
-        "trainer.devices=2", "trainer.strategy=fsdp2", "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
-        "trainer.max_steps=2",
-    ]
-    trained, numbers, _ = run_two_ranks(tmp_path, "full", args)
+    args = [*fsdp2_args(tiny_chatglm_dir, data, lora=False, checkpoint_every=0), "trainer.max_steps=2"]
+    trained, numbers = run_two_ranks(tmp_path, "full", args)
     start = load_file(Path(tiny_chatglm_dir) / "model.safetensors")
-    changed = [k for k, v in trained.items() if k.removeprefix("model.") in start and not torch.equal(v, start[k.removeprefix("model.")])]
+    names = {k: k.removeprefix("model.") for k in trained}  # PolicyWithValue's name -> the checkpoint's
+    changed = [k for k, v in trained.items() if names[k] in start and not torch.equal(v, start[names[k]])]
     assert changed, "no LM weight changed"
     assert numbers["metrics"]["accuracy"] == pytest.approx(0.5)  # rank 0 right, rank 1 garbage, reduced
 
