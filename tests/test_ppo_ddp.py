@@ -157,8 +157,9 @@ def fsdp2_args(model_dir, data: Path, lora: bool, checkpoint_every: int) -> list
     ]
 
 
-def run_two_ranks(tmp_path: Path, run: str, args: list[str]) -> tuple[dict, dict]:
-    """SCRIPT on 2 CPU ranks with `args`; returns each rank's trainable weights and numbers."""
+def run_two_ranks(tmp_path: Path, run: str, args: list[str]) -> tuple[dict, list[dict]]:
+    """SCRIPT on 2 CPU ranks with `args`; checks that the ranks agree and hold half of the LM each;
+    returns the trainable weights and each rank's numbers."""
     out = tmp_path / run
     out.mkdir()
     script = tmp_path / "ddp_run.py"
@@ -173,7 +174,7 @@ def run_two_ranks(tmp_path: Path, run: str, args: list[str]) -> tuple[dict, dict
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), (run, key)
     assert numbers[0]["world"] == 2 and numbers[0]["held_fraction"] == pytest.approx(0.5, abs=0.01), numbers[0]
-    return weights[0], numbers[0]
+    return weights[0], numbers
 
 
 @pytest.mark.slow
@@ -195,19 +196,21 @@ def test_fsdp2_shards_the_lora_policy_and_resumes_exactly(tiny_chatglm_dir, tmp_
 
 
 @pytest.mark.slow
-def test_fsdp2_full_fine_tuning_and_its_limits(tiny_chatglm_dir, tmp_path):
-    """Full fine-tuning (the frozen reference copy sharded too) trains in step on both ranks; data.val
-    with fsdp2 is refused before anything loads."""
+def test_fsdp2_full_fine_tuning_with_validation(tiny_chatglm_dir, tmp_path):
+    """Full fine-tuning (the frozen reference copy sharded too) trains in step on both ranks.
+    Validation: both ranks read the same batches of 4 (5 problems: 4, then 1) and answer every
+    other problem; rank 1 answers a stand-in, unscored, for the last batch."""
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(8, seed=9, infeasible_fraction=0.0)))
-    args = [*fsdp2_args(tiny_chatglm_dir, data, lora=False, checkpoint_every=0), "trainer.max_steps=2"]
-    trained, numbers = run_two_ranks(tmp_path, "full", args)
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(5, seed=6, infeasible_fraction=0.0)))
+    args = [*fsdp2_args(tiny_chatglm_dir, data, lora=False, checkpoint_every=0), "trainer.max_steps=2",
+            f"data.val={val}", "trainer.val_every=1"]
+    trained, (numbers, numbers1) = run_two_ranks(tmp_path, "full", args)
     start = load_file(Path(tiny_chatglm_dir) / "model.safetensors")
     names = {k: k.removeprefix("model.") for k in trained}  # PolicyWithValue's name -> the checkpoint's
     changed = [k for k, v in trained.items() if names[k] in start and not torch.equal(v, start[names[k]])]
     assert changed, "no LM weight changed"
     assert numbers["metrics"]["accuracy"] == pytest.approx(0.5)  # rank 0 right, rank 1 garbage, reduced
-
-    from app.cli import main
-
-    assert main(["train", *args, f"data.val={data}"]) == 2
+    assert (numbers["val_items"], numbers1["val_items"]) == (2 * 3, 2 * 2)  # two validation passes
+    assert numbers["val"]["val/accuracy"] == pytest.approx(3 / 5)  # rank 0's 3 right of all 5

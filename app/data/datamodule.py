@@ -41,7 +41,9 @@ def shuffle_buffer(items: Iterable, size: int, rng: random.Random) -> Iterator:
 
 
 def _distributed_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    """The given rank and world size, else torch.distributed's, else a single process."""
+    given = rank is not None or world_size is not None
+    if not given and torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     rank, world_size = rank or 0, world_size or 1
     if not 0 <= rank < world_size:
@@ -154,9 +156,13 @@ class PromptDataModule(pl.LightningDataModule):
     The data position is the number of training batches consumed, counted as the trainer moves
     each batch to the device; Lightning saves it in checkpoints through `state_dict()` and hands it
     back through `load_state_dict()` before the dataloaders are built.
+
+    `whole_val_on_every_rank`: every rank reads the same val batches, `prompts_per_step` x world
+    size problems each, instead of its own shard (sharded models answer them a slice per rank, in
+    step: see PPOModule.validation_step).
     """
 
-    def __init__(self, settings: DataSettings, prompts_per_step: int, seed: int = 0):
+    def __init__(self, settings: DataSettings, prompts_per_step: int, seed: int = 0, whole_val_on_every_rank: bool = False):
         super().__init__()
         check_options(settings.format, settings.on_bad_line)
         if settings.shuffle_buffer < 0 or settings.num_workers < 0:
@@ -167,6 +173,7 @@ class PromptDataModule(pl.LightningDataModule):
         self.settings = settings
         self.prompts_per_step = prompts_per_step
         self.seed = seed
+        self.whole_val_on_every_rank = whole_val_on_every_rank
         self.train_batches = 0
 
     def _loader(self, dataset: PromptDataset) -> DataLoader:
@@ -191,7 +198,12 @@ class PromptDataModule(pl.LightningDataModule):
         s = self.settings
         if not s.val:
             return []  # Lightning runs no validation
-        dataset = PromptDataset(s.val, self.prompts_per_step, fmt=s.format, on_bad_line=s.on_bad_line)
+        if self.whole_val_on_every_rank:
+            world = self.trainer.world_size if self.trainer is not None else 1
+            dataset = PromptDataset(s.val, self.prompts_per_step * world, fmt=s.format, on_bad_line=s.on_bad_line,
+                                    rank=0, world_size=1)
+        else:
+            dataset = PromptDataset(s.val, self.prompts_per_step, fmt=s.format, on_bad_line=s.on_bad_line)
         return self._loader(dataset)
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):

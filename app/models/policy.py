@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 from peft import LoraConfig, PeftModel, get_peft_model
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from peft.tuners.lora import LoraLayer
 
@@ -276,15 +276,24 @@ class PolicyWithValue(nn.Module):
     def value_parameters(self) -> list[nn.Parameter]:
         return list(self.value_head.parameters())
 
+    def _reshard(self) -> None:
+        """Sharded: put every FSDP group back to its sharded DTensor parameters. FSDP2 leaves a root
+        group gathered after its forward, as plain tensors that reading or writing would miss."""
+        for module in self.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What PPO changes — LoRA + value head (LoRA mode) or LM + value head (full mode), as
         whole tensors. Sharded, this gathers them: a collective that every rank must call."""
+        self._reshard()
         return {
             name: p.detach().full_tensor() if isinstance(p, DTensor) else p.detach()
             for name, p in self.named_parameters() if p.requires_grad
         }
 
     def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self._reshard()
         own = dict((name, p) for name, p in self.named_parameters() if p.requires_grad)
         missing = sorted(own.keys() - state_dict.keys())
         unexpected = sorted(state_dict.keys() - own.keys())

@@ -70,11 +70,6 @@ def build_strategy(t: TrainerSettings) -> str | ModelParallelStrategy:
 def check_ppo_settings(cfg: TrainConfig) -> None:
     """Settings the schema's types cannot check, before any model is loaded."""
     ppo = cfg.ppo
-    if cfg.trainer.strategy == "fsdp2" and cfg.data.val:
-        raise UserError(
-            "data.val is not supported with trainer.strategy=fsdp2 yet: the ranks' validation shards differ "
-            "in size, and sharded sampling needs every rank in step; evaluate afterwards with `python -m app eval`"
-        )
     if cfg.data.val and cfg.trainer.val_every <= 0:
         raise UserError(f"trainer.val_every={cfg.trainer.val_every} must be positive when data.val is set")
     if ppo.advantage not in ("gae", "rloo"):
@@ -94,7 +89,10 @@ def train(cfg: TrainConfig, extra_callbacks: list | None = None) -> tuple[PPOMod
         torch.set_num_threads(cfg.trainer.cpu_threads)
     loaded = load_model(cfg.model)
     module = PPOModule(cfg, loaded, build_policy(loaded, cfg.model))
-    datamodule = PromptDataModule(cfg.data, prompts_per_step=cfg.ppo.prompts_per_step, seed=cfg.seed)
+    datamodule = PromptDataModule(
+        cfg.data, prompts_per_step=cfg.ppo.prompts_per_step, seed=cfg.seed,
+        whole_val_on_every_rank=cfg.trainer.strategy == "fsdp2",
+    )
     trainer = build_trainer(cfg, extra_callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
     return module, trainer
