@@ -30,3 +30,24 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
         pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+def answer_token_loss(model_dir, problems_path, system_prompt: str | None, instruction: str | None) -> float:
+    """Token-mean cross-entropy of the reference answers and their stop token, given the prompts
+    (`build_messages`: None is the default text): what SFT's sft/val_loss reports."""
+    from app.data.formats import iter_problems
+    from app.data.prompts import answer_text, build_messages
+    from app.models.config import ModelConfig
+    from app.models.loading import load_model
+
+    loaded = load_model(ModelConfig(family="chatglm", path=str(model_dir)))
+    total, tokens = 0.0, 0
+    for problem in iter_problems(problems_path):
+        prompt = loaded.chat.encode_prompt(loaded.tokenizer, build_messages(problem, system_prompt, instruction))
+        target = loaded.tokenizer.encode(answer_text(problem), add_special_tokens=False) + [loaded.chat.stop_token_ids[0]]
+        ids = torch.tensor([prompt + target])
+        with torch.no_grad():
+            logits = loaded.model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+        total += torch.nn.functional.cross_entropy(logits.float(), ids[0, len(prompt) :], reduction="sum").item()
+        tokens += len(target)
+    return total / tokens

@@ -1,4 +1,5 @@
-"""Real DDP and FSDP2 with 2 CPU processes (gloo), launched by the Trainer's own launcher.
+"""Real DDP and FSDP2 with 2 CPU processes (gloo), launched by the Trainer's own launcher (PPO,
+and SFT under DDP at the end).
 
 Rank 0 is handed correct answers and rank 1 garbage, so the solver metrics differ per rank: the
 logged values must be the cross-rank means, and after the PPO updates both ranks must hold
@@ -17,8 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from app.data.synthetic import generate
+from tests.builders import answer_token_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -214,3 +217,40 @@ def test_fsdp2_full_fine_tuning_with_validation(tiny_chatglm_dir, tmp_path):
     assert numbers["metrics"]["accuracy"] == pytest.approx(0.5)  # rank 0 right, rank 1 garbage, reduced
     assert (numbers["val_items"], numbers1["val_items"]) == (2 * 3, 2 * 2)  # two validation passes
     assert numbers["val"]["val/accuracy"] == pytest.approx(3 / 5)  # rank 0's 3 right of all 5
+
+
+@pytest.mark.slow
+def test_sft_under_ddp_survives_a_rank_without_usable_problems_and_reduces_val_loss(tiny_chatglm_dir, tmp_path):
+    """SFT on 2 CPU ranks. Rank 1's first batch (record 1, batch size 1) is too long: Lightning
+    refuses a skipped step under DDP, so that rank trains on a zero loss instead of crashing the
+    run. The 5 validation problems split 3 / 2 between the ranks; sft/val_loss is the token mean
+    over all 5, synced once per pass, whatever each rank's number of batches."""
+    items = [item.to_json() for item in generate(8, seed=11, infeasible_fraction=0.0)]
+    items[1]["question"] = " ".join([items[1]["question"]] * 30)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(item) + "\n" for item in items))
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(5, seed=12, infeasible_fraction=0.0)))
+    out, logs = tmp_path / "sft_model", tmp_path / "logs"
+    script = tmp_path / "sft_run.py"
+    script.write_text(
+        "import sys\nfrom app.config import SFTConfig, load_config\nfrom app.sft.cli import train_sft\n"
+        "train_sft(load_config(None, sys.argv[1:], schema_cls=SFTConfig))\n"
+    )
+    args = [
+        f"model.path={tiny_chatglm_dir}", f"output_dir={out}", f"data.train={data}", f"data.val={val}",
+        "trainer.val_every=2", "data.system_prompt=", "data.instruction=", "data.shuffle_buffer=1",
+        "sft.max_steps=4", "sft.batch_size=1", "sft.max_length=2048", "sft.lr=3e-3", "sft.warmup_steps=0",
+        "sft.lr_schedule=constant", "model.lora.enabled=false", f"trainer.root_dir={logs}",
+        "trainer.enable_progress_bar=false", "trainer.cpu_threads=1", "trainer.devices=2", "trainer.strategy=ddp",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(script), *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    events = EventAccumulator(str(next((logs / "sft").glob("version_*"))))
+    events.Reload()
+    logged = [e.value for e in events.Scalars("sft/val_loss")]
+    assert len(logged) == 2
+    assert logged[1] == pytest.approx(answer_token_loss(out, val, None, None), abs=1e-4)  # all 5, final weights

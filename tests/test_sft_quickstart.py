@@ -17,6 +17,7 @@ from app.data.synthetic import generate, imperfect_teacher, write_jsonl
 from app.errors import UserError
 from app.models.config import ModelConfig
 from app.models.loading import load_model
+from tests.builders import answer_token_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,18 +85,8 @@ def test_sft_validation_logs_the_held_out_answer_loss_of_the_current_weights(tin
     logged = [e.value for e in events.Scalars("sft/val_loss")]
     assert len(logged) == 2 and logged[1] < logged[0], logged
     # the last pass ran on the final weights: the token-mean cross-entropy of the written model
-    loaded = load_model(ModelConfig(family="chatglm", path=str(out)))
-    total, tokens = 0.0, 0
-    for problem in iter_problems(val):
-        messages = build_messages(problem, cfg.data.system_prompt, cfg.data.instruction)
-        prompt = loaded.chat.encode_prompt(loaded.tokenizer, messages)
-        target = loaded.tokenizer.encode(answer_text(problem), add_special_tokens=False) + [loaded.chat.stop_token_ids[0]]
-        ids = torch.tensor([prompt + target])
-        with torch.no_grad():
-            logits = loaded.model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
-        total += torch.nn.functional.cross_entropy(logits.float(), ids[0, len(prompt):], reduction="sum").item()
-        tokens += len(target)
-    assert abs(logged[1] - total / tokens) < 1e-4, (logged[1], total / tokens)
+    expected = answer_token_loss(out, val, cfg.data.system_prompt, cfg.data.instruction)
+    assert abs(logged[1] - expected) < 1e-4, (logged[1], expected)
     bad = load_config(None, sft_overrides(tiny_chatglm_dir, data, out, tmp_path / "logs", steps=1, **{
         "data.val": val, "trainer.val_every": 0}), schema_cls=SFTConfig)  # fmt: skip
     with pytest.raises(UserError, match="trainer.val_every=0 must be positive"):

@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
+from torchmetrics import MeanMetric
 
 from app.config import SFTConfig
 from app.data.prompts import build_messages, sft_target
@@ -44,6 +45,8 @@ class SFTModule(pl.LightningModule):
             )
         self.model = model.train()  # from_pretrained returns it in eval mode
         self.skipped_long = 0
+        # token-weighted over the whole validation pass and every rank (synced once, at its end)
+        self.val_loss, self.val_accuracy = MeanMetric(), MeanMetric()
 
     def _messages(self, problem) -> list[dict[str, str]]:
         return build_messages(problem, self.cfg.data.system_prompt, self.cfg.data.instruction)
@@ -68,8 +71,9 @@ class SFTModule(pl.LightningModule):
         labels, _ = left_pad(label_rows, IGNORE, self.device)
         return input_ids, attention_mask, labels
 
-    def answer_loss(self, problems: list) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Mean cross-entropy and argmax accuracy over the answer tokens; None if every problem was too long."""
+    def answer_loss(self, problems: list) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """Mean cross-entropy and argmax accuracy over the answer tokens, and their number; None if
+        every problem was too long."""
         encoded = self.encode(problems)
         if encoded is None:
             return None
@@ -83,24 +87,41 @@ class SFTModule(pl.LightningModule):
         with torch.no_grad():
             answer = labels[:, 1:] != IGNORE
             accuracy = (logits.argmax(-1) == labels[:, 1:])[answer].float().mean()
-        return loss, accuracy
+        return loss, accuracy, int(answer.sum())
+
+    def _zero_loss(self) -> torch.Tensor:
+        """0 through every weight, from a one-token stand-in: what a rank whose batch was all too long
+        trains on, since Lightning refuses a skipped step under DDP (its gradients all-reduce as 0)."""
+        stand_in = torch.full((1, 1), self.chat.pad_token_id, dtype=torch.long, device=self.device)
+        return 0.0 * self.model(input_ids=stand_in, use_cache=False).logits.float().sum()
 
     def training_step(self, problems: list, batch_idx: int):
         result = self.answer_loss(problems)
-        if result is None:
-            return None
-        loss, accuracy = result
-        self.log("sft/loss", loss, prog_bar=True, sync_dist=True)
-        self.log("sft/token_accuracy", accuracy, prog_bar=True, sync_dist=True)
+        if result is None and self.trainer.world_size == 1:
+            return None  # nothing to learn from this batch
+        loss, accuracy, n = result if result is not None else (self._zero_loss(), torch.zeros((), device=self.device), 0)
+        # token means over all ranks' answers (a rank with none weighs 0): one all_gather every step, on every rank
+        per_rank = self.all_gather(torch.stack([loss.detach() * n, accuracy * n, torch.tensor(float(n), device=self.device)]))
+        total = per_rank.reshape(-1, 3).sum(0)
+        if total[2] > 0:
+            self.log("sft/loss", total[0] / total[2], prog_bar=True)
+            self.log("sft/token_accuracy", total[1] / total[2], prog_bar=True)
         self.log("sft/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 
     def validation_step(self, problems: list, batch_idx: int) -> None:
         result = self.answer_loss(problems)
         if result is not None:
-            n = len(problems)
-            self.log("sft/val_loss", result[0], batch_size=n, sync_dist=True)
-            self.log("sft/val_token_accuracy", result[1], batch_size=n, sync_dist=True)
+            loss, accuracy, n = result
+            self.val_loss.update(loss, weight=n)
+            self.val_accuracy.update(accuracy, weight=n)
+
+    def on_validation_epoch_end(self) -> None:
+        """Every rank gets here, however many validation batches its shard had: the one sync point."""
+        self.log("sft/val_loss", self.val_loss.compute())
+        self.log("sft/val_token_accuracy", self.val_accuracy.compute())
+        self.val_loss.reset()
+        self.val_accuracy.reset()
 
     def configure_optimizers(self):
         s = self.cfg.sft
