@@ -26,6 +26,8 @@ def train_sft(cfg: SFTConfig) -> Path:
 
     if cfg.data.val and cfg.trainer.val_every <= 0:
         raise UserError(f"trainer.val_every={cfg.trainer.val_every} must be positive when data.val is set")
+    if cfg.trainer.strategy == "fsdp2":
+        raise UserError("trainer.strategy=fsdp2 is for `train` (PPO) only so far; run SFT with ddp")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.cpu_threads > 0:
         torch.set_num_threads(cfg.trainer.cpu_threads)
