@@ -91,10 +91,6 @@ def test_sft_validation_logs_the_held_out_answer_loss_of_the_current_weights(tin
         "data.val": val, "trainer.val_every": 0}), schema_cls=SFTConfig)  # fmt: skip
     with pytest.raises(UserError, match="trainer.val_every=0 must be positive"):
         train_sft(bad)
-    sharded = load_config(None, sft_overrides(tiny_chatglm_dir, data, out, tmp_path / "logs", steps=1, **{
-        "trainer.strategy": "fsdp2"}), schema_cls=SFTConfig)  # fmt: skip
-    with pytest.raises(UserError, match="fsdp2 is for `train`"):
-        train_sft(sharded)
 
 
 def test_sft_with_lora_merges_into_the_written_checkpoint(tiny_chatglm_dir, tmp_path):

@@ -154,9 +154,7 @@ class PolicyWithValue(nn.Module):
         if self.sharded:
             return
         for lm in [self.causal_lm] + ([self.reference] if self.reference is not None else []):
-            for block in transformer_blocks(lm):
-                fully_shard(block, mesh=mesh)
-            fully_shard(lm, mesh=mesh)
+            shard_causal_lm(lm, mesh)
         fully_shard(self.value_head, mesh=mesh)
         self.sharded = True
 
@@ -276,24 +274,15 @@ class PolicyWithValue(nn.Module):
     def value_parameters(self) -> list[nn.Parameter]:
         return list(self.value_head.parameters())
 
-    def _reshard(self) -> None:
-        """Sharded: put every FSDP group back to its sharded DTensor parameters. FSDP2 leaves a root
-        group gathered after its forward, as plain tensors that reading or writing would miss."""
-        for module in self.modules():
-            if isinstance(module, FSDPModule):
-                module.reshard()
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What PPO changes — LoRA + value head (LoRA mode) or LM + value head (full mode), as
         whole tensors. Sharded, this gathers them: a collective that every rank must call."""
-        self._reshard()
-        return {
-            name: p.detach().full_tensor() if isinstance(p, DTensor) else p.detach()
-            for name, p in self.named_parameters() if p.requires_grad
-        }
+        reshard(self)
+        return {name: full_tensor(p.detach()) for name, p in self.named_parameters() if p.requires_grad}
 
     def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self._reshard()
+        reshard(self)
         own = dict((name, p) for name, p in self.named_parameters() if p.requires_grad)
         missing = sorted(own.keys() - state_dict.keys())
         unexpected = sorted(state_dict.keys() - own.keys())
@@ -339,6 +328,27 @@ class PolicyWithValue(nn.Module):
             mine = "full fine-tuning" if self.lora_settings is None else "LoRA"
             raise UserError(f"{path}: saved in {saved} mode but this policy uses {mine}; set model.lora.enabled to match")
         self.load_trainable_state_dict(payload["state_dict"])
+
+
+def shard_causal_lm(lm: nn.Module, mesh) -> None:
+    """FSDP2 groups for a causal LM: each transformer block, then the LM as a whole (embedding,
+    final norm, head), which gathers them in its own forward."""
+    for block in transformer_blocks(lm):
+        fully_shard(block, mesh=mesh)
+    fully_shard(lm, mesh=mesh)
+
+
+def reshard(module: nn.Module) -> None:
+    """Put every FSDP group inside `module` back to its sharded DTensor parameters. FSDP2 leaves a
+    root group gathered after its forward, as plain tensors that reading or writing would miss."""
+    for sub in module.modules():
+        if isinstance(sub, FSDPModule):
+            sub.reshard()
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor gathered whole (a collective), any other tensor as it is."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def transformer_blocks(lm: nn.Module) -> nn.ModuleList:

@@ -8,9 +8,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.strategies import ModelParallelStrategy
 
-from app.config import TrainConfig, TrainerSettings
+from app.config import TrainConfig
+from app.distributed import build_strategy
 from app.data.datamodule import PromptDataModule
 from app.errors import UserError
 from app.models.loading import load_model
@@ -52,18 +52,6 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None) -> pl.T
         # with data.val: every val_every PPO steps (the prompt stream has no epochs)
         val_check_interval=t.val_every if cfg.data.val else None,
         check_val_every_n_epoch=None if cfg.data.val else 1,
-    )
-
-
-def build_strategy(t: TrainerSettings) -> str | ModelParallelStrategy:
-    """`fsdp2`: FSDP2 through Lightning's ModelParallelStrategy (data parallel over every device,
-    no tensor parallelism; PPOModule.configure_model shards the policy). Any other name goes to
-    Lightning as it is."""
-    if t.strategy != "fsdp2":
-        return t.strategy
-    # one file on rank 0 with the trainable weights only (PPOModule.state_dict), as with DDP
-    return ModelParallelStrategy(
-        data_parallel_size=t.devices * t.num_nodes, tensor_parallel_size=1, save_distributed_checkpoint=False
     )
 
 

@@ -20,23 +20,25 @@ def train_sft(cfg: SFTConfig) -> Path:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from app.data.datamodule import PromptDataModule
+    from app.distributed import build_strategy
     from app.models.export import write_checkpoint
     from app.models.loading import load_model
     from app.sft.module import SFTModule
 
     if cfg.data.val and cfg.trainer.val_every <= 0:
         raise UserError(f"trainer.val_every={cfg.trainer.val_every} must be positive when data.val is set")
-    if cfg.trainer.strategy == "fsdp2":
-        raise UserError("trainer.strategy=fsdp2 is for `train` (PPO) only so far; run SFT with ddp")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.cpu_threads > 0:
         torch.set_num_threads(cfg.trainer.cpu_threads)
     loaded = load_model(cfg.model)
     module = SFTModule(cfg, loaded)
-    datamodule = PromptDataModule(cfg.data, prompts_per_step=cfg.sft.batch_size, seed=cfg.seed)
+    datamodule = PromptDataModule(
+        cfg.data, prompts_per_step=cfg.sft.batch_size, seed=cfg.seed,
+        whole_val_on_every_rank=cfg.trainer.strategy == "fsdp2",
+    )
     t = cfg.trainer
     trainer = pl.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(t),
         precision=t.precision, max_steps=cfg.sft.max_steps, max_epochs=-1,
         gradient_clip_val=cfg.sft.max_grad_norm, logger=TensorBoardLogger(t.root_dir, name=cfg.run_name),
         log_every_n_steps=t.log_every_n_steps, enable_checkpointing=False,
@@ -45,6 +47,11 @@ def train_sft(cfg: SFTConfig) -> Path:
     )
     trainer.fit(module, datamodule=datamodule)
     out = Path(cfg.output_dir)
+    if module.sharded:  # gather on every rank; rank 0 puts the weights into an unsharded copy
+        state = module.full_state_dict()
+        if trainer.is_global_zero:
+            module = SFTModule(cfg, load_model(cfg.model))
+            module.model.load_state_dict(state)
     if trainer.is_global_zero:
         model = module.model
         if cfg.model.lora.enabled:

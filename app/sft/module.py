@@ -13,14 +13,15 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model
+from lightning.pytorch.strategies import ModelParallelStrategy
+from peft import LoraConfig, PeftModel, get_peft_model
 from torchmetrics import MeanMetric
 
 from app.config import SFTConfig
 from app.data.prompts import build_messages, sft_target
 from app.models.generation import left_pad, positions_from_mask
 from app.models.loading import LoadedModel
-from app.models.policy import default_target_modules
+from app.models.policy import default_target_modules, full_tensor, reshard, shard_causal_lm
 from app.optim import lr_lambda
 
 IGNORE = -100
@@ -45,8 +46,21 @@ class SFTModule(pl.LightningModule):
             )
         self.model = model.train()  # from_pretrained returns it in eval mode
         self.skipped_long = 0
+        self.sharded = False  # set by configure_model under trainer.strategy=fsdp2
         # token-weighted over the whole validation pass and every rank (synced once, at its end)
         self.val_loss, self.val_accuracy = MeanMetric(), MeanMetric()
+
+    def configure_model(self) -> None:
+        """With `trainer.strategy=fsdp2`: shard the LM (each block, then the LM as a whole)."""
+        if isinstance(self.trainer.strategy, ModelParallelStrategy) and not self.sharded:
+            lm = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+            shard_causal_lm(lm, self.device_mesh["data_parallel"])
+            self.sharded = True
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's whole state (gathered when sharded: a collective that every rank must call)."""
+        reshard(self.model)
+        return {name: full_tensor(t) for name, t in self.model.state_dict().items()}
 
     def _messages(self, problem) -> list[dict[str, str]]:
         return build_messages(problem, self.cfg.data.system_prompt, self.cfg.data.instruction)
@@ -110,7 +124,11 @@ class SFTModule(pl.LightningModule):
         return loss
 
     def validation_step(self, problems: list, batch_idx: int) -> None:
-        result = self.answer_loss(problems)
+        if self.sharded:  # every rank has the whole batch and scores its slice of it, in step
+            problems = problems[self.global_rank :: self.trainer.world_size]
+        result = self.answer_loss(problems) if problems else None
+        if result is None and self.sharded:
+            self._zero_loss()  # each forward of a sharded model is a collective: take part in this one
         if result is not None:
             loss, accuracy, n = result
             self.val_loss.update(loss, weight=n)
