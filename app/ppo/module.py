@@ -198,13 +198,14 @@ class PPOModule(pl.LightningModule):
         """Sample `samples_per_prompt` responses per problem and decode them."""
         copies = self.cfg.ppo.samples_per_prompt
         prompts, kept = self._encode(problems, copies)
-        # Every rank trains on the same number of rows, or the ranks' gradient all-reduces would
-        # stop matching up (DDP hangs): a rank that skipped long prompts makes the others leave
+        # Every rank trains on the same number of rows, or the ranks' gradient all-reduces (DDP,
+        # FSDP2) would stop pairing up: a rank that skipped long prompts makes the others leave
         # out as many problems (whole groups of samples, as RLOO needs).
         n_problems = len(prompts) // copies
         common = self._min_across_ranks(n_problems)
         if common < n_problems:
-            self.print(f"rank {self.global_rank}: {n_problems - common} problems left out so every rank trains on {common}")
+            print(f"rank {self.global_rank}: {n_problems - common} problems left out so every rank trains on {common}",
+                  flush=True)  # from any rank (self.print is rank 0's only)
             prompts, kept = prompts[: common * copies], kept[: common * copies]
         if not prompts:
             return None
