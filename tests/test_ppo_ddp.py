@@ -220,16 +220,16 @@ def test_fsdp2_full_fine_tuning_with_validation(tiny_chatglm_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+@pytest.mark.parametrize(("strategy", "lora"), [("ddp", False), ("fsdp2", False), ("fsdp2", True)])
 def test_sft_on_two_ranks_survives_a_rank_without_usable_problems_and_reduces_val_loss(
-    strategy, tiny_chatglm_dir, tmp_path
+    strategy, lora, tiny_chatglm_dir, tmp_path
 ):
     """SFT on 2 CPU ranks. Rank 1's first batch (record 1, batch size 1) is too long: Lightning
     refuses a skipped step under DDP, so that rank trains on a zero loss instead of crashing the
     run. The 5 validation problems split 3 / 2 between the ranks (DDP: by shard; fsdp2: every rank
     reads each batch and scores its slice, a stand-in forward when it has none); sft/val_loss is
     the token mean over all 5, synced once per pass. With fsdp2 the written model is gathered from
-    the shards: its loss is what the last pass logged."""
+    the shards (with LoRA, then merged): its loss is what the last pass logged."""
     items = [item.to_json() for item in generate(8, seed=11, infeasible_fraction=0.0)]
     items[1]["question"] = " ".join([items[1]["question"]] * 30)
     data = tmp_path / "train.jsonl"
@@ -246,7 +246,7 @@ def test_sft_on_two_ranks_survives_a_rank_without_usable_problems_and_reduces_va
         f"model.path={tiny_chatglm_dir}", f"output_dir={out}", f"data.train={data}", f"data.val={val}",
         "trainer.val_every=2", "data.system_prompt=", "data.instruction=", "data.shuffle_buffer=1",
         "sft.max_steps=4", "sft.batch_size=1", "sft.max_length=2048", "sft.lr=3e-3", "sft.warmup_steps=0",
-        "sft.lr_schedule=constant", "model.lora.enabled=false", f"trainer.root_dir={logs}",
+        "sft.lr_schedule=constant", f"model.lora.enabled={str(lora).lower()}", f"trainer.root_dir={logs}",
         "trainer.enable_progress_bar=false", "trainer.cpu_threads=1", "trainer.devices=2", f"trainer.strategy={strategy}",
     ]
     proc = subprocess.run(

@@ -331,8 +331,9 @@ class PolicyWithValue(nn.Module):
 
 
 def shard_causal_lm(lm: nn.Module, mesh) -> None:
-    """FSDP2 groups for a causal LM: each transformer block, then the LM as a whole (embedding,
-    final norm, head), which gathers them in its own forward."""
+    """FSDP2 groups for a causal LM (or a wrapper around one, such as a PeftModel): each transformer
+    block, then `lm` as a whole (embedding, final norm, head), gathered when `lm` is called — so
+    `lm` must be the module the caller calls."""
     for block in transformer_blocks(lm):
         fully_shard(block, mesh=mesh)
     fully_shard(lm, mesh=mesh)

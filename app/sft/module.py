@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.strategies import ModelParallelStrategy
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from torchmetrics import MeanMetric
 
 from app.config import SFTConfig
@@ -51,10 +51,11 @@ class SFTModule(pl.LightningModule):
         self.val_loss, self.val_accuracy = MeanMetric(), MeanMetric()
 
     def configure_model(self) -> None:
-        """With `trainer.strategy=fsdp2`: shard the LM (each block, then the LM as a whole)."""
+        """With `trainer.strategy=fsdp2`: shard the model (each block, then the model as a whole).
+        The whole is the module training calls: with LoRA the PeftModel, whose forward reaches the
+        LM through `.forward`, past the LM's own FSDP hooks."""
         if isinstance(self.trainer.strategy, ModelParallelStrategy) and not self.sharded:
-            lm = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
-            shard_causal_lm(lm, self.device_mesh["data_parallel"])
+            shard_causal_lm(self.model, self.device_mesh["data_parallel"])
             self.sharded = True
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
