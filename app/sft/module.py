@@ -106,7 +106,8 @@ class SFTModule(pl.LightningModule):
 
     def _zero_loss(self) -> torch.Tensor:
         """0 through every weight, from a one-token stand-in: what a rank whose batch was all too long
-        trains on, since Lightning refuses a skipped step under DDP (its gradients all-reduce as 0)."""
+        trains on, since Lightning refuses a skipped step under DDP. Its zero gradients join the
+        all-reduce, so that step learns from the other ranks' rows (averaged over all ranks)."""
         stand_in = torch.full((1, 1), self.chat.pad_token_id, dtype=torch.long, device=self.device)
         return 0.0 * self.model(input_ids=stand_in, use_cache=False).logits.float().sum()
 
