@@ -133,15 +133,6 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
 
 
-def all_finished(finished: torch.Tensor, collective: bool) -> bool:
-    """(B,) bool -> whether decoding can stop here (on every rank, with `collective`)."""
-    done = finished.all()
-    if collective:
-        done = done.to(torch.int32)
-        torch.distributed.all_reduce(done, op=torch.distributed.ReduceOp.MIN)
-    return bool(done)
-
-
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -153,16 +144,13 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     keep_logprobs: bool = False,
-    collective_stop: bool = False,
 ) -> Generation:
     """Sample up to `sampling.max_new_tokens` tokens per prompt; a row ends at its first stop token.
 
     `use_cache=False` re-runs the whole sequence every step (the benchmark's baseline).
     `keep_logprobs`: also return each token's log-prob (logits / temperature, before top-k/top-p,
     as a full scoring pass computes it) and the hidden state that predicted it, so PPO can skip its
-    own policy pass. `collective_stop`: the model's parameters are sharded across the ranks of
-    torch.distributed (FSDP2), so every forward is a collective: the loop ends when every rank's
-    rows are finished, not this rank's. The model's train/eval mode is left as the caller set it.
+    own policy pass. The model's train/eval mode is left as the caller set it.
     """
     device = next(model.parameters()).device
     input_ids, attention_mask = left_pad(prompts, pad_token_id, device)  # (B, P)
@@ -206,7 +194,7 @@ def generate(
         step_ids = token[:, None]  # (B, 1)
         seq_ids = torch.cat([seq_ids, step_ids], dim=1)
         seq_mask = torch.cat([seq_mask, alive[-1][:, None].long()], dim=1)
-        if all_finished(finished, collective_stop):
+        if bool(finished.all()):
             break
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -148,8 +148,9 @@ class PolicyWithValue(nn.Module):
         head; sampling and scoring call the LM directly) and the value head. Every group gathers its
         parameters in its own forward, so the module works as before, a group at a time.
 
-        While sharded, sampling runs with the adapter unmerged (`merged_lora` swaps weight tensors,
-        which sharded parameters do not allow) and ends only when every rank is done.
+        While sharded, sampling gathers the LM once per call and keeps it gathered to the end
+        (`gathered`), and runs with the adapter unmerged (`merged_lora` swaps weight tensors, which
+        FSDP-managed parameters do not allow).
         """
         if self.sharded:
             return
@@ -256,13 +257,18 @@ class PolicyWithValue(nn.Module):
 
         With LoRA and `lora.merge_for_sampling` the adapter is folded into the base weights for the
         duration (`merged_lora`): each decoding step then runs one matmul per layer instead of three.
+        Sharded (FSDP2), the LM is gathered once for the call instead (`gathered`).
         """
-        merge = self.lora_settings is not None and self.lora_settings["merge_for_sampling"] and not self.sharded
-        with merged_lora(self.model) if merge else contextlib.nullcontext():
+        if self.sharded:
+            context = gathered(self.causal_lm)
+        elif self.lora_settings is not None and self.lora_settings["merge_for_sampling"]:
+            context = merged_lora(self.model)
+        else:
+            context = contextlib.nullcontext()
+        with context:
             return generate(
                 self.causal_lm, prompts, pad_token_id=self.pad_token_id, stop_token_ids=self.stop_token_ids,
                 sampling=sampling, generator=generator, use_cache=use_cache, keep_logprobs=keep_logprobs,
-                collective_stop=self.sharded,
             )
 
     # ---- parameters and checkpoints ------------------------------------------------------------
@@ -337,6 +343,23 @@ def shard_causal_lm(lm: nn.Module, mesh) -> None:
     for block in transformer_blocks(lm):
         fully_shard(block, mesh=mesh)
     fully_shard(lm, mesh=mesh)
+
+
+@contextlib.contextmanager
+def gathered(lm: nn.Module) -> Iterator[None]:
+    """A sharded LM (`shard_causal_lm`) keeps the parameters its first forward gathers until the
+    block ends: sampling gathers each group once per call instead of once per decoding step, and
+    the steps after the first need no collective, so ranks may stop decoding at different steps.
+    The price: the whole LM on every rank meanwhile. On exit every group is resharded and set back
+    to FSDP2's defaults (blocks reshard after forward, the root group `lm` does not)."""
+    lm.set_reshard_after_forward(False)
+    try:
+        yield
+    finally:
+        for module in lm.modules():
+            if isinstance(module, FSDPModule) and module is not lm:
+                module.set_reshard_after_forward(True, recurse=False)
+        reshard(lm)
 
 
 def reshard(module: nn.Module) -> None:
