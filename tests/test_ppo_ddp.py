@@ -147,6 +147,7 @@ def test_ddp_ranks_with_different_numbers_of_usable_prompts_train_in_step(tiny_c
     for key in r0:
         assert torch.equal(r0[key], r1[key]), key
     assert proc.stdout.count("rank 0: 1 problems left out so every rank trains on 1") == 1, proc.stdout[-2000:]
+    assert "problem train-00001: prompt of" in proc.stdout  # rank 1 reports its own skipped problem
     m0, m1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert len(m0["scores"]) == len(m1["scores"])
 

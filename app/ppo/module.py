@@ -187,7 +187,8 @@ class PPOModule(pl.LightningModule):
         for problem in problems:
             ids = self.chat.encode_prompt(self.tokenizer, self._messages(problem))
             if len(ids) > limit:
-                self.print(f"problem {problem.id}: prompt of {len(ids)} tokens > data.max_prompt_tokens={limit}, skipped")
+                # print, not self.print: each rank reports the problems of its own shard
+                print(f"problem {problem.id}: prompt of {len(ids)} tokens > data.max_prompt_tokens={limit}, skipped", flush=True)
                 continue
             prompts += [ids] * copies
             kept += [problem] * copies
@@ -205,7 +206,7 @@ class PPOModule(pl.LightningModule):
         common = self._min_across_ranks(n_problems)
         if common < n_problems:
             print(f"rank {self.global_rank}: {n_problems - common} problems left out so every rank trains on {common}",
-                  flush=True)  # from any rank (self.print is rank 0's only)
+                  flush=True)
             prompts, kept = prompts[: common * copies], kept[: common * copies]
         if not prompts:
             return None

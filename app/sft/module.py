@@ -75,8 +75,8 @@ class SFTModule(pl.LightningModule):
             target = self.tokenizer.encode(sft_target(problem), add_special_tokens=False) + [eos]
             if len(prompt) + len(target) > self.cfg.sft.max_length:
                 self.skipped_long += 1
-                self.print(f"problem {problem.id}: {len(prompt) + len(target)} tokens > sft.max_length="
-                           f"{self.cfg.sft.max_length}, skipped")
+                print(f"problem {problem.id}: {len(prompt) + len(target)} tokens > sft.max_length="  # every rank its own
+                      f"{self.cfg.sft.max_length}, skipped", flush=True)
                 continue
             rows.append(prompt + target)
             label_rows.append([IGNORE] * len(prompt) + target)
