@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -147,6 +148,21 @@ def test_logprobs_from_sampling_train_like_a_separate_policy_pass(tiny_chatglm_d
     apart = max(float((weights[True][k] - v).abs().max()) for k, v in weights[False].items())
     # Adam at lr 1e-2 moves each weight by ~1e-2 per step; rounding-level gradient differences stay far below
     assert moved > 1e-2 and apart < 1e-3, (moved, apart)
+
+
+def test_bf16_true_precision_trains_lora_and_value_head(tiny_chatglm_dir, problems_file, tmp_path):
+    """trainer.precision=bf16-true (what the real-model configs use) casts the whole module, value
+    head included; PPO with GAE still trains both, and values come out as fp32."""
+    from app.cli import main
+
+    args = overrides(tiny_chatglm_dir, problems_file, tmp_path, **{
+        "model.dtype": "bfloat16", "trainer.precision": "bf16-true", "ppo.advantage": "gae"})  # fmt: skip
+    assert main(["train", *args]) == 0
+    trained = torch.load(run_dir(tmp_path) / "trainable.pt", weights_only=True)["state_dict"]
+    assert {v.dtype for v in trained.values()} == {torch.bfloat16}
+    assert any(float(v.abs().max()) > 0 for k, v in trained.items() if "lora_B" in k)
+    assert float(trained["value_head.proj.weight"].float().abs().max()) > 0
+    assert all(math.isfinite(x) for x in scalars(run_dir(tmp_path))["train/value_loss"])
 
 
 def test_rloo_needs_several_samples_per_prompt(tiny_chatglm_dir, problems_file, tmp_path):

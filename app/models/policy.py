@@ -4,7 +4,7 @@ One model, three roles:
 - policy: the LM with its LoRA adapter on (the only weights PPO trains, besides the value head);
 - reference: the same weights with the adapter disabled — no second copy (in full fine-tuning
   mode, `lora.enabled: false`, a frozen deep copy instead);
-- value head: Linear(hidden, 1) in fp32 on the final (post-norm, batch-first) hidden states.
+- value head: Linear(hidden, 1), fp32 unless bf16-true casts it, on the final (post-norm, batch-first) hidden states.
 
 Alignment (used by GAE): for a sequence whose response starts at column `s`, response token t
 sits at column s+t and is predicted from the hidden state at column s+t-1. `values[:, t]` is read
@@ -95,7 +95,9 @@ def entropy_from_logsumexp(logits: torch.Tensor, lse: torch.Tensor) -> torch.Ten
 
 
 class ValueHead(nn.Module):
-    """Scalar value per position from final hidden states, in fp32 whatever the model dtype."""
+    """Scalar value per position from final hidden states. Built in fp32 whatever the model dtype;
+    `trainer.precision=bf16-true` casts it with the rest of the module, and it then computes in
+    its weights' dtype. Its output is fp32 either way."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -106,7 +108,7 @@ class ValueHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, T, H) -> (B, T)"""
-        return self.proj(hidden.float()).squeeze(-1)
+        return self.proj(hidden.to(self.proj.weight.dtype)).float().squeeze(-1)
 
 
 class PolicyWithValue(nn.Module):
