@@ -165,6 +165,29 @@ def test_bf16_true_precision_trains_lora_and_value_head(tiny_chatglm_dir, proble
     assert all(math.isfinite(x) for x in scalars(run_dir(tmp_path))["train/value_loss"])
 
 
+GPU_CONFIGS = ["chatglm3_6b_lora", "chatglm3_6b_lora_4gpu", "glm4_9b_lora"]
+
+
+@pytest.mark.parametrize("name", GPU_CONFIGS)
+def test_each_shipped_gpu_config_trains_on_the_tiny_model(name, tiny_chatglm_dir, problems_file, tmp_path):
+    """Every setting of the real-model configs (bf16-true, gradient checkpointing, LoRA dropout,
+    grad accumulation, partial and adaptive KL, ...) on the CPU: only the model, the device, the
+    sizes and the run length are overridden."""
+    from app.cli import main
+
+    assert sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if not p.stem.startswith("quickstart")) == GPU_CONFIGS
+    args = [
+        str(ROOT / "configs" / f"{name}.yaml"), f"model.path={tiny_chatglm_dir}", "model.chat_format=auto",
+        f"data.train={problems_file}", "data.max_prompt_tokens=2048", "trainer.accelerator=cpu", "trainer.devices=1",
+        "trainer.strategy=auto",
+        "sampling.max_new_tokens=8", "ppo.prompts_per_step=2", "evaluation.workers=1", "trainer.max_steps=2",
+        f"trainer.root_dir={tmp_path}", "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
+    ]
+    assert main(["train", *args]) == 0
+    trained = torch.load(run_dir(tmp_path, name) / "trainable.pt", weights_only=True)["state_dict"]
+    assert any(float(v.float().abs().max()) > 0 for k, v in trained.items() if "lora_B" in k)
+
+
 def test_rloo_needs_several_samples_per_prompt(tiny_chatglm_dir, problems_file, tmp_path):
     from app.cli import main
 
