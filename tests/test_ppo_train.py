@@ -178,10 +178,10 @@ def test_each_shipped_gpu_config_trains_on_the_tiny_model(name, tiny_chatglm_dir
     assert sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if not p.stem.startswith("quickstart")) == GPU_CONFIGS
     args = [
         str(ROOT / "configs" / f"{name}.yaml"), f"model.path={tiny_chatglm_dir}", "model.chat_format=auto",
-        f"data.train={problems_file}", "data.max_prompt_tokens=2048", "trainer.accelerator=cpu", "trainer.devices=1",
-        "trainer.strategy=auto",
-        "sampling.max_new_tokens=8", "ppo.prompts_per_step=2", "evaluation.workers=1", "trainer.max_steps=2",
-        f"trainer.root_dir={tmp_path}", "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
+        f"data.train={problems_file}", "data.max_prompt_tokens=2048", "sampling.max_new_tokens=8",
+        "ppo.prompts_per_step=2", "evaluation.workers=1", "trainer.max_steps=2", "trainer.accelerator=cpu",
+        "trainer.devices=1", "trainer.strategy=auto", f"trainer.root_dir={tmp_path}",
+        "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
     ]
     assert main(["train", *args]) == 0
     trained = torch.load(run_dir(tmp_path, name) / "trainable.pt", weights_only=True)["state_dict"]
