@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -150,6 +151,10 @@ def _as_is(batch: list[Problem]) -> list[Problem]:
     return batch
 
 
+def _every_nth(batch: list[Problem], start: int, step: int) -> list[Problem]:
+    return batch[start::step]
+
+
 class PromptDataModule(pl.LightningDataModule):
     """Train (endless, shuffled) and optional val (one pass, in order) batches of `prompts_per_step` Problems.
 
@@ -158,8 +163,9 @@ class PromptDataModule(pl.LightningDataModule):
     back through `load_state_dict()` before the dataloaders are built.
 
     `whole_val_on_every_rank`: every rank reads the same val batches, `prompts_per_step` x world
-    size problems each, instead of its own shard (sharded models answer them a slice per rank, in
-    step: see PPOModule.validation_step).
+    size problems each, and gets every world-size-th problem of each, instead of a shard of its
+    own: all ranks then see the same number of batches (a sharded model needs every rank in each
+    forward), and a rank may get an empty one.
     """
 
     def __init__(self, settings: DataSettings, prompts_per_step: int, seed: int = 0, whole_val_on_every_rank: bool = False):
@@ -176,9 +182,9 @@ class PromptDataModule(pl.LightningDataModule):
         self.whole_val_on_every_rank = whole_val_on_every_rank
         self.train_batches = 0
 
-    def _loader(self, dataset: PromptDataset) -> DataLoader:
+    def _loader(self, dataset: PromptDataset, collate=_as_is) -> DataLoader:
         workers = self.settings.num_workers
-        return DataLoader(dataset, batch_size=None, collate_fn=_as_is, num_workers=workers, persistent_workers=False)
+        return DataLoader(dataset, batch_size=None, collate_fn=collate, num_workers=workers, persistent_workers=False)
 
     def train_dataloader(self) -> DataLoader:
         s = self.settings
@@ -199,11 +205,11 @@ class PromptDataModule(pl.LightningDataModule):
         if not s.val:
             return []  # Lightning runs no validation
         if self.whole_val_on_every_rank:
-            world = self.trainer.world_size if self.trainer is not None else 1
+            rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
             dataset = PromptDataset(s.val, self.prompts_per_step * world, fmt=s.format, on_bad_line=s.on_bad_line,
                                     rank=0, world_size=1)
-        else:
-            dataset = PromptDataset(s.val, self.prompts_per_step, fmt=s.format, on_bad_line=s.on_bad_line)
+            return self._loader(dataset, partial(_every_nth, start=rank, step=world))
+        dataset = PromptDataset(s.val, self.prompts_per_step, fmt=s.format, on_bad_line=s.on_bad_line)
         return self._loader(dataset)
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):

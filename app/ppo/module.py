@@ -230,8 +230,6 @@ class PPOModule(pl.LightningModule):
     def validation_step(self, problems: list, batch_idx: int) -> None:
         """Greedy answers to held-out problems (`data.val`), scored by the solver: what PPO is meant
         to raise. The scorer logs val/accuracy, val/reward, ... once per validation pass."""
-        if self.policy.sharded:  # every rank has the whole batch and answers its slice of it, in step
-            problems = problems[self.global_rank :: self.trainer.world_size]
         prompts, kept = self._encode(problems, copies=1)
         if self.policy.sharded and not prompts:
             # each forward of a sharded model is a collective: answer a stand-in prompt, unscored

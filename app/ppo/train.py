@@ -10,8 +10,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from app.config import TrainConfig
-from app.distributed import build_strategy
 from app.data.datamodule import PromptDataModule
+from app.distributed import build_strategy, shards_model
 from app.errors import UserError
 from app.models.loading import load_model
 from app.models.policy import build_policy
@@ -79,7 +79,7 @@ def train(cfg: TrainConfig, extra_callbacks: list | None = None) -> tuple[PPOMod
     module = PPOModule(cfg, loaded, build_policy(loaded, cfg.model))
     datamodule = PromptDataModule(
         cfg.data, prompts_per_step=cfg.ppo.prompts_per_step, seed=cfg.seed,
-        whole_val_on_every_rank=cfg.trainer.strategy == "fsdp2",
+        whole_val_on_every_rank=shards_model(cfg.trainer),
     )
     trainer = build_trainer(cfg, extra_callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)

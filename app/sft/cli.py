@@ -20,7 +20,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from app.data.datamodule import PromptDataModule
-    from app.distributed import build_strategy
+    from app.distributed import build_strategy, shards_model
     from app.models.export import write_checkpoint
     from app.models.loading import load_model
     from app.sft.module import SFTModule
@@ -34,7 +34,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     module = SFTModule(cfg, loaded)
     datamodule = PromptDataModule(
         cfg.data, prompts_per_step=cfg.sft.batch_size, seed=cfg.seed,
-        whole_val_on_every_rank=cfg.trainer.strategy == "fsdp2",
+        whole_val_on_every_rank=shards_model(cfg.trainer),
     )
     t = cfg.trainer
     trainer = pl.Trainer(

@@ -113,9 +113,11 @@ class SFTModule(pl.LightningModule):
 
     def training_step(self, problems: list, batch_idx: int):
         result = self.answer_loss(problems)
-        if result is None and self.trainer.world_size == 1:
-            return None  # nothing to learn from this batch
-        loss, accuracy, n = result if result is not None else (self._zero_loss(), torch.zeros((), device=self.device), 0)
+        if result is None:
+            if self.trainer.world_size == 1:
+                return None  # nothing to learn from this batch
+            result = (self._zero_loss(), torch.zeros((), device=self.device), 0)
+        loss, accuracy, n = result
         # token means over all ranks' answers (a rank with none weighs 0): one all_gather every step, on every rank
         per_rank = self.all_gather(torch.stack([loss.detach() * n, accuracy * n, torch.tensor(float(n), device=self.device)]))
         total = per_rank.reshape(-1, 3).sum(0)
@@ -126,9 +128,7 @@ class SFTModule(pl.LightningModule):
         return loss
 
     def validation_step(self, problems: list, batch_idx: int) -> None:
-        if self.sharded:  # every rank has the whole batch and scores its slice of it, in step
-            problems = problems[self.global_rank :: self.trainer.world_size]
-        result = self.answer_loss(problems) if problems else None
+        result = self.answer_loss(problems) if problems else None  # sharded, a rank's slice may be empty
         if result is None and self.sharded:
             self._zero_loss()  # each forward of a sharded model is a collective: take part in this one
         if result is not None:
