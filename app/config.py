@@ -77,7 +77,7 @@ class TrainerSettings:
     accelerator: str = "cpu"
     devices: int = 1
     num_nodes: int = 1
-    strategy: str = "auto"  # auto | ddp | fsdp2 (FSDP2, tested on CPU) | fsdp | deepspeed ... (passed to Lightning)
+    strategy: str = "auto"  # auto | ddp | fsdp2 (FSDP2); other Lightning names pass through, but fsdp and deepspeed are refused
     precision: str = "32-true"
     log_every_n_steps: int = 1
     sample_log_every: int = 10  # text table of samples in TensorBoard every N steps

@@ -5,6 +5,20 @@ from __future__ import annotations
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from app.config import TrainerSettings
+from app.errors import UserError
+
+# Lightning strategies (by name prefix) whose sharding the app's modules cannot work with, and why.
+UNSUPPORTED_STRATEGIES = {
+    "fsdp": (
+        "Lightning's FSDP1 gathers parameters only inside the wrapped module's forward, while PPO samples and scores "
+        "through the inner modules and runs several forward/backward passes per step, and `sft` writes its model "
+        "from unsharded weights"
+    ),
+    "deepspeed": (
+        "ZeRO moves gradients into its own partitions, so the check that skips non-finite gradients would see none, "
+        "stage 3 partitions the weights that sampling merges LoRA into, and `sft` writes its model from unsharded weights"
+    ),
+}
 
 
 def shards_model(t: TrainerSettings) -> bool:
@@ -12,10 +26,21 @@ def shards_model(t: TrainerSettings) -> bool:
     return t.strategy == "fsdp2"
 
 
+def check_strategy(t: TrainerSettings) -> None:
+    """Fail before any model is loaded on a strategy the modules cannot run under."""
+    for prefix, why in UNSUPPORTED_STRATEGIES.items():
+        if t.strategy.startswith(prefix) and not shards_model(t):
+            raise UserError(
+                f"trainer.strategy={t.strategy} is not supported: {why}. "
+                "Use trainer.strategy=fsdp2 (FSDP2, sharded) or ddp (or auto on one device)."
+            )
+
+
 def build_strategy(t: TrainerSettings) -> str | ModelParallelStrategy:
     """`fsdp2`: FSDP2 through Lightning's ModelParallelStrategy (data parallel over every device,
-    no tensor parallelism; the modules' `configure_model` shards their model). Any other name
-    goes to Lightning as it is."""
+    no tensor parallelism; the modules' `configure_model` shards their model). Other names go to
+    Lightning as they are, but FSDP1 and DeepSpeed (`check_strategy`)."""
+    check_strategy(t)
     if not shards_model(t):
         return t.strategy
     # checkpoints: one file on rank 0 with what the module's state_dict holds (PPO: the trainable weights), as with DDP

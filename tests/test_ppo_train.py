@@ -357,3 +357,19 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_run(tiny_chatglm_dir, 
         assert torch.equal(straight[key], resumed[key]), key
     # and the resumed run really did continue: its log starts at iteration 3
     assert len(scalars(run_dir(killed_root))["train/kl"]) == 1
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "fsdp_cpu_offload", "deepspeed", "deepspeed_stage_2"])
+def test_fsdp1_and_deepspeed_are_refused_before_any_model_loads(strategy, problems_file, tmp_path, capsys):
+    """The model path does not exist: the strategy error must come first, naming what to use."""
+    from app.cli import main
+
+    missing = tmp_path / "no-such-model"
+    strategy_arg = f"trainer.strategy={strategy}"
+    sft_args = [f"model.path={missing}", f"data.train={problems_file}", f"output_dir={tmp_path / 'sft'}", strategy_arg]
+    for argv in (["train", *overrides(missing, problems_file, tmp_path), strategy_arg], ["sft", *sft_args]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"trainer.strategy={strategy} is not supported" in err
+        assert "Use trainer.strategy=fsdp2" in err
+        assert "no-such-model" not in err

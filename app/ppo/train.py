@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from app.config import TrainConfig
 from app.data.datamodule import PromptDataModule
-from app.distributed import build_strategy, shards_model
+from app.distributed import build_strategy, check_strategy, shards_model
 from app.errors import UserError
 from app.models.loading import load_model
 from app.models.policy import build_policy
@@ -58,6 +58,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None) -> pl.T
 def check_ppo_settings(cfg: TrainConfig) -> None:
     """Settings the schema's types cannot check, before any model is loaded."""
     ppo = cfg.ppo
+    check_strategy(cfg.trainer)
     if cfg.data.val and cfg.trainer.val_every <= 0:
         raise UserError(f"trainer.val_every={cfg.trainer.val_every} must be positive when data.val is set")
     if ppo.advantage not in ("gae", "rloo"):

@@ -20,13 +20,14 @@ def train_sft(cfg: SFTConfig) -> Path:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from app.data.datamodule import PromptDataModule
-    from app.distributed import build_strategy, shards_model
+    from app.distributed import build_strategy, check_strategy, shards_model
     from app.models.export import write_checkpoint
     from app.models.loading import load_model
     from app.sft.module import SFTModule
 
     if cfg.data.val and cfg.trainer.val_every <= 0:
         raise UserError(f"trainer.val_every={cfg.trainer.val_every} must be positive when data.val is set")
+    check_strategy(cfg.trainer)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.cpu_threads > 0:
         torch.set_num_threads(cfg.trainer.cpu_threads)
