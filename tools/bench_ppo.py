@@ -23,8 +23,11 @@ problem's answer and reference model.
   `batched_forward_pass`, the update is the rest of `step`.
 
 Each side runs in a fresh subprocess: 1 warm-up iteration, then --iters timed ones; the table
-shows medians. Memory is the peak RSS of that process (ru_maxrss) minus its RSS after imports,
-so model, optimizer state, activations and caches count and the libraries' import cost does not.
+shows medians. Memory on CPU is the peak RSS of that process (ru_maxrss) minus its RSS after
+imports, so model, optimizer state, activations and caches count and the libraries' import cost
+does not; with --device cuda it is the process's peak CUDA allocation (torch.cuda.max_memory_allocated).
+--device cuda runs both sides on the first GPU (ours: the Trainer's `gpu` accelerator; TRL: its
+Accelerator's device), both in fp32; it has not been run yet (no GPU so far).
 The last line is one JSON object: {"time_vs_trl": ours/TRL, "memory_vs_trl": ours/TRL, and the same two
 for "ours, recompute" as "recompute_time_vs_trl", "recompute_memory_vs_trl"}.
 Targets: time <= 0.7, memory <= 1.0.
@@ -166,6 +169,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def used_memory_mb(device: str, rss_after_imports_mb: float) -> float:
+    """What one side's run allocated: its peak CUDA allocation on a GPU, else peak RSS minus the RSS after imports."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return peak_rss_mb() - rss_after_imports_mb
+
+
 # ----------------------------------------------------------------------------- our side
 
 
@@ -201,6 +213,7 @@ def run_ours(fixture: Path, logprobs_from_sampling: bool) -> dict:
                           max_prompt_tokens=s["prompt_tokens"], system_prompt="", instruction=""),
         evaluation=EvaluationConfig(workers=s["workers"]),
         trainer=TrainerSettings(max_steps=s["warmup"] + s["iters"], root_dir=str(fixture / "logs"),
+                                accelerator="gpu" if s["device"] == "cuda" else "cpu", devices=1,
                                 enable_progress_bar=False, checkpoint_every=0, sample_log_every=0),
     )
     cfg.ppo.kl.coef = s["kl_coef"]
@@ -232,7 +245,7 @@ def run_ours(fixture: Path, logprobs_from_sampling: bool) -> dict:
     timer = Timer()
     trainer = build_trainer(cfg, [timer])
     trainer.fit(module, datamodule=PromptDataModule(cfg.data, prompts_per_step=cfg.ppo.prompts_per_step, seed=cfg.seed))
-    return {"iterations": timer.rows[s["warmup"]:], "rss_after_imports_mb": rss0, "peak_rss_mb": peak_rss_mb()}
+    return {"iterations": timer.rows[s["warmup"]:], "memory_mb": used_memory_mb(s["device"], rss0)}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -248,10 +261,10 @@ def run_side(cmd: list[str], name: str) -> dict:
 
 
 def pool_rounds(results: list[dict]) -> dict:
-    """All rounds' timed iterations together; memory: the median over rounds of peak - after-imports RSS."""
+    """All rounds' timed iterations together; memory: the median over rounds."""
     return {
         "iterations": [row for r in results for row in r["iterations"]],
-        "memory_mb": statistics.median(r["peak_rss_mb"] - r["rss_after_imports_mb"] for r in results),
+        "memory_mb": statistics.median(r["memory_mb"] for r in results),
     }
 
 
@@ -280,6 +293,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads on both sides (1: a shared 2-core machine makes multi-threaded timings erratic)")
     p.add_argument("--workers", type=int, default=2, help="solver worker processes on both sides")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides run (cuda: the first GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recompute-logprobs", action="store_true", help="internal: --side ours with a second policy pass")
     p.add_argument("--trl-python", type=Path, default=ROOT / ".venv-trl" / "bin" / "python")
@@ -296,7 +310,7 @@ def main() -> int:
         "epochs": args.epochs, "minibatch": args.minibatch, "layers": args.layers, "hidden": args.hidden,
         "ffn": args.ffn, "numbers": args.numbers, "heads": args.heads, "kv_heads": args.kv_heads,
         "warmup": args.warmup, "iters": args.iters,
-        "threads": args.threads, "workers": args.workers, "seed": args.seed,
+        "threads": args.threads, "workers": args.workers, "seed": args.seed, "device": args.device,
         "lora_r": 8, "lora_alpha": 16, "lora_targets": LORA_TARGETS, "lr": 1e-5, "kl_coef": 0.05,
         "clip": 0.2, "vf_coef": 0.1, "gamma": 1.0, "lam": 0.95, "max_grad_norm": 1.0,
     }
@@ -318,7 +332,7 @@ def main() -> int:
 
     print(f"PPO iteration: batch {args.batch}, prompt {args.prompt_tokens} + {args.new_tokens} new tokens, "
           f"{args.epochs} epochs x minibatch {args.minibatch}, LoRA r=8; Llama {args.layers}x{args.hidden}, "
-          f"vocab {settings['vocab']}; {args.threads} torch threads, {args.workers} solver workers; median of "
+          f"vocab {settings['vocab']}; {args.device}, {args.threads} torch threads, {args.workers} solver workers; median of "
           f"{args.rounds} rounds x {args.iters} iterations, each round after {args.warmup} warm-up")
     print("ours: old log-probs and values kept by the sampling loop; ours, recompute: a second policy pass (the default)")
     print(f"{'phase (s)':<26}{'ours':>10}{'recompute':>11}{'TRL 0.9.6':>11}{'ours/TRL':>10}{'recomp./TRL':>13}")
@@ -332,7 +346,8 @@ def main() -> int:
         a, c = times["ours"][k], times["ours, recompute"][k]
         print(f"{labels[k]:<26}{a:>10.3f}{c:>11.3f}{trl[k]:>11.3f}{ratio(a, trl[k]):>10}{ratio(c, trl[k]):>13}")
     a, c, b = memory["ours"], memory["ours, recompute"], memory["TRL"]
-    print(f"{'peak RSS - after imports':<26}{a:>9.0f}M{c:>10.0f}M{b:>10.0f}M{ratio(a, b):>10}{ratio(c, b):>13}")
+    label = "peak CUDA memory" if args.device == "cuda" else "peak RSS - after imports"
+    print(f"{label:<26}{a:>9.0f}M{c:>10.0f}M{b:>10.0f}M{ratio(a, b):>10}{ratio(c, b):>13}")
     print(json.dumps({
         "time_vs_trl": round(times["ours"]["total"] / trl["total"], 3), "memory_vs_trl": round(a / b, 3),
         "recompute_time_vs_trl": round(times["ours, recompute"]["total"] / trl["total"], 3),

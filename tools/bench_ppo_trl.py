@@ -6,7 +6,8 @@ TRL's own loop at its best on one process: `PPOTrainer.generate` over the whole 
 (batch_size = the PPO batch, HF generate with its KV cache), scoring with the evaluation
 system's `EvaluatorPool`, then `PPOTrainer.step`. The peft LoRA model with `ref_model=None`
 makes the reference the adapter-disabled policy, as on our side. Phase times inside `step` come
-from TRL's own `time/ppo/*` stats. Prints one JSON line: per-iteration seconds and RSS numbers.
+from TRL's own `time/ppo/*` stats. With --device cuda in bench_ppo.py, TRL's Accelerator puts the
+model on the GPU (nothing to set here). Prints one JSON line: per-iteration seconds and RSS numbers.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from bench_ppo import peak_rss_mb, rss_mb  # stdlib-only module in this folder
+from bench_ppo import rss_mb, used_memory_mb  # stdlib-only module in this folder
 
 import torch  # noqa: E402  (after the RSS helpers: only what the run allocates counts)
 from peft import LoraConfig  # noqa: E402
@@ -72,7 +73,7 @@ def run(fixture: Path) -> dict:
                    "update": stats["time/ppo/optimize_step"], "total": t3 - t0}
             row["other"] = row["total"] - sum(row[k] for k in ("generate", "score", "forward", "update"))
             rows.append(row)
-    return {"iterations": rows[s["warmup"]:], "rss_after_imports_mb": rss0, "peak_rss_mb": peak_rss_mb()}
+    return {"iterations": rows[s["warmup"]:], "memory_mb": used_memory_mb(s["device"], rss0)}
 
 
 def main() -> int:
