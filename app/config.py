@@ -81,7 +81,7 @@ class TrainerSettings:
     precision: str = "32-true"
     log_every_n_steps: int = 1
     sample_log_every: int = 10  # text table of samples in TensorBoard every N steps
-    val_every: int = 20  # with data.val: greedy answers to those problems scored every N PPO steps (val/*)
+    val_every: int = 20  # with data.val: greedy answers to those problems scored every N steps (val/*); 0: never
     checkpoint_every: int = 10
     root_dir: str = "logs"
     enable_progress_bar: bool = True
@@ -124,6 +124,84 @@ class SFTConfig:
     data: DataSettings = field(default_factory=DataSettings)
     sft: SFTSettings = field(default_factory=SFTSettings)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
+
+
+# The allowed values of numeric settings, as intervals. `check_ranges` applies the entries whose
+# key the config has (`train` and `sft` share the model, data and trainer keys); None is always
+# allowed for the optional ones (ppo.value_lr, ppo.max_approx_kl).
+RANGES: dict[str, str] = {
+    "seed": "[0, inf)",
+    "model.lora.r": "[1, inf)",
+    "model.lora.alpha": "(0, inf)",
+    "model.lora.dropout": "[0, 1)",
+    "sampling.max_new_tokens": "[1, inf)",
+    "sampling.temperature": "(0, inf)",  # greedy decoding is sampling.do_sample=false
+    "sampling.top_p": "(0, 1]",
+    "sampling.top_k": "[0, inf)",
+    "ppo.prompts_per_step": "[1, inf)",
+    "ppo.samples_per_prompt": "[1, inf)",
+    "ppo.epochs": "[1, inf)",
+    "ppo.minibatch_size": "[1, inf)",
+    "ppo.grad_accum": "[1, inf)",
+    "ppo.lr": "(0, inf)",
+    "ppo.value_lr": "(0, inf)",
+    "ppo.warmup_steps": "[0, inf)",
+    "ppo.weight_decay": "[0, inf)",
+    "ppo.max_grad_norm": "(0, inf)",
+    "ppo.clip_low": "[0, 1)",
+    "ppo.clip_high": "[0, inf)",
+    "ppo.value_clip": "(0, inf)",
+    "ppo.vf_coef": "[0, inf)",
+    "ppo.gamma": "[0, 1]",
+    "ppo.lam": "[0, 1]",
+    "ppo.max_approx_kl": "(0, inf)",
+    "ppo.kl.coef": "[0, inf)",
+    "ppo.kl.target": "(0, inf)",
+    "ppo.kl.horizon": "[1, inf)",
+    "data.shuffle_buffer": "[0, inf)",
+    "data.num_workers": "[0, inf)",
+    "data.max_prompt_tokens": "[1, inf)",
+    "evaluation.workers": "[1, inf)",
+    "sft.max_steps": "[1, inf)",
+    "sft.batch_size": "[1, inf)",
+    "sft.lr": "(0, inf)",
+    "sft.warmup_steps": "[0, inf)",
+    "sft.weight_decay": "[0, inf)",
+    "sft.max_grad_norm": "(0, inf)",
+    "sft.max_length": "[2, inf)",
+    "trainer.max_steps": "[1, inf)",
+    "trainer.devices": "[1, inf)",
+    "trainer.num_nodes": "[1, inf)",
+    "trainer.log_every_n_steps": "[1, inf)",
+    "trainer.sample_log_every": "[0, inf)",  # 0: no sample table
+    "trainer.val_every": "[0, inf)",  # 0: no validation, even with data.val
+    "trainer.checkpoint_every": "[0, inf)",  # 0: no periodic checkpoints
+    "trainer.cpu_threads": "[0, inf)",  # 0: torch's default
+}
+
+
+def validates(cfg) -> bool:
+    """Whether a run (TrainConfig or SFTConfig) validates: `data.val` set and `trainer.val_every` not 0."""
+    return bool(cfg.data.val) and cfg.trainer.val_every > 0
+
+
+def in_interval(value: float, interval: str) -> bool:
+    """`value` in an interval written "[a, b)", "(0, inf)", ... (bracket: closed, parenthesis: open)."""
+    low, high = (float(end) for end in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below
+
+
+def check_ranges(cfg) -> None:
+    """Every numeric setting of `cfg` (a TrainConfig or SFTConfig) inside its RANGES interval, or a
+    UserError naming the key, its value and the interval. Run before any model is loaded."""
+    for key, interval in RANGES.items():
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part, None)
+        if node is not None and not in_interval(node, interval):
+            raise UserError(f"{key}={node} is outside its allowed range {interval}")
 
 
 def _valid_keys(schema: DictConfig, prefix: str = "") -> list[str]:

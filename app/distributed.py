@@ -1,7 +1,9 @@
-"""The Lightning strategy from `trainer.strategy`, shared by `train` and `sft`."""
+"""The Lightning strategy from `trainer.strategy` and the Trainer's construction, shared by `train` and `sft`."""
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from app.config import TrainerSettings
@@ -47,3 +49,12 @@ def build_strategy(t: TrainerSettings) -> str | ModelParallelStrategy:
     return ModelParallelStrategy(
         data_parallel_size=t.devices * t.num_nodes, tensor_parallel_size=1, save_distributed_checkpoint=False
     )
+
+
+def lightning_trainer(**kwargs) -> pl.Trainer:
+    """`pl.Trainer(**kwargs)`, with Lightning's objections to the trainer settings (accelerator,
+    devices, strategy, precision) as one clear line: build it before loading any model."""
+    try:
+        return pl.Trainer(**kwargs)
+    except (MisconfigurationException, ValueError) as err:
+        raise UserError(f"trainer settings (trainer.accelerator/devices/strategy/precision): {err}") from None

@@ -135,6 +135,7 @@ def test_filter_logits_top_k_and_top_p():
     assert torch.isinf(filter_logits(logits, 1.0, 0, 0.81)).tolist() == [[False, False, False, True]]
     # the best token always survives, even with a tiny top_p
     assert torch.isinf(filter_logits(logits, 1.0, 0, 0.01)).tolist() == [[False, True, True, True]]
+    assert torch.isinf(filter_logits(logits, 1.0, 0, 0.0)).tolist() == [[False, True, True, True]]
     # temperature scales before filtering
     assert torch.allclose(filter_logits(logits, 2.0, 0, 1.0), logits / 2)
     with pytest.raises(ValueError, match="temperature"):

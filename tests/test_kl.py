@@ -56,8 +56,6 @@ def test_build_from_settings():
     [
         (KLSettings(controller="pid"), "ppo.kl.controller='pid'"),
         (KLSettings(estimator="k9"), "ppo.kl.estimator='k9'"),
-        (KLSettings(coef=-1.0), "ppo.kl.coef=-1.0"),
-        (KLSettings(controller="adaptive", horizon=0), "horizon=0"),
     ],
 )
 def test_bad_settings_name_the_key(settings, message):

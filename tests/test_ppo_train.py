@@ -239,8 +239,12 @@ def test_validation_scores_greedy_answers_every_val_every_steps(tiny_chatglm_dir
                for p in problems]
     greedy = module.policy.generate(prompts, dataclasses.replace(module.cfg.sampling, do_sample=False))
     assert FirstAnswerRight.seen[-3:] == greedy.texts(module.tokenizer)
-    with pytest.raises(UserError, match="trainer.val_every=0 must be positive"):
-        train(load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **{**extra, "trainer.val_every": 0})))
+    with pytest.raises(UserError, match=r"trainer.val_every=-1 is outside its allowed range \[0, inf\)"):
+        train(load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **{**extra, "trainer.val_every": -1})))
+    # val_every=0: no validation, data.val or not
+    quiet = {**extra, "trainer.val_every": 0, "trainer.max_steps": 1, "trainer.root_dir": tmp_path / "quiet"}
+    _, trainer = train(load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **quiet)))
+    assert trainer.global_step > 0 and not [k for k in trainer.callback_metrics if k.startswith("val/")]
 
 
 def test_unknown_config_key_names_the_closest_one(tiny_chatglm_dir, problems_file, tmp_path):
@@ -357,6 +361,56 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_run(tiny_chatglm_dir, 
         assert torch.equal(straight[key], resumed[key]), key
     # and the resumed run really did continue: its log starts at iteration 3
     assert len(scalars(run_dir(killed_root))["train/kl"]) == 1
+
+
+BAD_SETTINGS = [
+    ("ppo.lr=-1", "ppo.lr=-1.0 is outside its allowed range (0, inf)"),
+    ("ppo.epochs=0", "ppo.epochs=0 is outside its allowed range [1, inf)"),
+    ("ppo.minibatch_size=0", "ppo.minibatch_size=0 is outside"),
+    ("ppo.gamma=2", "ppo.gamma=2.0 is outside its allowed range [0, 1]"),
+    ("sampling.temperature=0", "sampling.temperature=0.0 is outside its allowed range (0, inf)"),
+    ("sampling.top_p=0", "sampling.top_p=0.0 is outside its allowed range (0, 1]"),
+    ("sampling.max_new_tokens=0", "sampling.max_new_tokens=0 is outside"),
+    ("trainer.max_steps=0", "trainer.max_steps=0 is outside"),
+    ("trainer.devices=0", "trainer.devices=0 is outside"),
+    ("trainer.precision=bf17", "trainer settings (trainer.accelerator/devices/strategy/precision): Precision 'bf17' is invalid"),
+    ("trainer.accelerator=gpx", "invalid accelerator name"),
+    ("data.val=/no/such/val.jsonl", "data.val: data file not found: /no/such/val.jsonl"),
+    ("trainer.strategy=fsdp", "trainer.strategy=fsdp is not supported"),
+    ("ppo.lr_schedule=exp", "ppo.lr_schedule='exp' is not one of constant, linear, cosine"),
+    ("ppo.kl.estimator=k9", "ppo.kl.estimator='k9' is not one of k1, k2, k3"),
+    ("ppo.kl.horizon=0", "ppo.kl.horizon=0 is outside its allowed range [1, inf)"),
+    ("resume=" + __file__, "is not a checkpoint; pass a .ckpt from logs/RUN/version_N/checkpoints/"),
+]
+
+
+@pytest.mark.parametrize(("setting", "message"), BAD_SETTINGS, ids=[s for s, _ in BAD_SETTINGS])
+def test_bad_settings_are_refused_before_any_model_loads(setting, message, problems_file, tmp_path, capsys):
+    """The model path does not exist: the settings' error must come first, in one line, for train and sft."""
+    from app.cli import main
+
+    missing = tmp_path / "no-such-model"
+    sft = [f"model.path={missing}", f"data.train={problems_file}", f"output_dir={tmp_path / 'sft'}",
+           f"trainer.root_dir={tmp_path}"]
+    commands = [["train", *overrides(missing, problems_file, tmp_path)]]
+    if not setting.startswith(("ppo.", "sampling.", "resume=")):  # sft has no such keys
+        commands.append(["sft", *sft])
+    for argv in commands:
+        assert main([*argv, setting]) == 2
+        err = capsys.readouterr().err
+        assert message in err, (argv[0], err)
+        assert "no-such-model" not in err and "Traceback" not in err
+
+
+def test_a_bad_sft_setting_is_refused_before_any_model_loads(problems_file, tmp_path, capsys):
+    from app.cli import main
+
+    argv = ["sft", f"model.path={tmp_path / 'no-such-model'}", f"data.train={problems_file}", f"output_dir={tmp_path}",
+            "sft.lr=0"]
+    assert main(argv) == 2
+    assert "sft.lr=0.0 is outside its allowed range (0, inf)" in capsys.readouterr().err
+    assert main([*argv[:-1], "sft.lr_schedule=exp"]) == 2
+    assert "sft.lr_schedule='exp' is not one of constant, linear, cosine" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "fsdp_cpu_offload", "deepspeed", "deepspeed_stage_2"])

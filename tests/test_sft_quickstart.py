@@ -88,8 +88,8 @@ def test_sft_validation_logs_the_held_out_answer_loss_of_the_current_weights(tin
     expected = answer_token_loss(out, val, cfg.data.system_prompt, cfg.data.instruction)
     assert abs(logged[1] - expected) < 1e-4, (logged[1], expected)
     bad = load_config(None, sft_overrides(tiny_chatglm_dir, data, out, tmp_path / "logs", steps=1, **{
-        "data.val": val, "trainer.val_every": 0}), schema_cls=SFTConfig)  # fmt: skip
-    with pytest.raises(UserError, match="trainer.val_every=0 must be positive"):
+        "data.val": val, "trainer.val_every": -1}), schema_cls=SFTConfig)  # fmt: skip
+    with pytest.raises(UserError, match=r"trainer.val_every=-1 is outside its allowed range \[0, inf\)"):
         train_sft(bad)
 
 

@@ -171,6 +171,9 @@ class PromptDataModule(pl.LightningDataModule):
     def __init__(self, settings: DataSettings, prompts_per_step: int, seed: int = 0, whole_val_on_every_rank: bool = False):
         super().__init__()
         check_options(settings.format, settings.on_bad_line)
+        for key, path in (("data.train", settings.train), ("data.val", settings.val)):
+            if path and not Path(path).is_file():
+                raise UserError(f"{key}: data file not found: {path}")
         if settings.shuffle_buffer < 0 or settings.num_workers < 0:
             raise UserError(
                 f"data.shuffle_buffer ({settings.shuffle_buffer}) and data.num_workers ({settings.num_workers}) "

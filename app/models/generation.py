@@ -106,6 +106,7 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
         cum = sorted_logits.softmax(-1).cumsum(-1)
         # drop a token when the tokens ranked above it already reach top_p (the top token always stays)
         drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted[:, 0] = False  # even at top_p=0, where the test above drops it too
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

@@ -49,18 +49,12 @@ class AdaptiveKLController:
 
 
 def build_kl_controller(settings: KLSettings) -> FixedKLController | AdaptiveKLController:
-    """The controller named by `ppo.kl.controller`, after checking the KL settings."""
+    """The controller named by `ppo.kl.controller`, after checking the names in the KL settings
+    (their numbers: `app.config.RANGES`)."""
     if settings.estimator not in KL_ESTIMATORS:
         raise UserError(f"ppo.kl.estimator='{settings.estimator}' is not one of {', '.join(KL_ESTIMATORS)}")
-    if settings.coef < 0:
-        raise UserError(f"ppo.kl.coef={settings.coef} must be >= 0")
     if settings.controller == "fixed":
         return FixedKLController(settings.coef)
     if settings.controller == "adaptive":
-        if settings.target <= 0 or settings.horizon <= 0:
-            raise UserError(
-                f"adaptive KL needs ppo.kl.target > 0 and ppo.kl.horizon > 0 "
-                f"(got target={settings.target}, horizon={settings.horizon})"
-            )
         return AdaptiveKLController(settings.coef, settings.target, settings.horizon)
     raise UserError(f"ppo.kl.controller='{settings.controller}' is not one of fixed, adaptive")

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import warnings
+import zipfile
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from app.config import TrainConfig
+from app.config import TrainConfig, check_ranges, validates
 from app.data.datamodule import PromptDataModule
-from app.distributed import build_strategy, check_strategy, shards_model
+from app.distributed import build_strategy, check_strategy, lightning_trainer, shards_model
 from app.errors import UserError
 from app.models.loading import load_model
 from app.models.policy import build_policy
+from app.optim import SCHEDULES
+from app.ppo.kl import build_kl_controller
 from app.ppo.module import PPOModule
 from callbacks.checkpoint import IterationCheckpoint
 from callbacks.sample_logger import SampleLogger
@@ -33,7 +36,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None) -> pl.T
         IterationCheckpoint(t.checkpoint_every),
         *(extra_callbacks or []),
     ]
-    return pl.Trainer(
+    return lightning_trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
@@ -50,17 +53,20 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None) -> pl.T
         use_distributed_sampler=False,  # the prompt stream shards itself by rank and worker
         num_sanity_val_steps=0,
         # with data.val: every val_every PPO steps (the prompt stream has no epochs)
-        val_check_interval=t.val_every if cfg.data.val else None,
-        check_val_every_n_epoch=None if cfg.data.val else 1,
+        val_check_interval=t.val_every if validates(cfg) else None,
+        check_val_every_n_epoch=None if validates(cfg) else 1,
+        limit_val_batches=None if validates(cfg) else 0,
     )
 
 
 def check_ppo_settings(cfg: TrainConfig) -> None:
     """Settings the schema's types cannot check, before any model is loaded."""
     ppo = cfg.ppo
+    check_ranges(cfg)
     check_strategy(cfg.trainer)
-    if cfg.data.val and cfg.trainer.val_every <= 0:
-        raise UserError(f"trainer.val_every={cfg.trainer.val_every} must be positive when data.val is set")
+    build_kl_controller(ppo.kl)  # checks the estimator and controller names
+    if ppo.lr_schedule not in SCHEDULES:
+        raise UserError(f"ppo.lr_schedule='{ppo.lr_schedule}' is not one of {', '.join(SCHEDULES)}")
     if ppo.advantage not in ("gae", "rloo"):
         raise UserError(f"ppo.advantage='{ppo.advantage}' is not one of gae, rloo")
     if ppo.advantage == "rloo" and ppo.samples_per_prompt < 2:
@@ -72,16 +78,19 @@ def check_ppo_settings(cfg: TrainConfig) -> None:
 def train(cfg: TrainConfig, extra_callbacks: list | None = None) -> tuple[PPOModule, pl.Trainer]:
     if cfg.resume is not None and not Path(cfg.resume).is_file():
         raise UserError(f"resume checkpoint not found: {cfg.resume}")
+    if cfg.resume is not None and not zipfile.is_zipfile(cfg.resume):  # what torch.save writes
+        raise UserError(f"resume={cfg.resume} is not a checkpoint; pass a .ckpt from logs/RUN/version_N/checkpoints/")
     check_ppo_settings(cfg)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.trainer.cpu_threads > 0:
-        torch.set_num_threads(cfg.trainer.cpu_threads)
-    loaded = load_model(cfg.model)
-    module = PPOModule(cfg, loaded, build_policy(loaded, cfg.model))
+    # everything that can reject the settings comes before the model, which may take minutes to load
     datamodule = PromptDataModule(
         cfg.data, prompts_per_step=cfg.ppo.prompts_per_step, seed=cfg.seed,
         whole_val_on_every_rank=shards_model(cfg.trainer),
     )
     trainer = build_trainer(cfg, extra_callbacks)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.cpu_threads > 0:
+        torch.set_num_threads(cfg.trainer.cpu_threads)
+    loaded = load_model(cfg.model)
+    module = PPOModule(cfg, loaded, build_policy(loaded, cfg.model))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
     return module, trainer

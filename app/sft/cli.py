@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.config import SFTConfig, load_config
+from app.config import SFTConfig, check_ranges, load_config, validates
 from app.errors import UserError
 
 
@@ -20,32 +20,35 @@ def train_sft(cfg: SFTConfig) -> Path:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from app.data.datamodule import PromptDataModule
-    from app.distributed import build_strategy, check_strategy, shards_model
+    from app.distributed import build_strategy, check_strategy, lightning_trainer, shards_model
     from app.models.export import write_checkpoint
     from app.models.loading import load_model
+    from app.optim import SCHEDULES
     from app.sft.module import SFTModule
 
-    if cfg.data.val and cfg.trainer.val_every <= 0:
-        raise UserError(f"trainer.val_every={cfg.trainer.val_every} must be positive when data.val is set")
+    check_ranges(cfg)
     check_strategy(cfg.trainer)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.trainer.cpu_threads > 0:
-        torch.set_num_threads(cfg.trainer.cpu_threads)
-    loaded = load_model(cfg.model)
-    module = SFTModule(cfg, loaded)
+    if cfg.sft.lr_schedule not in SCHEDULES:
+        raise UserError(f"sft.lr_schedule='{cfg.sft.lr_schedule}' is not one of {', '.join(SCHEDULES)}")
+    # everything that can reject the settings comes before the model, which may take minutes to load
     datamodule = PromptDataModule(
         cfg.data, prompts_per_step=cfg.sft.batch_size, seed=cfg.seed,
         whole_val_on_every_rank=shards_model(cfg.trainer),
     )
     t = cfg.trainer
-    trainer = pl.Trainer(
+    trainer = lightning_trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(t),
         precision=t.precision, max_steps=cfg.sft.max_steps, max_epochs=-1,
         gradient_clip_val=cfg.sft.max_grad_norm, logger=TensorBoardLogger(t.root_dir, name=cfg.run_name),
         log_every_n_steps=t.log_every_n_steps, enable_checkpointing=False,
-        val_check_interval=t.val_every if cfg.data.val else None, num_sanity_val_steps=0,
+        val_check_interval=t.val_every if validates(cfg) else None, limit_val_batches=None if validates(cfg) else 0,
+        num_sanity_val_steps=0,
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, use_distributed_sampler=False,
     )
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.cpu_threads > 0:
+        torch.set_num_threads(cfg.trainer.cpu_threads)
+    module = SFTModule(cfg, load_model(cfg.model))
     trainer.fit(module, datamodule=datamodule)
     out = Path(cfg.output_dir)
     if module.sharded:  # gather on every rank; rank 0 puts the weights into an unsharded copy
