@@ -380,6 +380,7 @@ BAD_SETTINGS = [
     ("ppo.lr_schedule=exp", "ppo.lr_schedule='exp' is not one of constant, linear, cosine"),
     ("ppo.kl.estimator=k9", "ppo.kl.estimator='k9' is not one of k1, k2, k3"),
     ("ppo.kl.horizon=0", "ppo.kl.horizon=0 is outside its allowed range [1, inf)"),
+    ("evaluation.limits.time_limit_s=-1", "evaluation.limits.time_limit_s=-1.0 is outside its allowed range (0, inf)"),
     ("resume=" + __file__, "is not a checkpoint; pass a .ckpt from logs/RUN/version_N/checkpoints/"),
 ]
 
@@ -393,7 +394,7 @@ def test_bad_settings_are_refused_before_any_model_loads(setting, message, probl
     sft = [f"model.path={missing}", f"data.train={problems_file}", f"output_dir={tmp_path / 'sft'}",
            f"trainer.root_dir={tmp_path}"]
     commands = [["train", *overrides(missing, problems_file, tmp_path)]]
-    if not setting.startswith(("ppo.", "sampling.", "resume=")):  # sft has no such keys
+    if not setting.startswith(("ppo.", "sampling.", "evaluation.", "resume=")):  # sft has no such keys
         commands.append(["sft", *sft])
     for argv in commands:
         assert main([*argv, setting]) == 2

@@ -132,11 +132,7 @@ class PolicyWithValue(nn.Module):
         if lora.enabled:
             target = lora.target_modules or default_target_modules(model)
             self.lora_settings: dict[str, Any] | None = {**asdict(lora), "target_modules": target}
-            config = LoraConfig(
-                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
-                bias="none", task_type="CAUSAL_LM",
-            )
-            self.model: nn.Module = get_peft_model(model, config)  # freezes the base, B matrices start at 0
+            self.model: nn.Module = add_lora(model, lora)
         else:
             self.lora_settings = None
             self.model = model
@@ -338,6 +334,20 @@ class PolicyWithValue(nn.Module):
         self.load_trainable_state_dict(payload["state_dict"])
 
 
+def add_lora(model: nn.Module, lora: LoraSettings) -> PeftModel:
+    """`model` with a fresh LoRA adapter (peft; the base frozen, B matrices at 0) on
+    `lora.target_modules` or the family's default layers."""
+    target = lora.target_modules or default_target_modules(model)
+    config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target, bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:  # peft: "Target modules {...} not found in the base model ..."
+        raise UserError(f"model.lora.target_modules={target}: {str(err).splitlines()[0]}") from None
+
+
 def shard_causal_lm(lm: nn.Module, mesh) -> None:
     """FSDP2 groups for a causal LM (or a wrapper around one, such as a PeftModel): each transformer
     block, then `lm` as a whole (embedding, final norm, head), gathered when `lm` is called — so
@@ -428,7 +438,8 @@ def read_trainable(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and weights_only errors come in several types
-        raise UserError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from None
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UserError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {first_line})") from None
     if not isinstance(payload, dict) or payload.get("format") != TRAINABLE_FORMAT:
         raise UserError(f"{path}: not a trainable-weights file (expected format '{TRAINABLE_FORMAT}')")
     return payload

@@ -14,14 +14,13 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.strategies import ModelParallelStrategy
-from peft import LoraConfig, get_peft_model
 from torchmetrics import MeanMetric
 
 from app.config import SFTConfig
 from app.data.prompts import build_messages, sft_target
 from app.models.generation import left_pad, positions_from_mask
 from app.models.loading import LoadedModel
-from app.models.policy import default_target_modules, full_tensor, reshard, shard_causal_lm
+from app.models.policy import add_lora, full_tensor, reshard, shard_causal_lm
 from app.optim import lr_lambda
 
 IGNORE = -100
@@ -38,12 +37,7 @@ class SFTModule(pl.LightningModule):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lora = cfg.model.lora
         if lora.enabled:
-            target = lora.target_modules or default_target_modules(model)
-            model = get_peft_model(
-                model,
-                LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
-                           bias="none", task_type="CAUSAL_LM"),
-            )
+            model = add_lora(model, lora)
         self.model = model.train()  # from_pretrained returns it in eval mode
         self.skipped_long = 0
         self.sharded = False  # set by configure_model under trainer.strategy=fsdp2
