@@ -112,6 +112,21 @@ def test_bad_line_is_fatal_when_configured(tmp_path):
         list(iter_problems(tmp_path / "missing.jsonl"))
 
 
+def test_bytes_that_are_not_utf8_are_a_bad_line_not_a_crash(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"id": "a", "question": "fine"}\n{"id": "b", "question": "caf\xe9"}\n\xff{"question": "c"}\n'
+                     b'{"id": "d", "question": "caf\xc3\xa9"}\n')
+    messages = []
+    problems = list(iter_problems(path, report=messages.append))
+    assert [(p.id, p.question) for p in problems] == [("a", "fine"), ("d", "caf\u00e9")]
+    assert messages == [f"{path}:2: not valid UTF-8 (byte 0xe9 at column 29) (skipped)",
+                        f"{path}:3: not valid UTF-8 (byte 0xff at column 1) (skipped)"]
+    array = tmp_path / "mixed.json"
+    array.write_bytes(b'[{"question": "a"},\n {"question": "\xff"}]')
+    with pytest.raises(UserError, match="not valid UTF-8 after line 1"):
+        list(iter_records(array, chunk_chars=4))
+
+
 # ---- the JSON array (OptiBench) parser ----
 
 

@@ -131,7 +131,8 @@ def iter_records(
     its first non-blank character ('[': one array), not by its name.
     """
     index, count = shard
-    with open(path, encoding="utf-8-sig") as fh:
+    # bytes that are not UTF-8 come through as lone surrogates (U+DC80..U+DCFF), found per record
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as fh:
         first = ""
         while not first:
             chunk = fh.read(4096)
@@ -148,6 +149,10 @@ def iter_records(
         for n, (line_no, line) in enumerate(lines):
             if n % count != index:
                 continue
+            if bad := NOT_UTF8.search(line):
+                byte = ord(bad.group()) - 0xDC00
+                yield line_no, BadRecord(f"{path}:{line_no}: not valid UTF-8 (byte 0x{byte:02x} at column {bad.start() + 1})")
+                continue
             try:
                 yield line_no, json.loads(line)
             except json.JSONDecodeError as err:
@@ -155,6 +160,7 @@ def iter_records(
 
 
 _decoder = json.JSONDecoder()
+NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of a byte that is not UTF-8
 
 
 def _iter_json_array(fh, path: Path, chunk_chars: int) -> Iterator[tuple[int, object]]:
@@ -170,6 +176,8 @@ def _iter_json_array(fh, path: Path, chunk_chars: int) -> Iterator[tuple[int, ob
         if not more:
             eof = True
             return False
+        if NOT_UTF8.search(more):
+            raise UserError(f"{path}: not valid UTF-8 after line {line}; the JSON array cannot be read past it")
         buf = buf[pos:] + more  # drop what has been consumed
         pos = 0
         return True
