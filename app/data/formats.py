@@ -176,10 +176,11 @@ def _iter_json_array(fh, path: Path, chunk_chars: int) -> Iterator[tuple[int, ob
         if not more:
             eof = True
             return False
-        if NOT_UTF8.search(more):
-            raise UserError(f"{path}: not valid UTF-8 after line {line}; the JSON array cannot be read past it")
         buf = buf[pos:] + more  # drop what has been consumed
         pos = 0
+        if bad := NOT_UTF8.search(buf):
+            bad_line = line + buf.count("\n", 0, bad.start())
+            raise UserError(f"{path}:{bad_line}: not valid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x}) in the JSON array")
         return True
 
     def next_char() -> str:
