@@ -15,18 +15,26 @@ from pathlib import Path
 from app.errors import UserError
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse reports the flag and the value otherwise)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint directory")
     parser.add_argument("--data", required=True, help="problems: JSONL (project, SIRL/ORLM, MAMO) or OptiBench JSON")
     parser.add_argument("--family", default="chatglm", choices=["chatglm", "remote", "auto"])
     parser.add_argument("--adapter", help="trainable weights written by `train` (trainable.pt) to apply on the model")
     parser.add_argument("--format", default="auto", help="dataset format: auto | project | sirl | mamo | optibench")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N problems")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=512)
     parser.add_argument("--match", default="abs_rel", choices=["abs_rel", "relative"])
     parser.add_argument("--tolerance", type=float, default=1e-6)
-    parser.add_argument("--workers", type=int, default=2, help="SCIP worker processes")
+    parser.add_argument("--workers", type=positive_int, default=2, help="SCIP worker processes")
     parser.add_argument("--out", help="write one JSON line per problem here")
     parser.add_argument("--system-prompt", default=None, help="system prompt ('' for none; default: the training default)")
     parser.add_argument("--instruction", default=None, help="answer-format instruction ('' for none; default: the built-in)")

@@ -103,6 +103,9 @@ def test_error_missing_directory_and_config(tmp_path):
         load_model(ModelConfig(family="chatglm", path=str(tmp_path / "nope")))
     with pytest.raises(UserError, match="no config.json"):
         load_model(ModelConfig(family="chatglm", path=str(tmp_path)))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="config.json is a file; pass the checkpoint directory"):
+        load_model(ModelConfig(family="chatglm", path=str(tmp_path / "config.json")))
 
 
 def test_error_unknown_dtype_and_family(tiny_chatglm_dir):

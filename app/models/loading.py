@@ -49,6 +49,8 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> LoadedMo
     if cfg.family not in FAMILIES:
         raise UserError(f"model.family '{cfg.family}' is not known; choose one of {', '.join(FAMILIES)}")
     dtype, path = DTYPES[cfg.dtype], Path(cfg.path)
+    if path.is_file():
+        raise UserError(f"model.path: {path} is a file; pass the checkpoint directory (the one holding config.json)")
     if not path.is_dir():
         raise UserError(f"model.path: checkpoint directory not found: {path}")
     if not (path / "config.json").is_file():
