@@ -86,6 +86,9 @@ class TrainerSettings:
     root_dir: str = "logs"
     enable_progress_bar: bool = True
     cpu_threads: int = 0  # torch intra-op threads; 0: torch's default. Small CPU models run faster on 1
+    # fsdp2 sampling: gather the whole LM once per call (the whole LM on each rank while it samples),
+    # or false: one block at a time at every decoding step (slower; for a model that does not fit one device)
+    fsdp2_gather_for_sampling: bool = True
 
 
 @dataclass

@@ -200,16 +200,19 @@ def test_fsdp2_shards_the_lora_policy_and_resumes_exactly(tiny_chatglm_dir, tmp_
 
 
 @pytest.mark.slow
-def test_fsdp2_full_fine_tuning_with_validation(tiny_chatglm_dir, tmp_path):
+@pytest.mark.parametrize("gather", [True, False], ids=["gather-once", "block-by-block"])
+def test_fsdp2_full_fine_tuning_with_validation(gather, tiny_chatglm_dir, tmp_path):
     """Full fine-tuning (the frozen reference copy sharded too) trains in step on both ranks.
     Validation: both ranks read the same batches of 4 (5 problems: 4, then 1) and answer every
-    other problem; rank 1 answers a stand-in, unscored, for the last batch."""
+    other problem; rank 1 answers a stand-in, unscored, for the last batch. The same with
+    sampling block by block (trainer.fsdp2_gather_for_sampling=false), where every decoding step
+    is a collective."""
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(8, seed=9, infeasible_fraction=0.0)))
     val = tmp_path / "val.jsonl"
     val.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(5, seed=6, infeasible_fraction=0.0)))
     args = [*fsdp2_args(tiny_chatglm_dir, data, lora=False, checkpoint_every=0), "trainer.max_steps=2",
-            f"data.val={val}", "trainer.val_every=1"]
+            f"data.val={val}", "trainer.val_every=1", f"trainer.fsdp2_gather_for_sampling={str(gather).lower()}"]
     trained, (numbers, numbers1) = run_two_ranks(tmp_path, "full", args)
     start = load_file(Path(tiny_chatglm_dir) / "model.safetensors")
     names = {k: k.removeprefix("model.") for k in trained}  # PolicyWithValue's name -> the checkpoint's

@@ -14,7 +14,7 @@ at position 0 whatever its padding — the same convention `PolicyWithValue` sco
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -145,6 +145,7 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     keep_logprobs: bool = False,
+    done: Callable[[torch.Tensor], bool] | None = None,
 ) -> Generation:
     """Sample up to `sampling.max_new_tokens` tokens per prompt; a row ends at its first stop token.
 
@@ -152,6 +153,9 @@ def generate(
     `keep_logprobs`: also return each token's log-prob (logits / temperature, before top-k/top-p,
     as a full scoring pass computes it) and the hidden state that predicted it, so PPO can skip its
     own policy pass. The model's train/eval mode is left as the caller set it.
+    `done(finished)`: whether to stop before the next step, given the (B,) rows finished so far
+    (default: all of them are). A model whose every forward is a collective passes one that asks
+    every rank, so that all ranks take the same number of steps.
     """
     device = next(model.parameters()).device
     input_ids, attention_mask = left_pad(prompts, pad_token_id, device)  # (B, P)
@@ -195,7 +199,7 @@ def generate(
         step_ids = token[:, None]  # (B, 1)
         seq_ids = torch.cat([seq_ids, step_ids], dim=1)
         seq_mask = torch.cat([seq_mask, alive[-1][:, None].long()], dim=1)
-        if bool(finished.all()):
+        if done(finished) if done is not None else bool(finished.all()):
             break
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -126,6 +127,8 @@ class PolicyWithValue(nn.Module):
         self.stop_token_ids = list(stop_token_ids)
         self.reference: nn.Module | None = None
         self.sharded = False  # set by shard(): parameters are FSDP2 DTensors split across ranks
+        self.gather_for_sampling = True  # sharded: gather the whole LM once per sampling call (shard())
+        self.mesh = None
         if gradient_checkpointing:
             # non-reentrant: works with a frozen base (no need for inputs that require grad)
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -140,18 +143,22 @@ class PolicyWithValue(nn.Module):
         hidden = self.causal_lm.get_output_embeddings().weight.shape[1]
         self.value_head = ValueHead(hidden).to(next(model.parameters()).device)
 
-    def shard(self, mesh) -> None:
+    def shard(self, mesh, gather_for_sampling: bool = True) -> None:
         """FSDP2 (`fully_shard`) over the ranks of `mesh`, in groups that match how the module is
         called: each transformer block, then each causal LM as a whole (embedding, final norm and
         head; sampling and scoring call the LM directly) and the value head. Every group gathers its
         parameters in its own forward, so the module works as before, a group at a time.
 
         While sharded, sampling gathers the LM once per call and keeps it gathered to the end
-        (`gathered`), and runs with the adapter unmerged (`merged_lora` swaps weight tensors, which
-        FSDP-managed parameters do not allow).
+        (`gathered`): the whole LM on every rank meanwhile. With `gather_for_sampling=False` each
+        decoding step gathers one block at a time instead (`block_by_block`), for models whose whole
+        weights do not fit one device, and every rank decodes until all ranks are done. Either way
+        the adapter stays unmerged (`merged_lora` swaps weight tensors, which FSDP-managed
+        parameters do not allow).
         """
         if self.sharded:
             return
+        self.mesh, self.gather_for_sampling = mesh, gather_for_sampling
         for lm in [self.causal_lm] + ([self.reference] if self.reference is not None else []):
             shard_causal_lm(lm, mesh)
         fully_shard(self.value_head, mesh=mesh)
@@ -255,10 +262,14 @@ class PolicyWithValue(nn.Module):
 
         With LoRA and `lora.merge_for_sampling` the adapter is folded into the base weights for the
         duration (`merged_lora`): each decoding step then runs one matmul per layer instead of three.
-        Sharded (FSDP2), the LM is gathered once for the call instead (`gathered`).
+        Sharded (FSDP2), the LM is gathered once for the call instead (`gathered`), or block by
+        block at every step (`shard(..., gather_for_sampling=False)`).
         """
-        if self.sharded:
+        done = None
+        if self.sharded and self.gather_for_sampling:
             context = gathered(self.causal_lm)
+        elif self.sharded:
+            context, done = block_by_block(self.causal_lm), self._finished_on_every_rank
         elif self.lora_settings is not None and self.lora_settings["merge_for_sampling"]:
             context = merged_lora(self.model)
         else:
@@ -266,8 +277,14 @@ class PolicyWithValue(nn.Module):
         with context:
             return generate(
                 self.causal_lm, prompts, pad_token_id=self.pad_token_id, stop_token_ids=self.stop_token_ids,
-                sampling=sampling, generator=generator, use_cache=use_cache, keep_logprobs=keep_logprobs,
+                sampling=sampling, generator=generator, use_cache=use_cache, keep_logprobs=keep_logprobs, done=done,
             )
+
+    def _finished_on_every_rank(self, finished: torch.Tensor) -> bool:
+        """(B,) finished rows of this rank -> whether every rank's rows are all finished (an all-reduce)."""
+        flag = finished.all().to(torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.mesh.get_group())
+        return bool(flag)
 
     # ---- parameters and checkpoints ------------------------------------------------------------
 
@@ -371,6 +388,18 @@ def gathered(lm: nn.Module) -> Iterator[None]:
         for module in lm.modules():
             if isinstance(module, FSDPModule) and module is not lm:
                 module.set_reshard_after_forward(True, recurse=False)
+        reshard(lm)
+
+
+@contextlib.contextmanager
+def block_by_block(lm: nn.Module) -> Iterator[None]:
+    """A sharded LM as FSDP2 runs it by default: each block is gathered for its forward and resharded
+    after it, so a rank holds one block's full weights at a time (and the root group: embedding,
+    final norm, head). Every forward is then a collective: all ranks must make the same calls. On
+    exit the root group, which FSDP2 leaves gathered after a forward, is resharded too."""
+    try:
+        yield
+    finally:
         reshard(lm)
 
 

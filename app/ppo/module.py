@@ -79,7 +79,7 @@ class PPOModule(pl.LightningModule):
     def configure_model(self) -> None:
         """With `trainer.strategy=fsdp2` (Lightning's ModelParallelStrategy): shard the policy."""
         if isinstance(self.trainer.strategy, ModelParallelStrategy):
-            self.policy.shard(self.device_mesh["data_parallel"])
+            self.policy.shard(self.device_mesh["data_parallel"], self.cfg.trainer.fsdp2_gather_for_sampling)
 
     def on_train_end(self) -> None:
         """The trained weights in the file `python -m app export --adapter` reads."""
