@@ -16,6 +16,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 from app.errors import UserError
 from app.evaluation.config import EvaluationConfig
 from app.models.config import ModelConfig, SamplingConfig
+from app.optim import SCHEDULES
 
 
 @dataclass
@@ -129,7 +130,7 @@ class SFTConfig:
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
 
 
-# The allowed values of numeric settings, as intervals. `check_ranges` applies the entries whose
+# The allowed values of numeric settings, as intervals. `check_values` applies the entries whose
 # key the config has (`train` and `sft` share the model, data and trainer keys); None is always
 # allowed for the optional ones (ppo.value_lr, ppo.max_approx_kl).
 RANGES: dict[str, str] = {
@@ -195,6 +196,15 @@ RANGES: dict[str, str] = {
 }
 
 
+# The allowed values of settings that name a choice (other names are checked where they are used:
+# model.family/dtype by the loader, ppo.kl.* by the KL controller, data.format by the reader).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "ppo.advantage": ("gae", "rloo"),
+    "ppo.lr_schedule": SCHEDULES,
+    "sft.lr_schedule": SCHEDULES,
+}
+
+
 def validates(cfg) -> bool:
     """Whether a run (TrainConfig or SFTConfig) validates: `data.val` set and `trainer.val_every` not 0."""
     return bool(cfg.data.val) and cfg.trainer.val_every > 0
@@ -208,15 +218,24 @@ def in_interval(value: float, interval: str) -> bool:
     return above and below
 
 
-def check_ranges(cfg) -> None:
-    """Every numeric setting of `cfg` (a TrainConfig or SFTConfig) inside its RANGES interval, or a
-    UserError naming the key, its value and the interval. Run before any model is loaded."""
+def _setting(cfg, key: str):
+    """The value at dotted `key` of a config object, or None where the config has no such key."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part, None)
+    return cfg
+
+
+def check_values(cfg) -> None:
+    """Every setting of `cfg` (a TrainConfig or SFTConfig) in RANGES or CHOICES allowed there, or a
+    UserError naming the key, its value and what is allowed. Run before any model is loaded."""
     for key, interval in RANGES.items():
-        node = cfg
-        for part in key.split("."):
-            node = getattr(node, part, None)
-        if node is not None and not in_interval(node, interval):
-            raise UserError(f"{key}={node} is outside its allowed range {interval}")
+        value = _setting(cfg, key)
+        if value is not None and not in_interval(value, interval):
+            raise UserError(f"{key}={value} is outside its allowed range {interval}")
+    for key, allowed in CHOICES.items():
+        value = _setting(cfg, key)
+        if value is not None and value not in allowed:
+            raise UserError(f"{key}='{value}' is not one of {', '.join(allowed)}")
 
 
 def _valid_keys(schema: DictConfig, prefix: str = "") -> list[str]:
