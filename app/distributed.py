@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning.pytorch as pl
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -54,6 +56,8 @@ def build_strategy(t: TrainerSettings) -> str | ModelParallelStrategy:
 def lightning_trainer(**kwargs) -> pl.Trainer:
     """`pl.Trainer(**kwargs)`, with Lightning's objections to the trainer settings (accelerator,
     devices, strategy, precision) as one clear line: build it before loading any model."""
+    # Lightning 2.x on torch 2.13 warns about its own use of a torch pytree API at every batch
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     try:
         return pl.Trainer(**kwargs)
     except (MisconfigurationException, ValueError) as err:
