@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from app.config import TrainConfig, check_values, validates
 from app.data.datamodule import PromptDataModule
-from app.distributed import build_strategy, check_strategy, lightning_trainer, shards_model
+from app.distributed import build_strategy, check_strategy, lightning_trainer, shards_model, writable_dir
 from app.errors import UserError
 from app.models.loading import load_model
 from app.models.policy import build_policy
@@ -63,6 +63,7 @@ def check_ppo_settings(cfg: TrainConfig) -> None:
     ppo = cfg.ppo
     check_values(cfg)
     check_strategy(cfg.trainer)
+    writable_dir("trainer.root_dir", cfg.trainer.root_dir)
     build_kl_controller(ppo.kl)  # checks the estimator and controller names
     if ppo.advantage == "rloo" and ppo.samples_per_prompt < 2:
         raise UserError(

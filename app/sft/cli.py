@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from app.config import SFTConfig, check_values, load_config, validates
+from app.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,13 +20,17 @@ def train_sft(cfg: SFTConfig) -> Path:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from app.data.datamodule import PromptDataModule
-    from app.distributed import build_strategy, check_strategy, lightning_trainer, shards_model
+    from app.distributed import build_strategy, check_strategy, lightning_trainer, shards_model, writable_dir
     from app.models.export import write_checkpoint
     from app.models.loading import load_model
     from app.sft.module import SFTModule
 
     check_values(cfg)
     check_strategy(cfg.trainer)
+    if Path(cfg.output_dir).resolve() == Path(cfg.model.path).resolve():
+        raise UserError(f"output_dir={cfg.output_dir} is the base model's directory (model.path); choose a new directory")
+    writable_dir("trainer.root_dir", cfg.trainer.root_dir)
+    out = writable_dir("output_dir", cfg.output_dir)
     # everything that can reject the settings comes before the model, which may take minutes to load
     datamodule = PromptDataModule(
         cfg.data, prompts_per_step=cfg.sft.batch_size, seed=cfg.seed,
@@ -46,7 +51,6 @@ def train_sft(cfg: SFTConfig) -> Path:
         torch.set_num_threads(cfg.trainer.cpu_threads)
     module = SFTModule(cfg, load_model(cfg.model))
     trainer.fit(module, datamodule=datamodule)
-    out = Path(cfg.output_dir)
     if module.sharded:  # gather on every rank; rank 0 puts the weights into an unsharded copy
         state = module.full_state_dict()
         if trainer.is_global_zero:
