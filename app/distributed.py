@@ -1,11 +1,8 @@
-"""What `train` and `sft` set up around Lightning before loading a model: the strategy from
-`trainer.strategy`, the Trainer, the directories the run writes to."""
+"""The Lightning strategy from `trainer.strategy` and the Trainer's construction, shared by `train` and `sft`."""
 
 from __future__ import annotations
 
-import tempfile
 import warnings
-from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -65,17 +62,3 @@ def lightning_trainer(**kwargs) -> pl.Trainer:
         return pl.Trainer(**kwargs)
     except (MisconfigurationException, ValueError) as err:
         raise UserError(f"trainer settings (trainer.accelerator/devices/strategy/precision): {err}") from None
-
-
-def writable_dir(key: str, path: str | Path) -> Path:
-    """Create the directory setting `key` names (and its parents) and check that a file can be
-    written in it, before any model loads: a run must not end after training for want of a place
-    to write its results."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise UserError(f"{key}={path}: cannot write there ({err.strerror or err})") from None
-    return path

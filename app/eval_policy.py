@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -76,14 +77,18 @@ def evaluate_policy(
     limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 512, evaluation=None,
     out: str | None = None, system_prompt: str | None = None, instruction: str | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
-    """Greedy pass@1 on `data`; returns (summary, per-item rows)."""
+    """Greedy pass@1 on `data`; returns (summary, per-item rows). With `out`, each row is written
+    there as soon as it is scored, so an interrupted evaluation keeps what it did."""
     import itertools
 
     from app.data.formats import iter_problems
     from app.data.prompts import build_messages
     from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, summarize
     from app.models.config import SamplingConfig
+    from app.paths import writable_dir
 
+    if out:
+        writable_dir(Path(out).parent, f"--out {out}")
     loaded, model = load_trained(model_dir, family, adapter)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False)
     evaluation = evaluation or EvaluationConfig()
@@ -92,7 +97,7 @@ def evaluate_policy(
         raise UserError(f"{data}: no problems to evaluate")
     rows: list[dict] = []
     scored = []
-    with EvaluatorPool(evaluation) as pool:
+    with EvaluatorPool(evaluation) as pool, open(out or os.devnull, "w") as out_file:
         for start in range(0, len(problems), batch_size):
             batch = problems[start : start + batch_size]
             prompts = [loaded.chat.encode_prompt(loaded.tokenizer, build_messages(p, system_prompt, instruction)) for p in batch]
@@ -103,14 +108,10 @@ def evaluate_policy(
             scored += results
             for problem, response, result in zip(batch, responses, results):
                 rows.append({"id": problem.id, "response": response, **asdict(result)})
+                out_file.write(json.dumps(rows[-1]) + "\n")
+            out_file.flush()
             print(f"evaluated {len(rows)}/{len(problems)}", file=sys.stderr)
-    summary = summarize(scored)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-    return summary, rows
+    return summarize(scored), rows
 
 
 def run(args: argparse.Namespace) -> int:

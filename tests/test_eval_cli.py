@@ -38,3 +38,13 @@ def test_eval_refuses_a_count_below_one(flag, tmp_path, capsys):
         main(["eval", "--model", str(STARTER), "--data", str(tmp_path / "x.jsonl"), flag, "0"])
     assert exit_.value.code == 2
     assert f"argument {flag}: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_eval_checks_where_it_writes_before_loading_the_model(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    argv = ["eval", "--model", str(tmp_path / "no-such-model"), "--data", str(tmp_path / "x.jsonl"), "--out",
+            str(blocker / "rows.jsonl")]
+    assert main(argv) == 2
+    assert f"--out {blocker / 'rows.jsonl'}: cannot write in {blocker} (File exists)" in capsys.readouterr().err
+

@@ -109,5 +109,7 @@ def test_export_errors(tiny_chatglm_dir, tmp_path, capsys):
     (tmp_path / "busy" / "x").write_text("")
     assert "not empty" in export(good, tmp_path / "busy")
     assert "base model directory" in export(good, tiny_chatglm_dir)
+    blocked = tmp_path / "busy" / "x" / "out"
+    assert f"--out {blocked}: cannot write in {blocked} (Not a directory)" in export(good, blocked)
     code = main(["export", "--model", str(tmp_path / "nodir"), "--adapter", str(good), "--out", str(tmp_path / "o")])
     assert code == 2 and "not a model directory" in capsys.readouterr().err

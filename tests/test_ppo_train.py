@@ -382,7 +382,7 @@ BAD_SETTINGS = [
     ("ppo.kl.horizon=0", "ppo.kl.horizon=0 is outside its allowed range [1, inf)"),
     ("evaluation.limits.time_limit_s=-1", "evaluation.limits.time_limit_s=-1.0 is outside its allowed range (0, inf)"),
     ("resume=" + __file__, "is not a checkpoint; pass a .ckpt from logs/RUN/version_N/checkpoints/"),
-    (f"trainer.root_dir={__file__}/logs", f"trainer.root_dir={__file__}/logs: cannot write there (Not a directory)"),
+    (f"trainer.root_dir={__file__}/logs", f"trainer.root_dir={__file__}/logs: cannot write in {__file__}/logs (Not a directory)"),
 ]
 
 
@@ -415,7 +415,7 @@ def test_a_bad_sft_setting_is_refused_before_any_model_loads(problems_file, tmp_
     assert "sft.lr_schedule='exp' is not one of constant, linear, cosine" in capsys.readouterr().err
     # where the trained model goes is checked before training, not after
     assert main([*argv[:-1], f"output_dir={problems_file}/sft"]) == 2
-    assert f"output_dir={problems_file}/sft: cannot write there (Not a directory)" in capsys.readouterr().err
+    assert f"output_dir={problems_file}/sft: cannot write in {problems_file}/sft (Not a directory)" in capsys.readouterr().err
     assert main([*argv[:-1], f"output_dir={tmp_path / 'no-such-model'}"]) == 2
     assert "is the base model's directory (model.path); choose a new directory" in capsys.readouterr().err
 

@@ -20,6 +20,7 @@ import torch
 from app.errors import UserError
 from app.models.config import LoraSettings, ModelConfig
 from app.models.policy import PolicyWithValue, build_policy, read_trainable
+from app.paths import writable_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth", ".ckpt", ".index.json")
@@ -61,6 +62,7 @@ def export(
         raise UserError(f"--out {out_dir} exists and is not empty; choose a new directory or empty it")
     if serialization not in ("safetensors", "bin"):
         raise UserError(f"unknown weight format '{serialization}'; use safetensors or bin")
+    writable_dir(out_dir, f"--out {out_dir}")
     dtype = dtype or base_dtype(model_dir)
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")

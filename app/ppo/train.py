@@ -12,10 +12,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from app.config import TrainConfig, check_values, validates
 from app.data.datamodule import PromptDataModule
-from app.distributed import build_strategy, check_strategy, lightning_trainer, shards_model, writable_dir
+from app.distributed import build_strategy, check_strategy, lightning_trainer, shards_model
 from app.errors import UserError
 from app.models.loading import load_model
 from app.models.policy import build_policy
+from app.paths import writable_dir
 from app.ppo.kl import build_kl_controller
 from app.ppo.module import PPOModule
 from callbacks.checkpoint import IterationCheckpoint
@@ -63,7 +64,7 @@ def check_ppo_settings(cfg: TrainConfig) -> None:
     ppo = cfg.ppo
     check_values(cfg)
     check_strategy(cfg.trainer)
-    writable_dir("trainer.root_dir", cfg.trainer.root_dir)
+    writable_dir(cfg.trainer.root_dir, f"trainer.root_dir={cfg.trainer.root_dir}")
     build_kl_controller(ppo.kl)  # checks the estimator and controller names
     if ppo.advantage == "rloo" and ppo.samples_per_prompt < 2:
         raise UserError(

@@ -20,17 +20,18 @@ def train_sft(cfg: SFTConfig) -> Path:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from app.data.datamodule import PromptDataModule
-    from app.distributed import build_strategy, check_strategy, lightning_trainer, shards_model, writable_dir
+    from app.distributed import build_strategy, check_strategy, lightning_trainer, shards_model
     from app.models.export import write_checkpoint
     from app.models.loading import load_model
+    from app.paths import writable_dir
     from app.sft.module import SFTModule
 
     check_values(cfg)
     check_strategy(cfg.trainer)
     if Path(cfg.output_dir).resolve() == Path(cfg.model.path).resolve():
         raise UserError(f"output_dir={cfg.output_dir} is the base model's directory (model.path); choose a new directory")
-    writable_dir("trainer.root_dir", cfg.trainer.root_dir)
-    out = writable_dir("output_dir", cfg.output_dir)
+    writable_dir(cfg.trainer.root_dir, f"trainer.root_dir={cfg.trainer.root_dir}")
+    out = writable_dir(cfg.output_dir, f"output_dir={cfg.output_dir}")
     # everything that can reject the settings comes before the model, which may take minutes to load
     datamodule = PromptDataModule(
         cfg.data, prompts_per_step=cfg.sft.batch_size, seed=cfg.seed,
