@@ -263,3 +263,35 @@ def test_sft_on_two_ranks_survives_a_rank_without_usable_problems_and_reduces_va
     logged = [e.value for e in events.Scalars("sft/val_loss")]
     assert len(logged) == 2
     assert logged[1] == pytest.approx(answer_token_loss(out, val, None, None), abs=1e-4)  # all 5, final weights
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "fabric"])
+def test_the_readmes_launch_lines_train_on_two_cpu_processes(launcher, tiny_chatglm_dir, tmp_path):
+    """`torchrun --nproc_per_node 2 -m app train ...` and `fabric run --devices 2 app/__main__.py
+    train ...`, with the quick start's settings (full fine-tuning, RLOO: the value head is outside
+    the loss, which DDP used to refuse as an unused parameter)."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(8, seed=5, infeasible_fraction=0.0)))
+    args = [
+        f"model.path={tiny_chatglm_dir}", "model.lora.enabled=false", f"data.train={data}", "data.system_prompt=",
+        "data.instruction=", "data.max_prompt_tokens=2048", "sampling.max_new_tokens=8", "ppo.advantage=rloo",
+        "ppo.prompts_per_step=1", "ppo.samples_per_prompt=2", "ppo.minibatch_size=2", "evaluation.workers=1",
+        "trainer.max_steps=2", "trainer.checkpoint_every=1", "trainer.devices=2", "trainer.strategy=ddp",
+        f"trainer.root_dir={tmp_path / 'logs'}", "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
+    ]
+    bin_dir = Path(sys.executable).parent
+    command = {
+        "torchrun": [str(bin_dir / "torchrun"), "--nproc_per_node", "2", "-m", "app", "train", *args],
+        "fabric": [str(bin_dir / "fabric"), "run", "--accelerator", "cpu", "--devices", "2", "app/__main__.py", "train",
+                   *args],
+    }[launcher]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("logs and checkpoints:") == 1  # rank 0 only
+    run = tmp_path / "logs" / "ppo" / "version_0"
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["ppo"]["iteration"] == 2
+    trained = torch.load(run / "trainable.pt", weights_only=True)["state_dict"]
+    assert float(trained["value_head.proj.bias"].abs().max()) == 0.0  # kept in the file, never trained

@@ -142,6 +142,8 @@ class PolicyWithValue(nn.Module):
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         hidden = self.causal_lm.get_output_embeddings().weight.shape[1]
         self.value_head = ValueHead(hidden).to(next(model.parameters()).device)
+        # what checkpoints hold, fixed here: freezing the value head later (RLOO) keeps it in them
+        self.trainable_names = {name for name, p in self.named_parameters() if p.requires_grad}
 
     def shard(self, mesh, gather_for_sampling: bool = True) -> None:
         """FSDP2 (`fully_shard`) over the ranks of `mesh`, in groups that match how the module is
@@ -293,18 +295,19 @@ class PolicyWithValue(nn.Module):
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def value_parameters(self) -> list[nn.Parameter]:
-        return list(self.value_head.parameters())
+        """The value head's parameters, unless frozen (RLOO advantages use no value model)."""
+        return [p for p in self.value_head.parameters() if p.requires_grad]
 
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What PPO changes — LoRA + value head (LoRA mode) or LM + value head (full mode), as
         whole tensors. Sharded, this gathers them: a collective that every rank must call."""
         reshard(self)
-        return {name: full_tensor(p.detach()) for name, p in self.named_parameters() if p.requires_grad}
+        return {name: full_tensor(p.detach()) for name, p in self.named_parameters() if name in self.trainable_names}
 
     def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         reshard(self)
-        own = dict((name, p) for name, p in self.named_parameters() if p.requires_grad)
+        own = {name: p for name, p in self.named_parameters() if name in self.trainable_names}
         missing = sorted(own.keys() - state_dict.keys())
         unexpected = sorted(state_dict.keys() - own.keys())
         if missing or unexpected:

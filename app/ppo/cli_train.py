@@ -20,5 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from app.ppo.train import train  # heavy imports only once the config is valid
 
     _, trainer = train(cfg)
-    print(f"logs and checkpoints: {trainer.log_dir}")
+    log_dir = trainer.log_dir  # a collective under DDP: every rank asks
+    if trainer.is_global_zero:  # under torchrun / fabric run every rank gets here
+        print(f"logs and checkpoints: {log_dir}")
     return 0

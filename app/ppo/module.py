@@ -47,15 +47,17 @@ class PPOModule(pl.LightningModule):
         self.iteration = 0  # PPO iterations done (the trainer's global_step counts optimizer steps)
         self.automatic_optimization = False
         self.strict_loading = False  # LoRA checkpoints hold only the trainable weights
+        if cfg.ppo.advantage == "rloo":
+            # no value loss: a trainable head outside the loss would leave DDP waiting for its gradients
+            policy.value_head.requires_grad_(False)
 
     # ---- Lightning plumbing -------------------------------------------------------------
 
     def configure_optimizers(self):
         ppo = self.cfg.ppo
-        groups = [
-            {"params": list(self.policy.policy_parameters()), "lr": ppo.lr},
-            {"params": list(self.policy.value_parameters()), "lr": ppo.value_lr or ppo.lr},
-        ]
+        groups = [{"params": self.policy.policy_parameters(), "lr": ppo.lr}]
+        if self.policy.value_parameters():
+            groups.append({"params": self.policy.value_parameters(), "lr": ppo.value_lr or ppo.lr})
         optimizer = torch.optim.AdamW(groups, weight_decay=ppo.weight_decay)
         factor = lr_lambda(ppo.lr_schedule, ppo.warmup_steps, self.cfg.trainer.max_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

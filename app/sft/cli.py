@@ -62,6 +62,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         if cfg.model.lora.enabled:
             model = model.merge_and_unload()
         write_checkpoint(model, cfg.model.path, out, dtype=cfg.model.dtype)
+        print(f"SFT model written to {out}")
     trainer.strategy.barrier()
     return out
 
@@ -71,6 +72,5 @@ def run(args: argparse.Namespace) -> int:
     if config is not None and "=" in config:
         config, overrides = None, [config, *overrides]
     cfg = load_config(config, overrides, schema_cls=SFTConfig)
-    out = train_sft(cfg)
-    print(f"SFT model written to {out}")
+    train_sft(cfg)
     return 0
