@@ -31,7 +31,7 @@ class IterationCheckpoint(Callback):
     def save(self, trainer: Trainer, iteration: int) -> Path:
         final = self.dirpath / f"iter-{iteration:06d}.ckpt"
         tmp = final.with_suffix(".ckpt.tmp")
-        trainer.save_checkpoint(tmp)  # every rank calls it; rank 0 writes
+        trainer.save_checkpoint(tmp, weights_only=False)  # the full, resumable state; every rank calls it, rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, final)
             last_tmp = self.dirpath / "last.ckpt.tmp"
