@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import lightning.pytorch as pl
@@ -53,11 +54,17 @@ def build_strategy(t: TrainerSettings) -> str | ModelParallelStrategy:
     )
 
 
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip")
+
+
 def lightning_trainer(**kwargs) -> pl.Trainer:
     """`pl.Trainer(**kwargs)`, with Lightning's objections to the trainer settings (accelerator,
     devices, strategy, precision) as one clear line: build it before loading any model."""
-    # Lightning 2.x on torch 2.13 warns about its own use of a torch pytree API at every batch
+    # Lightning 2.x on torch 2.13 warns about its own use of a torch pytree API at every batch,
+    # and advertises its cloud logger at every Trainer construction
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)
     try:
         return pl.Trainer(**kwargs)
     except (MisconfigurationException, ValueError) as err:
