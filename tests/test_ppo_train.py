@@ -434,3 +434,16 @@ def test_fsdp1_and_deepspeed_are_refused_before_any_model_loads(strategy, proble
         assert f"trainer.strategy={strategy} is not supported" in err
         assert "Use trainer.strategy=fsdp2" in err
         assert "no-such-model" not in err
+
+
+def test_resuming_with_a_different_optimizer_layout_is_a_clear_error(tiny_chatglm_dir, problems_file, tmp_path):
+    """A GAE checkpoint (policy + value head groups) resumed with RLOO (policy only)."""
+    from app.ppo.train import train
+
+    extra = {"trainer.max_steps": 1, "trainer.checkpoint_every": 1}
+    _, trainer = train(load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path / "gae", **extra)))
+    last = Path(trainer.log_dir) / "checkpoints" / "last.ckpt"
+    resumed = {**extra, "trainer.max_steps": 2, "ppo.advantage": "rloo", "resume": last}
+    with pytest.raises(UserError, match="the checkpoint's optimizer has 2 parameter groups and this run's 1"):
+        train(load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path / "rloo", **resumed)))
+

@@ -27,6 +27,7 @@ from torch.distributed.tensor import DTensor
 
 from app.config import TrainConfig
 from app.data.prompts import build_messages
+from app.errors import UserError
 from app.models.loading import LoadedModel
 from app.models.policy import PolicyWithValue
 from app.optim import lr_lambda
@@ -53,12 +54,17 @@ class PPOModule(pl.LightningModule):
 
     # ---- Lightning plumbing -------------------------------------------------------------
 
-    def configure_optimizers(self):
+    def _param_groups(self) -> list[dict]:
+        """The policy's trainable weights, and the value head's unless frozen (RLOO)."""
         ppo = self.cfg.ppo
         groups = [{"params": self.policy.policy_parameters(), "lr": ppo.lr}]
         if self.policy.value_parameters():
             groups.append({"params": self.policy.value_parameters(), "lr": ppo.value_lr or ppo.lr})
-        optimizer = torch.optim.AdamW(groups, weight_decay=ppo.weight_decay)
+        return groups
+
+    def configure_optimizers(self):
+        ppo = self.cfg.ppo
+        optimizer = torch.optim.AdamW(self._param_groups(), weight_decay=ppo.weight_decay)
         factor = lr_lambda(ppo.lr_schedule, ppo.warmup_steps, self.cfg.trainer.max_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
@@ -75,6 +81,16 @@ class PPOModule(pl.LightningModule):
         checkpoint["ppo"] = {"iteration": self.iteration, "kl_controller": self.kl_ctl.state_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Before Lightning restores the optimizer: a checkpoint whose optimizer has other parameter
+        groups than this run's would fail there with a bare ValueError."""
+        saved = [len(s["param_groups"]) for s in checkpoint.get("optimizer_states", [])]
+        if saved and saved[0] != len(self._param_groups()):
+            raise UserError(
+                f"resume: the checkpoint's optimizer has {saved[0]} parameter groups and this run's "
+                f"{len(self._param_groups())}: the value head has a group of its own unless ppo.advantage=rloo "
+                "(older solver-ppo versions gave it one under RLOO too). Resume with the settings the checkpoint "
+                "was written with, or start afresh"
+            )
         self.iteration = checkpoint["ppo"]["iteration"]
         self.kl_ctl.load_state_dict(checkpoint["ppo"]["kl_controller"])
 
