@@ -298,7 +298,6 @@ class PolicyWithValue(nn.Module):
         """The value head's parameters, unless frozen (RLOO advantages use no value model)."""
         return [p for p in self.value_head.parameters() if p.requires_grad]
 
-
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What PPO changes — LoRA + value head (LoRA mode) or LM + value head (full mode), as
         whole tensors. Sharded, this gathers them: a collective that every rank must call."""

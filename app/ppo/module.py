@@ -84,10 +84,11 @@ class PPOModule(pl.LightningModule):
         """Before Lightning restores the optimizer: a checkpoint whose optimizer has other parameter
         groups than this run's would fail there with a bare ValueError."""
         saved = [len(s["param_groups"]) for s in checkpoint.get("optimizer_states", [])]
-        if saved and saved[0] != len(self._param_groups()):
+        mine = len(self._param_groups())
+        if saved and saved[0] != mine:
             raise UserError(
                 f"resume: the checkpoint's optimizer has {saved[0]} parameter groups and this run's "
-                f"{len(self._param_groups())}: the value head has a group of its own unless ppo.advantage=rloo "
+                f"{mine}: the value head has a group of its own unless ppo.advantage=rloo "
                 "(older solver-ppo versions gave it one under RLOO too). Resume with the settings the checkpoint "
                 "was written with, or start afresh"
             )
@@ -190,6 +191,9 @@ class PPOModule(pl.LightningModule):
 
     def _mean_across_ranks(self, value: torch.Tensor) -> torch.Tensor:
         return self.all_gather(value.detach()).float().mean()
+
+    def _approx_kl_across_ranks(self, stats: dict[str, float]) -> float:
+        return float(self._mean_across_ranks(torch.tensor(stats["train/approx_kl"], device=self.device)))
 
     def _min_across_ranks(self, n: int) -> int:
         return int(self.all_gather(torch.tensor(n, device=self.device)).min())
@@ -320,8 +324,7 @@ class PPOModule(pl.LightningModule):
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
                 n_minibatches += 1
-                approx_kl = torch.tensor(stats["train/approx_kl"], device=self.device)
-                if ppo.max_approx_kl is not None and float(self._mean_across_ranks(approx_kl)) > ppo.max_approx_kl:
+                if ppo.max_approx_kl is not None and self._approx_kl_across_ranks(stats) > ppo.max_approx_kl:
                     stopped_early = True
                     break
             if stopped_early:

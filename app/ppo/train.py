@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from app.config import TrainConfig, check_values, validates
 from app.data.datamodule import PromptDataModule
-from app.distributed import build_strategy, check_strategy, lightning_trainer, shards_model
+from app.distributed import build_strategy, lightning_trainer, shards_model
 from app.errors import UserError
 from app.models.loading import load_model
 from app.models.policy import build_policy
@@ -28,7 +28,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None) -> pl.T
     # PPOModule sets train/eval mode itself (eval to sample, train to update) and the frozen
     # reference stays in eval mode: Lightning's warning about eval-mode modules is expected here.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-    t = cfg.trainer
+    t, validate = cfg.trainer, validates(cfg)
     logger = TensorBoardLogger(t.root_dir, name=cfg.run_name)
     callbacks = [
         SolverReward(cfg.evaluation),
@@ -53,9 +53,9 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None) -> pl.T
         use_distributed_sampler=False,  # the prompt stream shards itself by rank and worker
         num_sanity_val_steps=0,
         # with data.val: every val_every PPO steps (the prompt stream has no epochs)
-        val_check_interval=t.val_every if validates(cfg) else None,
-        check_val_every_n_epoch=None if validates(cfg) else 1,
-        limit_val_batches=None if validates(cfg) else 0,
+        val_check_interval=t.val_every if validate else None,
+        check_val_every_n_epoch=None if validate else 1,
+        limit_val_batches=None if validate else 0,
     )
 
 
@@ -63,7 +63,6 @@ def check_ppo_settings(cfg: TrainConfig) -> None:
     """Settings the schema's types cannot check, before any model is loaded."""
     ppo = cfg.ppo
     check_values(cfg)
-    check_strategy(cfg.trainer)
     writable_dir(cfg.trainer.root_dir, f"trainer.root_dir={cfg.trainer.root_dir}")
     build_kl_controller(ppo.kl)  # checks the estimator and controller names
     if ppo.advantage == "rloo" and ppo.samples_per_prompt < 2:

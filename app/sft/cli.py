@@ -20,14 +20,13 @@ def train_sft(cfg: SFTConfig) -> Path:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from app.data.datamodule import PromptDataModule
-    from app.distributed import build_strategy, check_strategy, lightning_trainer, shards_model
+    from app.distributed import build_strategy, lightning_trainer, shards_model
     from app.models.export import write_checkpoint
     from app.models.loading import load_model
     from app.paths import writable_dir
     from app.sft.module import SFTModule
 
     check_values(cfg)
-    check_strategy(cfg.trainer)
     if Path(cfg.output_dir).resolve() == Path(cfg.model.path).resolve():
         raise UserError(f"output_dir={cfg.output_dir} is the base model's directory (model.path); choose a new directory")
     writable_dir(cfg.trainer.root_dir, f"trainer.root_dir={cfg.trainer.root_dir}")
@@ -37,13 +36,13 @@ def train_sft(cfg: SFTConfig) -> Path:
         cfg.data, prompts_per_step=cfg.sft.batch_size, seed=cfg.seed,
         whole_val_on_every_rank=shards_model(cfg.trainer),
     )
-    t = cfg.trainer
+    t, validate = cfg.trainer, validates(cfg)
     trainer = lightning_trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(t),
         precision=t.precision, max_steps=cfg.sft.max_steps, max_epochs=-1,
         gradient_clip_val=cfg.sft.max_grad_norm, logger=TensorBoardLogger(t.root_dir, name=cfg.run_name),
         log_every_n_steps=t.log_every_n_steps, enable_checkpointing=False,
-        val_check_interval=t.val_every if validates(cfg) else None, limit_val_batches=None if validates(cfg) else 0,
+        val_check_interval=t.val_every if validate else None, limit_val_batches=None if validate else 0,
         num_sanity_val_steps=0,
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, use_distributed_sampler=False,
     )
