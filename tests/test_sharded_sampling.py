@@ -52,6 +52,10 @@ def sample_on_rank(rank: int, port: int, model_dir: str, lora: bool, gather: boo
         json.dump({"gathers": len(gathers), "blocks": len(transformer_blocks(policy.causal_lm)),
                    "steps": [g.shape[1] - len(max(PROMPTS[rank], key=len)) for g in got], "same": same}, f)
     dist.destroy_process_group()
+    # Leave without interpreter finalization: a gloo worker thread may drop its last all-gather
+    # (tensors with Python owners) while Python shuts down, which aborts the process at random
+    # (SIGABRT, "terminate called without an active exception"; see pytorch/pytorch#179291).
+    os._exit(0)
 
 
 def free_port() -> int:
