@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 
+from app.distributed import leave_process_group
 from app.models.config import LoraSettings, ModelConfig, SamplingConfig
 from app.models.loading import load_model
 from app.models.policy import build_policy, transformer_blocks
@@ -51,11 +52,7 @@ def sample_on_rank(rank: int, port: int, model_dir: str, lora: bool, gather: boo
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump({"gathers": len(gathers), "blocks": len(transformer_blocks(policy.causal_lm)),
                    "steps": [g.shape[1] - len(max(PROMPTS[rank], key=len)) for g in got], "same": same}, f)
-    dist.destroy_process_group()
-    # Leave without interpreter finalization: a gloo worker thread may drop its last all-gather
-    # (tensors with Python owners) while Python shuts down, which aborts the process at random
-    # (SIGABRT, "terminate called without an active exception"; see pytorch/pytorch#179291).
-    os._exit(0)
+    leave_process_group()  # else the process may abort on exit, as it did in CI
 
 
 def free_port() -> int:
