@@ -54,10 +54,23 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:
-        return int(module.run(args) or 0)
+        code = int(module.run(args) or 0)
     except UserError as err:
         print(f"error: {user_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    leave_process_group()
+    return code
+
+
+def leave_process_group() -> None:
+    """After a command that ran as one rank of several (`train`, `sft` under torchrun, `fabric run`
+    or the Trainer's launcher), leave the group before exiting (`app.distributed`). Only checked
+    when the command imported torch: the evaluation commands never do."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        from app.distributed import leave_process_group as leave
+
+        leave()

@@ -1,6 +1,7 @@
 """A rank that exits with collectives still running on gloo's threads aborts (SIGABRT) unless it
-leaves the process group first: `distributed.leave_process_group`, which `train` and `sft` call
-last. Two real processes; without the call this child aborted in 8 of 8 runs (torch 2.13)."""
+leaves the process group first: `distributed.leave_process_group`, which `python -m app` calls after
+every command that joined one. Two real processes; without the call this child aborted in 8 of 8 runs
+(torch 2.13)."""
 
 from __future__ import annotations
 
@@ -13,22 +14,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
-import sys
+import sys, types
 import torch
 import torch.distributed as dist
-from app.distributed import leave_process_group
+from app import cli
 
-dist.init_process_group("gloo", rank=int(sys.argv[1]), world_size=2)
-group = dist.group.WORLD  # held to the end, as a model wrapper holds it
-pending = [dist.all_reduce(torch.ones(100_000), async_op=True) for _ in range(30)]  # never waited for
-del pending
-leave_process_group()
+def run(args):  # a command that runs as one of two ranks and ends with collectives in flight
+    dist.init_process_group("gloo", rank=args.rank, world_size=2)
+    global group
+    group = dist.group.WORLD  # held to the end, as a model wrapper holds it
+    pending = [dist.all_reduce(torch.ones(100_000), async_op=True) for _ in range(30)]  # never waited for
+    return 0
+
+command = types.ModuleType("two_ranks")
+command.add_arguments = lambda parser: parser.add_argument("rank", type=int)
+command.run = run
+sys.modules["two_ranks"] = command
+cli.COMMANDS["two-ranks"] = ("two_ranks", "test command")
+assert cli.main(["two-ranks", sys.argv[1]]) == 0
 assert not dist.is_initialized()
 print("left")
 """
 
-
-def test_a_rank_with_collectives_in_flight_leaves_and_exits_cleanly():
+def test_a_rank_with_collectives_in_flight_leaves_after_its_command_and_exits_cleanly():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -446,4 +446,3 @@ def test_resuming_with_a_different_optimizer_layout_is_a_clear_error(tiny_chatgl
     resumed = {**extra, "trainer.max_steps": 2, "ppo.advantage": "rloo", "resume": last}
     with pytest.raises(UserError, match="the checkpoint's optimizer has 2 parameter groups and this run's 1"):
         train(load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path / "rloo", **resumed)))
-

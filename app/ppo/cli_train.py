@@ -17,12 +17,10 @@ def run(args: argparse.Namespace) -> int:
     if config is not None and "=" in config:  # only overrides were given
         config, overrides = None, [config, *overrides]
     cfg = load_config(config, overrides)
-    from app.distributed import leave_process_group
     from app.ppo.train import train  # heavy imports only once the config is valid
 
     _, trainer = train(cfg)
     log_dir = trainer.log_dir  # a collective under DDP: every rank asks
     if trainer.is_global_zero:  # under torchrun / fabric run every rank gets here
         print(f"logs and checkpoints: {log_dir}")
-    leave_process_group()
     return 0

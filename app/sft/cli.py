@@ -72,7 +72,4 @@ def run(args: argparse.Namespace) -> int:
         config, overrides = None, [config, *overrides]
     cfg = load_config(config, overrides, schema_cls=SFTConfig)
     train_sft(cfg)
-    from app.distributed import leave_process_group  # already imported by train_sft
-
-    leave_process_group()
     return 0
