@@ -90,7 +90,12 @@ def preload() -> None:
 
 
 def installed(library: str) -> bool:
-    return library in sys.modules or importlib.util.find_spec(library) is not None
+    if sys.modules.get(library) is not None:
+        return True
+    try:
+        return importlib.util.find_spec(library) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _line_of(tb) -> int | None:
@@ -293,11 +298,15 @@ def _hook_scipy(cap: _Capture, undo: list) -> None:
         from scipy.optimize._milp import _milp_iv
 
         if cap.outcome is None:
+            from scipy.sparse import csc_array
+
             c, integ, lb, ub, indptr, indices, data, b_l, b_u, _ = _milp_iv(c, integrality, bounds, constraints, options)
+            a = csc_array((data, indices, indptr), shape=(len(b_l), len(c))).tocsr()  # milp's matrix is by column
             rows = []
             for r in range(len(b_l)):
-                a = {int(j): float(v) for j, v in zip(indices[indptr[r]:indptr[r + 1]], data[indptr[r]:indptr[r + 1]])}
-                rows.append((a, "range", (float(b_l[r]), float(b_u[r]))))
+                start, end = a.indptr[r], a.indptr[r + 1]
+                coefs = dict(zip(a.indices[start:end].tolist(), a.data[start:end].tolist()))
+                rows.append((coefs, "range", (float(b_l[r]), float(b_u[r]))))
             _scipy_capture(cap, c, lb, ub, integ, rows)
         cap.stop()
 
@@ -439,7 +448,7 @@ def run_captured(code: str, workdir: str, limits: SolverLimits | None = None) ->
     except ValueError as err:  # null bytes
         return CaptureOutcome("syntax_error", f"the code cannot be compiled: {_one_line(err)}", library=library)
     # the imported ones, and every supported library already loaded (an import the parser cannot see)
-    wanted = {m for m in _imported_modules(code) if m in SUPPORTED} | {m for m in SUPPORTED if m in sys.modules}
+    wanted = {m for m in _imported_modules(code) if m in SUPPORTED} | {m for m in SUPPORTED if sys.modules.get(m) is not None}
     cap = _Capture(workdir, limits or SolverLimits())
     for name in sorted(wanted):
         try:

@@ -25,6 +25,13 @@ import numpy as np
 from app.evaluation.model import Model
 
 _VTYPE = {"C": 0.0, "I": 1.0, "B": 2.0}
+
+
+def _vtype_code(vtype: str, lb: float, ub: float) -> float:
+    """An integer variable in [0, 1] is a binary: MPS has no binary type, so writers state one
+    either way (a BV bound, or integer markers with an upper bound of 1)."""
+    return _VTYPE["B"] if vtype == "I" and lb == 0.0 and ub == 1.0 else _VTYPE[vtype]
+
 _LE, _EQ, _EQ_EITHER = 0.0, 1.0, 2.0  # row kinds: '<=', '=' with a fixed sign, '=' that reads the same negated
 _WORK_CAP = 4_000_000  # edge visits spent on individualization rounds before we stop breaking ties
 _ASSIGN_CAP = 4_000_000  # largest dense assignment matrix (entries); beyond it, sort and zip
@@ -75,7 +82,7 @@ def _sorted_rows(a: np.ndarray) -> np.ndarray:
 
 def _canonical(model: Model) -> _Canon:
     index = {v.name: i for i, v in enumerate(model.variables)}
-    var = np.array([[_VTYPE[v.vtype], v.lb, v.ub, v.obj] for v in model.variables], dtype=float).reshape(-1, 4)
+    var = np.array([[_vtype_code(v.vtype, v.lb, v.ub), v.lb, v.ub, v.obj] for v in model.variables], dtype=float).reshape(-1, 4)
     rows, cols, vals = [], [], []
     kind = np.zeros(model.n_cons)
     rhs = np.zeros(model.n_cons)
@@ -434,7 +441,7 @@ def graph_size(g: nx.Graph) -> int:
 
 
 def _var_array(x: dict) -> np.ndarray:
-    return np.array([_VTYPE[x["vtype"]], x["lb"], x["ub"], x["obj"]], dtype=float)
+    return np.array([_vtype_code(x["vtype"], x["lb"], x["ub"]), x["lb"], x["ub"], x["obj"]], dtype=float)
 
 
 def _kind(x: dict) -> float:
