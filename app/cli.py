@@ -1,4 +1,4 @@
-"""`python -m app <command> ...`: one entry point for every command.
+"""`solver-ppo <command> ...` (or `python -m app <command> ...`): one entry point for every command.
 
 Each command lives beside the code it drives, in a module with `add_arguments(parser)` and
 `run(args) -> int`. Modules are imported only when their command runs, so the evaluation
@@ -24,35 +24,94 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("app.sft.cli", "supervised warm start on question -> reference model pairs: sft [CONFIG] key=value ..."),
     "export": ("app.models.cli_export", "merge LoRA into the base and write an official-format checkpoint"),
     "make-data": ("app.data.cli_make_data", "generate synthetic modeling problems with reference models and optima"),
+    "config-reference": ("app.config_reference", "every config key with its default, allowed values and meaning (Markdown)"),
+}
+
+# name -> examples shown at the end of the command's --help ({prog}: how the program was invoked)
+EXAMPLES: dict[str, str] = {
+    "evaluate-model": """\
+  {prog} evaluate-model model.lp other.mps          # status, objective and solve time of each file
+  {prog} evaluate-model big.mps --time-limit 60 --wall-limit 90""",
+    "graph-distance": """\
+  {prog} graph-distance answer.lp reference.lp     # 0: the same model up to renaming
+  {prog} graph-distance --pairs pairs.tsv           # one JSON line per pair""",
+    "score": """\
+  {prog} score --data app/evaluation/samples/problems.jsonl --answers app/evaluation/samples/answers.jsonl
+  {prog} score --data problems.jsonl --answers answers.jsonl --match relative --tolerance 0.05 --out scored.jsonl""",
+    "quickstart": """\
+  {prog} quickstart                                 # about 6 minutes on 2 CPU cores
+  {prog} quickstart ppo.lr=5e-5 --out logs/quickstart-lr5e-5""",
+    "train": """\
+  {prog} train configs/chatglm3_6b_lora.yaml model.path=/models/chatglm3-6b data.train=train.jsonl
+  {prog} train configs/quickstart.yaml ppo.lr=5e-5 trainer.max_steps=20 --print-config""",
+    "eval": """\
+  {prog} eval --model checkpoints/quickstart-sft --data logs/quickstart/data/heldout.jsonl
+  {prog} eval --model /models/chatglm3-6b --adapter logs/chatglm3_6b_lora/version_0 --data OptiBench.json \\
+      --match relative --tolerance 0.05 --out optibench.jsonl""",
+    "sft": """\
+  {prog} sft configs/quickstart_sft.yaml output_dir=checkpoints/my-sft
+  {prog} sft configs/quickstart_sft.yaml sft.max_steps=200 --print-config""",
+    "export": """\
+  {prog} export --model /models/chatglm3-6b --adapter logs/chatglm3_6b_lora/version_0 --out /models/chatglm3-6b-ppo""",
+    "make-data": """\
+  {prog} make-data --out data/synthetic --train 2000 --heldout 200 --seed 0
+  {prog} make-data --out data/flipped --train 9000 --teacher-flip 0.6   # SFT demonstrations with a teacher's error""",
+    "config-reference": """\
+  {prog} config-reference > docs/config.md""",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return f"solver-ppo {installed_version('solver-ppo')}"
+    except PackageNotFoundError:
+        return "solver-ppo (version unknown: not installed; run bash tools/setup.sh)"
+
+
+def build_parser(prog: str = "python -m app") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="PPO for math-modeling language models, with a solver as the reward.",
+        epilog=f"run '{prog} COMMAND --help' for a command's options and examples",
+    )
+    parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def command_parser(name: str, prog: str = "python -m app") -> argparse.ArgumentParser:
+    """The parser of one command: its module's arguments, its help line, its examples at the end."""
+    module_name, help_text = COMMANDS[name]
+    parser = argparse.ArgumentParser(
+        prog=f"{prog} {name}", description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n" + EXAMPLES[name].format(prog=prog),
+    )
+    importlib.import_module(module_name).add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m app") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        build_parser().print_help()
+        build_parser(prog).print_help()
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(version())
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         import difflib
 
         close = difflib.get_close_matches(name, COMMANDS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        print(f"error: unknown command '{name}'{hint}; run 'python -m app --help' for the list", file=sys.stderr)
+        print(f"error: unknown command '{name}'{hint}; run '{prog} --help' for the list", file=sys.stderr)
         return 2
-    module_name, help_text = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"python -m app {name}", description=help_text)
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
+    module = importlib.import_module(COMMANDS[name][0])
+    args = command_parser(name, prog).parse_intermixed_args(rest)  # options may come between key=value overrides
     try:
         code = int(module.run(args) or 0)
     except UserError as err:
@@ -63,6 +122,37 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     leave_process_group()
     return code
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, example_config: str, example_overrides: str) -> None:
+    """The arguments of a command that runs from a config (`train`, `sft`): CONFIG, key=value ..., --print-config."""
+    parser.add_argument("config", nargs="?", help=f"YAML config (e.g. {example_config})")
+    parser.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example_overrides}")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (defaults, the YAML, the overrides) as YAML and exit")
+
+
+def config_from_args(args: argparse.Namespace, schema_cls):
+    """The config the command runs with: schema defaults <- CONFIG <- overrides, ranges checked. With
+    --print-config it is printed as YAML instead and None is returned (no model or data file is read)."""
+    from omegaconf import OmegaConf
+
+    from app.config import check_values, load_config
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:  # only overrides were given
+        config, overrides = None, [config, *overrides]
+    cfg = load_config(config, overrides, schema_cls=schema_cls)
+    check_values(cfg)
+    if not args.print_config:
+        return cfg
+    print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
+    return None
+
+
+def entry() -> None:
+    """The `solver-ppo` console script."""
+    sys.exit(main(prog="solver-ppo"))
 
 
 def leave_process_group() -> None:

@@ -31,26 +31,26 @@ class KLSettings:
 
 @dataclass
 class PPOSettings:
-    prompts_per_step: int = 8
-    samples_per_prompt: int = 1
+    prompts_per_step: int = 8  # prompts per PPO step, per rank
+    samples_per_prompt: int = 1  # responses sampled per prompt (rloo needs >= 2)
     advantage: str = "gae"  # gae (value head, per-token) | rloo (leave-one-out over a prompt's samples; no value model)
     epochs: int = 2  # PPO epochs over each rollout
-    minibatch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 1e-5
+    minibatch_size: int = 4  # responses per forward/backward in the update (and per chunk of the no-grad passes)
+    grad_accum: int = 1  # minibatches per optimizer step
+    lr: float = 1e-5  # AdamW learning rate of the policy
     value_lr: float | None = None  # None: same as lr
     lr_schedule: str = "constant"  # constant | linear | cosine
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    value_clip: float = 0.2
-    vf_coef: float = 0.5
-    entropy_coef: float = 0.0
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_advantages: bool = True
+    warmup_steps: int = 0  # linear warmup of the learning rate over this many optimizer steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradients are clipped to this norm
+    clip_low: float = 0.2  # the ratio pi/pi_old is clipped below at 1 - clip_low
+    clip_high: float = 0.2  # the ratio pi/pi_old is clipped above at 1 + clip_high
+    value_clip: float = 0.2  # new values are clipped to within this of the old ones in the value loss
+    vf_coef: float = 0.5  # weight of the value loss (gae)
+    entropy_coef: float = 0.0  # weight of the entropy bonus; 0: entropy only logged
+    gamma: float = 1.0  # discount of the per-token rewards (gae)
+    lam: float = 0.95  # GAE lambda: bias-variance trade-off of the advantages
+    whiten_advantages: bool = True  # shift and scale the advantages to mean 0, std 1 over the batch's tokens
     max_approx_kl: float | None = None  # stop the PPO epochs of a step once exceeded
     # Old log-probs and values from the sampling loop instead of a second policy pass over the rollout
     # (one forward fewer per iteration). Equal to the full pass up to rounding in fp32; in bf16/fp16 the
@@ -62,30 +62,30 @@ class PPOSettings:
 @dataclass
 class DataSettings:
     train: str = MISSING  # JSONL (project, SIRL/ORLM, MAMO) or OptiBench JSON
-    val: str | None = None
+    val: str | None = None  # held-out problems scored every trainer.val_every steps (val/*); None: no validation
     format: str = "auto"  # auto | project | sirl | mamo | optibench
-    shuffle_buffer: int = 256
+    shuffle_buffer: int = 256  # the stream is shuffled within a buffer of this many problems; 0: file order
     on_bad_line: str = "skip"  # skip (report and go on) | error
-    num_workers: int = 0
-    max_prompt_tokens: int = 512
+    num_workers: int = 0  # DataLoader worker processes reading the stream
+    max_prompt_tokens: int = 512  # longer prompts are reported and left out
     system_prompt: str | None = None  # None: the default system prompt; "": none
     instruction: str | None = None  # None: the default answer-format instruction; "": none
 
 
 @dataclass
 class TrainerSettings:
-    max_steps: int = 100
-    accelerator: str = "cpu"
-    devices: int = 1
-    num_nodes: int = 1
+    max_steps: int = 100  # PPO steps (sft: replaced by sft.max_steps)
+    accelerator: str = "cpu"  # Lightning accelerator: cpu, gpu, auto, ...
+    devices: int = 1  # devices per node
+    num_nodes: int = 1  # machines
     strategy: str = "auto"  # auto | ddp | fsdp2 (FSDP2); other Lightning names pass through, but fsdp and deepspeed are refused
-    precision: str = "32-true"
-    log_every_n_steps: int = 1
+    precision: str = "32-true"  # Lightning precision, e.g. 32-true, bf16-true, bf16-mixed
+    log_every_n_steps: int = 1  # scalars to TensorBoard every N steps
     sample_log_every: int = 10  # text table of samples in TensorBoard every N steps
     val_every: int = 20  # with data.val: greedy answers to those problems scored every N steps (val/*); 0: never
-    checkpoint_every: int = 10
-    root_dir: str = "logs"
-    enable_progress_bar: bool = True
+    checkpoint_every: int = 10  # a checkpoint (and last.ckpt) every N PPO steps; 0: none
+    root_dir: str = "logs"  # TensorBoard runs and checkpoints go under this directory
+    enable_progress_bar: bool = True  # the progress bar (reward and KL)
     cpu_threads: int = 0  # torch intra-op threads; 0: torch's default. Small CPU models run faster on 1
     # fsdp2 sampling: gather the whole LM once per call (the whole LM on each rank while it samples),
     # or false: one block at a time at every decoding step (slower; for a model that does not fit one device)
@@ -94,8 +94,8 @@ class TrainerSettings:
 
 @dataclass
 class TrainConfig:
-    run_name: str = "ppo"
-    seed: int = 0
+    run_name: str = "ppo"  # logs go to trainer.root_dir/run_name/version_N
+    seed: int = 0  # seeds sampling, shuffling and initialization: a run is reproducible from it
     resume: str | None = None  # checkpoint path to continue from
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -107,13 +107,13 @@ class TrainConfig:
 
 @dataclass
 class SFTSettings:
-    max_steps: int = 500
-    batch_size: int = 16
-    lr: float = 1e-3
+    max_steps: int = 500  # optimizer steps
+    batch_size: int = 16  # question-answer pairs per step, per rank
+    lr: float = 1e-3  # AdamW learning rate
     lr_schedule: str = "cosine"  # constant | linear | cosine
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    warmup_steps: int = 20  # linear warmup of the learning rate over this many steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradients are clipped to this norm
     max_length: int = 768  # prompt + answer tokens; longer pairs are skipped with a report
 
 
@@ -121,8 +121,8 @@ class SFTSettings:
 class SFTConfig:
     """Step 1 of RLHF: supervised warm start on question -> reference model pairs."""
 
-    run_name: str = "sft"
-    seed: int = 0
+    run_name: str = "sft"  # logs go to trainer.root_dir/run_name/version_N
+    seed: int = 0  # seeds sampling, shuffling and initialization: a run is reproducible from it
     output_dir: str = MISSING  # the trained model is written here as a checkpoint directory
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataSettings = field(default_factory=DataSettings)

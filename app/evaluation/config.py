@@ -15,9 +15,9 @@ class SolverLimits:
     wall_limit_s: float = 15.0  # the worker is killed and replaced past this deadline
     memory_limit_mb: int = 2048  # SCIP's memory limit per solve
     max_answer_chars: int = 200_000  # longer answers are rejected before parsing
-    max_vars: int = 10_000
-    max_cons: int = 10_000
-    max_nonzeros: int = 200_000
+    max_vars: int = 10_000  # models with more variables are rejected before solving
+    max_cons: int = 10_000  # models with more constraints are rejected before solving
+    max_nonzeros: int = 200_000  # models with more nonzero coefficients are rejected before solving
 
 
 @dataclass
@@ -28,18 +28,18 @@ class MatchRule:
     `relative`: |pred - ref| <= tolerance * max(|ref|, 1e-9) (for rounded dataset answers, e.g. 0.05).
     """
 
-    kind: str = "abs_rel"
-    tolerance: float = 1e-6
+    kind: str = "abs_rel"  # abs_rel: |pred - ref| / (|ref| + 1) <= tolerance | relative: |pred - ref| <= tolerance * |ref|
+    tolerance: float = 1e-6  # e.g. 0.05 with relative, for datasets whose answers are rounded
 
 
 @dataclass
 class RewardWeights:
     """Weights of the reward terms; they are renormalized to sum to 1 over the terms present."""
 
-    format: float = 0.1
-    solved: float = 0.2
-    answer: float = 0.5
-    graph: float = 0.2
+    format: float = 0.1  # one model found and read
+    solved: float = 0.2  # SCIP proved it optimal (or infeasible, where the reference is)
+    answer: float = 0.5  # its optimum matches the reference answer (evaluation.match)
+    graph: float = 0.2  # 1 - graph distance to the reference model; only when the problem has one
 
 
 @dataclass

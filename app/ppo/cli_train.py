@@ -1,22 +1,21 @@
-"""`python -m app train [CONFIG] key=value ...`"""
+"""`solver-ppo train [CONFIG] key=value ... [--print-config]`"""
 
 from __future__ import annotations
 
 import argparse
 
-from app.config import load_config
+from app.cli import add_config_arguments, config_from_args
+from app.config import TrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="YAML config (e.g. configs/quickstart.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. ppo.lr=1e-5 trainer.max_steps=50")
+    add_config_arguments(parser, "configs/quickstart.yaml", "ppo.lr=1e-5 trainer.max_steps=50")
 
 
 def run(args: argparse.Namespace) -> int:
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config:  # only overrides were given
-        config, overrides = None, [config, *overrides]
-    cfg = load_config(config, overrides)
+    cfg = config_from_args(args, TrainConfig)
+    if cfg is None:  # --print-config
+        return 0
     from app.ppo.train import train  # heavy imports only once the config is valid
 
     _, trainer = train(cfg)

@@ -1,17 +1,17 @@
-"""`python -m app sft [CONFIG] key=value ...`: supervised warm start, writes a checkpoint directory."""
+"""`solver-ppo sft [CONFIG] key=value ... [--print-config]`: supervised warm start, writes a checkpoint directory."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from app.config import SFTConfig, check_values, load_config, validates
+from app.cli import add_config_arguments, config_from_args
+from app.config import SFTConfig, check_values, validates
 from app.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="YAML config (e.g. configs/quickstart_sft.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sft.max_steps=200 output_dir=DIR")
+    add_config_arguments(parser, "configs/quickstart_sft.yaml", "sft.max_steps=200 output_dir=DIR")
 
 
 def train_sft(cfg: SFTConfig) -> Path:
@@ -67,9 +67,7 @@ def train_sft(cfg: SFTConfig) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config:
-        config, overrides = None, [config, *overrides]
-    cfg = load_config(config, overrides, schema_cls=SFTConfig)
-    train_sft(cfg)
+    cfg = config_from_args(args, SFTConfig)
+    if cfg is not None:  # None: --print-config printed it
+        train_sft(cfg)
     return 0
