@@ -3,6 +3,8 @@
 Writes DIR/train.jsonl and DIR/heldout.jsonl (no (family, numbers) problem on both sides) and
 prints how many problems of each family, sense and type each split holds. With --teacher-flip,
 some training problems carry an imperfect teacher's SFT demonstration (see `imperfect_teacher`).
+With --answer-format LIBRARY, every problem's demonstration is its model as a program in that
+solver library (see `app.data.code_answers`), so SFT teaches code answers.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from app.data.synthetic import DIFFICULTIES, Item, check_fraction, imperfect_teacher, make_splits, write_jsonl
+from app.data.code_answers import ANSWER_FORMATS
+from app.data.synthetic import (DIFFICULTIES, Item, check_answer_format, check_fraction, code_demonstrations,
+                                imperfect_teacher, make_splits, write_jsonl)
 from app.errors import UserError
 
 
@@ -31,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of the training problems with requirements (>= rows) whose SFT demonstration "
                              "writes them as upper bounds (<=): an imperfect teacher's systematic error; the reference "
                              "model and answer stay correct (default 0: demonstrations are the references)")
+    parser.add_argument("--answer-format", default="lp",
+                        help=f"{' | '.join(ANSWER_FORMATS)}: how the SFT demonstrations write the model: lp (default: "
+                             "demonstrations left empty, SFT builds an ```lp answer from the reference) or a program in "
+                             "that solver library in a ```python block; reference models stay LP")
 
 
 def _difficulty(text: str) -> str | float:
@@ -64,10 +72,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} is a file; give a directory")
     families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
     check_fraction("teacher's flip rate", args.teacher_flip)  # before minutes of solving, not after
+    check_answer_format(args.answer_format)
     start = time.perf_counter()
     train, heldout = make_splits(args.train, args.heldout, args.seed, _difficulty(args.difficulty),
                                  families, args.infeasible)
-    flipped = imperfect_teacher(train, args.seed, args.teacher_flip)
+    flipped = imperfect_teacher(train, args.seed, args.teacher_flip, args.answer_format)
+    for items in (train, heldout):
+        code_demonstrations(items, args.answer_format)
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     for name, items in (("train", train), ("heldout", heldout)):

@@ -1,12 +1,17 @@
 """What the policy is asked: the problem plus the instruction for how to write its model.
 
 The evaluator extracts one ```lp block from the answer and solves it, so the instruction asks
-for exactly that, with a tiny example of the LP syntax it reads. Messages are plain
+for exactly that, with a tiny example of the LP syntax it reads. For code answers there is one
+preset per solver library (`INSTRUCTION_PRESETS`: `data.instruction: gurobipy`): a program in one
+```python block whose model the evaluator captures at its solve call. Messages are plain
 {role, content} dicts; the model stack renders them in each family's chat format.
 """
 
 from __future__ import annotations
 
+from functools import cache
+
+from app.data.code_answers import CODE_FORMATS, render_code
 from app.data.formats import Problem
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -35,6 +40,40 @@ end
 ```
 Optimal value: 11"""
 
+_SOLVE_CALL = {"pyscipopt": "calls m.optimize()", "gurobipy": "calls m.optimize()", "coptpy": "calls m.solve()",
+               "pyomo": "solves it with pyo.SolverFactory(\"glpk\").solve(m)", "pulp": "calls prob.solve()"}
+_EXAMPLE_LP = """maximize
+ obj: 3 x + 2 y
+subject to
+ labor: x + y <= 4
+ material: x + 3 y <= 6
+general
+ x y
+end
+"""
+INSTRUCTION_PRESETS = ("lp", *CODE_FORMATS)  # names `data.instruction` may give instead of a text
+
+
+@cache
+def code_instruction(library: str) -> str:
+    """The instruction for answers as a program in `library`, with a tiny example in it."""
+    return (
+        f"Formulate this problem as a linear or mixed-integer program. Think it through briefly, then write "
+        f"a Python program that builds the model with {library} and {_SOLVE_CALL[library]} once at the end, "
+        f"inside exactly one ```python fenced block. Put the problem's numbers in the program as data; do not "
+        f"read files or input. The model your program builds is solved and checked; what it prints is not used.\n\n"
+        f"Example of the format:\n```python\n{render_code(_EXAMPLE_LP, library, 'example')}```"
+    )
+
+
+def instruction_text(instruction: str | None) -> str:
+    """None: the LP instruction; a preset name (`INSTRUCTION_PRESETS`): that preset; else the text itself."""
+    if instruction is None or instruction == "lp":
+        return INSTRUCTION
+    if instruction in CODE_FORMATS:
+        return code_instruction(instruction)
+    return instruction
+
 
 def build_messages(
     problem: Problem, system_prompt: str | None = None, instruction: str | None = None
@@ -42,10 +81,11 @@ def build_messages(
     """[system, user] messages for one problem.
 
     None means the defaults above; "" leaves the system turn (or the instruction) out, which a
-    small model trained on this project's own data can afford (short prompts learn faster).
+    small model trained on this project's own data can afford (short prompts learn faster). An
+    instruction that is a preset name (lp, pyscipopt, gurobipy, coptpy, pyomo, pulp) is that preset.
     """
     system = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
-    instruction = INSTRUCTION if instruction is None else instruction
+    instruction = instruction_text(instruction)
     messages = [{"role": "system", "content": system}] if system else []
     user = problem.question.strip() + (f"\n\n{instruction}" if instruction else "")
     messages.append({"role": "user", "content": user})

@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from app.data.code_answers import ANSWER_FORMATS, code_answer
 from app.data.prompts import format_number, lp_answer
 from app.errors import UserError
 
@@ -561,13 +562,31 @@ def make_splits(n_train: int, n_heldout: int, seed: int, difficulty: str | float
     return train, heldout
 
 
-def imperfect_teacher(items: list[Item], seed: int, flip_rate: float) -> int:
+def code_demonstrations(items: list[Item], answer_format: str) -> None:
+    """Give every item without a demonstration its reference model as a program in `answer_format`
+    (a library of `CODE_FORMATS`), so SFT teaches code answers; 'lp' changes nothing (the SFT
+    target is then built from the reference)."""
+    check_answer_format(answer_format)
+    if answer_format == "lp":
+        return
+    for item in items:
+        if item.demonstration is None:
+            item.demonstration = code_answer(item.reference_model, answer_format, item.family)
+
+
+def check_answer_format(answer_format: str) -> None:
+    if answer_format not in ANSWER_FORMATS:
+        raise UserError(f"answer format must be one of {', '.join(ANSWER_FORMATS)}, got '{answer_format}'")
+
+
+def imperfect_teacher(items: list[Item], seed: int, flip_rate: float, answer_format: str = "lp") -> int:
     """Give a fraction of `items` the demonstration of a teacher with one systematic error.
 
     SFT data in this field is written by LLMs, and their classic mistake is a constraint in the
     wrong direction. This teacher, in `flip_rate` of the problems that state requirements
     (`>=` rows: "at least 12", "12 or more"), writes every requirement as an upper bound (`<=`)
-    and states the optimum of that model. The reference model and answer stay correct: SFT
+    and states the optimum of that model (as code in a library's `answer_format`: the program
+    that builds the flipped model). The reference model and answer stay correct: SFT
     imitates the teacher, the solver-based reward checks against the reference. Draws come from
     their own stream, so the problems do not depend on the rate. Returns how many it changed.
     """
@@ -575,13 +594,17 @@ def imperfect_teacher(items: list[Item], seed: int, flip_rate: float) -> int:
     from app.evaluation.config import SolverLimits
 
     check_fraction("teacher's flip rate", flip_rate)
+    check_answer_format(answer_format)
     rng = random.Random(f"{seed}-teacher")
     changed = 0
     for item in items:
         if " >= " not in item.reference_model or rng.random() >= flip_rate:
             continue
         flipped = item.reference_model.replace(" >= ", " <= ")
-        result = solve_model(read_model(flipped), SolverLimits())
-        item.demonstration = lp_answer(flipped, result.objective if result.status == "optimal" else result.status)
+        if answer_format == "lp":
+            result = solve_model(read_model(flipped), SolverLimits())
+            item.demonstration = lp_answer(flipped, result.objective if result.status == "optimal" else result.status)
+        else:
+            item.demonstration = code_answer(flipped, answer_format, item.family)
         changed += 1
     return changed

@@ -1,0 +1,130 @@
+"""Reference answers as solver-library code (app.data.code_answers, make-data --answer-format) and
+the code-answer instruction presets: every family's program, captured at its solve call, is the
+reference model (graph distance 0, same optimum)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import re
+
+import pytest
+
+from app.cli import main
+from app.data.code_answers import CODE_FORMATS, code_answer, render_code
+from app.data.formats import Problem
+from app.data.prompts import INSTRUCTION, build_messages, code_instruction, instruction_text
+from app.data.synthetic import FAMILIES, code_demonstrations, generate, imperfect_teacher
+from app.errors import UserError
+from app.evaluation.capture import run_captured
+from app.evaluation.config import SolverLimits
+from app.evaluation.graph import graph_distance
+from app.evaluation.model import read_model
+from app.evaluation.solve import solve_model
+
+
+def _capture_all(conn, programs, workdir):
+    conn.send([run_captured(code, workdir) for code in programs])
+    conn.close()
+
+
+def capture_all(programs: list[str], workdir) -> list:
+    """run_captured on each program, in one forked child."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_capture_all, args=(child, programs, str(workdir)))
+    proc.start()
+    child.close()
+    outcomes = parent.recv()
+    proc.join(60)
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def items():
+    """Every family twice, easy and medium, with an infeasible share."""
+    return generate(12, seed=5, difficulty="easy", infeasible_fraction=0.2) + generate(12, seed=5, difficulty="medium")
+
+
+@pytest.mark.parametrize("library", CODE_FORMATS)
+def test_every_family_in_every_library_captures_the_reference(library, items, tmp_path):
+    assert {item.family for item in items} == set(FAMILIES)
+    outcomes = capture_all([render_code(item.reference_model, library, item.family) for item in items], tmp_path)
+    limits = SolverLimits()
+    for item, outcome in zip(items, outcomes):
+        assert outcome.status == "captured", (item.family, outcome.reason)
+        captured, reference = read_model(outcome.model_text, outcome.fmt), read_model(item.reference_model)
+        assert graph_distance(captured, reference) == 0.0, item.family
+        got, want = solve_model(captured, limits), solve_model(reference, limits)
+        assert got.status == want.status == ("infeasible" if item.answer == "infeasible" else "optimal")
+        if got.status == "optimal":
+            assert got.objective == pytest.approx(want.objective, abs=1e-9)
+            assert got.objective == pytest.approx(float(item.answer), abs=1e-6)
+
+
+def test_programs_loop_over_data_with_the_librarys_sums():
+    lp = "minimize\n obj: 4 A1 + 2.5 B1\nsubject to\n supply_A: A1 <= 5\n demand_1: A1 + B1 >= 3\nend\n"
+    idioms = {"gurobipy": ["x = m.addVars(items", "x.prod(coefs) >= rhs", "GRB.MINIMIZE", "m.optimize()"],
+              "coptpy": ["env = cp.Envr()", "cp.quicksum(", "COPT.MINIMIZE", "m.solve()"],
+              "pyscipopt": ["quicksum(", "'minimize'", "m.optimize()"],
+              "pulp": ["pulp.LpVariable.dicts(", "pulp.lpSum(", "pulp.LpMinimize", "prob.solve("],
+              "pyomo": ["pyo.Set(initialize=items)", "pyo.Param(m.I", "rule=requirements_rule", "pyo.minimize"]}
+    for library, snippets in idioms.items():
+        code = render_code(lp, library)
+        assert "cost = {'A1': 4, 'B1': 2.5}" in code
+        assert "'demand_1': ({'A1': 1, 'B1': 1}, 3)," in code
+        for snippet in snippets:
+            assert snippet in code, (library, snippet)
+    assert code_answer(lp, "pulp").startswith("```python\nimport pulp\n") and code_answer(lp, "pulp").endswith("\n```")
+    with pytest.raises(ValueError, match="bounds 0..inf"):
+        render_code("minimize\n obj: x\nsubject to\n c: x >= 1\nbounds\n x <= 4\nend\n", "gurobipy")
+    with pytest.raises(ValueError, match="unknown code format"):
+        render_code(lp, "cplex")
+
+
+def test_code_demonstrations_and_the_teacher_in_code(items):
+    some = [item for item in generate(12, seed=9, infeasible_fraction=0.0)]
+    assert imperfect_teacher(some, seed=9, flip_rate=1.0, answer_format="pulp") > 0
+    flipped = [item for item in some if item.demonstration is not None]
+    code_demonstrations(some, "pulp")
+    for item in some:
+        assert item.demonstration.startswith("```python\nimport pulp\n")
+    for item in flipped:  # the teacher's program states every requirement as an upper bound
+        assert ">= rhs" not in item.demonstration and "requirements" not in item.demonstration
+    with pytest.raises(UserError, match="answer format must be one of lp, pyscipopt"):
+        code_demonstrations(some, "fortran")
+
+
+def test_make_data_answer_format(tmp_path, capsys):
+    args = ["make-data", "--train", "6", "--heldout", "3", "--seed", "2"]
+    assert main([*args, "--out", str(tmp_path / "lp")]) == 0
+    assert main([*args, "--out", str(tmp_path / "code"), "--answer-format", "gurobipy"]) == 0
+    for split in ("train", "heldout"):
+        lp = [json.loads(line) for line in (tmp_path / "lp" / f"{split}.jsonl").read_text().splitlines()]
+        code = [json.loads(line) for line in (tmp_path / "code" / f"{split}.jsonl").read_text().splitlines()]
+        assert all(r["demonstration"] is None for r in lp)
+        assert [{**r, "demonstration": None} for r in code] == lp  # the problems are the same
+        for r in code:
+            assert r["demonstration"] == code_answer(r["reference_model"], "gurobipy", r["family"])
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "bad"), "--answer-format", "julia"]) == 2
+    err = capsys.readouterr().err
+    assert "answer format must be one of" in err and len(err.strip().splitlines()) == 1
+
+
+def test_instruction_presets():
+    problem = Problem(id="p", question="Maximize x.", answer="1")
+    assert instruction_text(None) == instruction_text("lp") == INSTRUCTION
+    assert instruction_text("Answer in LP.") == "Answer in LP."
+    for library in CODE_FORMATS:
+        text = code_instruction(library)
+        assert f"builds the model with {library}" in text and "```python" in text
+        assert build_messages(problem, "", library)[-1]["content"] == f"Maximize x.\n\n{text}"
+
+
+def test_the_presets_example_programs_capture_their_model(tmp_path):
+    """The example in each preset is a program the evaluator captures (max 3x + 2y, integers: 12)."""
+    programs = [re.search(r"```python\n(.*?)```", code_instruction(lib), re.S).group(1) for lib in CODE_FORMATS]
+    for outcome in capture_all(programs, tmp_path):
+        assert outcome.status == "captured"
+        assert solve_model(read_model(outcome.model_text), SolverLimits()).objective == pytest.approx(12)
