@@ -1,4 +1,4 @@
-"""Every math fact of CHATGLM.md, checked against hand computations and an independent reference.
+"""Every math fact of the native ChatGLM (docs/models.md), checked against hand computations and an independent reference.
 
 `reference_logits` below is written straight from the formulas (explicit loops over positions,
 heads and rotation pairs), sharing no code with app/models/chatglm.py.

@@ -270,7 +270,7 @@ def test_sft_on_two_ranks_survives_a_rank_without_usable_problems_and_reduces_va
 def test_the_readmes_launch_lines_train_on_two_cpu_processes(launcher, tiny_chatglm_dir, tmp_path):
     """`torchrun --nproc_per_node 2 -m app train ...` and `fabric run --devices 2 app/__main__.py
     train ...`, with the quick start's settings (full fine-tuning, RLOO: the value head is outside
-    the loss, which DDP used to refuse as an unused parameter)."""
+    the loss, which DDP refuses as an unused parameter unless the head is frozen)."""
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(8, seed=5, infeasible_fraction=0.0)))
     args = [

@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/bench_evaluator.py [--answers 1000] [--workers 2]
 
-Prints a table; the last line is one JSON object with the headline figures. Targets (issue 2):
+Prints a table; the last line is one JSON object with the headline figures. Targets:
 pool >= 1.8x serial on 2 cores, overhead median <= 5 ms, graph distance <= 1 s at 1,000 variables.
 Other processes on the machine take CPU from both sides unevenly: check the load average it
 prints, and compare the CPU seconds (pool workers + parent vs serial) as well as the wall times.
@@ -98,7 +98,7 @@ def main() -> None:
     load_start = os.getloadavg()[0]
 
     # Overhead, serial in this process: per solved answer, wall time minus SCIP's own solving time
-    # (the issue's definition: SCIP instance set-up and model loading count as ours), and, second
+    # (SCIP instance set-up and model loading count as the evaluator's overhead), and, second
     # view, minus all the time inside solve_model.
     reward_module.solve_model = _timed_solve
     overhead_ms, outside_scip_ms = [], []

@@ -27,7 +27,7 @@ shows medians. Memory on CPU is the peak RSS of that process (ru_maxrss) minus i
 imports, so model, optimizer state, activations and caches count and the libraries' import cost
 does not; with --device cuda it is the process's peak CUDA allocation (torch.cuda.max_memory_allocated).
 --device cuda runs both sides on the first GPU (ours: the Trainer's `gpu` accelerator; TRL: its
-Accelerator's device), both in fp32; it has not been run yet (no GPU so far).
+Accelerator's device), both in fp32; it has not been run on a GPU yet.
 The last line is one JSON object: {"time_vs_trl": ours/TRL, "memory_vs_trl": ours/TRL, and the same two
 for "ours, recompute" as "recompute_time_vs_trl", "recompute_memory_vs_trl"}.
 Targets: time <= 0.7, memory <= 1.0.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Wheels for a lent GPU machine (see /work/.library/device/README.md): its image has Python 3.12
+# Wheels for a GPU machine without network access whose image has Python 3.12
 # with torch, lightning, torchmetrics, numpy, safetensors, sentencepiece, accelerate, networkx,
 # tensorboard and matplotlib, but transformers 5.x, a newer huggingface-hub and no pyscipopt or
 # omegaconf. This fetches, here, the cp312 manylinux wheels of the pins that differ, into .whl/

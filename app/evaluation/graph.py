@@ -11,7 +11,7 @@ Distance: an edit cost under a node matching, divided by the cost of deleting on
 inserting the other, so it lies in [0, 1]. The matching comes from Weisfeiler–Lehman colours
 refined on both graphs together (with individualization to break symmetric ties), matched from
 the finest colours down to the initial labels; what is left is matched by an optimal assignment
-(scipy's linear_sum_assignment) on attribute and degree costs. See README "Evaluation system".
+(scipy's linear_sum_assignment) on attribute and degree costs. The design and its validation: docs/evaluation.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Native ChatGLM3 / GLM-4 in one file, written from the facts in ../shared/CHATGLM.md.
+"""Native ChatGLM3 / GLM-4 in one file, from the published models' facts (listed in docs/models.md).
 
 Why native: the published remote code keeps tensors seq-first, names its head `output_layer`
 and breaks with newer transformers in its cache handling. This implementation reads and writes
