@@ -132,8 +132,9 @@ def test_model_graph_is_bipartite_and_canonical():
     g = model_graph(read_model(BASE))
     kinds = nx.get_node_attributes(g, "kind")
     assert sorted(kinds.values()).count("var") == 3 and sorted(kinds.values()).count("con") == 4
-    assert g.nodes[("c", "c2")]["sense"] == "<=" and g.nodes[("c", "c2")]["rhs"] == 1.5  # -2x + y <= 3, scaled by 1/2
-    assert g.edges[("c", "c2"), ("v", "x")]["coef"] == -1.0
+    assert g.nodes[("c", 1)]["name"] == "c2"  # constraints are keyed by position; the name is a label
+    assert g.nodes[("c", 1)]["sense"] == "<=" and g.nodes[("c", 1)]["rhs"] == 1.5  # -2x + y <= 3, scaled by 1/2
+    assert g.edges[("c", 1), ("v", "x")]["coef"] == -1.0
     assert g.nodes["objective"]["constant"] == 1.0 and g.degree["objective"] == 3
     assert graph_size(g) == g.number_of_nodes() + 9
 

@@ -94,8 +94,9 @@ def test_round_trip_through_lp_text():
         ("max x\nst\n c1: x + y <= 4\n c2: x + y <=\nend", 4, "without a right-hand side"),
         ("max x\nst\n c1: x + y 4\nend", 3, "without '<=', '>=' or '='"),
         ("max x\nst\n c1: x <= 4\nbounds\n x <= <= 3\nend", 5, "cannot read the bound"),
-        ("max x^2 + y\nst\n x <= 4\nend", 1, "quadratic"),
-        ("max x\nst\n c: x + [ x ^ 2 ] <= 4\nend", 3, "unexpected '['"),
+        ("max x^3 + y\nst\n x <= 4\nend", 1, "power 'x ^ 3' is not supported (only squares"),
+        ("max x\nst\n c: x + [ x ^ 2 <= 4\nend", 3, "'[' without its closing ']'"),
+        ("max x\nst\n c: x * y * z <= 4\nend", 3, "degree above 2"),
         ("this is not an lp\nst\nx<=1", 1, "Maximize"),
     ],
 )

@@ -1,11 +1,16 @@
-"""The model as a bipartite variable–constraint graph, and a graded distance between two models.
+"""The model as a variable–constraint graph, and a graded distance between two models.
+
+Nodes: variables, constraints (identified by position: names are labels and may repeat), and one
+node per quadratic term `c·a·b` (objective or row), linked to its owner and to a and b (one edge
+of multiplicity 2 for a square). Linear coefficients are the weights of variable–constraint edges;
+linear objective coefficients are attributes of the variables.
 
 Canonical form (what "equal" means): a '>=' row is negated into '<='; every row is scaled by a
-positive factor so that its largest |coefficient| is 1 (scaling a row does not change the
-feasible set); an '=' row may be negated, so its sign is fixed by rhs > 0, then by the sum of its
-coefficients, and when both are 0 it is compared in both signs. Variables and the objective are
-never rescaled (that would change what the optimum means). Numbers are compared after rounding
-to 12 significant digits.
+positive factor so that its largest |coefficient| (linear or quadratic) is 1 (scaling a row does
+not change the feasible set); an '=' row may be negated, so its sign is fixed by rhs > 0, then by
+the sum of its coefficients, and when both are 0 it is compared in both signs. Variables and the
+objective are never rescaled (that would change what the optimum means). Numbers are compared
+after rounding to 12 significant digits.
 
 Distance: an edit cost under a node matching, divided by the cost of deleting one graph and
 inserting the other, so it lies in [0, 1]. The matching comes from Weisfeiler–Lehman colours
@@ -48,6 +53,11 @@ class _Canon:
     e_val: np.ndarray  # (E,) canonical coefficient
     sense: str
     constant: float
+    term: np.ndarray  # (T, 2) quadratic terms: owner is the objective (1.0) or a row (0.0), canonical coefficient
+    t_row: np.ndarray  # (T,) owner row index, -1 for the objective
+    q_term: np.ndarray  # (Q,) term of each term–variable edge
+    q_var: np.ndarray  # (Q,) its variable
+    q_mult: np.ndarray  # (Q,) 1 for each factor of a product, 2 for a square
 
     @property
     def n(self) -> int:
@@ -57,10 +67,14 @@ class _Canon:
     def m(self) -> int:
         return len(self.row)
 
+    @property
+    def t(self) -> int:
+        return len(self.term)
+
     def digest(self) -> str:
         """Invariant under renaming and reordering: a fixed order of the two models for symmetry."""
         h = hashlib.sha256(f"{self.sense}{_r(np.array([self.constant]))[0]!r}".encode())
-        for arr in (_sorted_rows(_r(self.var)), _sorted_rows(_r(self.row)), np.sort(_r(self.e_val))):
+        for arr in (_sorted_rows(_r(self.var)), _sorted_rows(_r(self.row)), np.sort(_r(self.e_val)), _sorted_rows(_r(self.term)), np.sort(self.q_mult)):
             h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()
 
@@ -82,38 +96,62 @@ def _sorted_rows(a: np.ndarray) -> np.ndarray:
 
 def _canonical(model: Model) -> _Canon:
     index = {v.name: i for i, v in enumerate(model.variables)}
+
+    def col(name: str, where: str) -> int:
+        if name not in index:
+            raise ValueError(f"{where} uses {name!r}, which is not a variable of the model")
+        return index[name]
+
     var = np.array([[_vtype_code(v.vtype, v.lb, v.ub), v.lb, v.ub, v.obj] for v in model.variables], dtype=float).reshape(-1, 4)
     rows, cols, vals = [], [], []
+    t_row, t_a, t_b, t_val = [], [], [], []  # quadratic terms: owner row (-1: objective), factors, coefficient
     kind = np.zeros(model.n_cons)
     rhs = np.zeros(model.n_cons)
     for r, c in enumerate(model.constraints):
         for name, coef in c.coefs.items():
             if coef != 0.0:
-                if name not in index:
-                    raise ValueError(f"constraint {c.name!r} uses {name!r}, which is not a variable of the model")
                 rows.append(r)
-                cols.append(index[name])
+                cols.append(col(name, f"constraint {c.name!r}"))
                 vals.append(coef)
+        for (a, b), coef in c.quad.items():
+            if coef != 0.0:
+                t_row.append(r)
+                t_a.append(col(a, f"constraint {c.name!r}"))
+                t_b.append(col(b, f"constraint {c.name!r}"))
+                t_val.append(coef)
         kind[r] = _EQ if c.sense == "=" else _LE
         rhs[r] = -c.rhs if c.sense == ">=" else c.rhs
+    n_row_terms = len(t_val)
+    for (a, b), coef in model.quad_obj.items():
+        if coef != 0.0:
+            t_row.append(-1)
+            t_a.append(col(a, "the objective"))
+            t_b.append(col(b, "the objective"))
+            t_val.append(coef)
     e_row, e_var = np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64)
+    t_row, t_val = np.array(t_row, dtype=np.int64), np.array(t_val, dtype=float)
+    rt = t_row[:n_row_terms]  # owners of the row terms
     ge = np.array([c.sense == ">=" for c in model.constraints], dtype=bool)
-    e_val = np.array(vals, dtype=float) * np.where(ge, -1.0, 1.0)[e_row]  # '>=' rows negated into '<='
+    row_sign = np.where(ge, -1.0, 1.0)  # '>=' rows negated into '<='
+    e_val = np.array(vals, dtype=float) * row_sign[e_row]
+    q_val = t_val[:n_row_terms] * row_sign[rt]
     # scale each row so that its largest |coefficient| is 1 (rows without coefficients: |rhs| = 1)
     scale = np.zeros(model.n_cons)
     np.maximum.at(scale, e_row, np.abs(e_val))
+    np.maximum.at(scale, rt, np.abs(q_val))
     empty = scale == 0
     scale[empty] = np.where(rhs[empty] != 0, np.abs(rhs[empty]), 1.0)
     e_val = e_val / scale[e_row]
+    q_val = q_val / scale[rt]
     rhs = rhs / scale
     # fix the sign of '=' rows: rhs > 0, else coefficient sum > 0, else sorted values >= their negation
     eq = np.flatnonzero(kind == _EQ)
     if len(eq):
-        total = np.bincount(e_row, weights=e_val, minlength=model.n_cons)
+        total = np.bincount(e_row, weights=e_val, minlength=model.n_cons) + np.bincount(rt, weights=q_val, minlength=model.n_cons)
         r_rhs, r_sum = _r(rhs), _r(total)
         sign = np.where(r_rhs[eq] != 0, np.sign(r_rhs[eq]), np.sign(r_sum[eq]))
         for k in np.flatnonzero(sign == 0):
-            vals_k = np.sort(_r(e_val[e_row == eq[k]]))
+            vals_k = np.sort(_r(np.concatenate([e_val[e_row == eq[k]], q_val[rt == eq[k]]])))
             neg = np.sort(-vals_k)
             diff = np.flatnonzero(vals_k != neg)
             if len(diff):
@@ -124,9 +162,19 @@ def _canonical(model: Model) -> _Canon:
         flip = np.ones(model.n_cons)
         flip[eq] = sign
         e_val = e_val * flip[e_row]
+        q_val = q_val * flip[rt]
         rhs = rhs * flip
     row = np.stack([kind, rhs], axis=1) if model.n_cons else np.zeros((0, 2))
-    return _Canon(var, row, e_row, e_var, e_val, model.sense, float(model.obj_constant))
+    t_val = np.concatenate([q_val, t_val[n_row_terms:]])
+    term = np.stack([(t_row < 0).astype(float), t_val], axis=1) if len(t_val) else np.zeros((0, 2))
+    # term–variable edges: one per factor of a product, one of multiplicity 2 for a square
+    t_a, t_b = np.array(t_a, dtype=np.int64), np.array(t_b, dtype=np.int64)
+    ids = np.arange(len(t_val), dtype=np.int64)
+    square = t_a == t_b
+    q_term = np.concatenate([ids, ids[~square]])
+    q_var = np.concatenate([t_a, t_b[~square]])
+    q_mult = np.concatenate([np.where(square, 2.0, 1.0), np.ones(int((~square).sum()))])
+    return _Canon(var, row, e_row, e_var, e_val, model.sense, float(model.obj_constant), term, t_row, q_term, q_var, q_mult)
 
 
 def _delta(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -151,29 +199,55 @@ def _row_cost(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (((a[..., 0] == _LE) != (b[..., 0] == _LE)) + _delta(a[..., 1], b[..., 1])) / 2.0
 
 
+def _term_cost(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(…, 2) x (…, 2) -> (…) in [0, 1]: owner kind (objective vs row), coefficient."""
+    return ((a[..., 0] != b[..., 0]) + _delta(a[..., 1], b[..., 1])) / 2.0
+
+
 # ----------------------------------------------------------------------------- WL colours
 
 
+def _either_sign(canon: _Canon, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Coefficients as WL labels: |value| in '=' rows that read the same negated (rows < 0: the objective)."""
+    if not canon.m or not len(values):
+        return values
+    either = (rows >= 0) & (canon.row[np.maximum(rows, 0), 0] == _EQ_EITHER)
+    return np.where(either, np.abs(values), values)
+
+
 class _Joint:
-    """Both models as one disjoint graph: nodes [A vars, A rows, B vars, B rows]."""
+    """Both models as one disjoint graph: nodes [A vars, A rows, A terms, B vars, B rows, B terms]."""
 
     def __init__(self, a: _Canon, b: _Canon):
         self.a, self.b = a, b
-        self.off = np.array([0, a.n, a.n + a.m, a.n + a.m + b.n, a.n + a.m + b.n + b.m])
+        self.off = np.cumsum([0, a.n, a.m, a.t, b.n, b.m, b.t])
+        self.split = int(self.off[3])  # first node of B
         self.N = int(self.off[-1])
-        vlab = np.concatenate([_r(a.var), _r(b.var)])
-        rlab = np.concatenate([_r(a.row), _r(b.row)])
-        _, vid = np.unique(vlab, axis=0, return_inverse=True) if len(vlab) else (None, np.zeros(0, np.int64))
-        _, rid = np.unique(rlab, axis=0, return_inverse=True) if len(rlab) else (None, np.zeros(0, np.int64))
-        vid, rid = vid.reshape(-1), rid.reshape(-1) + (vid.max() + 1 if len(vid) else 0)
-        self.initial = np.concatenate([vid[: a.n], rid[: a.m], vid[a.n :], rid[a.m :]]).astype(np.int64)
-        # edges both ways; '=' rows that read the same negated carry |coefficient| (sign-free)
+        labels = []
+        for feats_a, feats_b in ((a.var, b.var), (a.row, b.row), (_term_labels(a), _term_labels(b))):
+            both = np.concatenate([_r(feats_a), _r(feats_b)])
+            _, ids = np.unique(both, axis=0, return_inverse=True) if len(both) else (None, np.zeros(0, np.int64))
+            labels.append((ids.reshape(-1), len(feats_a)))
+        shift, parts_a, parts_b = 0, [], []
+        for ids, n_a in labels:  # disjoint id ranges for variables, rows and terms
+            parts_a.append(ids[:n_a] + shift)
+            parts_b.append(ids[n_a:] + shift)
+            shift += int(ids.max()) + 1 if len(ids) else 0
+        self.initial = np.concatenate(parts_a + parts_b).astype(np.int64)
+        # edges both ways. Labels: the canonical coefficient (in [-1, 1]; '=' rows that read the same
+        # negated carry |coefficient|) for row–variable edges, 2 + multiplicity for term–variable
+        # edges, 10 for term–row edges: the three kinds never share a label.
         src, dst, val = [], [], []
-        for canon, v0, r0 in ((a, self.off[0], self.off[1]), (b, self.off[2], self.off[3])):
-            label = np.where(canon.row[canon.e_row, 0] == _EQ_EITHER, np.abs(canon.e_val), canon.e_val) if canon.m else canon.e_val
-            src += [canon.e_row + r0, canon.e_var + v0]
-            dst += [canon.e_var + v0, canon.e_row + r0]
-            val += [label, label]
+        for canon, v0, r0, t0 in ((a, self.off[0], self.off[1], self.off[2]), (b, self.off[3], self.off[4], self.off[5])):
+            owned = np.flatnonzero(canon.t_row >= 0)
+            for s_, d_, lab in (
+                (canon.e_row + r0, canon.e_var + v0, _either_sign(canon, canon.e_row, canon.e_val)),
+                (canon.q_term + t0, canon.q_var + v0, 2.0 + canon.q_mult),
+                (owned + t0, canon.t_row[owned] + r0, np.full(len(owned), 10.0)),
+            ):
+                src += [s_, d_]
+                dst += [d_, s_]
+                val += [lab, lab]
         self.src = np.concatenate(src).astype(np.int64)
         self.dst = np.concatenate(dst).astype(np.int64)
         _, elab = np.unique(_r(np.concatenate(val)), return_inverse=True)
@@ -203,6 +277,11 @@ class _Joint:
             colours, n_colours = new, count
 
 
+def _term_labels(canon: _Canon) -> np.ndarray:
+    """(T, 2) owner kind and coefficient (sign-free in '=' rows that read the same negated)."""
+    return np.stack([canon.term[:, 0], _either_sign(canon, canon.t_row, canon.term[:, 1])], axis=1) if canon.t else canon.term
+
+
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64 finalizer (uint64 arithmetic wraps)."""
     x = x ^ (x >> np.uint64(30))
@@ -219,7 +298,7 @@ def _individualize(joint: _Joint, colours: np.ndarray) -> np.ndarray:
     non-equivalent nodes; it stops after _WORK_CAP edge visits (then ties are zipped in order).
     """
     in_a = np.zeros(joint.N, dtype=bool)
-    in_a[: joint.off[2]] = True
+    in_a[: joint.split] = True
     while joint.N and joint.work < _WORK_CAP:
         k = int(colours.max()) + 1
         n_a = np.bincount(colours[in_a], minlength=k)
@@ -287,10 +366,6 @@ def _distance_ordered(a: _Canon, b: _Canon) -> float:
     final = _individualize(joint, history[-1])
     levels = [final] + history[::-1]
     o = joint.off
-    deg_a_v = np.bincount(a.e_var, minlength=a.n)
-    deg_b_v = np.bincount(b.e_var, minlength=b.n)
-    deg_a_r = np.bincount(a.e_row, minlength=a.m)
-    deg_b_r = np.bincount(b.e_row, minlength=b.m)
 
     def pairs(a_nodes, b_nodes, fa, fb, da, db, node_cost):
         pa, pb = _match_levels(levels, a_nodes, b_nodes)
@@ -304,37 +379,68 @@ def _distance_ordered(a: _Canon, b: _Canon) -> float:
         xa, xb = _assign(cost, fa[left_a], fb[left_b])
         return np.concatenate([pa, left_a[xa]]).astype(np.int64), np.concatenate([pb, left_b[xb]]).astype(np.int64)
 
-    va, vb = pairs(np.arange(o[0], o[1]), np.arange(o[2], o[3]), a.var, b.var, deg_a_v, deg_b_v, _var_cost)
-    ra, rb = pairs(np.arange(o[1], o[2]), np.arange(o[3], o[4]), a.row, b.row, deg_a_r, deg_b_r, _row_cost)
-    return _edit_cost(a, b, va, vb, ra, rb) / _total(a, b)
+    def var_degree(c: _Canon) -> np.ndarray:
+        return np.bincount(c.e_var, minlength=c.n) + np.bincount(c.q_var, minlength=c.n)
+
+    va, vb = pairs(np.arange(o[0], o[1]), np.arange(o[3], o[4]), a.var, b.var, var_degree(a), var_degree(b), _var_cost)
+    row_deg_a = np.bincount(a.e_row, minlength=a.m) + np.bincount(a.t_row[a.t_row >= 0], minlength=a.m)
+    row_deg_b = np.bincount(b.e_row, minlength=b.m) + np.bincount(b.t_row[b.t_row >= 0], minlength=b.m)
+    ra, rb = pairs(np.arange(o[1], o[2]), np.arange(o[4], o[5]), a.row, b.row, row_deg_a, row_deg_b, _row_cost)
+    ta, tb = pairs(np.arange(o[2], o[3]), np.arange(o[5], o[6]), a.term, b.term,
+                   np.bincount(a.q_term, minlength=a.t), np.bincount(b.q_term, minlength=b.t), _term_cost)
+    return _edit_cost(a, b, va, vb, ra, rb, ta, tb) / _total(a, b)
 
 
 def _total(a: _Canon, b: _Canon) -> float:
-    """Cost of deleting A and inserting B: one per node, edge and objective."""
-    return float(a.n + a.m + len(a.e_val) + 1 + b.n + b.m + len(b.e_val) + 1)
+    """Cost of deleting A and inserting B: one per node, edge and objective (a term has an edge to its owner)."""
+    return float(sum(c.n + c.m + len(c.e_val) + 1 + 2 * c.t + len(c.q_var) for c in (a, b)))
 
 
-def _edit_cost(a: _Canon, b: _Canon, va, vb, ra, rb) -> float:
-    """Edit cost under the matching (va[i] ↔ vb[i] variables, ra[i] ↔ rb[i] rows)."""
+def _edges_unmatched(key_a: np.ndarray, key_b: np.ndarray, n_a: int, n_b: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """Edges kept by the matching (mapped A keys equal to B keys): (deleted + inserted count, A index, B index)."""
+    _, xa, xb = np.intersect1d(key_a, key_b, assume_unique=True, return_indices=True)
+    return float(n_a - len(xa) + n_b - len(xb)), xa, xb
+
+
+def _edit_cost(a: _Canon, b: _Canon, va, vb, ra, rb, ta, tb) -> float:
+    """Edit cost under the matching (va[i] ↔ vb[i] variables, ra[i] ↔ rb[i] rows, ta[i] ↔ tb[i] terms)."""
     cost = float(_var_cost(a.var[va], b.var[vb]).sum()) + (a.n - len(va)) + (b.n - len(vb))
-    cost += (a.m - len(ra)) + (b.m - len(rb))
+    cost += (a.m - len(ra)) + (b.m - len(rb)) + (a.t - len(ta)) + (b.t - len(tb))
     cost += ((a.sense != b.sense) + float(_delta(np.array([a.constant]), np.array([b.constant]))[0])) / 2.0
-    # edges: map A's (row, var) into B's indices; unmatched endpoints make an edge unmatched
     var_map = np.full(a.n, -1, dtype=np.int64)
     var_map[va] = vb
     row_map = np.full(a.m, -1, dtype=np.int64)
     row_map[ra] = rb
+    term_map = np.full(a.t, -1, dtype=np.int64)
+    term_map[ta] = tb
+    # row–variable edges: map A's (row, var) into B's indices; unmatched endpoints make an edge unmatched
     mr, mv = row_map[a.e_row], var_map[a.e_var]
     ok = (mr >= 0) & (mv >= 0)
-    key_a = mr[ok] * max(b.n, 1) + mv[ok]
-    key_b = b.e_row * max(b.n, 1) + b.e_var
-    common, xa, xb = np.intersect1d(key_a, key_b, assume_unique=True, return_indices=True)
-    cost += float(len(a.e_val) - len(common)) + float(len(b.e_val) - len(common))  # deleted + inserted edges
-    # per matched row pair: coefficient differences, in the row's sign and (for '=') negated
+    edits, xa, xb = _edges_unmatched(mr[ok] * max(b.n, 1) + mv[ok], b.e_row * max(b.n, 1) + b.e_var, len(a.e_val), len(b.e_val))
+    cost += edits
+    # term–variable edges: kept when both ends match; a different multiplicity (square vs product) costs 1
+    mt, mq = term_map[a.q_term], var_map[a.q_var]
+    ok_q = (mt >= 0) & (mq >= 0)
+    edits, qa, qb = _edges_unmatched(mt[ok_q] * max(b.n, 1) + mq[ok_q], b.q_term * max(b.n, 1) + b.q_var, len(a.q_var), len(b.q_var))
+    cost += edits + float((a.q_mult[ok_q][qa] != b.q_mult[qb]).sum())
+    # term–owner edges (one per term): kept when the owners match (the objective matches the objective)
+    owner_a = np.where(a.t_row[ta] >= 0, row_map[np.maximum(a.t_row[ta], 0)], -1)
+    owner_a[(a.t_row[ta] >= 0) & (owner_a < 0)] = -2  # a row left unmatched
+    same_owner = owner_a == b.t_row[tb]
+    cost += 2.0 * float((~same_owner).sum()) + (a.t - len(ta)) + (b.t - len(tb))
+    # per matched row pair: coefficient differences (linear, and of the terms the pair owns), in the
+    # row's sign and (for '=') negated
     row_of = mr[ok][xa]
     val_a, val_b = a.e_val[ok][xa], b.e_val[xb]
     plus = np.bincount(row_of, weights=_delta(val_a, val_b), minlength=b.m)
     minus = np.bincount(row_of, weights=_delta(-val_a, val_b), minlength=b.m)
+    in_row = same_owner & (b.t_row[tb] >= 0)
+    term_a, term_b = a.term[ta], b.term[tb]
+    negated = term_a.copy()
+    negated[:, 1] = -negated[:, 1]
+    plus += np.bincount(b.t_row[tb][in_row], weights=_term_cost(term_a[in_row], term_b[in_row]), minlength=b.m)
+    minus += np.bincount(b.t_row[tb][in_row], weights=_term_cost(negated[in_row], term_b[in_row]), minlength=b.m)
+    cost += float(_term_cost(term_a[~in_row], term_b[~in_row]).sum())
     row_a, row_b = a.row[ra], b.row[rb]
     flipped = row_a.copy()
     flipped[:, 1] = -flipped[:, 1]
@@ -359,29 +465,31 @@ def graph_distance(a: Model, b: Model) -> float:
 
 
 def equivalent(a: Model, b: Model) -> bool:
-    """Weisfeiler–Lehman test: equal colour histograms on both graphs (and equal objective sense, constant).
+    """Weisfeiler–Lehman test: equal colour histograms on both graphs, quadratic term nodes included
+    (and equal objective sense, constant).
 
     'False' is certain; 'True' is WL's answer (WL cannot separate some regular structures).
     """
     ca, cb = _canonical(a), _canonical(b)
-    if (ca.n, ca.m, len(ca.e_val), ca.sense) != (cb.n, cb.m, len(cb.e_val), cb.sense):
+    if (ca.n, ca.m, ca.t, len(ca.e_val), len(ca.q_var), ca.sense) != (cb.n, cb.m, cb.t, len(cb.e_val), len(cb.q_var), cb.sense):
         return False
     if _r(np.array([ca.constant]))[0] != _r(np.array([cb.constant]))[0]:
         return False
     joint = _Joint(ca, cb)
     colours = joint.refine(joint.initial)[-1]
-    split = joint.off[2]
-    return bool(np.array_equal(np.sort(colours[:split]), np.sort(colours[split:])))
+    return bool(np.array_equal(np.sort(colours[: joint.split]), np.sort(colours[joint.split :])))
 
 
 # ----------------------------------------------------------------------------- networkx view
 
 
 def model_graph(model: Model) -> nx.Graph:
-    """Bipartite graph in canonical form: ('v', name) and ('c', name) nodes, plus an 'objective' node.
+    """The graph in canonical form: ('v', name), ('c', index) and ('q', index) nodes, plus an 'objective' node.
 
-    Variable nodes: vtype, lb, ub, obj. Constraint nodes: sense ('<=' or '='), rhs. Edges: coef.
-    The objective node (sense, constant) links to each variable with a nonzero obj coefficient.
+    Variable nodes: vtype, lb, ub, obj. Constraint nodes (keyed by position; `name` is a label):
+    sense ('<=' or '='), rhs. Coefficient edges: coef. The objective node (sense, constant) links
+    to each variable with a nonzero obj coefficient. A quadratic term node (owner 'obj' or 'con',
+    coef) links to its owner and to its variables ('qvar' edges with mult 1, or 2 for a square).
     """
     canon = _canonical(model)
     g = nx.Graph()
@@ -390,12 +498,16 @@ def model_graph(model: Model) -> nx.Graph:
         g.add_node(("v", v.name), kind="var", vtype=v.vtype, lb=v.lb, ub=v.ub, obj=v.obj)
         if v.obj != 0.0:
             g.add_edge("objective", ("v", v.name), kind="obj", coef=v.obj)
-    for c, (kind, rhs) in zip(model.constraints, canon.row):
-        g.add_node(("c", c.name), kind="con", sense="<=" if kind == _LE else "=", rhs=float(rhs), either_sign=bool(kind == _EQ_EITHER))
+    for r, (c, (kind, rhs)) in enumerate(zip(model.constraints, canon.row)):
+        g.add_node(("c", r), kind="con", name=c.name, sense="<=" if kind == _LE else "=", rhs=float(rhs), either_sign=bool(kind == _EQ_EITHER))
     names_v = [v.name for v in model.variables]
-    names_c = [c.name for c in model.constraints]
     for r, j, val in zip(canon.e_row, canon.e_var, canon.e_val):
-        g.add_edge(("c", names_c[r]), ("v", names_v[j]), kind="coef", coef=float(val))
+        g.add_edge(("c", int(r)), ("v", names_v[j]), kind="coef", coef=float(val))
+    for k, ((is_obj, coef), owner) in enumerate(zip(canon.term, canon.t_row)):
+        g.add_node(("q", k), kind="quad", owner="obj" if is_obj else "con", coef=float(coef))
+        g.add_edge(("q", k), "objective" if owner < 0 else ("c", int(owner)), kind="qown")
+    for k, j, mult in zip(canon.q_term, canon.q_var, canon.q_mult):
+        g.add_edge(("q", int(k)), ("v", names_v[j]), kind="qvar", mult=float(mult))
     return g
 
 
@@ -413,13 +525,17 @@ def edit_costs() -> dict:
             return float(_var_cost(_var_array(x), _var_array(y)))
         if x["kind"] == "con":
             return float(_row_cost(np.array([_kind(x), x["rhs"]]), np.array([_kind(y), y["rhs"]])))
+        if x["kind"] == "quad":
+            return float(_term_cost(np.array([x["owner"] == "obj", x["coef"]], dtype=float), np.array([y["owner"] == "obj", y["coef"]], dtype=float)))
         return ((x["sense"] != y["sense"]) + float(_delta(np.array(x["constant"]), np.array(y["constant"])))) / 2.0
 
     def edge_subst(x: dict, y: dict) -> float:
         if x["kind"] != y["kind"]:
             return 2.0
-        if x["kind"] == "obj":
+        if x["kind"] in ("obj", "qown"):
             return 0.0
+        if x["kind"] == "qvar":
+            return float(x["mult"] != y["mult"])
         return float(_delta(np.array(x["coef"]), np.array(y["coef"])))
 
     def edge_one(x: dict) -> float:
@@ -436,8 +552,8 @@ def edit_costs() -> dict:
 
 
 def graph_size(g: nx.Graph) -> int:
-    """Nodes plus coefficient edges: the cost of deleting the graph under `edit_costs`."""
-    return g.number_of_nodes() + sum(1 for *_, k in g.edges(data="kind") if k == "coef")
+    """Nodes plus coefficient and quadratic-term edges: the cost of deleting the graph under `edit_costs`."""
+    return g.number_of_nodes() + sum(1 for *_, k in g.edges(data="kind") if k != "obj")
 
 
 def _var_array(x: dict) -> np.ndarray:

@@ -1,7 +1,11 @@
-"""The canonical linear model and its readers (LP as people, LLMs and gurobipy write it; MPS).
+"""The canonical model (linear, with optional quadratic terms) and its readers: LP as people,
+LLMs and solver libraries write it, and MPS with the quadratic sections Gurobi, CPLEX, SCIP and
+COPT write.
 
 We read LP ourselves instead of through SCIP because SCIP's reader takes `x[0,1]` for the start
-of a quadratic term; every reader error names the line it is on.
+of a quadratic term; every reader error names the line it is on. A constraint's name is a label,
+not a key: names may repeat, and constraints are identified by their position. The constructs
+read and refused are listed in docs/lp-mps-support.md.
 """
 
 from __future__ import annotations
@@ -33,18 +37,24 @@ class Variable:
 
 @dataclass
 class Constraint:
-    name: str
+    """coefs·x + Σ quad[(a, b)]·a·b  (sense)  rhs; quad keys are ordered pairs (a <= b), a square is (a, a)."""
+
+    name: str  # a label: several constraints may share one
     coefs: dict[str, float]
     sense: str  # '<=' | '>=' | '='
     rhs: float
+    quad: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 @dataclass
 class Model:
+    """Objective: Σ v.obj·v + Σ quad_obj[(a, b)]·a·b + obj_constant (quad_obj keyed like Constraint.quad)."""
+
     variables: list[Variable] = field(default_factory=list)
     constraints: list[Constraint] = field(default_factory=list)
     sense: str = "min"  # 'min' | 'max'
     obj_constant: float = 0.0
+    quad_obj: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @property
     def n_vars(self) -> int:
@@ -56,7 +66,22 @@ class Model:
 
     @property
     def n_nonzeros(self) -> int:
-        return sum(len(c.coefs) for c in self.constraints)
+        """Linear and quadratic coefficients of the constraints, plus the objective's quadratic terms."""
+        return sum(len(c.coefs) + len(c.quad) for c in self.constraints) + len(self.quad_obj)
+
+    @property
+    def is_quadratic(self) -> bool:
+        return bool(self.quad_obj) or any(c.quad for c in self.constraints)
+
+    @property
+    def objective_is_constant(self) -> bool:
+        """True when no variable appears in the objective: solving it only restates obj_constant."""
+        return not any(q != 0.0 for q in self.quad_obj.values()) and not any(v.obj != 0.0 for v in self.variables)
+
+
+def quad_key(a: str, b: str) -> tuple[str, str]:
+    """The canonical key of the product a·b (order-free)."""
+    return (a, b) if a <= b else (b, a)
 
 
 def read_model(text: str, fmt: str | None = None) -> Model:
@@ -83,14 +108,22 @@ def sniff_format(text: str) -> str:
 
 # ----------------------------------------------------------------------------- LP
 
+# Section headers, tried in this order. A "refuse" entry names a construct SCIP cannot take as we
+# build models (or that we do not map); reading stops there with that name and the line.
 _SECTIONS = [
+    ("refuse:multiple objectives (Gurobi's 'multi-objectives' section)", r"(?:maximi[sz]e|minimi[sz]e|max|min)\s+multi-objectives?"),
     ("max", r"maximi[sz]e|maximum|max"),
     ("min", r"minimi[sz]e|minimum|min"),
     ("st", r"subject\s+to|such\s+that|s\.\s*t\.?|st\.?"),
+    ("lazy", r"lazy\s+constraints?"),  # constraints that a solver may add late: part of the model
+    ("cuts", r"user\s+cuts?"),  # cuts the writer states are valid: reading them as rows keeps the optimum
     ("bounds", r"bounds?"),
+    ("refuse:general constraints (section 'General Constraints': min/max/abs/and/or/norm/piecewise/function)", r"general\s+constraints?|genconstrs?"),
     ("general", r"generals?|integers?|gen"),
     ("binary", r"binary|binaries|bin"),
-    ("unsupported", r"semi-continuous|semi|semis|sos"),
+    ("refuse:semi-continuous variables (section 'Semi-continuous')", r"semi-continuous|semi-integer|semis|semi"),
+    ("refuse:special ordered sets (section 'SOS')", r"sos[12]?"),
+    ("refuse:a piecewise-linear objective (section 'PWLObj')", r"pwlobj"),
     ("end", r"end"),
 ]
 # A header may carry content (`Maximize 3 x + y`), but `st + x <= 2` is a constraint, not a header.
@@ -102,11 +135,12 @@ _SECTION_RE = [
 _NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _NAME = r"[A-Za-z_!\"#$%&/,;?@'{}|~][A-Za-z0-9_!\"#$%&/,.;?@'{}|~\[\]()]*"
 _TOKEN = re.compile(
-    rf"\s*(?:(?P<num>{_NUMBER})|(?P<inf>[+-]?inf(?:inity)?\b)|(?P<name>{_NAME})|(?P<sense><=|=<|>=|=>|<|>|=)"
-    rf"|(?P<op>[+\-])|(?P<colon>:)|(?P<star>\*)|(?P<caret>\^)|(?P<bracket>\[)|(?P<other>\S))",
+    rf"\s*(?:(?P<num>{_NUMBER})|(?P<inf>[+-]?inf(?:inity)?\b)|(?P<slash>/)(?=\s*[\d.])|(?P<name>{_NAME})|(?P<arrow>->)"
+    rf"|(?P<sense><=|=<|>=|=>|<|>|=)|(?P<op>[+\-])|(?P<colon>:)|(?P<star>\*)|(?P<caret>\^)|(?P<bracket>\[)|(?P<close>\])|(?P<other>\S))",
     re.I,
 )
 _SENSE = {"<=": "<=", "=<": "<=", "<": "<=", ">=": ">=", "=>": ">=", ">": ">=", "=": "="}
+_FLIP = {"<=": ">=", ">=": "<=", "=": "="}
 
 
 @dataclass
@@ -114,6 +148,19 @@ class _Tok:
     kind: str
     text: str
     line: int
+
+
+@dataclass
+class _Side:
+    """One side of a constraint, or the objective: linear, quadratic and constant parts."""
+
+    coefs: dict[str, float]
+    quad: dict[tuple[str, str], float]
+    const: float
+
+    @property
+    def has_vars(self) -> bool:
+        return bool(self.coefs or self.quad)
 
 
 def _tokenize(text: str, line: int) -> list[_Tok]:
@@ -154,8 +201,8 @@ class _LPReader:
                 key, m = header
                 if key == "end":
                     break
-                if key == "unsupported":
-                    raise ModelReadError(f"section '{line.split()[0]}' (semi-continuous/SOS) is not supported", lineno)
+                if key.startswith("refuse:"):
+                    raise ModelReadError(f"{key[7:]} are not supported (SCIP cannot take them as this evaluator builds models)", lineno)
                 sections.append((key, lineno, []))
                 line = m.group(1)
             if line:
@@ -167,13 +214,13 @@ class _LPReader:
         seen: set[str] = set()
         for key, lineno, toks in sections:
             group = "obj" if key in ("max", "min") else key
-            if group in seen and group in ("obj", "st", "bounds"):
+            if group in seen and group in ("obj", "bounds"):
                 raise ModelReadError(f"second '{group}' section", lineno)
             seen.add(group)
             if group == "obj":
                 self.model.sense = key
-                self._objective(toks, lineno)
-            elif key == "st":
+                self._objective(toks)
+            elif key in ("st", "lazy", "cuts"):
                 self._constraints(toks)
             elif key == "bounds":
                 self._bounds(toks)
@@ -181,15 +228,17 @@ class _LPReader:
                 self._types(toks, "I" if key == "general" else "B")
         return self.model
 
-    # An expression: signed terms `[+-] [coef] [*] name` or `[+-] constant`; returns (coefs, constant).
-    def _expression(self, toks: list[_Tok], i: int, stop_line: int | None) -> tuple[dict[str, float], float, int]:
-        coefs: dict[str, float] = {}
-        const = 0.0
+    # An expression: signed terms `[+-] [coef] [*] name`, `[coef] a * b`, `[coef] a ^ 2`, `[ ... ] [/ d]`
+    # or `[+-] constant`; stops at a sense, a label `name :`, or (stop_line) the end of that line.
+    def _expression(self, toks: list[_Tok], i: int, stop_line: int | None) -> tuple[_Side, int]:
+        side = _Side({}, {}, 0.0)
         first = True
         while i < len(toks):
             t = toks[i]
-            if t.kind in ("sense", "colon"):
+            if t.kind in ("sense", "colon", "close"):
                 break
+            if t.kind == "arrow":
+                raise ModelReadError("indicator constraints ('->') are not supported (SCIP cannot take them as this evaluator builds models)", t.line)
             if stop_line is not None and t.line != stop_line:
                 break
             # A new labelled constraint starts here: `name :`.
@@ -208,6 +257,9 @@ class _LPReader:
                 break  # two terms without an operator between them: the next constraint begins
             first = False
             t = toks[i]
+            if t.kind == "bracket":
+                i = self._bracket(toks, i, sign, side)
+                continue
             coef = 1.0
             has_num = False
             if t.kind in ("num", "inf"):
@@ -225,31 +277,74 @@ class _LPReader:
                     break
                 name = toks[i].text
                 i += 1
-                if i < len(toks) and toks[i].kind in ("caret", "star"):
-                    raise ModelReadError(f"quadratic term at '{name}{toks[i].text}' is not supported (linear models only)", toks[i].line)
                 if not math.isfinite(coef):
                     raise ModelReadError(f"infinite coefficient for '{name}'", t.line)
                 self.var(name)
-                coefs[name] = coefs.get(name, 0.0) + sign * coef
+                if i < len(toks) and toks[i].kind in ("caret", "star"):
+                    other, i = self._second_factor(toks, i, name)
+                    key = quad_key(name, other)
+                    side.quad[key] = side.quad.get(key, 0.0) + sign * coef
+                else:
+                    side.coefs[name] = side.coefs.get(name, 0.0) + sign * coef
             elif has_num:
-                const += sign * coef
+                side.const += sign * coef
             else:
                 raise ModelReadError(_unexpected(toks[i]), toks[i].line)
-        return coefs, const, i
+        return side, i
 
-    def _objective(self, toks: list[_Tok], lineno: int) -> None:
+    def _second_factor(self, toks: list[_Tok], i: int, name: str) -> tuple[str, int]:
+        """After `name` at a '^' or '*': the other factor of a square or product, and the next index."""
+        op = toks[i]
+        nxt = toks[i + 1] if i + 1 < len(toks) else None
+        if op.kind == "caret":
+            if nxt is None or nxt.kind != "num" or float(nxt.text) != 2.0:
+                raise ModelReadError(f"power '{name} ^ {nxt.text if nxt else ''}' is not supported (only squares, '^ 2')", op.line)
+            other = name
+        else:
+            if nxt is None or nxt.kind != "name":
+                raise ModelReadError(f"'*' after '{name}' must be followed by a variable name", op.line)
+            other = nxt.text
+            self.var(other)
+        i += 2
+        if i < len(toks) and toks[i].kind in ("caret", "star"):
+            raise ModelReadError(f"a term of degree above 2 at '{name} {op.text} {nxt.text} {toks[i].text}' is not supported (quadratic terms only)", toks[i].line)
+        return other, i
+
+    def _bracket(self, toks: list[_Tok], i: int, sign: float, side: _Side) -> int:
+        """`[ terms ]` with an optional `/ divisor` (the objective's `/ 2`), added into side."""
+        open_ = toks[i]
+        inner, j = self._expression(toks, i + 1, None)
+        if j >= len(toks) or toks[j].kind != "close":
+            bad = toks[j] if j < len(toks) else open_
+            raise ModelReadError(f"'[' without its closing ']' (at {bad.text!r})", bad.line)
+        i = j + 1
+        divisor = 1.0
+        if i < len(toks) and toks[i].kind == "slash":
+            if i + 1 >= len(toks) or toks[i + 1].kind != "num" or float(toks[i + 1].text) == 0.0:
+                raise ModelReadError("'/' after ']' must be followed by a nonzero number", toks[i].line)
+            divisor = float(toks[i + 1].text)
+            i += 2
+        factor = sign / divisor
+        for name, c in inner.coefs.items():
+            side.coefs[name] = side.coefs.get(name, 0.0) + factor * c
+        for key, c in inner.quad.items():
+            side.quad[key] = side.quad.get(key, 0.0) + factor * c
+        side.const += factor * inner.const
+        return i
+
+    def _objective(self, toks: list[_Tok]) -> None:
         i = 0
         if len(toks) >= 2 and toks[0].kind == "name" and (toks[1].kind == "colon" or toks[1].text == "="):
             i = 2  # `obj: ...` or `Z = ...`
-        coefs, const, i = self._expression(toks, i, None)
+        side, i = self._expression(toks, i, None)
         if i < len(toks):
             raise ModelReadError(_unexpected(toks[i]) + " in the objective", toks[i].line)
-        for name, c in coefs.items():
+        for name, c in side.coefs.items():
             self.vars[name].obj = c
-        self.model.obj_constant = const
+        self.model.quad_obj = {k: c for k, c in side.quad.items() if c != 0.0}
+        self.model.obj_constant = side.const
 
     def _constraints(self, toks: list[_Tok]) -> None:
-        names = set()
         i = 0
         while i < len(toks):
             start = toks[i]
@@ -257,12 +352,10 @@ class _LPReader:
             if start.kind == "name" and i + 1 < len(toks) and toks[i + 1].kind == "colon":
                 name = start.text
                 i += 2
-            elif start.kind == "bracket":
-                raise ModelReadError("quadratic section '[ ... ]' is not supported (linear models only)", start.line)
-            sides: list[tuple[dict[str, float], float]] = []
+            sides: list[_Side] = []
             senses: list[str] = []
-            coefs, const, i = self._expression(toks, i, None)
-            sides.append((coefs, const))
+            side, i = self._expression(toks, i, None)
+            sides.append(side)
             while i < len(toks) and toks[i].kind == "sense":
                 senses.append(_SENSE[toks[i].text])
                 sense_line = toks[i].line
@@ -272,37 +365,37 @@ class _LPReader:
                 # the side after a sense ends with its line, so an unlabelled `-x + y >= 2` on the
                 # next line starts a new constraint rather than continuing this one
                 before = i
-                coefs, const, i = self._expression(toks, i, toks[i].line)
+                side, i = self._expression(toks, i, toks[i].line)
                 if i == before:
                     raise ModelReadError(f"{_unexpected(toks[i])} after '{toks[i - 1].text}' (expected a number or expression)", toks[i].line)
-                sides.append((coefs, const))
+                sides.append(side)
             if not senses:
                 bad = toks[i] if i < len(toks) else start
                 raise ModelReadError(f"constraint without '<=', '>=' or '=' (at {bad.text!r})", bad.line)
-            if i < len(toks) and toks[i].kind not in ("name", "op", "num", "inf"):
+            if i < len(toks) and toks[i].kind not in ("name", "op", "num", "inf", "bracket"):
                 raise ModelReadError(_unexpected(toks[i]), toks[i].line)
             label = name or f"R{len(self.model.constraints) + 1}"
-            if label in names:
-                raise ModelReadError(f"constraint name '{label}' used twice", start.line)
-            names.add(label)
             if len(senses) == 1:
                 self._add_row(label, sides[0], senses[0], sides[1])
-            elif len(senses) == 2 and senses[0] == senses[1] != "=" and not sides[0][0] and not sides[2][0]:
+            elif len(senses) == 2 and senses[0] == senses[1] != "=" and not sides[0].has_vars and not sides[2].has_vars:
                 # ranged row `lo <= expr <= hi`: two rows
                 self._add_row(f"{label}_lo", sides[0], senses[0], sides[1])
                 self._add_row(f"{label}_hi", sides[1], senses[1], sides[2])
-                names.update((f"{label}_lo", f"{label}_hi"))
             else:
                 raise ModelReadError("a chained constraint must read 'constant <= expression <= constant'", start.line)
 
-    def _add_row(self, name: str, left: tuple[dict[str, float], float], sense: str, right: tuple[dict[str, float], float]) -> None:
-        if not left[0] and right[0]:  # `3 <= y + 2 z` reads as `y + 2 z >= 3`
-            left, right, sense = right, left, {"<=": ">=", ">=": "<=", "=": "="}[sense]
-        coefs = dict(left[0])
-        for v, c in right[0].items():
+    def _add_row(self, name: str, left: _Side, sense: str, right: _Side) -> None:
+        if not left.has_vars and right.has_vars:  # `3 <= y + 2 z` reads as `y + 2 z >= 3`
+            left, right, sense = right, left, _FLIP[sense]
+        coefs = dict(left.coefs)
+        for v, c in right.coefs.items():
             coefs[v] = coefs.get(v, 0.0) - c
+        quad = dict(left.quad)
+        for k, c in right.quad.items():
+            quad[k] = quad.get(k, 0.0) - c
         coefs = {v: c for v, c in coefs.items() if c != 0.0}
-        self.model.constraints.append(Constraint(name, coefs, sense, right[1] - left[1]))
+        quad = {k: c for k, c in quad.items() if c != 0.0}
+        self.model.constraints.append(Constraint(name, coefs, sense, right.const - left.const, quad))
 
     def _bounds(self, toks: list[_Tok]) -> None:
         lines: dict[int, list[_Tok]] = {}
@@ -319,11 +412,9 @@ class _LPReader:
             if [k for k, _ in items] == ["name", "sense", "num"]:
                 self._bound(items[0][1], items[1][1], items[2][1], lineno)
             elif [k for k, _ in items] == ["num", "sense", "name"]:
-                flip = {"<=": ">=", ">=": "<=", "=": "="}
-                self._bound(items[2][1], flip[items[1][1]], items[0][1], lineno)
+                self._bound(items[2][1], _FLIP[items[1][1]], items[0][1], lineno)
             elif [k for k, _ in items] == ["num", "sense", "name", "sense", "num"]:
-                flip = {"<=": ">=", ">=": "<=", "=": "="}
-                self._bound(items[2][1], flip[items[1][1]], items[0][1], lineno)
+                self._bound(items[2][1], _FLIP[items[1][1]], items[0][1], lineno)
                 self._bound(items[2][1], items[3][1], items[4][1], lineno)
             else:
                 text = " ".join(t.text for t in ts)
@@ -378,7 +469,19 @@ def _unexpected(t: _Tok) -> str:
 
 # ----------------------------------------------------------------------------- MPS
 
-_MPS_SECTIONS = {"NAME", "ROWS", "COLUMNS", "RHS", "RANGES", "BOUNDS", "ENDATA", "OBJSENSE", "OBJSENS"}
+_MPS_SECTIONS = {"NAME", "ROWS", "COLUMNS", "RHS", "RANGES", "BOUNDS", "ENDATA", "OBJSENSE", "OBJSENS", "QUADOBJ", "QMATRIX", "QSECTION", "QCMATRIX"}
+_MPS_REFUSED = {
+    "SOS": "special ordered sets (section SOS)",
+    "SETS": "special ordered sets (section SETS)",
+    "INDICATORS": "indicator constraints (section INDICATORS)",
+    "GENCONS": "general constraints (section GENCONS)",
+    "PWLOBJ": "a piecewise-linear objective (section PWLOBJ)",
+    "CSECTION": "cone constraints (section CSECTION)",
+}
+# Per quadratic section: the multiplier of an entry (i, j, v) into the coefficient of the product
+# i·j. QMATRIX/QSECTION list the full symmetric Q of ½ x'Qx (both triangles); QUADOBJ only its upper
+# triangle (an off-diagonal entry stands for Q_ij = Q_ji = v); QCMATRIX the full Q of x'Qx.
+_Q_FACTOR = {"QMATRIX": (0.5, 0.5), "QSECTION": (0.5, 0.5), "QUADOBJ": (0.5, 1.0), "QCMATRIX": (1.0, 1.0)}  # (diagonal, off-diagonal)
 _FIXED_FIELDS = [(1, 3), (4, 12), (14, 22), (24, 36), (39, 47), (49, 61)]
 
 
@@ -395,9 +498,11 @@ def _read_mps(text: str) -> Model:
     model = Model()
     vars_: dict[str, Variable] = {}
     rows: dict[str, tuple[str, Constraint | None]] = {}  # name -> (type N/L/G/E, row)
+    row_line: dict[str, int] = {}
     obj_row: str | None = None
     ranges: dict[str, float] = {}
     section = None
+    q_row: Constraint | None = None  # the row of the current QCMATRIX section
     integer = False
     for lineno, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip() or raw.lstrip().startswith("*"):
@@ -405,10 +510,18 @@ def _read_mps(text: str) -> Model:
         if not raw[0].isspace():
             head = raw.split()
             section = head[0].upper().rstrip(":")
+            if section in _MPS_REFUSED:
+                raise ModelReadError(f"{_MPS_REFUSED[section]} are not supported (SCIP cannot take them as this evaluator builds models)", lineno)
             if section not in _MPS_SECTIONS:
                 raise ModelReadError(f"unknown MPS section {head[0]!r}", lineno)
             if section.startswith("OBJSENS") and len(head) > 1:
                 model.sense = _mps_sense(head[1], lineno)
+            if section == "QCMATRIX":
+                if len(head) != 2:
+                    raise ModelReadError("QCMATRIX needs the name of its row on the same line", lineno)
+                kind, q_row = _mps_row(rows, head[1], lineno)
+                if kind == "N":
+                    raise ModelReadError(f"QCMATRIX for the objective row {head[1]!r} (use QUADOBJ or QMATRIX)", lineno)
             if section == "ENDATA":
                 break
             continue
@@ -420,6 +533,10 @@ def _read_mps(text: str) -> Model:
             elif section == "ROWS":
                 kind, name = _mps_fields(raw, {2})[:2]
                 kind = kind.upper()
+                if name in rows:
+                    # COLUMNS, RHS and RANGES address rows by name: a repeated one makes them ambiguous (SCIP and COPT refuse too)
+                    raise ModelReadError(f"row name {name!r} is used twice in ROWS (first on line {row_line[name]}); MPS addresses rows by name, so give each row its own", lineno)
+                row_line[name] = lineno
                 if kind == "N":
                     if obj_row is None:
                         obj_row = name
@@ -469,6 +586,8 @@ def _read_mps(text: str) -> Model:
             elif section == "BOUNDS":
                 f = _mps_fields(raw, {3, 4})
                 kind = f[0].upper()
+                if kind in ("SC", "SI"):
+                    raise ModelReadError(f"bound type {kind} (semi-continuous variable) is not supported (SCIP cannot take them as this evaluator builds models)", lineno)
                 if kind in ("FR", "MI", "PL", "BV"):  # `FR [set] col` (BV may carry a value)
                     col, value = (f[1] if len(f) == 2 else f[2]), None
                 elif len(f) in (3, 4):  # `UP [set] col value`
@@ -478,6 +597,17 @@ def _read_mps(text: str) -> Model:
                 if col not in vars_:
                     raise ModelReadError(f"bound on unknown column {col!r}", lineno)
                 _mps_bound(vars_[col], kind, value, lineno)
+            elif section in _Q_FACTOR:
+                f = _mps_fields(raw, {3})
+                if len(f) != 3:
+                    raise ModelReadError(f"{section} line needs two column names and a value, got {len(f)} fields", lineno)
+                for col in f[:2]:
+                    if col not in vars_:
+                        raise ModelReadError(f"{section} uses column {col!r}, which COLUMNS does not define", lineno)
+                value = _mps_number(f[2], lineno) * _Q_FACTOR[section][f[0] != f[1]]
+                terms = q_row.quad if section == "QCMATRIX" else model.quad_obj
+                key = quad_key(f[0], f[1])
+                terms[key] = terms.get(key, 0.0) + value
             else:
                 raise ModelReadError(f"data line in section {section}", lineno)
         except (ValueError, IndexError) as err:
@@ -486,12 +616,16 @@ def _read_mps(text: str) -> Model:
             raise ModelReadError(f"cannot read MPS line {raw.strip()[:60]!r}", lineno) from None
     if section != "ENDATA":
         raise ModelReadError("MPS text ends without ENDATA")
+    model.quad_obj = {k: c for k, c in model.quad_obj.items() if c != 0.0}
+    for con in model.constraints:
+        if con.quad:
+            con.quad = {k: c for k, c in con.quad.items() if c != 0.0}
     for name, r in ranges.items():
         con = rows[name][1]
         lo, hi = _range(con.sense, con.rhs, r)
         # a ranged row becomes two rows
         con.sense, con.rhs = ">=", lo
-        model.constraints.append(Constraint(f"{name}_range", dict(con.coefs), "<=", hi))
+        model.constraints.append(Constraint(f"{name}_range", dict(con.coefs), "<=", hi, dict(con.quad)))
     return model
 
 
@@ -564,19 +698,23 @@ def to_lp_text(model: Model) -> str:
         if not re.fullmatch(_NAME, v.name) or v.name.lower() in ("free", "inf", "infinity"):
             raise ValueError(f"variable name {v.name!r} cannot be written in LP format")
 
-    def expr(coefs: dict[str, float]) -> str:
+    def expr(coefs: dict[str, float], quad: dict[tuple[str, str], float] | None = None, halve: bool = False) -> str:
         parts = [f"{'-' if c < 0 else '+'} {_fmt(abs(c))} {n}" for n, c in coefs.items()]
+        if quad:  # the objective's bracket is halved (`[ ... ] / 2`), so its terms are written doubled
+            terms = [f"{'-' if c < 0 else '+'} {_fmt(abs(c) * (2 if halve else 1))} {a} {'^ 2' if a == b else '* ' + b}" for (a, b), c in quad.items()]
+            inner = " ".join(terms)
+            parts.append(f"+ [ {inner[2:] if inner.startswith('+ ') else inner} ]{' / 2' if halve else ''}")
         text = " ".join(parts)
         return text[2:] if text.startswith("+ ") else text
 
     lines = ["Maximize" if model.sense == "max" else "Minimize"]
-    obj = expr({v.name: v.obj for v in model.variables})  # every variable, so the order reads back the same
+    obj = expr({v.name: v.obj for v in model.variables}, model.quad_obj, halve=True)  # every variable, so the order reads back the same
     if model.obj_constant != 0.0:
         obj = f"{obj} {'-' if model.obj_constant < 0 else '+'} {_fmt(abs(model.obj_constant))}".strip()
     lines.append(f" obj: {obj}")
     lines.append("Subject To")
     for c in model.constraints:
-        lines.append(f" {c.name}: {expr(c.coefs) or '0'} {c.sense} {_fmt(c.rhs)}")
+        lines.append(f" {c.name}: {expr(c.coefs, c.quad) or '0'} {c.sense} {_fmt(c.rhs)}")
     lines.append("Bounds")
     for v in model.variables:
         default = (0.0, 1.0) if v.vtype == "B" else (0.0, INF)

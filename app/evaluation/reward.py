@@ -118,6 +118,15 @@ def reference_from_solve(reference: Reference, result: SolveResult) -> Reference
     return reference
 
 
+def restates_a_number(model: Model, ref_model: Model | None) -> str:
+    """Why the model earns no answer credit, or "": an objective without a variable term makes the
+    model's optimum a number it wrote down, not one it derived. Allowed only when the reference
+    model is such a model too (a known optimum alone does not allow it)."""
+    if not model.objective_is_constant or (ref_model is not None and ref_model.objective_is_constant):
+        return ""
+    return "the objective has no variable term, so the model only restates a number: no answer credit"
+
+
 def score_answer(answer: str | bytes, reference: Reference, config: EvaluationConfig, solve_reference: bool = True) -> ScoreResult:
     """Score one answer; never raises on a bad answer (the reason says what went wrong).
 
@@ -161,11 +170,14 @@ def score_answer(answer: str | bytes, reference: Reference, config: EvaluationCo
         distance = graph_distance(model, ref_model)
         terms["graph"] = 1.0 - distance
     result = solve_model(model, limits)
-    matched = objective_matches(result, reference.value, reference.infeasible, config.match)
+    restated = restates_a_number(model, ref_model)
+    matched = objective_matches(result, reference.value, reference.infeasible, config.match) and not restated
     terms["solved"] = float(result.status == "optimal" or (reference.infeasible and result.status == "infeasible"))
     terms["answer"] = float(matched)
     reason = result.reason
-    if reference.infeasible and result.status != "infeasible":
+    if restated:
+        reason = restated + (f" ({result.reason})" if result.reason else "")
+    elif reference.infeasible and result.status != "infeasible":
         reason = f"the reference is infeasible but the model is {result.status}" + (f" ({result.reason})" if result.reason else "")
     elif result.status == "optimal" and not matched:
         if reference.value is None:

@@ -1,7 +1,9 @@
 """Solve a Model with SCIP (pyscipopt), in-process, under the configured limits.
 
 This is the only module that imports pyscipopt. The model is built through the API rather than
-through SCIP's LP reader, so names such as `x[0,1]` need no escaping.
+through SCIP's LP reader, so names such as `x[0,1]` need no escaping, and repeated constraint
+names are fine (SCIP does not require them to be unique). Quadratic rows and objectives go to
+SCIP's nonlinear constraints: SCIP solves them convex or not, with integers, to global optimality.
 
 Creating a SCIP instance includes all of SCIP's default plugins (~5 ms, more than solving a small
 model takes), so each thread keeps one instance and reuses it: `freeProb` + `createProbBasic`
@@ -89,9 +91,15 @@ def _blank_scip(n_objects: int):
 
 
 def _build(model: Model, with_objective: bool):
+    """The model on this thread's SCIP instance; returns (scip, {name: SCIP variable}).
+
+    SCIP's objective is linear, so a quadratic objective q(x) becomes an auxiliary free variable t
+    with objective 1 and the row q(x) - t <= 0 (minimize) or >= 0 (maximize): at the optimum t = q(x).
+    """
     from pyscipopt import quicksum
 
-    scip = _blank_scip(model.n_vars + model.n_cons)
+    quad_obj = with_objective and bool(model.quad_obj)
+    scip = _blank_scip(model.n_vars + model.n_cons + 2 * quad_obj)
     svars = {}
     for v in model.variables:
         lb = None if v.lb == float("-inf") else v.lb
@@ -99,12 +107,18 @@ def _build(model: Model, with_objective: bool):
         svars[v.name] = scip.addVar(name=v.name, vtype=v.vtype, lb=lb, ub=ub, obj=v.obj if with_objective else 0.0)
     for c in model.constraints:
         expr = quicksum(coef * svars[name] for name, coef in c.coefs.items())
+        if c.quad:
+            expr += quicksum(coef * svars[a] * svars[b] for (a, b), coef in c.quad.items())
         if c.sense == "<=":
             scip.addCons(expr <= c.rhs, name=c.name)
         elif c.sense == ">=":
             scip.addCons(expr >= c.rhs, name=c.name)
         else:
             scip.addCons(expr == c.rhs, name=c.name)
+    if quad_obj:
+        t = scip.addVar(name="quadratic_objective", vtype="C", lb=None, ub=None, obj=1.0)
+        q = quicksum(coef * svars[a] * svars[b] for (a, b), coef in model.quad_obj.items())
+        scip.addCons(q - t <= 0 if model.sense == "min" else q - t >= 0, name="quadratic_objective")
     if model.sense == "max":
         scip.setMaximize()
     else:
