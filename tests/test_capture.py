@@ -355,3 +355,19 @@ def test_an_integer_in_zero_one_is_a_binary_for_the_graph():
     assert graph_distance(as_binary, as_integer) == 0.0
     wider = read_model("maximize\n obj: 3 x + y\nsubject to\n c: x + y <= 1\nbounds\n x <= 2\ngeneral\n x\nend\n")
     assert graph_distance(as_binary, wider) > 0.0
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    from app.evaluation.sandbox import Sandbox
+
+    with Sandbox("auto") as box:
+        yield box
+
+
+@pytest.mark.parametrize("library,model", [("gurobipy", "transport"), ("coptpy", "knapsack"), ("pyscipopt", "transport"),
+                                           ("pulp", "knapsack"), ("pyomo", "transport"), ("scipy", "transport")])
+def test_idioms_through_the_real_sandbox(library, model, sandbox):
+    outcome = sandbox.run(PROGRAMS[library, model])
+    assert outcome.library == library
+    assert_same_model(outcome, REFERENCES[model])
