@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import inspect
 import io
+import os
 import tokenize
 import types
 import typing
@@ -92,7 +93,9 @@ def _tables(keys: list[Key]) -> list[str]:
         groups.setdefault(key.name.split(".")[0] if "." in key.name else "", []).append(key)
     for group, members in groups.items():
         title = f"`{group}.*`" if group else "top level"
-        lines += [f"### {title}: {SECTIONS[group]}", "", "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+        if group in SECTIONS:
+            title += f": {SECTIONS[group]}"
+        lines += [f"### {title}", "", "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
         lines += [f"| `{k.name}` | {k.type} | {k.default} | {k.allowed} | {k.meaning} |" for k in members]
         lines.append("")
     return lines
@@ -108,7 +111,8 @@ def schema_keys(cls: type, prefix: str = ""):
             yield from schema_keys(hint, f"{name}.")
             continue
         if f.name not in comments:
-            raise UserError(f"{inspect.getsourcefile(cls)}: config key '{name}' has no comment; write its meaning as a "
+            where = os.path.relpath(inspect.getsourcefile(cls))
+            raise UserError(f"{where}: config key '{name}' has no comment; write its meaning as a "
                             f"'# comment' after the field (or on the lines above it)")
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         yield Key(name, _type_name(hint), _default(default), _allowed(name), _escape(comments[f.name]))
