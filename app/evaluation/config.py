@@ -43,8 +43,24 @@ class RewardWeights:
 
 
 @dataclass
+class CodeLimits:
+    """Limits of one code answer's sandboxed process (see app/evaluation/sandbox.py)."""
+
+    wall_s: float = 5.0  # wall-clock deadline from the code's start to its solve call
+    memory_mb: int = 4096  # address space (the preloaded solver libraries take about 600 MiB of it)
+    file_mb: int = 64  # largest file, and the size of the private work directory
+    output_kb: int = 1024  # stdout + stderr (discarded); the process is killed past this
+    open_files: int = 256
+    processes: int = 128  # processes and threads (pids cgroup where available, else RLIMIT_NPROC)
+
+
+@dataclass
 class EvaluationConfig:
     limits: SolverLimits = field(default_factory=SolverLimits)
     match: MatchRule = field(default_factory=MatchRule)
     weights: RewardWeights = field(default_factory=RewardWeights)
     workers: int = 2  # solver worker processes
+    code: CodeLimits = field(default_factory=CodeLimits)
+    # How code answers are isolated: 'strict' (namespaces or refuse to run), 'auto' (namespaces
+    # where the kernel allows, else 'audit' with a one-line warning), 'audit' (limits + audit hook).
+    sandbox: str = "auto"

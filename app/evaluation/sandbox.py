@@ -1,0 +1,778 @@
+"""Run solver-library code answers in isolated processes and return the model they build.
+
+Processes (one chain per answer):
+
+    caller (pool worker) --pipe--> server --fork--> keeper --fork--> runner (the answer's code)
+
+The *server* is a fresh interpreter (`python -I`, a minimal environment, its own temporary
+directory, no inherited descriptors) that imports the solver libraries once
+(capture.preload) and never sees a reference, a score or another process's memory. For each
+answer it forks a *keeper*, which forks the *runner*; both are prepared before the answer
+arrives (the next pair is forked while the caller solves the last model), so an answer pays
+for neither an interpreter start nor a library import nor a fork.
+
+Isolation levels (`evaluation.sandbox`):
+- 'namespaces': the keeper unshares mount, network, PID, IPC and UTS namespaces; the runner
+  is PID 1 of the new PID namespace (killing it kills everything it started, setsid or not),
+  gets a new root holding only the system directories and the Python installation (read-only,
+  nosuid, nodev), a size-limited tmpfs at /tmp as the only writable place and working
+  directory, a private /proc, the device nodes null/zero/full/random/urandom, a loopback-less
+  network, a pids cgroup where the kernel offers one, and then drops every capability and sets
+  no_new_privs.
+- 'audit': no namespaces; the runner gets its own process group and a private working
+  directory, and a Python audit hook refuses writes outside it, deletes and renames, sockets,
+  subprocesses, fork/exec, signals to other processes, ctypes, and /proc of other processes.
+Both: resource limits (address space, CPU seconds, file size, open files, processes, no core
+dumps), a wall-clock deadline, capped stdout/stderr (discarded), a scrubbed environment.
+
+Messages are length-prefixed JSON: nothing the answer writes is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import platform
+import resource
+import select
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+from app.evaluation.capture import CaptureOutcome
+from app.evaluation.config import CodeLimits, SolverLimits
+
+LEVELS = ("strict", "auto", "audit")  # settings of evaluation.sandbox
+SANDBOX_STATUSES = ("timeout", "memory", "killed", "output_limit", "sandbox_error")
+_MAX_RESULT_BYTES = 64 << 20  # the runner's JSON result (the model text) is cut off past this
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class SandboxUnavailable(RuntimeError):
+    """evaluation.sandbox: strict, and this machine cannot create the namespaces."""
+
+
+# ----------------------------------------------------------------------------- framing
+
+
+def _write_frame(fd: int, obj) -> None:
+    data = json.dumps(obj).encode()
+    _write_all(fd, struct.pack("<I", len(data)) + data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    chunks, left = [], n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_frame(fd: int):
+    head = _read_exact(fd, 4)
+    if head is None:
+        return None
+    body = _read_exact(fd, struct.unpack("<I", head)[0])
+    return None if body is None else json.loads(body)
+
+
+# ----------------------------------------------------------------------------- kernel calls
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC, _CLONE_NEWPID, _CLONE_NEWNET = 0x20000, 0x4000000, 0x8000000, 0x20000000, 0x40000000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
+_MNT_DETACH = 2
+_PR_SET_PDEATHSIG, _PR_CAPBSET_DROP, _PR_SET_NO_NEW_PRIVS, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 1, 24, 38, 47, 4
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
+_DEVICES = ("null", "zero", "full", "random", "urandom")
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = lambda s: None if s is None else s.encode()  # noqa: E731
+    _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
+
+
+def _prctl(option: int, arg: int = 0, arg3: int = 0) -> int:
+    return _libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(arg3), ctypes.c_ulong(0), ctypes.c_ulong(0))
+
+
+def _drop_capabilities() -> None:
+    """No capability left in any set (a root uid then has only its file permissions), and no
+    way to gain one back through execve."""
+    for cap in range(64):
+        _prctl(_PR_CAPBSET_DROP, cap)
+    _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable x 2 words, all zero
+    _check(_libc.capset(header, data), "capset")
+    _check(_prctl(_PR_SET_NO_NEW_PRIVS, 1), "prctl(NO_NEW_PRIVS)")
+
+
+# ----------------------------------------------------------------------------- the runner's world
+
+
+def _exposed_paths() -> list[str]:
+    """What the runner's root shows (read-only): system directories and the Python installation
+    this server runs from; not the caller's working directory, home or data."""
+    paths = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc/ld.so.cache", "/etc/localtime"]
+    paths += [sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix, os.path.join(_PACKAGE_ROOT, "app")]
+    for entry in sys.path:
+        if entry and os.path.isdir(entry) and os.path.realpath(entry) != _PACKAGE_ROOT:
+            paths.append(entry)
+    out: list[str] = []
+    for p in sorted({os.path.abspath(p) for p in paths if os.path.lexists(p)}, key=len):
+        if not any(p == q or p.startswith(q + "/") for q in out):  # inside one already exposed
+            out.append(p)
+    return out
+
+
+def _build_root(root: str, work_mb: int) -> None:
+    """A new root at `root` (an empty directory): tmpfs, bind mounts of the exposed paths,
+    devices, /tmp as the writable work dir; then pivot into it and detach the old root.
+    Runs in a fresh mount namespace, as PID 1 of a fresh PID namespace."""
+    _mount("sandbox", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
+    binds = []
+    for path in _exposed_paths():
+        target = root + path
+        if os.path.islink(path):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.symlink(os.readlink(path), target)
+            continue
+        if os.path.isdir(path):
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "w").close()
+        _mount(path, target, None, _MS_BIND | _MS_REC)
+        binds.append((target, _MS_NODEV))
+    os.makedirs(root + "/dev")
+    for name in _DEVICES:
+        target = f"{root}/dev/{name}"
+        open(target, "w").close()
+        _mount(f"/dev/{name}", target, None, _MS_BIND)
+        binds.append((target, 0))
+    os.makedirs(root + "/tmp")
+    _mount("work", root + "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={work_mb}m,mode=1777")
+    os.makedirs(root + "/proc")
+    _mount("proc", root + "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+    for target, extra in binds:
+        _mount(None, target, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | extra)
+    _mount(None, root + "/proc", None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+    _mount(None, root, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
+    os.chdir(root)
+    if _SYS_PIVOT_ROOT is not None:
+        _check(_libc.syscall(_SYS_PIVOT_ROOT, b".", b"."), "pivot_root")  # old root now stacked under "/"
+        _check(_libc.umount2(b".", _MNT_DETACH), "umount old root")
+    os.chroot(".")
+    os.chdir("/tmp")
+
+
+def _join_pids_cgroup(cgroup: str | None) -> None:
+    if cgroup:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write("0")
+
+
+def _set_limits(limits: CodeLimits, cpu: bool) -> None:
+    memory = limits.memory_mb << 20
+    pairs = [
+        (resource.RLIMIT_AS, memory),
+        (resource.RLIMIT_FSIZE, limits.file_mb << 20),
+        (resource.RLIMIT_NOFILE, limits.open_files),
+        (resource.RLIMIT_NPROC, limits.processes),
+        (resource.RLIMIT_CORE, 0),
+    ]
+    if cpu:
+        pairs.append((resource.RLIMIT_CPU, math.ceil(limits.wall_s) + 1))
+    for kind, value in pairs:
+        resource.setrlimit(kind, (value, value))
+
+
+def _audit_hook(workdir: str):
+    """The 'audit' level's guard, installed in the runner just before the answer's code runs."""
+    work = os.path.realpath(workdir)
+    own_proc = (f"/proc/{os.getpid()}/", "/proc/self/", "/proc/thread-self/")
+    blocked_prefixes = ("socket.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn", "ctypes.", "pty.", "_posixsubprocess")
+    blocked = {"os.system", "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.startfile", "signal.pthread_kill",
+               "os.remove", "os.rmdir", "os.rename", "os.link", "os.symlink", "os.truncate", "os.chmod", "os.chown",
+               "os.mkdir", "os.utime", "os.chroot", "shutil.rmtree", "os.setxattr", "os.removexattr", "mmap.__new__"}
+
+    def inside(path) -> bool:
+        if isinstance(path, int):
+            return True
+        path = os.fsdecode(path)
+        full = os.path.realpath(path if os.path.isabs(path) else os.path.join(os.getcwd(), path))
+        return full == work or full.startswith(work + "/")
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open":
+            path, mode, flags = args
+            if isinstance(path, int):
+                return
+            writes = (flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)) if flags and flags > 0 \
+                else any(c in (mode or "") for c in "wax+")
+            if writes and not inside(path):
+                raise PermissionError(f"sandbox: writing {os.fsdecode(path)} outside the work directory is not allowed")
+            real = os.path.realpath(os.fsdecode(path)) + "/"
+            if real.startswith("/proc/") and real.split("/")[2].isdigit() and not real.startswith(own_proc):
+                raise PermissionError("sandbox: other processes' /proc entries are not readable")
+        elif event in blocked or event.startswith(blocked_prefixes):
+            if event in ("os.remove", "os.rmdir", "os.mkdir", "os.truncate", "os.utime", "os.chmod") and args and inside(args[0]):
+                return
+            if event == "os.rename" and inside(args[0]) and inside(args[1]):
+                return
+            if event in ("os.kill", "os.killpg") and args and args[0] == os.getpid():
+                return
+            raise PermissionError(f"sandbox: {event} is not allowed")
+
+    return hook
+
+
+def _runner(level: str, limits: CodeLimits, solver_limits: SolverLimits, root: str, workdir: str,
+            cgroup: str | None, code_fd: int, result_fd: int, out_fd: int) -> None:
+    """The answer's process: enter its world, wait for the code, run it until its solve call,
+    write the CaptureOutcome as JSON, exit. Never returns."""
+    try:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        os.setsid()  # its own session and process group: a kill(0) from the answer reaches nothing else
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(out_fd, 2)
+        keep = {0, 1, 2, code_fd, result_fd}
+        for fd in _open_fds():
+            if fd not in keep:
+                os.closerange(fd, fd + 1)
+        if level == "namespaces":
+            _join_pids_cgroup(cgroup)
+            _build_root(root, limits.file_mb)
+            workdir = "/tmp"
+            _drop_capabilities()
+        os.chdir(workdir)
+        _set_limits(limits, cpu=False)
+        raw = b"".join(iter(lambda: os.read(code_fd, 1 << 20), b""))
+        os.close(code_fd)
+        code = raw.decode("utf-8", errors="replace")
+        _set_limits(limits, cpu=True)
+        from app.evaluation.capture import run_captured
+
+        if level == "audit":
+            sys.addaudithook(_audit_hook(workdir))
+        outcome = run_captured(code, workdir, solver_limits)
+        payload = json.dumps(asdict(outcome)).encode()
+    except BaseException as err:  # noqa: BLE001 - whatever happened is reported, never raised
+        payload = _error_payload(err)
+    try:
+        _write_all(result_fd, payload)
+        os.close(result_fd)  # the keeper replies now, before this process's exit has torn down its memory
+    finally:
+        os._exit(0)
+
+
+def _error_payload(err: BaseException) -> bytes:
+    status = "memory" if isinstance(err, MemoryError) else "sandbox_error"
+    try:
+        return json.dumps({"status": status, "reason": f"{type(err).__name__}: {err}"[:300]}).encode()
+    except BaseException:  # noqa: BLE001 - e.g. out of memory again
+        return b'{"status": "memory", "reason": "out of memory"}'
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        return list(range(3, 1024))
+
+
+# ----------------------------------------------------------------------------- the keeper
+
+
+def _keeper(level: str, limits: CodeLimits, solver_limits: SolverLimits, base: str, request_fd: int, reply_fd: int) -> None:
+    """Prepares one runner, then (when the server sends the code) feeds it, enforces the deadline
+    and the output cap, reports the outcome and cleans up. Never returns."""
+    reply: dict | None = None
+    runner = 0
+    cgroup = None
+    workdir = os.path.join(base, f"work-{os.getpid()}")
+    try:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        os.setsid()
+        root = os.path.join(base, "root")
+        if level == "namespaces":
+            _unshare(_CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWUTS)
+            _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+            cgroup = _new_pids_cgroup(limits.processes)
+        else:
+            os.mkdir(workdir, 0o700)
+        code_r, code_w = os.pipe()
+        result_r, result_w = os.pipe()
+        out_r, out_w = os.pipe()
+        runner = os.fork()
+        if runner == 0:
+            _runner(level, limits, solver_limits, root, workdir, cgroup, code_r, result_w, out_w)
+        for fd in (code_r, result_w, out_w):
+            os.close(fd)
+        request = _read_frame(request_fd)
+        if request is not None:  # None: the server shuts down
+            reply = _supervise(runner, request["code"].encode("utf-8", errors="replace"), code_w, result_r, out_r, limits)
+    except BaseException as err:  # noqa: BLE001
+        _kill(runner)
+        reply = {"status": "sandbox_error", "reason": f"sandbox keeper failed: {type(err).__name__}: {err}"[:300]}
+    try:
+        if reply is not None:
+            _write_frame(reply_fd, reply)
+    finally:
+        _kill(runner)  # its process group (audit level: whatever it forked), or its PID namespace
+        if runner > 0:
+            try:
+                os.waitpid(runner, 0)
+            except ChildProcessError:
+                pass
+        if level != "namespaces":
+            _remove_tree(workdir)
+        os._exit(0)
+
+
+def _kill(pid: int) -> None:
+    if pid > 0:
+        for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            try:
+                target()
+            except OSError:
+                pass
+
+
+def _supervise(runner: int, code: bytes, code_w: int, result_r: int, out_r: int, limits: CodeLimits) -> dict:
+    """Feed the code, drain output (counted, discarded) and result until the runner exits, the
+    deadline passes or the output cap is hit; then kill its process group and reap it."""
+    deadline = time.monotonic() + limits.wall_s
+    os.set_blocking(code_w, False)  # a pipe holds 64 KiB and the code may be longer: written as it is read
+    pending = memoryview(code)
+    result = bytearray()
+    output = 0
+    cut = None  # why the runner was killed by us
+    open_fds = {result_r, out_r}
+    if not pending:
+        os.close(code_w)
+    while open_fds:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            cut = "timeout"
+            break
+        ready, writable, _ = select.select(list(open_fds), [code_w] if pending else [], [], left)
+        if writable:
+            try:
+                pending = pending[os.write(code_w, pending[: 1 << 16]) :]
+            except BlockingIOError:
+                pass
+            except OSError:  # the runner is gone; its exit is reported below
+                pending = pending[:0]
+            if not pending:
+                os.close(code_w)
+        for fd in ready:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                open_fds.discard(fd)
+            elif fd == out_r:
+                output += len(chunk)
+                if output > limits.output_kb << 10:
+                    cut = "output_limit"
+            else:
+                result += chunk
+                if len(result) > _MAX_RESULT_BYTES:
+                    cut = "result_too_big"
+        if cut or result_r not in open_fds:
+            break
+    if cut is None and result:  # complete: reply now; the keeper reaps the runner afterwards
+        reply = _parse_result(result, limits)
+        if reply is not None:
+            return reply
+    _kill(runner)
+    _, status = os.waitpid(runner, 0)
+    if cut == "timeout":
+        return {"status": "timeout", "reason": f"the code ran past the {limits.wall_s:g} s deadline and was killed"}
+    if cut == "output_limit":
+        return {"status": "output_limit", "reason": f"the code printed more than {limits.output_kb} KiB and was killed"}
+    if cut == "result_too_big":
+        return {"status": "too_large", "reason": f"the captured model is over {_MAX_RESULT_BYTES >> 20} MiB of text"}
+    if os.WIFSIGNALED(status) and not result:
+        sig = os.WTERMSIG(status)
+        name = signal.Signals(sig).name if sig in signal.Signals.__members__.values() else str(sig)
+        if sig == signal.SIGXCPU:
+            return {"status": "timeout", "reason": f"the code used more than {math.ceil(limits.wall_s) + 1} CPU seconds ({name})"}
+        if sig == signal.SIGXFSZ:
+            return {"status": "killed", "reason": f"the code wrote a file over {limits.file_mb} MiB ({name})"}
+        return {"status": "killed", "reason": f"the code's process was killed by {name}"}
+    if not result:
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+        return {"status": "killed", "reason": f"the code's process exited (code {code}) before reporting a model"}
+    return _parse_result(result, limits) or {"status": "sandbox_error", "reason": "the code's process reported an unreadable result"}
+
+
+def _parse_result(result: bytes, limits: CodeLimits) -> dict | None:
+    try:
+        reply = json.loads(result.decode("utf-8"))
+    except ValueError:
+        return None
+    if not isinstance(reply, dict) or not isinstance(reply.get("status"), str):
+        return None
+    if reply["status"] == "exception" and str(reply.get("reason", "")).startswith("MemoryError"):
+        reply["status"] = "memory"
+        reply["reason"] = f"out of memory (address-space limit {limits.memory_mb} MiB): {reply['reason']}"
+    return reply
+
+
+def _pids_cgroup_root() -> str | None:
+    """A writable cgroup-v1 pids hierarchy, or None (then the process count is bounded by
+    RLIMIT_NPROC, which the kernel does not apply to uid 0, and by the deadline)."""
+    path = "/sys/fs/cgroup/pids"
+    return path if os.access(os.path.join(path, "cgroup.procs"), os.W_OK) else None
+
+
+def _cgroup_path(root: str, server: int, keeper: int) -> str:
+    return os.path.join(root, "solver-ppo-sandbox", f"{server}-{keeper}")
+
+
+def _new_pids_cgroup(limit: int) -> str | None:
+    root = _pids_cgroup_root()
+    if root is None:
+        return None
+    try:
+        path = _cgroup_path(root, os.getppid(), os.getpid())
+        os.makedirs(path)
+        with open(os.path.join(path, "pids.max"), "w") as f:
+            f.write(str(limit))
+        return path
+    except OSError:
+        return None
+
+
+def _remove_cgroups(paths: list[str], wait_s: float = 0.0) -> list[str]:
+    """Remove these (empty) cgroups; those still busy are returned. A PID namespace's cgroup
+    stays busy for up to about a second after its keeper exited (the kernel frees its network
+    namespace asynchronously)."""
+    end = time.monotonic() + wait_s
+    while True:
+        busy = []
+        for path in paths:
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                busy.append(path)
+        if not busy or time.monotonic() >= end:
+            return busy
+        paths = busy
+        time.sleep(0.05)
+
+
+def _stale_cgroups() -> list[str]:
+    """Cgroups left by sandbox servers that no longer run."""
+    root = _pids_cgroup_root()
+    parent = os.path.join(root or "", "solver-ppo-sandbox")
+    if root is None or not os.path.isdir(parent):
+        return []
+    return [os.path.join(parent, name) for name in os.listdir(parent)
+            if "-" in name and not os.path.exists(f"/proc/{name.split('-')[0]}")]
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+def namespaces_unavailable() -> str | None:
+    """Why this process cannot build the 'namespaces' sandbox (None: it can), tried in a fork."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            _unshare(_CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWUTS)
+            _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+            probe = tempfile.mkdtemp()
+            try:
+                _mount("probe", probe, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m")
+                _libc.umount2(probe.encode(), _MNT_DETACH)
+            finally:
+                os.rmdir(probe)
+            message = b""
+        except BaseException as err:  # noqa: BLE001
+            message = str(err).encode()[:200] or b"failed"
+        os.write(w, message)
+        os._exit(0)
+    os.close(w)
+    message = os.read(r, 400)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return message.decode() or None
+
+
+# One tiny model per library, captured once in the server so that every runner forked from it
+# finds the libraries' lazily initialised state (and their code pages) already in place.
+_WARM_UP = {
+    "pyscipopt": "import pyscipopt\nm = pyscipopt.Model()\nx = m.addVar('x', ub=1)\nm.addCons(x <= 1)\nm.setObjective(x, 'maximize')\nm.optimize()",
+    "gurobipy": "import gurobipy as gp\nm = gp.Model()\nx = m.addVar(ub=1, name='x')\nm.addConstr(x <= 1)\nm.setObjective(x, gp.GRB.MAXIMIZE)\nm.optimize()",
+    "coptpy": "import coptpy as cp\nm = cp.Envr().createModel('m')\nx = m.addVar(ub=1, name='x')\nm.addConstr(x <= 1)\nm.setObjective(x, cp.COPT.MAXIMIZE)\nm.solve()",
+    "pulp": "import pulp\np = pulp.LpProblem('m', pulp.LpMaximize)\nx = pulp.LpVariable('x', 0, 1)\np += x\np += x <= 1\np.solve()",
+    "pyomo": "import pyomo.environ as pyo\nm = pyo.ConcreteModel()\nm.x = pyo.Var(bounds=(0, 1))\nm.c = pyo.Constraint(expr=m.x <= 1)\nm.o = pyo.Objective(expr=m.x, sense=pyo.maximize)\npyo.SolverFactory('glpk').solve(m)",
+    "scipy": "from scipy.optimize import linprog\nlinprog([-1], A_ub=[[1]], b_ub=[1], bounds=[(0, 1)])",
+}
+
+
+def _warm_up(base: str) -> None:
+    from app.evaluation.capture import installed, run_captured
+
+    workdir = tempfile.mkdtemp(dir=base)
+    for library, code in _WARM_UP.items():
+        if installed(library):
+            run_captured(code, workdir)
+    _remove_tree(workdir)
+
+
+class _Spare:
+    def __init__(self, pid: int, request_fd: int, reply_fd: int):
+        self.pid, self.request_fd, self.reply_fd = pid, request_fd, reply_fd
+
+
+def _fork_keeper(level: str, limits: CodeLimits, solver_limits: SolverLimits, base: str, stdin: int, stdout: int) -> _Spare:
+    request_r, request_w = os.pipe()
+    reply_r, reply_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(request_w)
+        os.close(reply_r)
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (stdin, stdout):
+            os.dup2(null, fd)
+        _keeper(level, limits, solver_limits, base, request_r, reply_w)
+    os.close(request_r)
+    os.close(reply_w)
+    return _Spare(pid, request_w, reply_r)
+
+
+def serve(settings: dict) -> None:
+    """The server's loop: hello, then one request (code) -> one reply (outcome) at a time, on
+    stdin/stdout; ends at end of input."""
+    stdin, stdout = 0, os.dup(1)
+    os.dup2(os.open("/dev/null", os.O_WRONLY), 1)  # stray prints of the libraries must not corrupt the replies
+    limits = CodeLimits(**settings["limits"])
+    solver_limits = SolverLimits(**settings["solver_limits"])
+    wanted = settings["level"]
+    problem = namespaces_unavailable() if wanted in ("strict", "auto") else "not asked for (evaluation.sandbox: audit)"
+    level = "namespaces" if problem is None else "audit"
+    from app.evaluation.capture import preload
+
+    preload()
+    base = tempfile.mkdtemp(prefix="solver-ppo-sandbox-")
+    _warm_up(base)
+    os.makedirs(os.path.join(base, "root"))
+    _write_frame(stdout, {"level": level, "problem": problem})
+    if wanted == "strict" and level != "namespaces":
+        return
+    spare = None
+    retired: list[int] = []  # keepers that replied and are cleaning up after their runner
+    cgroups = _stale_cgroups()  # to remove once empty
+    root = _pids_cgroup_root() if level == "namespaces" else None
+    try:
+        while True:
+            if spare is None:
+                spare = _fork_keeper(level, limits, solver_limits, base, stdin, stdout)
+            request = _read_frame(stdin)
+            if request is None:
+                break
+            reply = _run_on(spare, request, limits)
+            _write_frame(stdout, reply)
+            retired.append(spare.pid)
+            spare = None
+            for pid in list(retired):
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    retired.remove(pid)
+                    if root is not None:
+                        cgroups.append(_cgroup_path(root, os.getpid(), pid))
+            cgroups = _remove_cgroups(cgroups)
+    finally:
+        if spare is not None:
+            os.close(spare.request_fd)  # end of input: it cleans up and exits
+            os.close(spare.reply_fd)
+            retired.append(spare.pid)
+        for pid in retired:
+            os.waitpid(pid, 0)
+            if root is not None:
+                cgroups.append(_cgroup_path(root, os.getpid(), pid))
+        _remove_cgroups(cgroups, wait_s=3.0)
+        _remove_tree(base)
+
+
+def _run_on(spare: _Spare, request: dict, limits: CodeLimits) -> dict:
+    """Hand the request to the prepared keeper and wait for its reply (with a backstop past the
+    keeper's own deadline); a keeper without a reply in time is killed."""
+    reply = None
+    try:
+        _write_frame(spare.request_fd, request)
+        ready, _, _ = select.select([spare.reply_fd], [], [], limits.wall_s + 10.0)
+        if ready:
+            reply = _read_frame(spare.reply_fd)
+    except OSError:
+        pass
+    if reply is None:
+        _kill(spare.pid)
+    os.close(spare.request_fd)
+    os.close(spare.reply_fd)
+    return reply or {"status": "sandbox_error", "reason": "the sandbox keeper died without a reply"}
+
+
+# ----------------------------------------------------------------------------- the caller's side
+
+_CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "1",
+              "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+_warned = False
+
+
+class Sandbox:
+    """A sandbox server for this process: `run(code)` -> CaptureOutcome. The server starts on the
+    first call and again after it died; a failure becomes an outcome, never an exception (except
+    SandboxUnavailable at level 'strict')."""
+
+    def __init__(self, level: str = "auto", limits: CodeLimits | None = None, solver_limits: SolverLimits | None = None):
+        if level not in LEVELS:
+            raise ValueError(f"evaluation.sandbox={level!r} is not one of {', '.join(LEVELS)}")
+        self.level_setting = level
+        self.limits = limits or CodeLimits()
+        self.solver_limits = solver_limits or SolverLimits()
+        self.level: str | None = None  # 'namespaces' | 'audit' once the server runs
+        self._process: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self.restarts = 0
+
+    def _start(self) -> None:
+        global _warned
+        home = tempfile.mkdtemp(prefix="solver-ppo-sandbox-home-")
+        settings = {"level": self.level_setting, "limits": asdict(self.limits), "solver_limits": asdict(self.solver_limits)}
+        bootstrap = (f"import sys, json; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
+                     "from app.evaluation.sandbox import serve; serve(json.loads(sys.argv[1]))")
+        env = {**_CLEAN_ENV, "HOME": home, "TMPDIR": home}
+        self._process = subprocess.Popen([sys.executable, "-I", "-c", bootstrap, json.dumps(settings)], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=home, close_fds=True,
+                                         start_new_session=True)
+        hello = _read_frame(self._process.stdout.fileno())
+        if hello is None:
+            self._stop()
+            raise RuntimeError("the sandbox server did not start")
+        self.level = hello["level"]
+        if self.level_setting == "strict" and self.level != "namespaces":
+            self._stop()
+            raise SandboxUnavailable(
+                f"evaluation.sandbox=strict, but namespaces are not available here ({hello['problem']}); "
+                "run as root or where unprivileged namespaces are allowed, or set evaluation.sandbox=auto")
+        if self.level == "audit" and self.level_setting == "auto" and not _warned:
+            _warned = True
+            print(f"sandbox: namespaces unavailable ({hello['problem']}); code answers run with resource limits and "
+                  "an audit hook only", file=sys.stderr)
+
+    def run(self, code: str) -> CaptureOutcome:
+        with self._lock:
+            if self._process is not None and self._process.poll() is not None:
+                self.restarts += 1
+                self._stop()
+            if self._process is None:
+                self._start()
+            reply = None
+            try:
+                _write_frame(self._process.stdin.fileno(), {"code": code})
+                ready, _, _ = select.select([self._process.stdout], [], [], self.limits.wall_s + 20.0)
+                if ready:
+                    reply = _read_frame(self._process.stdout.fileno())
+            except OSError:
+                pass
+            if reply is None:  # dead or hung: the next call starts a fresh server
+                self._stop(kill=True)
+                return CaptureOutcome("sandbox_error", "the sandbox server failed; it is restarted for the next answer")
+            return _outcome(reply)
+
+    def _stop(self, kill: bool = False) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if kill:
+            _kill(process.pid)
+        for stream in (process.stdin, process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        try:
+            process.wait(timeout=0.0 if kill else 5.0)
+        except subprocess.TimeoutExpired:
+            _kill(process.pid)
+            process.wait()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _outcome(reply: dict) -> CaptureOutcome:
+    fields = {k: reply.get(k) for k in ("status", "reason", "model_text", "fmt", "library")}
+    fields["sense_free"] = bool(reply.get("sense_free", False))
+    if not isinstance(fields["status"], str):
+        return CaptureOutcome("sandbox_error", "the sandbox returned no status")
+    for key in ("reason", "model_text", "fmt", "library"):
+        if fields[key] is not None and not isinstance(fields[key], str):
+            fields[key] = None
+    return CaptureOutcome(**fields)
+
+
+_sandboxes: dict[tuple, Sandbox] = {}
+
+
+def sandbox_for(level: str, limits: CodeLimits, solver_limits: SolverLimits) -> Sandbox:
+    """This process's sandbox for these settings (one server per process and setting)."""
+    key = (level, tuple(asdict(limits).items()), tuple(asdict(solver_limits).items()), os.getpid())
+    box = _sandboxes.get(key)
+    if box is None:
+        box = _sandboxes[key] = Sandbox(level, limits, solver_limits)
+    return box
+
+
+def close_all() -> None:
+    for box in _sandboxes.values():
+        box.close()
+    _sandboxes.clear()
