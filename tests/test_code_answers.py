@@ -128,3 +128,34 @@ def test_the_presets_example_programs_capture_their_model(tmp_path):
     for outcome in capture_all(programs, tmp_path):
         assert outcome.status == "captured"
         assert solve_model(read_model(outcome.model_text), SolverLimits()).objective == pytest.approx(12)
+
+
+class _Pieces:
+    """A decoder over a fixed list of text pieces (token id = index)."""
+
+    def __init__(self, pieces: list[str]):
+        self.pieces = pieces
+
+    def decode(self, token_ids: list[int]) -> str:
+        return "".join(self.pieces[i] for i in token_ids)
+
+
+def test_partial_kl_starts_at_the_python_block():
+    import torch
+
+    from app.ppo.rollout import partial_kl_mask
+
+    rows = [["The model:\n", "``", "`python\n", "import pulp\n", "```"],  # fence split over tokens 1 and 2
+            ["Code:", "<python>", "import gurobipy", "</python>"],
+            ["Think.", " ", "```py\n", "x = 1", "```"],
+            ["import pulp", "\n", "x"]]  # no block: penalized everywhere
+    pieces = [p for row in rows for p in row]
+    tok = _Pieces(pieces)
+    ids = torch.zeros(len(rows), 5, dtype=torch.long)
+    mask = torch.zeros(len(rows), 5)
+    at = 0
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.arange(at, at + len(row))
+        mask[i, : len(row)] = 1
+        at += len(row)
+    assert partial_kl_mask(ids, mask, tok).tolist() == [[0, 1, 1, 1, 1], [0, 1, 1, 1, 0], [0, 0, 1, 1, 1], [1, 1, 1, 0, 0]]
