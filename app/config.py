@@ -69,7 +69,9 @@ class DataSettings:
     num_workers: int = 0  # DataLoader worker processes reading the stream
     max_prompt_tokens: int = 512  # longer prompts are reported and left out
     system_prompt: str | None = None  # None: the default system prompt; "": none
-    instruction: str | None = None  # None: the default answer-format instruction; "": none
+    # None: the default answer-format instruction (an LP in an ```lp block); "": none; a preset name:
+    # lp | pyscipopt | gurobipy | coptpy | pyomo | pulp (code answers in that library); else the text itself
+    instruction: str | None = None
 
 
 @dataclass

@@ -71,8 +71,9 @@ class Rollout:
             yield self.select(order[start : start + size])
 
 
-# Where the model of an answer begins: a ```lp / ```mps fence or a <model> tag.
-MODEL_BLOCK_START = re.compile(r"```[ \t]*(?:lp|mps)\b|<model>", re.IGNORECASE)
+# Where the model of an answer begins: a ```lp / ```mps fence, a <model> tag, or a code answer's
+# ```python fence or <python> tag.
+MODEL_BLOCK_START = re.compile(r"```[ \t]*(?:lp|mps|python|py)\b|<model>|<python>", re.IGNORECASE)
 
 
 class Decoder(Protocol):
