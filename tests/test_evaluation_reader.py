@@ -183,3 +183,122 @@ def test_importing_the_package_does_not_load_torch_or_lightning():
     code = "import sys, app.evaluation, app.evaluation.pool; bad = [m for m in ('torch', 'lightning') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# ----------------------------------------------------------------------------- repeated names
+
+REPEATED_LP = """\\ written by gurobipy: two constraints the code named alike
+Maximize
+ 3 x + 2 y
+Subject To
+ availability_0_0: x + y <= 4
+ availability_0_0: x + 3 y <= 6
+ R2: x <= 3
+ R2: -5 <= y - x <= 10
+End
+"""
+
+
+def test_repeated_row_names_are_labels():
+    m = read_model(REPEATED_LP)
+    assert [c.name for c in m.constraints] == ["availability_0_0", "availability_0_0", "R2", "R2_lo", "R2_hi"]
+    assert [c.coefs for c in m.constraints[:2]] == [{"x": 1.0, "y": 1.0}, {"x": 1.0, "y": 3.0}]
+    r = solve_model(m, SolverLimits())
+    assert (r.status, r.objective) == ("optimal", pytest.approx(11.0))
+    renamed = read_model(REPEATED_LP.replace("availability_0_0: x + 3", "other: x + 3"))
+    from app.evaluation import graph_distance
+
+    assert graph_distance(m, renamed) == 0.0  # names are not part of the model
+
+
+def test_gurobipy_writes_repeated_names_and_we_read_them(tmp_path):
+    import gurobipy as gp
+
+    with gp.Env(params={"OutputFlag": 0}) as env, gp.Model("t", env=env) as g:
+        x = g.addVars(2, name="x")
+        for k in range(2):
+            g.addConstr(x[0] + (k + 1) * x[1] <= 4 + 2 * k, name="availability_0_0")
+        g.setObjective(3 * x[0] + 2 * x[1], gp.GRB.MAXIMIZE)
+        g.write(str(tmp_path / "m.lp"))
+        g.write(str(tmp_path / "m.mps"))
+    lp_text = (tmp_path / "m.lp").read_text()
+    assert lp_text.count("availability_0_0:") == 2
+    lp, mps = read_model(lp_text), read_model((tmp_path / "m.mps").read_text())  # Gurobi's MPS writer renames them
+    for m in (lp, mps):
+        assert m.n_cons == 2 and solve_model(m, SolverLimits()).objective == pytest.approx(12.0)
+
+
+def test_repeated_row_name_in_mps_is_refused_with_name_and_line():
+    text = "NAME t\nROWS\n N obj\n L c\n L c\nCOLUMNS\n x obj 1 c 1\nRHS\n rhs c 4\nENDATA\n"
+    with pytest.raises(ModelReadError) as info:
+        read_model(text)
+    assert info.value.line == 5 and "row name 'c' is used twice in ROWS (first on line 4)" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- constructs
+
+
+def test_lp_constructs_every_solver_reads():
+    text = """\\ comments, `=>`/`=<`, infinity spellings, lazy constraints and user cuts, a line continued
+Maximize
+ profit: 3 x + 2 y
+   + 0 z - 1.5
+Subject To
+ c1: x + y =< 4
+ c2: - x - 3 y => -6
+Lazy Constraints
+ lazy1: x <= 3
+User Cuts
+ cut1: x + y <= 4
+Bounds
+ -infinity <= z <= +inf
+ y >= -Inf
+ y <= 1e30
+Generals
+ z
+End
+"""
+    m = read_model(text)
+    assert [c.name for c in m.constraints] == ["c1", "c2", "lazy1", "cut1"]
+    v = {x.name: x for x in m.variables}
+    assert (v["z"].lb, v["z"].ub, v["y"].lb, v["y"].ub) == (-math.inf, math.inf, -math.inf, math.inf)
+    assert m.obj_constant == -1.5 and m.constraints[1].sense == ">="
+    assert solve_model(m, SolverLimits()).objective == pytest.approx(11.0 - 1.5)
+
+
+@pytest.mark.parametrize(
+    "text, line, construct",
+    [
+        ("max x\nst\n c: b = 1 -> x + y <= 3\nend", 3, "indicator constraints ('->')"),
+        ("max x\nst\n c: x <= 3\nGeneral Constraints\n g: x = MAX ( y , 2 )\nend", 4, "general constraints (section 'General Constraints'"),
+        ("max x\nst\n c: x + y <= 3\nSOS\n s1: S1 :: x:1 y:2\nend", 4, "special ordered sets (section 'SOS')"),
+        ("max x\nst\n c: x <= 3\nbounds\n x <= 2\nSemi-continuous\n x\nend", 6, "semi-continuous variables"),
+        ("max x\nst\n c: x <= 3\nPWLObj\n x: (0, 0) (1, 2)\nend", 4, "piecewise-linear objective"),
+        ("Maximize multi-objectives\n o1: Priority=1 Weight=1 AbsTol=0 RelTol=0\n x\nst\n c: x <= 3\nend", 1, "multiple objectives"),
+    ],
+)
+def test_refused_lp_constructs_are_named_with_their_line(text, line, construct):
+    with pytest.raises(ModelReadError) as info:
+        read_model(text, "lp")
+    assert info.value.line == line and construct in str(info.value) and "not supported" in str(info.value)
+
+
+MPS_HEAD = "NAME t\nROWS\n N obj\n L c\nCOLUMNS\n x obj 1 c 1\n y obj 1 c 1\nRHS\n rhs c 4\n"
+
+
+@pytest.mark.parametrize(
+    "tail, line, construct",
+    [
+        ("SOS\n S1 SOS s1 9\n x 1\n y 2\nENDATA\n", 10, "special ordered sets (section SOS)"),
+        ("INDICATORS\n IF c x 1\nENDATA\n", 10, "indicator constraints (section INDICATORS)"),
+        ("GENCONS\nENDATA\n", 10, "general constraints (section GENCONS)"),
+        ("PWLOBJ\nENDATA\n", 10, "piecewise-linear objective"),
+        ("BOUNDS\n SC bnd x 5\nENDATA\n", 11, "bound type SC (semi-continuous variable)"),
+        ("QCMATRIX obj\n x x 1\nENDATA\n", 10, "QCMATRIX for the objective row"),
+        ("QUADOBJ\n x w 1\nENDATA\n", 11, "QUADOBJ uses column 'w', which COLUMNS does not define"),
+    ],
+)
+def test_refused_mps_constructs_are_named_with_their_line(tail, line, construct):
+    with pytest.raises(ModelReadError) as info:
+        read_model(MPS_HEAD + tail, "mps")
+    assert info.value.line == line and construct in str(info.value)

@@ -154,3 +154,38 @@ def test_solve_reports_values_and_objective_constant():
     r = solve_model(m, SolverLimits())
     assert (r.status, r.objective) == ("optimal", pytest.approx(2 * 1 + 3 * 3 + 10))
     assert r.values == {"x": pytest.approx(1.0), "y": pytest.approx(3.0)}
+
+
+# ----------------------------------------------------------------------------- restated numbers
+
+
+@pytest.mark.parametrize(
+    "lp",
+    [
+        "max 11\nst\n c1: x + y <= 4\nend",  # variables, but none in the objective
+        "Maximize\n obj: 0 x + 11\nSubject To\n c: x <= 1\nEnd",  # a zero coefficient is no term
+        "Minimize\n obj: 11\nEnd",  # no variables at all
+    ],
+)
+def test_a_model_that_only_restates_the_optimum_gets_no_answer_credit(lp):
+    r = score_answer(f"```lp\n{lp}\n```", Reference(11.0), cfg())
+    assert (r.status, r.objective, r.matched) == ("optimal", pytest.approx(11.0), False)
+    assert r.breakdown == {"format": 1.0, "solved": 1.0, "answer": 0.0}
+    assert "only restates a number" in r.reason
+
+
+def test_restated_number_with_a_reference_model():
+    constant = "Minimize\n obj: 11\nSubject To\n c: x <= 1\nEnd"
+    r = score_answer(f"```lp\n{constant}\n```", Reference(model_text=LP), cfg())  # the reference has variable terms
+    assert not r.matched and "only restates a number" in r.reason
+    r = score_answer(f"```lp\n{constant}\n```", Reference(model_text="Minimize\n obj: 11\nSubject To\n c: y <= 3\nEnd"), cfg())
+    assert r.matched and r.breakdown["answer"] == 1.0  # the reference is such a model itself: nothing to derive
+    r = score_answer(f"```lp\n{constant}\n```", Reference.from_answer("infeasible"), cfg())
+    assert not r.matched
+
+
+def test_a_constant_term_beside_variable_terms_is_fine():
+    r = score_answer("```lp\nmax x + 10\nst\n c: x <= 1\nend\n```", Reference(11.0), cfg())
+    assert r.matched and r.reward == 1.0
+    quadratic_only = score_answer("```lp\nmax [ 2 x * y ] / 2\nst\n c: x + y <= 4\nend\n```", Reference(4.0), cfg())
+    assert quadratic_only.matched  # a quadratic term is a variable term
