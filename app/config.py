@@ -27,13 +27,30 @@ class KLSettings:
     target: float = 6.0  # adaptive: target KL per sequence
     horizon: int = 10_000  # adaptive: samples over which beta adapts
     partial: bool = False  # penalize only tokens inside the answer's model block
+    # reward: -beta*KL on each token's reward (PPO, REINFORCE++); loss: beta*KL of the current policy
+    # as a loss term, aggregated like the policy loss (GRPO, with estimator k3). coef 0: no KL at all
+    placement: str = "reward"
 
 
 @dataclass
 class PPOSettings:
     prompts_per_step: int = 8  # prompts per PPO step, per rank
     samples_per_prompt: int = 1  # responses sampled per prompt (rloo needs >= 2)
-    advantage: str = "gae"  # gae (value head, per-token) | rloo (leave-one-out over a prompt's samples; no value model)
+    # gae (value head, per token) | rloo (leave-one-out over a prompt's samples) | grpo (minus the group mean,
+    # scaled per scale_rewards) | reinforce_pp (returns of the per-token rewards, whitened over the batch).
+    # Only gae trains the value head
+    advantage: str = "gae"
+    scale_rewards: str = "group"  # grpo: divide by the std of the group | batch | none (Dr. GRPO)
+    ratio: str = "token"  # token: pi/pi_old per token (PPO, GRPO) | sequence: their geometric mean per response (GSPO)
+    # token_mean: over all tokens of a minibatch (DAPO) | sequence_mean: of each response's token mean
+    # (GRPO) | constant_length: token sum / (rows * sampling.max_new_tokens) (Dr. GRPO)
+    loss_aggregation: str = "token_mean"
+    # DAPO dynamic sampling: drop prompts whose samples all score the same and sample up to this many
+    # more rounds of prompts to refill the step's batch; 0: off
+    dynamic_sampling_rounds: int = 0
+    overlong_buffer: int = 0  # DAPO: the last N tokens of sampling.max_new_tokens cost up to overlong_penalty; 0: off
+    overlong_penalty: float = 1.0  # reward lost by a response of sampling.max_new_tokens tokens
+    mask_truncated: bool = False  # responses cut off at sampling.max_new_tokens are left out of the loss
     epochs: int = 2  # PPO epochs over each rollout
     minibatch_size: int = 4  # responses per forward/backward in the update (and per chunk of the no-grad passes)
     grad_accum: int = 1  # minibatches per optimizer step
@@ -161,6 +178,9 @@ RANGES: dict[str, str] = {
     "ppo.gamma": "[0, 1]",
     "ppo.lam": "[0, 1]",
     "ppo.max_approx_kl": "(0, inf)",
+    "ppo.dynamic_sampling_rounds": "[0, inf)",
+    "ppo.overlong_buffer": "[0, inf)",
+    "ppo.overlong_penalty": "[0, inf)",
     "ppo.kl.coef": "[0, inf)",
     "ppo.kl.target": "(0, inf)",
     "ppo.kl.horizon": "[1, inf)",
@@ -176,6 +196,12 @@ RANGES: dict[str, str] = {
     "evaluation.limits.max_cons": "[1, inf)",
     "evaluation.limits.max_nonzeros": "[1, inf)",
     "evaluation.match.tolerance": "[0, inf)",
+    "evaluation.code.wall_s": "(0, inf)",
+    "evaluation.code.memory_mb": "[256, inf)",
+    "evaluation.code.file_mb": "[1, inf)",
+    "evaluation.code.output_kb": "[1, inf)",
+    "evaluation.code.open_files": "[16, inf)",
+    "evaluation.code.processes": "[1, inf)",
     "evaluation.weights.format": "[0, inf)",
     "evaluation.weights.solved": "[0, inf)",
     "evaluation.weights.answer": "[0, inf)",
@@ -199,11 +225,16 @@ RANGES: dict[str, str] = {
 
 
 # The allowed values of settings that name a choice (other names are checked where they are used:
-# model.family/dtype by the loader, ppo.kl.* by the KL controller, data.format by the reader).
+# model.family/dtype by the loader, ppo.kl.estimator/controller by the KL controller, data.format by the reader).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "ppo.advantage": ("gae", "rloo"),
+    "ppo.advantage": ("gae", "rloo", "grpo", "reinforce_pp"),
+    "ppo.scale_rewards": ("group", "batch", "none"),
+    "ppo.ratio": ("token", "sequence"),
+    "ppo.loss_aggregation": ("token_mean", "sequence_mean", "constant_length"),
+    "ppo.kl.placement": ("reward", "loss"),
     "ppo.lr_schedule": SCHEDULES,
     "sft.lr_schedule": SCHEDULES,
+    "evaluation.sandbox": ("strict", "auto", "audit"),
 }
 
 

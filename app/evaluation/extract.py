@@ -1,25 +1,38 @@
-"""Find the optimization model in a free-form answer: a fenced ```lp / ```mps block, a
-<model>…</model> span, or an LP written straight into the text."""
+"""Find the optimization model in a free-form answer: solver-library code (a fenced ```python
+block, an untagged fence, or <python>…</python>, that imports a solver library), a fenced
+```lp / ```mps block, a <model>…</model> span, or an LP written straight into the text.
+
+Code comes first: an answer with code is a code answer even if it also writes the model as LP
+(the code is what runs; an LP block next to it is usually a rendering of the same model). Of
+several code blocks, the last one that imports a solver library is the answer (models write a
+draft and then a corrected version), together with the ```python blocks after it that import
+nothing (a program continued notebook-style).
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+from app.evaluation.capture import OTHER_SOLVER_LIBRARIES, detect_library
 from app.evaluation.model import _SECTION_RE, sniff_format
 
 
 @dataclass
 class Extraction:
     status: str  # 'found' | 'none' | 'several'
-    text: str | None  # the model text when found
-    fmt: str | None  # 'lp' | 'mps'
+    text: str | None  # the model text (or the code) when found
+    fmt: str | None  # 'lp' | 'mps' | 'python'
     final_answer: float | None  # a number the answer states as its result (reporting only)
     candidates: int  # distinct model candidates seen
+    library: str | None = None  # the solver library a code answer imports
 
 
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _TAG = re.compile(r"<model>(.*?)</model>", re.S | re.I)
+_PYTHON_TAG = re.compile(r"<python>(.*?)(?:</python>|\Z)", re.S | re.I)
+_PYTHON_LANGS = {"python", "py", "python3", "py3"}
+_OTHER_IMPORT = re.compile(r"^\s*(?:from|import)\s+(" + "|".join(OTHER_SOLVER_LIBRARIES) + r")\b", re.M)
 _MODEL_LANGS = {"lp": "lp", "cplex": "lp", "cplex-lp": "lp", "mps": "mps"}
 _PLAIN_LANGS = {"", "text", "txt", "plaintext", "plain", "model"}
 _HEADER = {key: rx for key, rx in _SECTION_RE}
@@ -35,6 +48,10 @@ _FINAL = [
 
 
 def extract_model(answer: str) -> Extraction:
+    code = _code_answer(answer)
+    if code is not None:
+        text, library = code
+        return Extraction("found", text, "python", _final_answer(_FENCE.sub(" ", answer)), 1, library)
     candidates: list[tuple[str, str]] = []  # (text, fmt), in order of appearance
 
     def add(text: str, fmt: str | None) -> None:
@@ -65,6 +82,38 @@ def extract_model(answer: str) -> Extraction:
         return Extraction("several", None, None, final, len(candidates))
     text, fmt = candidates[0]
     return Extraction("found", text, fmt, final, 1)
+
+
+def solver_library(code: str) -> str | None:
+    """The solver library code imports: a supported one, else another known one (which is
+    reported as unsupported), else None."""
+    found = detect_library(code)
+    if found is None:
+        other = _OTHER_IMPORT.search(code)
+        found = other.group(1) if other else None
+    return found
+
+
+def _code_answer(answer: str) -> tuple[str, str] | None:
+    """(code, library) by the rule in the module docstring, or None without solver code."""
+    blocks: list[tuple[int, str, bool]] = []  # (position, body, tagged as python)
+    for m in _FENCE.finditer(answer):
+        lang = m.group(1).lower()
+        if lang in _PYTHON_LANGS or lang == "":
+            blocks.append((m.start(), m.group(2), lang in _PYTHON_LANGS))
+    for m in _PYTHON_TAG.finditer(answer):
+        if "```" not in m.group(1):  # a fence inside the tag is found above
+            blocks.append((m.start(), m.group(1), True))
+    blocks.sort(key=lambda b: b[0])
+    libraries = [solver_library(body) for _, body, _ in blocks]
+    last = max((i for i, lib in enumerate(libraries) if lib), default=None)
+    if last is None:
+        return None
+    parts = [blocks[last][1].strip("\n")]
+    for (_, body, tagged), lib in zip(blocks[last + 1 :], libraries[last + 1 :]):
+        if tagged and body.strip():
+            parts.append(body.strip("\n"))
+    return "\n".join(parts) + "\n", libraries[last]
 
 
 def _looks_like_model(text: str) -> bool:

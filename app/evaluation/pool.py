@@ -5,6 +5,10 @@ result with status 'timelimit' or 'error' and the reason. Workers are forked fro
 that preloads only this package and pyscipopt, so a pool created inside a process that has torch
 loaded never carries torch into its workers (and a replacement starts in milliseconds).
 
+Code answers run in a sandbox server that each worker starts on its first code answer (see
+sandbox.py): a fresh interpreter, so nothing a worker holds (references, other answers) reaches
+the code. The deadline of a scoring task covers the code's deadline and that start as well.
+
 Work goes out in chunks of up to `_CHUNK` items with one chunk queued behind the running one, and
 comes back as one message per chunk; each worker reuses one SCIP instance (see solve.py). The
 parent's cost is one epoll wake-up and one small pickle per chunk, not per item.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import re
 import selectors
 import sys
 import time
@@ -23,9 +28,11 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from app.evaluation.capture import SUPPORTED
 from app.evaluation.config import EvaluationConfig
 from app.evaluation.model import Model, ModelReadError, read_model
 from app.evaluation.reward import Reference, ScoreResult, reference_from_solve, score_answer
+from app.evaluation.sandbox import check_level
 from app.evaluation.solve import SolveResult, solve_model
 
 
@@ -102,6 +109,15 @@ _CHUNK = 8  # items per message to a worker: fewer messages and wake-ups than on
 # A worker holds at most two chunks: the one it runs and one queued behind it. The queued one must
 # fit the pipe's buffer (212,992 bytes on Linux) so that sending it never blocks on a hung worker.
 _QUEUED_CHUNK_BYTES = 32 * 1024
+# an answer that may hold solver code (extract.py decides; this only sizes the deadline)
+_IMPORTS_SOLVER = re.compile(r"^\s*(?:from|import)\s+(?:" + "|".join(SUPPORTED) + r")\b", re.M)
+_SANDBOX_START_S = 15.0
+
+
+def _may_hold_code(answer: str | bytes) -> bool:
+    if isinstance(answer, bytes):
+        answer = answer.decode("utf-8", errors="replace")
+    return isinstance(answer, str) and _IMPORTS_SOLVER.search(answer) is not None  # a worker's first code answer starts its sandbox server (imports the solver libraries)
 _STARTED, _TASK = 0, 1  # fields of a worker's progress record (shared doubles); _TASK is -1 between chunks
 
 
@@ -127,6 +143,7 @@ class EvaluatorPool:
         n = workers if workers is not None else config.workers
         if n < 1:
             raise ValueError(f"an evaluator pool needs at least 1 worker, got {n}")
+        check_level(config.sandbox)
         self._ctx = _context()
         self._workers = [self._start() for _ in range(n)]
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluator-pool")
@@ -161,7 +178,8 @@ class EvaluatorPool:
         """Run items on the workers in chunks; results in item order.
 
         Each worker runs one chunk with at most one more queued, and answers once per chunk. The
-        running task (read from the worker's progress record) gets `wall_limit_s` from its start;
+        running task (read from the worker's progress record) gets `wall_limit_s` from its start
+        (more for an answer with solver code);
         past that, or when the worker dies, the worker is killed and replaced, that task gets the
         reason, and the worker's other unanswered tasks go back to the front of the queue (the
         finished ones of its chunk are run again: their results died with the worker).
@@ -170,7 +188,10 @@ class EvaluatorPool:
             raise RuntimeError("the evaluator pool is closed")
         results: list = [None] * len(items)
         pending = deque(range(len(items)))
-        wall = self.config.limits.wall_limit_s
+        base_wall = self.config.limits.wall_limit_s
+        # a code answer runs before its solve: its deadline, and the start of the worker's sandbox server
+        code_wall = base_wall + self.config.code.wall_s + _SANDBOX_START_S
+        walls = [code_wall if kind == "score" and _may_hold_code(item[0]) else base_wall for item in items]
         per_worker = 2 * len(self._workers)
         selector = selectors.DefaultSelector()
 
@@ -188,8 +209,8 @@ class EvaluatorPool:
             """When to kill it, and the task to blame (the first unanswered one between chunks)."""
             running = worker.running()
             if running is not None and any(running[0] in chunk for chunk in worker.chunks):
-                return running[1] + wall, running[0]
-            return worker.seen + wall, worker.chunks[0][0]
+                return running[1] + walls[running[0]], running[0]
+            return worker.seen + walls[worker.chunks[0][0]], worker.chunks[0][0]
 
         def fail(w: int, task: int, status: str, reason: str) -> None:
             worker = self._workers[w]
@@ -250,7 +271,7 @@ class EvaluatorPool:
                         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
                         fail(w, task, "error", f"worker process died mid-task ({how}); replaced")
                     elif time.monotonic() >= when:
-                        fail(w, task, "timelimit", f"worker killed after the wall limit of {wall:g} s; replaced")
+                        fail(w, task, "timelimit", f"worker killed after the wall limit of {walls[task]:g} s; replaced")
         finally:
             selector.close()
 

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 from app.evaluation.config import EvaluationConfig, MatchRule, SolverLimits
+from app.evaluation.capture import CaptureOutcome, orient
 from app.evaluation.extract import extract_model
 from app.evaluation.graph import graph_distance
 from app.evaluation.model import Model, ModelReadError, read_model
@@ -127,6 +128,13 @@ def restates_a_number(model: Model, ref_model: Model | None) -> str:
     return "the objective has no variable term, so the model only restates a number: no answer credit"
 
 
+def run_code(code: str, config: EvaluationConfig) -> CaptureOutcome:
+    """A code answer's model, captured in this process's sandbox (app/evaluation/sandbox.py)."""
+    from app.evaluation.sandbox import sandbox_for
+
+    return sandbox_for(config.sandbox, config.code, config.limits).run(code)
+
+
 def score_answer(answer: str | bytes, reference: Reference, config: EvaluationConfig, solve_reference: bool = True) -> ScoreResult:
     """Score one answer; never raises on a bad answer (the reason says what went wrong).
 
@@ -160,10 +168,18 @@ def score_answer(answer: str | bytes, reference: Reference, config: EvaluationCo
         return done("no_model", "no model found", final_answer=ext.final_answer)
     if ext.status == "several":
         return done("several", f"{ext.candidates} different models in one answer; write exactly one", final_answer=ext.final_answer)
+    text, fmt, sense_free = ext.text, ext.fmt, False
+    if ext.fmt == "python":  # code answer: run in the sandbox, the model it builds is what counts
+        outcome = run_code(ext.text, config)
+        if outcome.status != "captured":
+            return done(outcome.status, f"{outcome.library or ext.library}: {outcome.reason}", final_answer=ext.final_answer)
+        text, fmt, sense_free = outcome.model_text, outcome.fmt, outcome.sense_free
     try:
-        model = read_model(ext.text, ext.fmt)
+        model = read_model(text, fmt)
     except ModelReadError as err:
         return done("parse_error", f"model not readable: {err}", final_answer=ext.final_answer)
+    if sense_free:
+        model = orient(model, ref_model.sense if ref_model is not None else None)
     terms["format"] = 1.0
     distance = None
     if has_graph and ref_model is not None:
