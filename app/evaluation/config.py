@@ -50,7 +50,7 @@ class CodeLimits:
     memory_mb: int = 4096  # address space (the preloaded solver libraries take about 600 MiB of it)
     file_mb: int = 64  # largest file, and the size of the private work directory
     output_kb: int = 1024  # stdout + stderr (discarded); the process is killed past this
-    open_files: int = 256
+    open_files: int = 256  # file descriptors the process may hold open (RLIMIT_NOFILE)
     processes: int = 128  # processes and threads (pids cgroup where available, else RLIMIT_NPROC)
 
 
