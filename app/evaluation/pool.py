@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from app.evaluation.capture import SUPPORTED
 from app.evaluation.config import EvaluationConfig
 from app.evaluation.model import Model, ModelReadError, read_model
-from app.evaluation.reward import Reference, ScoreResult, reference_from_solve, score_answer
+from app.evaluation.reward import Reference, ScoreResult, reference_from_solve, run_code, score_answer
 from app.evaluation.sandbox import check_level
 from app.evaluation.solve import SolveResult, solve_model
 
@@ -54,9 +54,19 @@ def _run_task(kind: str, shared, item):
         return score_answer(answer, reference, shared, solve_reference=False)
     if kind == "solve":
         return _solve_item(item, shared)
+    if kind == "code":
+        return _code_item(item, shared)
     if kind == "info":
         return {"pid": os.getpid(), "torch": "torch" in sys.modules, "lightning": "lightning" in sys.modules}
     raise ValueError(f"unknown task kind {kind!r}")
+
+
+def _code_item(code: str, config: EvaluationConfig) -> SolveResult:
+    """A solver-library program: the model it builds (sandboxed), solved by SCIP."""
+    outcome = run_code(code, config)
+    if outcome.status != "captured":
+        return SolveResult(outcome.status, reason=f"{outcome.library}: {outcome.reason}" if outcome.library else outcome.reason)
+    return _solve_item(outcome.model_text, config.limits)
 
 
 def _solve_item(item: Model | str, limits) -> SolveResult:
@@ -191,7 +201,7 @@ class EvaluatorPool:
         base_wall = self.config.limits.wall_limit_s
         # a code answer runs before its solve: its deadline, and the start of the worker's sandbox server
         code_wall = base_wall + self.config.code.wall_s + _SANDBOX_START_S
-        walls = [code_wall if kind == "score" and _may_hold_code(item[0]) else base_wall for item in items]
+        walls = [code_wall if kind == "code" or (kind == "score" and _may_hold_code(item[0])) else base_wall for item in items]
         per_worker = 2 * len(self._workers)
         selector = selectors.DefaultSelector()
 
@@ -317,6 +327,12 @@ class EvaluatorPool:
         if self._executor is None:
             raise RuntimeError("the evaluator pool is closed")
         return self._executor.submit(self._run, "solve", limits, list(models_or_texts)).result()
+
+    def solve_code_many(self, codes: list[str]) -> list[SolveResult]:
+        """Solver-library programs (Python source): each one's captured model solved by SCIP."""
+        if self._executor is None:
+            raise RuntimeError("the evaluator pool is closed")
+        return self._executor.submit(self._run, "code", self.config, list(codes)).result()
 
     def worker_info(self) -> list[dict]:
         """pid of each worker and whether torch / lightning are loaded in it (they must not be)."""
