@@ -119,3 +119,18 @@ def test_each_thread_has_its_own_instance():
         t.join()
     assert got[0][:-1] == expected and got[1][:-1] == expected
     assert got[0][-1] != got[1][-1]
+
+
+def test_quadratic_models_on_a_reused_instance():
+    """The auxiliary objective variable and row are counted and cleared with the problem."""
+    quad = read_model("min -2 x - 4 y + [ 2 x ^ 2 + 2 y ^ 2 ] / 2 + 5\nst\n c: x + y <= 2\nend")  # optimum 0.5
+    bilinear = read_model("max x + y\nst\n e: [ x * y ] <= 4\n c: x - y = 0\nbounds\n x <= 10\nend")  # x = y = 2: 4
+    linear = read_model("max 3 x + 2 y\nst\n c1: x + y <= 4\n c2: x + 3 y <= 6\nbounds\n x <= 3\nend")  # 11
+    models = [quad, bilinear, linear, quad]
+    solve_module.reset_scip()
+    reused = [solve_model(m, SolverLimits()) for m in models]
+    assert solve_module._local.objects == sum(m.n_vars + m.n_cons for m in models) + 2 * 2  # aux variable + row, twice
+    fresh = [fresh_solve(m, SolverLimits()) for m in models]
+    assert [(r.status, r.objective) for r in reused] == [(r.status, r.objective) for r in fresh]
+    assert [r.objective for r in reused] == [pytest.approx(0.5, abs=1e-6), pytest.approx(4.0, abs=1e-6), pytest.approx(11.0), pytest.approx(0.5, abs=1e-6)]
+    assert set(reused[0].values) == {"x", "y"}

@@ -172,7 +172,16 @@ def _tokenize(text: str, line: int) -> list[_Tok]:
             break
         pos = m.end()
         kind = m.lastgroup
-        toks.append(_Tok(kind, m.group(kind), line))
+        text_ = m.group(kind)
+        if kind == "name" and text_.endswith("]") and text_.count("]") > text_.count("["):
+            # `[x*y]`: the closing bracket is not part of the name `y`
+            stripped = text_.rstrip("]")
+            closers = min(len(text_) - len(stripped), text_.count("]") - text_.count("["))
+            text_ = text_[: len(text_) - closers]
+            toks.append(_Tok(kind, text_, line))
+            toks.extend(_Tok("close", "]", line) for _ in range(closers))
+            continue
+        toks.append(_Tok(kind, text_, line))
     return toks
 
 
@@ -516,6 +525,8 @@ def _read_mps(text: str) -> Model:
                 raise ModelReadError(f"unknown MPS section {head[0]!r}", lineno)
             if section.startswith("OBJSENS") and len(head) > 1:
                 model.sense = _mps_sense(head[1], lineno)
+            if section == "QSECTION" and len(head) > 1 and head[1] != obj_row:
+                raise ModelReadError(f"QSECTION for the row {head[1]!r} is not supported (write a quadratic row as QCMATRIX)", lineno)
             if section == "QCMATRIX":
                 if len(head) != 2:
                     raise ModelReadError("QCMATRIX needs the name of its row on the same line", lineno)
