@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # name -> examples shown at the end of the command's --help ({prog}: how the program was invoked)
 EXAMPLES: dict[str, str] = {
     "evaluate-model": """\
-  {prog} evaluate-model model.lp other.mps          # status, objective and solve time of each file
+  {prog} evaluate-model model.lp other.mps answer.py   # status, objective and solve time of each file
   {prog} evaluate-model big.mps --time-limit 60 --wall-limit 90""",
     "graph-distance": """\
   {prog} graph-distance answer.lp reference.lp     # 0: the same model up to renaming
@@ -88,7 +88,7 @@ def command_parser(name: str, prog: str = "python -m app") -> argparse.ArgumentP
     module_name, help_text = COMMANDS[name]
     parser = argparse.ArgumentParser(
         prog=f"{prog} {name}", description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n" + EXAMPLES[name].format(prog=prog),
+        epilog="examples:\n" + EXAMPLES[name].format(prog=prog) if name in EXAMPLES else None,
     )
     importlib.import_module(module_name).add_arguments(parser)
     return parser
