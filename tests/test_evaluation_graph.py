@@ -86,6 +86,7 @@ EDITS = {
     "rhs": lambda m: setattr(m.constraints[1], "rhs", -2.0),
     "bound": lambda m: setattr(m.variables[0], "ub", 6.0),
     "type": lambda m: setattr(m.variables[1], "vtype", "I"),
+    "semi-continuous": lambda m: setattr(m.variables[0], "semi", True),
     "objective term": lambda m: setattr(m.variables[2], "obj", 5.0),
     "objective constant": lambda m: setattr(m, "obj_constant", 2.0),
     "sense of objective": lambda m: setattr(m, "sense", "min"),

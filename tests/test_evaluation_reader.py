@@ -272,7 +272,6 @@ End
         ("max x\nst\n c: b = 1 -> x + y <= 3\nend", 3, "indicator constraints ('->')"),
         ("max x\nst\n c: x <= 3\nGeneral Constraints\n g: x = MAX ( y , 2 )\nend", 4, "general constraints (section 'General Constraints'"),
         ("max x\nst\n c: x + y <= 3\nSOS\n s1: S1 :: x:1 y:2\nend", 4, "special ordered sets (section 'SOS')"),
-        ("max x\nst\n c: x <= 3\nbounds\n x <= 2\nSemi-continuous\n x\nend", 6, "semi-continuous variables"),
         ("max x\nst\n c: x <= 3\nPWLObj\n x: (0, 0) (1, 2)\nend", 4, "piecewise-linear objective"),
         ("Maximize multi-objectives\n o1: Priority=1 Weight=1 AbsTol=0 RelTol=0\n x\nst\n c: x <= 3\nend", 1, "multiple objectives"),
     ],
@@ -293,7 +292,6 @@ MPS_HEAD = "NAME t\nROWS\n N obj\n L c\nCOLUMNS\n x obj 1 c 1\n y obj 1 c 1\nRHS
         ("INDICATORS\n IF c x 1\nENDATA\n", 10, "indicator constraints (section INDICATORS)"),
         ("GENCONS\nENDATA\n", 10, "general constraints (section GENCONS)"),
         ("PWLOBJ\nENDATA\n", 10, "piecewise-linear objective"),
-        ("BOUNDS\n SC bnd x 5\nENDATA\n", 11, "bound type SC (semi-continuous variable)"),
         ("QCMATRIX obj\n x x 1\nENDATA\n", 10, "QCMATRIX for the objective row"),
         ("QUADOBJ\n x w 1\nENDATA\n", 11, "QUADOBJ uses column 'w', which COLUMNS does not define"),
     ],
@@ -302,3 +300,28 @@ def test_refused_mps_constructs_are_named_with_their_line(tail, line, construct)
     with pytest.raises(ModelReadError) as info:
         read_model(MPS_HEAD + tail, "mps")
     assert info.value.line == line and construct in str(info.value)
+
+
+SEMI_LP = "Minimize\n 3 x + 4 y\nSubject To\n c1: x + y >= 1\nBounds\n 2 <= x <= 5\n y <= 1\nSemi-continuous\n x\nEnd\n"
+
+
+@pytest.mark.parametrize(
+    "text, optimum",
+    [
+        # x is 0 or in [2, 5]: x = 0, y = 1 costs 4; x = 2 costs 6 (a continuous x in [0, 5] would give 3)
+        (SEMI_LP, 4.0),
+        (SEMI_LP.replace("2 <= x <= 5", "x >= 2"), 4.0),  # no upper bound
+        (SEMI_LP.replace("y <= 1", "y <= 0.2"), 6.0),  # y cannot cover the row alone: x switches on at 2
+        (SEMI_LP.replace("Semi-continuous\n x\n", ""), 6.0),  # without the section x stays in [2, 5]
+        # MPS: SC bound (upper bound 5) with a LO bound of 2, in Gurobi's and CPLEX's form
+        ("NAME t\nROWS\n N obj\n G c1\nCOLUMNS\n x obj 3 c1 1\n y obj 4 c1 1\nRHS\n rhs c1 1\nBOUNDS\n UP bnd y 1\n LO bnd x 2\n SC bnd x 5\nENDATA\n", 4.0),
+        ("NAME t\nROWS\n N obj\n G c1\nCOLUMNS\n x obj 3 c1 1\n y obj 4 c1 1\nRHS\n rhs c1 1\nBOUNDS\n UP bnd y 0.2\n LO bnd x 2\n SC bnd x\nENDATA\n", 6.0),
+    ],
+)
+def test_semi_continuous_variables(text, optimum):
+    m = read_model(text)
+    assert m.variables[0].semi is ("Semi-continuous" in text or " SC " in text)
+    r = solve_model(m, SolverLimits())
+    assert r.status == "optimal" and r.objective == pytest.approx(optimum) and set(r.values) == {"x", "y"}
+    if "Minimize" in text:
+        assert read_model(to_lp_text(m)) == m

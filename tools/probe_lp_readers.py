@@ -48,7 +48,7 @@ CASES = {
     "nonconvex quadratic constraint": "Minimize\n x + y\nSubject To\n q: [ x * y ] >= 4\nBounds\n x <= 10\n y <= 10\nEnd\n",
     "product outside brackets `x * y`": "Minimize\n x + y\nSubject To\n q: x * y >= 4\nBounds\n x <= 10\n y <= 10\nEnd\n",
     "indicator `b = 1 -> x + y <= 1`": "Maximize\n x + y + b\nSubject To\n c1: x + y <= 4\n i: b = 1 -> x + y <= 1\nBinaries\n b\nEnd\n",
-    "Semi-continuous section": "Minimize\n x\nSubject To\n c1: x + y >= 0.5\nBounds\n 2 <= x <= 5\n y <= 1\nSemi-continuous\n x\nEnd\n",
+    "Semi-continuous section": "Minimize\n 3 x + 4 y\nSubject To\n c1: x + y >= 1\nBounds\n 2 <= x <= 5\n y <= 1\nSemi-continuous\n x\nEnd\n",
     "SOS section": "Maximize\n x + 2 y\nSubject To\n c1: x + y <= 4\nBounds\n x <= 3\n y <= 3\nSOS\n s1: S1 :: x:1 y:2\nEnd\n",
     "General Constraints section (Gurobi)": "Maximize\n z\nSubject To\n c1: x + y <= 4\nBounds\n x <= 3\n y <= 3\nGeneral Constraints\n g: z = MAX ( x , y )\nEnd\n",
     "PWLObj section (Gurobi)": "Minimize\n y\nSubject To\n c1: x >= 1\nBounds\n x <= 3\nPWLObj\n x: (0, 0) (2, 1) (3, 4)\nEnd\n",

@@ -32,9 +32,12 @@ from app.evaluation.model import Model
 _VTYPE = {"C": 0.0, "I": 1.0, "B": 2.0}
 
 
-def _vtype_code(vtype: str, lb: float, ub: float) -> float:
+def _vtype_code(vtype: str, lb: float, ub: float, semi: bool = False) -> float:
     """An integer variable in [0, 1] is a binary: MPS has no binary type, so writers state one
-    either way (a BV bound, or integer markers with an upper bound of 1)."""
+    either way (a BV bound, or integer markers with an upper bound of 1). Semi-continuous (or
+    semi-integer) variables get codes of their own."""
+    if semi:
+        return 3.0 + _VTYPE[vtype]
     return _VTYPE["B"] if vtype == "I" and lb == 0.0 and ub == 1.0 else _VTYPE[vtype]
 
 _LE, _EQ, _EQ_EITHER = 0.0, 1.0, 2.0  # row kinds: '<=', '=' with a fixed sign, '=' that reads the same negated
@@ -102,7 +105,7 @@ def _canonical(model: Model) -> _Canon:
             raise ValueError(f"{where} uses {name!r}, which is not a variable of the model")
         return index[name]
 
-    var = np.array([[_vtype_code(v.vtype, v.lb, v.ub), v.lb, v.ub, v.obj] for v in model.variables], dtype=float).reshape(-1, 4)
+    var = np.array([[_vtype_code(v.vtype, v.lb, v.ub, v.semi), v.lb, v.ub, v.obj] for v in model.variables], dtype=float).reshape(-1, 4)
     rows, cols, vals = [], [], []
     t_row, t_a, t_b, t_val = [], [], [], []  # quadratic terms: owner row (-1: objective), factors, coefficient
     kind = np.zeros(model.n_cons)
@@ -495,7 +498,7 @@ def model_graph(model: Model) -> nx.Graph:
     g = nx.Graph()
     g.add_node("objective", kind="obj", sense=model.sense, constant=float(model.obj_constant))
     for v in model.variables:
-        g.add_node(("v", v.name), kind="var", vtype=v.vtype, lb=v.lb, ub=v.ub, obj=v.obj)
+        g.add_node(("v", v.name), kind="var", vtype=v.vtype, semi=v.semi, lb=v.lb, ub=v.ub, obj=v.obj)
         if v.obj != 0.0:
             g.add_edge("objective", ("v", v.name), kind="obj", coef=v.obj)
     for r, (c, (kind, rhs)) in enumerate(zip(model.constraints, canon.row)):
@@ -557,7 +560,7 @@ def graph_size(g: nx.Graph) -> int:
 
 
 def _var_array(x: dict) -> np.ndarray:
-    return np.array([_vtype_code(x["vtype"], x["lb"], x["ub"]), x["lb"], x["ub"], x["obj"]], dtype=float)
+    return np.array([_vtype_code(x["vtype"], x["lb"], x["ub"], x["semi"]), x["lb"], x["ub"], x["obj"]], dtype=float)
 
 
 def _kind(x: dict) -> float:

@@ -33,6 +33,7 @@ class Variable:
     lb: float = 0.0
     ub: float = INF
     obj: float = 0.0
+    semi: bool = False  # semi-continuous (semi-integer when vtype 'I'): 0, or a value in [lb, ub]
 
 
 @dataclass
@@ -121,7 +122,7 @@ _SECTIONS = [
     ("refuse:general constraints (section 'General Constraints': min/max/abs/and/or/norm/piecewise/function)", r"general\s+constraints?|genconstrs?"),
     ("general", r"generals?|integers?|gen"),
     ("binary", r"binary|binaries|bin"),
-    ("refuse:semi-continuous variables (section 'Semi-continuous')", r"semi-continuous|semi-integer|semis|semi"),
+    ("semi", r"semi-continuous|semis|semi"),
     ("refuse:special ordered sets (section 'SOS')", r"sos[12]?"),
     ("refuse:a piecewise-linear objective (section 'PWLObj')", r"pwlobj"),
     ("end", r"end"),
@@ -235,6 +236,8 @@ class _LPReader:
                 self._bounds(toks)
             elif key in ("general", "binary"):
                 self._types(toks, "I" if key == "general" else "B")
+            elif key == "semi":
+                self._semi(toks)
         return self.model
 
     # An expression: signed terms `[+-] [coef] [*] name`, `[coef] a * b`, `[coef] a ^ 2`, `[ ... ] [/ d]`
@@ -448,6 +451,13 @@ class _LPReader:
                 v.lb, v.ub = max(v.lb, 0.0), min(v.ub, 1.0)
 
 
+    def _semi(self, toks: list[_Tok]) -> None:
+        for t in toks:
+            if t.kind != "name":
+                raise ModelReadError(_unexpected(t) + " in a Semi-continuous section (expected variable names)", t.line)
+            self.var(t.text).semi = True
+
+
 def _signed_numbers(ts: list[_Tok], lineno: int) -> list[tuple[str, object]]:
     """Bound-line tokens as (kind, value): numbers with their signs folded in, senses normalized."""
     out: list[tuple[str, object]] = []
@@ -597,10 +607,8 @@ def _read_mps(text: str) -> Model:
             elif section == "BOUNDS":
                 f = _mps_fields(raw, {3, 4})
                 kind = f[0].upper()
-                if kind in ("SC", "SI"):
-                    raise ModelReadError(f"bound type {kind} (semi-continuous variable) is not supported (SCIP cannot take them as this evaluator builds models)", lineno)
-                if kind in ("FR", "MI", "PL", "BV"):  # `FR [set] col` (BV may carry a value)
-                    col, value = (f[1] if len(f) == 2 else f[2]), None
+                if kind in ("FR", "MI", "PL", "BV") or (kind in ("SC", "SI") and (len(f) == 2 or (len(f) == 3 and not _is_number(f[2])))):
+                    col, value = (f[1] if len(f) == 2 else f[2]), None  # `FR [set] col` (BV may carry a value, SC may omit it)
                 elif len(f) in (3, 4):  # `UP [set] col value`
                     col, value = f[-2], _mps_number(f[-1], lineno)
                 else:
@@ -655,6 +663,14 @@ def _mps_row(rows: dict, row: str, lineno: int):
     return rows[row]
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _mps_number(text: str, lineno: int) -> float:
     try:
         value = _number(text)
@@ -687,6 +703,11 @@ def _mps_bound(v: Variable, kind: str, value: float | None, lineno: int) -> None
         if kind == "LI":
             v.lb = value
         else:
+            v.ub = value
+    elif kind in ("SC", "SI"):  # semi-continuous (SI: semi-integer); the value, when given, is the upper bound
+        v.semi = True
+        v.vtype = "I" if kind == "SI" else v.vtype
+        if value is not None:
             v.ub = value
     else:
         raise ModelReadError(f"bound type {kind!r} is not supported", lineno)
@@ -731,8 +752,11 @@ def to_lp_text(model: Model) -> str:
         default = (0.0, 1.0) if v.vtype == "B" else (0.0, INF)
         if (v.lb, v.ub) != default:
             lines.append(f" {v.name} free" if (v.lb, v.ub) == (-INF, INF) else f" {_fmt(v.lb)} <= {v.name} <= {_fmt(v.ub)}")
-    for section, vtype in (("Generals", "I"), ("Binaries", "B")):
-        names = [v.name for v in model.variables if v.vtype == vtype]
+    for section, names in (
+        ("Generals", [v.name for v in model.variables if v.vtype == "I"]),
+        ("Binaries", [v.name for v in model.variables if v.vtype == "B"]),
+        ("Semi-continuous", [v.name for v in model.variables if v.semi]),
+    ):
         if names:
             lines.append(section)
             lines.extend(f" {n}" for n in names)

@@ -4,6 +4,7 @@ This is the only module that imports pyscipopt. The model is built through the A
 through SCIP's LP reader, so names such as `x[0,1]` need no escaping, and repeated constraint
 names are fine (SCIP does not require them to be unique). Quadratic rows and objectives go to
 SCIP's nonlinear constraints: SCIP solves them convex or not, with integers, to global optimality.
+A semi-continuous variable gets a binary switch and indicator rows.
 
 Creating a SCIP instance includes all of SCIP's default plugins (~5 ms, more than solving a small
 model takes), so each thread keeps one instance and reuses it: `freeProb` + `createProbBasic`
@@ -99,12 +100,18 @@ def _build(model: Model, with_objective: bool):
     from pyscipopt import quicksum
 
     quad_obj = with_objective and bool(model.quad_obj)
-    scip = _blank_scip(model.n_vars + model.n_cons + 2 * quad_obj)
+    semi = {v.name: _semi_rows(v) for v in model.variables if v.semi}
+    scip = _blank_scip(model.n_vars + model.n_cons + 2 * quad_obj + sum(1 + len(rows) for rows in semi.values()))
     svars = {}
     for v in model.variables:
-        lb = None if v.lb == float("-inf") else v.lb
-        ub = None if v.ub == float("inf") else v.ub
+        lo, hi = (min(v.lb, 0.0), max(v.ub, 0.0)) if v.semi else (v.lb, v.ub)
+        lb = None if lo == float("-inf") else lo
+        ub = None if hi == float("inf") else hi
         svars[v.name] = scip.addVar(name=v.name, vtype=v.vtype, lb=lb, ub=ub, obj=v.obj if with_objective else 0.0)
+    for name, rows in semi.items():  # x = 0 when the switch is off, lb <= x <= ub when it is on
+        x, on = svars[name], scip.addVar(name=f"{name}_on", vtype="B")
+        for active, sense, bound in rows:
+            scip.addConsIndicator(x <= bound if sense == "<=" else -x <= -bound, binvar=on, activeone=active, name=f"{name}_semi")
     for c in model.constraints:
         expr = quicksum(coef * svars[name] for name, coef in c.coefs.items())
         if c.quad:
@@ -124,6 +131,21 @@ def _build(model: Model, with_objective: bool):
     else:
         scip.setMinimize()
     return scip, svars
+
+
+def _semi_rows(v) -> list[tuple[bool, str, float]]:
+    """A semi-continuous variable's indicator rows (switch on?, sense, bound) beyond its SCIP bounds
+    [min(lb, 0), max(ub, 0)]: off forces x = 0, on forces lb <= x <= ub."""
+    rows = []
+    if v.ub > 0.0:
+        rows.append((False, "<=", 0.0))
+    if v.lb < 0.0:
+        rows.append((False, ">=", 0.0))
+    if v.lb > 0.0:
+        rows.append((True, ">=", v.lb))
+    if v.ub < 0.0:
+        rows.append((True, "<=", v.ub))
+    return rows
 
 
 def _solve(model: Model, limits: SolverLimits, time_limit: float, with_objective: bool = True) -> SolveResult:
