@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     import torch
     from lightning.pytorch import Callback
     from app.config import load_config
@@ -54,12 +54,25 @@ SCRIPT = textwrap.dedent(
             responses = [answer_text(p) if self._rank == 0 else "no idea" for p in problems]
             super().validate(responses, problems)
 
+    class MixedAnswers(SolverReward):
+        # the first sample of a group right and the others wrong, except in groups whose problem
+        # number plus rank is a multiple of 3: all right on rank 0, all wrong on rank 1 (no signal,
+        # and different problems on each rank)
+        def setup(self, trainer, pl_module, stage):
+            self._rank, self._k, self.val_items = trainer.global_rank, pl_module.cfg.ppo.samples_per_prompt, 0
+            super().setup(trainer, pl_module, stage)
+
+        def begin(self, responses, problems):
+            alike = [(int(p.id.rsplit("-", 1)[-1]) + self._rank) % 3 == 0 for p in problems]
+            right = [self._rank == 0 if same else i % self._k == 0 for i, same in enumerate(alike)]
+            super().begin([answer_text(p) if r else "no idea" for p, r in zip(problems, right)], problems)
+
     class Dump(Callback):
         def on_train_end(self, trainer, module):
             rank = trainer.global_rank
             torch.save({k: v.cpu() for k, v in module.policy.trainable_state_dict().items()}, f"{out}/rank{rank}.pt")
             with open(f"{out}/rank{rank}.json", "w") as f:
-                scorer = next(cb for cb in trainer.callbacks if isinstance(cb, RankAnswers))
+                scorer = next(cb for cb in trainer.callbacks if isinstance(cb, SolverReward))
                 val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
                 # the part of the LM's weights this rank holds: 1.0 unless sharded
                 held = [(p.to_local().numel() if hasattr(p, "to_local") else p.numel(), p.numel())
@@ -68,7 +81,7 @@ SCRIPT = textwrap.dedent(
                            "world": trainer.world_size, "val": val, "val_items": scorer.val_items,
                            "held_fraction": sum(h for h, _ in held) / sum(n for _, n in held)}, f)
 
-    train_mod.SolverReward = RankAnswers
+    train_mod.SolverReward = MixedAnswers if os.environ.get("MIXED_ANSWERS") else RankAnswers
     cfg = load_config(None, sys.argv[2:])
     train_mod.train(cfg, extra_callbacks=[Dump()])
     """
@@ -161,23 +174,26 @@ def fsdp2_args(model_dir, data: Path, lora: bool, checkpoint_every: int) -> list
     ]
 
 
-def run_two_ranks(tmp_path: Path, run: str, args: list[str]) -> tuple[dict, list[dict]]:
-    """SCRIPT on 2 CPU ranks with `args`; checks that the ranks agree and hold half of the LM each;
-    returns the trainable weights and each rank's numbers."""
+def run_two_ranks(
+    tmp_path: Path, run: str, args: list[str], held_fraction: float = 0.5, env: dict | None = None
+) -> tuple[dict, list[dict]]:
+    """SCRIPT on 2 CPU ranks with `args`; checks that the ranks agree and hold `held_fraction` of
+    the LM each (fsdp2: half); returns the trainable weights and each rank's numbers."""
     out = tmp_path / run
     out.mkdir()
     script = tmp_path / "ddp_run.py"
     script.write_text(SCRIPT)
     proc = subprocess.run(
         [sys.executable, str(script), str(out), *args, f"trainer.root_dir={out / 'logs'}"], cwd=ROOT,
-        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     weights = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     numbers = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), (run, key)
-    assert numbers[0]["world"] == 2 and numbers[0]["held_fraction"] == pytest.approx(0.5, abs=0.01), numbers[0]
+    assert numbers[0]["world"] == 2 and numbers[0]["held_fraction"] == pytest.approx(held_fraction, abs=0.01), numbers[0]
     return weights[0], numbers
 
 
@@ -195,6 +211,47 @@ def test_fsdp2_shards_the_lora_policy_and_resumes_exactly(tiny_chatglm_dir, tmp_
     saved = torch.load(last, weights_only=False)["state_dict"]
     assert {k.removeprefix("policy.") for k in saved} == set(first)  # LoRA + value head, not the frozen base
     resumed, _ = run_two_ranks(tmp_path, "resumed", [*common, "trainer.max_steps=3", f"resume={last}"])
+    for key in straight:
+        assert torch.equal(resumed[key], straight[key]), key
+
+
+# The estimators beside PPO with GAE (the tests above) and RLOO (the launch-line test below), with
+# the settings docs/algorithms.md gives for each, at test size.
+ESTIMATORS = {
+    "grpo": ["ppo.advantage=grpo", "ppo.whiten_advantages=false", "ppo.loss_aggregation=sequence_mean",
+             "ppo.kl.placement=loss", "ppo.kl.estimator=k3", "ppo.kl.coef=0.04"],
+    "dr_grpo": ["ppo.advantage=grpo", "ppo.scale_rewards=none", "ppo.whiten_advantages=false",
+                "ppo.loss_aggregation=constant_length", "ppo.kl.coef=0"],
+    "dapo": ["ppo.advantage=grpo", "ppo.whiten_advantages=false", "ppo.loss_aggregation=token_mean",
+             "ppo.clip_high=0.28", "ppo.dynamic_sampling_rounds=2", "ppo.overlong_buffer=4", "ppo.kl.coef=0"],
+    "reinforce_pp": ["ppo.advantage=reinforce_pp", "ppo.kl.estimator=k2", "ppo.kl.coef=0.01"],
+    "gspo": ["ppo.advantage=grpo", "ppo.whiten_advantages=false", "ppo.ratio=sequence",
+             "ppo.loss_aggregation=sequence_mean", "ppo.clip_low=3e-4", "ppo.clip_high=4e-4", "ppo.kl.coef=0"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
+def test_each_estimator_trains_in_step_on_two_ddp_ranks_and_resumes_exactly(estimator, tiny_chatglm_dir, tmp_path):
+    """Every estimator under DDP: both ranks end with the same weights, and the run's checkpoint
+    after 2 steps + resume 1 = the 3 straight steps, bit for bit. The ranks' scores differ, and with dynamic sampling (dapo) each
+    rank drops other prompts (MixedAnswers) yet both step together."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(12, seed=8, infeasible_fraction=0.0)))
+    common = [
+        f"model.path={tiny_chatglm_dir}", f"data.train={data}", "data.system_prompt=", "data.instruction=",
+        "data.max_prompt_tokens=2048", "sampling.max_new_tokens=8", "ppo.prompts_per_step=2", "ppo.samples_per_prompt=2",
+        "ppo.minibatch_size=2", "ppo.lr=1e-2", "evaluation.workers=1", "trainer.checkpoint_every=1",
+        "trainer.devices=2", "trainer.strategy=ddp", "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
+        *ESTIMATORS[estimator],
+    ]
+    env = {"MIXED_ANSWERS": "1"}
+    straight, numbers = run_two_ranks(tmp_path, "straight", [*common, "trainer.max_steps=3"], held_fraction=1.0, env=env)
+    assert any(float(v.abs().max()) > 0 for k, v in straight.items() if "lora_B" in k), "no update happened"
+    assert len(numbers[0]["scores"]) == len(numbers[1]["scores"]) > 0
+    second = tmp_path / "straight" / "logs" / "ppo" / "version_0" / "checkpoints" / "iter-000002.ckpt"
+    resumed, _ = run_two_ranks(tmp_path, "resumed", [*common, "trainer.max_steps=3", f"resume={second}"],
+                               held_fraction=1.0, env=env)
     for key in straight:
         assert torch.equal(resumed[key], straight[key]), key
 

@@ -176,3 +176,75 @@ def test_explained_variance():
     flat = torch.ones(1, 4)
     assert losses.explained_variance(flat, flat, mask).item() == 1.0
     assert losses.explained_variance(torch.tensor([[0.0, 1.0, 2.0, 3.0]]), flat, mask).item() == 0.0
+
+
+def test_group_advantages_by_hand_for_each_scaling():
+    # two prompts, three samples each; the second group all alike
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.2, 0.2, 0.2])
+    # group 1: mean 0.5, centered (0.5, -0.5, 0), unbiased std sqrt((0.25 + 0.25) / 2) = 0.5
+    assert losses.group_advantages(rewards, 3, "group").tolist() == pytest.approx([1.0, -1.0, 0.0, 0.0, 0.0, 0.0], abs=1e-5)
+    assert losses.group_advantages(rewards, 3, "none").tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0, 0.0, 0.0], abs=1e-6)
+    # batch: mean 0.35, squared deviations .4225 + .1225 + .0225 * 4 = .635, unbiased std sqrt(.635 / 5)
+    std = math.sqrt(0.635 / 5)
+    expected = [0.5 / std, -0.5 / std, 0.0, 0.0, 0.0, 0.0]
+    assert losses.group_advantages(rewards, 3, "batch").tolist() == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="6 rows in groups of 4"):
+        losses.group_advantages(rewards, 4, "group")
+    with pytest.raises(ValueError, match="'sum'"):
+        losses.group_advantages(rewards, 3, "sum")
+
+
+def test_discounted_returns_and_reinforce_pp_by_hand():
+    rewards = torch.tensor([[0.0, -0.1, 1.0], [0.5, 2.0, 100.0]])
+    # gamma 0.5: row 0: G2 = 1, G1 = -0.1 + 0.5 = 0.4, G0 = 0 + 0.2 = 0.2; row 1: G1 = 2, G0 = 0.5 + 1 = 1.5
+    returns = losses.discounted_returns(rewards, MASK, 0.5)
+    assert returns.tolist() == [pytest.approx([0.2, 0.4, 1.0]), pytest.approx([1.5, 2.0, 0.0])]
+    # REINFORCE++ whitens those five returns together: mean 1.02, unbiased std over the batch
+    values = [0.2, 0.4, 1.0, 1.5, 2.0]
+    mean = sum(values) / 5
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / 4)
+    adv = losses.reinforce_pp_advantages(rewards, MASK, 0.5)
+    assert adv.tolist() == [pytest.approx([(v - mean) / std for v in values[:3]], abs=1e-6),
+                            pytest.approx([(values[3] - mean) / std, (values[4] - mean) / std, 0.0], abs=1e-6)]
+
+
+def test_informative_groups_and_overlong_penalty():
+    scores = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.3, 0.3, 0.3])
+    assert losses.informative_groups(scores, 3).tolist() == [False, True, False]
+    # max 10 tokens, the last 4 penalized: free up to 6, then linearly to -0.5 at 10
+    lengths = torch.tensor([5, 6, 8, 10])
+    assert losses.overlong_penalty(lengths, 10, 4, 0.5).tolist() == pytest.approx([0.0, 0.0, -0.25, -0.5])
+
+
+def test_aggregations_by_hand():
+    # X's masked entries: row 0 (1, 2, 3), row 1 (4, 6)
+    assert losses.aggregate(X, MASK, "token_mean").item() == pytest.approx(16 / 5)
+    assert losses.aggregate(X, MASK, "sequence_mean").item() == pytest.approx((2.0 + 5.0) / 2)
+    assert losses.aggregate(X, MASK, "constant_length", max_length=4).item() == pytest.approx(16 / (2 * 4))
+    with pytest.raises(ValueError, match="one of token_mean"):
+        losses.aggregate(X, MASK, "mean")
+
+
+def test_sequence_ratio_is_the_geometric_mean_with_the_gspo_gradient():
+    logp = torch.tensor([[0.1, 0.5, 7.0], [-0.2, 0.0, 0.0]], requires_grad=True)
+    old = torch.zeros(2, 3)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    log_ratio = losses.log_ratios(logp, old, mask, "sequence")
+    # row 0: mean of (0.1, 0.5) = 0.3 on every token; row 1: mean of (-0.2, 0, 0)
+    assert log_ratio.tolist()[0][:2] == pytest.approx([0.3, 0.3])
+    assert log_ratio.tolist()[1] == pytest.approx([-0.2 / 3] * 3)
+    adv = torch.tensor([[2.0, 2.0, 2.0], [-1.0, -1.0, -1.0]])
+    loss, stats = losses.policy_loss(logp, old, adv, mask, 0.5, 0.5, "sequence", "sequence_mean")
+    s0, s1 = math.exp(0.3), math.exp(-0.2 / 3)
+    assert loss.item() == pytest.approx((-2 * s0 + s1) / 2)
+    assert stats["ratio_mean"].item() == pytest.approx((2 * s0 + 3 * s1) / 5)
+    loss.backward()
+    # GSPO's sequence objective -A_i * s_i, averaged over rows, differentiated by hand:
+    # d/dlogp_t = -A_i * s_i / |y_i| / 2 on each of row i's tokens
+    assert logp.grad.tolist() == [pytest.approx([-2 * s0 / 2 / 2] * 2 + [0.0]), pytest.approx([s1 / 3 / 2] * 3)]
+    # clipped at the sequence level: a ratio of exp(0.3) > 1.2 with A > 0 gets no gradient on any token
+    logp.grad = None
+    loss, stats = losses.policy_loss(logp, old, adv, mask, 0.2, 0.2, "sequence", "sequence_mean")
+    loss.backward()
+    assert logp.grad[0].tolist() == [0.0, 0.0, 0.0]
+    assert stats["clip_fraction"].item() == pytest.approx(2 / 5)

@@ -446,3 +446,88 @@ def test_resuming_with_a_different_optimizer_layout_is_a_clear_error(tiny_chatgl
     resumed = {**extra, "trainer.max_steps": 2, "ppo.advantage": "rloo", "resume": last}
     with pytest.raises(UserError, match="the checkpoint's optimizer has 2 parameter groups and this run's 1"):
         train(load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path / "rloo", **resumed)))
+
+
+class PatternScorer(RolloutScorer):
+    """Scores by problem and sample, not by text: the first sample of each group 1 and the rest 0;
+    with `even_alike`, all samples of problems with an even number 0.5 (no group signal)."""
+
+    def __init__(self, group_size: int, even_alike: bool):
+        self.k, self.even_alike = group_size, even_alike
+
+    def begin(self, responses, problems):
+        alike = [self.even_alike and int(p.id.rsplit("-", 1)[-1]) % 2 == 0 for p in problems]
+        self.scores = [0.5 if same else float(i % self.k == 0) for i, same in enumerate(alike)]
+
+    def finish(self, module):
+        return RolloutScores(scores=self.scores, breakdowns=[{}] * len(self.scores))
+
+    def validate(self, responses, problems):
+        raise AssertionError("no data.val in this run")
+
+
+def train_scored_by_pattern(cfg, even_alike: bool = False):
+    from app.ppo import train as train_mod
+
+    original = train_mod.SolverReward
+    train_mod.SolverReward = lambda config: PatternScorer(cfg.ppo.samples_per_prompt, even_alike)
+    try:
+        return train_mod.train(cfg)
+    finally:
+        train_mod.SolverReward = original
+
+
+GRPO = {"ppo.advantage": "grpo", "ppo.whiten_advantages": False, "ppo.loss_aggregation": "sequence_mean",
+        "ppo.kl.placement": "loss", "ppo.kl.estimator": "k3", "ppo.kl.coef": 0.04}
+
+
+def test_grpo_advantages_and_kl_as_a_loss_term(tiny_chatglm_dir, problems_file, tmp_path):
+    cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **GRPO))
+    module, _ = train_scored_by_pattern(cfg)
+    rollout = module.last_rollout
+    # the KL is not in the rewards: each row's reward is its score, on its last token
+    assert torch.allclose(rollout.rewards.sum(-1), rollout.scores)
+    assert rollout.scores.tolist() == [1.0, 0.0, 1.0, 0.0]
+    # (1, 0): mean 0.5, std sqrt(0.5) -> advantages ±0.5 / sqrt(0.5) on every token
+    per_row = torch.tensor([1.0, -1.0, 1.0, -1.0]) * 0.5 / math.sqrt(0.5)
+    assert torch.allclose(rollout.advantages, per_row[:, None] * rollout.response_mask, atol=1e-5)
+    logged = scalars(run_dir(tmp_path))
+    assert len(logged["train/kl_loss"]) == 2 and "train/value_loss" not in logged
+    assert float(module.policy.value_head.proj.bias.abs().max()) == 0.0  # the value head is GAE's only
+
+
+def test_dynamic_sampling_refills_the_batch_with_informative_prompts(tiny_chatglm_dir, problems_file, tmp_path):
+    extra = {**GRPO, "ppo.dynamic_sampling_rounds": 4, "trainer.max_steps": 3}
+    cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **extra))
+    module, _ = train_scored_by_pattern(cfg, even_alike=True)
+    rollout = module.last_rollout
+    assert len(rollout) == 4  # prompts_per_step 2 x 2 samples
+    assert all(int(i.rsplit("-", 1)[-1]) % 2 == 1 for i in rollout.ids)  # only groups with a signal were kept
+    assert rollout.scores.tolist() == [1.0, 0.0, 1.0, 0.0]
+    logged = scalars(run_dir(tmp_path))
+    assert logged["train/kept_prompts"] == [2.0, 2.0, 2.0]
+    rounds, dropped = logged["train/sampling_rounds"], logged["train/dropped_prompts"]
+    assert max(rounds) > 1 and sum(dropped) > 0  # half of the problems carry no signal
+    # each step sampled 2 prompts per round; the extra rounds were drawn from the refill stream
+    assert module.refill_batches == sum(rounds) - 3
+    ckpt = torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["ppo"]["refill_batches"] == module.refill_batches
+
+
+def test_reinforce_pp_with_overlong_shaping_and_truncated_answers_masked_out(tiny_chatglm_dir, problems_file, tmp_path):
+    """A random tiny model never stops within 4 tokens: every answer is truncated, so with
+    ppo.mask_truncated no token reaches the loss and the weights stay where they were."""
+    from app.ppo import losses
+
+    extra = {"ppo.advantage": "reinforce_pp", "sampling.max_new_tokens": 4, "ppo.overlong_buffer": 2,
+             "ppo.overlong_penalty": 0.5, "ppo.mask_truncated": True, "ppo.whiten_advantages": False}
+    cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **extra))
+    module, _ = train_scored_by_pattern(cfg)
+    rollout, mask = module.last_rollout, module.last_rollout.response_mask
+    assert rollout.truncated.all() and (mask.sum(-1) == 4).all()
+    # every answer has 4 = max_new_tokens tokens: the whole penalty, -0.5, on its score
+    rewards = losses.token_rewards(rollout.scores - 0.5, rollout.kl, mask, module.kl_ctl.value)
+    assert torch.allclose(rollout.rewards, rewards)
+    assert torch.allclose(rollout.advantages, losses.reinforce_pp_advantages(rewards, mask, 1.0), atol=1e-6)
+    assert all(float(v.abs().max()) == 0 for k, v in module.policy.trainable_state_dict().items() if "lora_B" in k)
+    assert scalars(run_dir(tmp_path))["train/policy_loss"] == [0.0, 0.0]

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from app.ppo.rollout import Rollout, first_token_at, partial_kl_mask
+from app.ppo.rollout import Rollout, concat_rollouts, first_token_at, partial_kl_mask, truncated_rows
 
 
 def make_rollout(B: int = 7, P: int = 3, R: int = 4) -> Rollout:
@@ -111,3 +111,22 @@ def test_partial_kl_mask_marks_block_start_onwards():
         [1, 1, 1, 0, 0, 0, 0, 0],
     ]
     assert out.dtype == torch.float32
+
+
+def test_concat_rollouts_pads_prompts_left_and_responses_right():
+    wide_prompt, long_response = make_rollout(B=2, P=3, R=2), make_rollout(B=1, P=2, R=4)
+    long_response.sequences += 10
+    merged = concat_rollouts([wide_prompt, long_response], pad_token_id=-1)
+    assert merged.prompt_length == 3 and merged.sequences.shape == (3, 7)
+    assert merged.sequences.tolist() == [[0, 0, 0, 0, 0, -1, -1], [1, 1, 1, 1, 1, -1, -1], [-1, 10, 10, 10, 10, 10, 10]]
+    assert merged.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1]]
+    assert merged.response_mask.tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
+    assert merged.old_logprobs.tolist() == [[0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]]
+    assert merged.scores.tolist() == [0, 1, 0] and merged.ids == ["p0", "p1", "p0"]
+    assert merged.ref_logprobs is None and len(merged.breakdowns) == 3
+
+
+def test_truncated_rows_end_without_a_stop_token():
+    ids = torch.tensor([[5, 2, 0], [5, 6, 7], [2, 0, 0]])  # stop token 2
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]])
+    assert truncated_rows(ids, mask, [2]).tolist() == [False, True, False]

@@ -143,7 +143,98 @@ def leave_one_out_advantages(sequence_rewards: torch.Tensor, group_size: int) ->
     return (r - baseline).flatten()
 
 
+def group_advantages(sequence_rewards: torch.Tensor, group_size: int, scale: str, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO: each sample's reward minus its group's mean, divided by a std; (B,) -> (B,).
+
+    scale: "group" divides by the std of the sample's own group (GRPO), "batch" by the std of all
+    B rewards (a hard prompt's small differences are not blown up), "none" not at all (Dr. GRPO:
+    dividing by the group std weights prompts by how little their answers differ). Stds are
+    unbiased; a group whose samples all score the same gets advantage 0.
+    """
+    B = sequence_rewards.shape[0]
+    if group_size < 2 or B % group_size:
+        raise ValueError(f"group advantages need groups of >= 2 samples that divide the batch; got {B} rows in groups of {group_size}")
+    r = sequence_rewards.view(B // group_size, group_size)  # (G, k)
+    centered = r - r.mean(-1, keepdim=True)  # (G, k)
+    if scale == "group":
+        centered = centered / (r.std(-1, keepdim=True) + eps)
+    elif scale == "batch":
+        centered = centered / (sequence_rewards.std() + eps)
+    elif scale != "none":
+        raise ValueError(f"unknown reward scaling '{scale}' (one of group, batch, none)")
+    return centered.flatten()
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t = r_t + gamma * G_{t+1} over each row's tokens (B, T); padding is 0 and adds nothing."""
+    mask = mask.to(rewards.dtype)
+    rewards = rewards * mask
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)  # G_{t+1}
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        returns[:, t] = running
+    return returns * mask
+
+
+def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """REINFORCE++: the per-token rewards (KL penalty on every token, score on the last) summed to
+    the end of the response, then whitened over every token of the batch; (B, T) -> (B, T).
+    The batch statistics are the baseline: no value model, no groups needed."""
+    return masked_whiten(discounted_returns(rewards, mask, gamma), mask)
+
+
+def informative_groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(B,) -> (G,) bool: groups whose samples do not all score the same. The others have zero
+    group-relative advantage everywhere and only dilute the batch (DAPO's dynamic sampling)."""
+    r = scores.view(-1, group_size)  # (G, k)
+    return (r != r[:, :1]).any(-1)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, penalty: float) -> torch.Tensor:
+    """DAPO's soft overlong punishment, (B,) lengths -> (B,) rewards <= 0: nothing up to
+    max_length - buffer tokens, then linearly down to -penalty at max_length."""
+    over = (lengths.float() - (max_length - buffer)).clamp(min=0)
+    return -penalty * (over / buffer).clamp(max=1)
+
+
 # ---- losses ----
+
+
+def log_ratios(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, level: str) -> torch.Tensor:
+    """log(pi / pi_old) per token, (B, T).
+
+    level "token": each token's own (PPO, GRPO). "sequence" (GSPO): every token of a row carries
+    the row's mean log-ratio, so exp of it is the geometric mean of the token ratios; in the
+    token-level form of the GSPO paper, sg[mean] + logp - sg[logp], whose value is the mean and
+    whose gradient is each token's own d logp.
+    """
+    token = logp - old_logp
+    if level == "token":
+        return token
+    if level == "sequence":
+        sequence = masked_mean(token, mask, dim=-1)  # (B,)
+        return sequence.detach()[:, None] + logp - logp.detach()
+    raise ValueError(f"unknown ratio level '{level}' (one of token, sequence)")
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, aggregation: str, max_length: int | None = None) -> torch.Tensor:
+    """A (B, T) per-token loss to a scalar.
+
+    "token_mean": mean over all tokens of the batch (DAPO; every token weighs the same).
+    "sequence_mean": mean over rows of each row's token mean (original GRPO; a long answer's
+    tokens weigh less). "constant_length": token sum / (B * max_length) (Dr. GRPO; no length bias).
+    """
+    if aggregation == "token_mean":
+        return masked_mean(per_token, mask)
+    if aggregation == "sequence_mean":
+        return masked_mean(per_token, mask, dim=-1).mean()
+    if aggregation == "constant_length":
+        if not max_length:
+            raise ValueError("constant_length aggregation needs max_length")
+        return (per_token * mask.to(per_token.dtype)).sum() / (per_token.shape[0] * max_length)
+    raise ValueError(f"unknown loss aggregation '{aggregation}' (one of token_mean, sequence_mean, constant_length)")
+
 
 
 def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -159,16 +250,20 @@ def policy_loss(
     mask: torch.Tensor,
     clip_low: float,
     clip_high: float,
+    ratio_level: str = "token",
+    aggregation: str = "token_mean",
+    max_length: int | None = None,
 ) -> tuple[torch.Tensor, Stats]:
     """Clipped surrogate, ratio clamped to [1 - clip_low, 1 + clip_high]; all inputs (B, T).
+    Ratios per `ratio_level` (`log_ratios`), the per-token losses reduced per `aggregation`.
 
     stats (detached): clip_fraction (tokens where the clipped term is the active one),
     approx_kl (k3, see `approx_kl`), ratio_mean.
     """
-    ratio = torch.exp(logp - old_logp)
+    ratio = torch.exp(log_ratios(logp, old_logp, mask, ratio_level))
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - clip_low, 1 + clip_high)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = aggregate(torch.maximum(unclipped, clipped), mask, aggregation, max_length)
     with torch.no_grad():
         stats = {
             "clip_fraction": masked_mean((clipped > unclipped).to(logp.dtype), mask),

@@ -3,8 +3,13 @@
 One `training_step` is one PPO iteration:
 
     prompts ─► generate ─► (scorer starts solving) ─► old/ref log-probs, values ─► scores
-            ─► per-token rewards (−β·KL, score on the last token) ─► advantages (GAE, or RLOO over each
-               prompt's samples) ─► K epochs × minibatches
+            ─► [dynamic sampling: drop prompts whose samples all score the same, sample more prompts]
+            ─► per-token rewards (score on the last token, −β·KL on each unless the KL is a loss term)
+            ─► advantages (GAE, RLOO or GRPO over each prompt's samples, REINFORCE++)
+            ─► K epochs × minibatches of the clipped surrogate (per-token or per-sequence ratios)
+
+`docs/algorithms.md` has the formulas and the settings that make PPO, GRPO, Dr. GRPO, DAPO,
+REINFORCE++ and GSPO.
 
 `validation_step` answers the `data.val` problems greedily and has the scorer grade them.
 
@@ -26,6 +31,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.tensor import DTensor
 
 from app.config import TrainConfig
+from app.data.datamodule import PromptDataset
 from app.data.prompts import build_messages
 from app.errors import UserError
 from app.models.loading import LoadedModel
@@ -33,7 +39,7 @@ from app.models.policy import PolicyWithValue
 from app.optim import lr_lambda
 from app.ppo import losses
 from app.ppo.kl import build_kl_controller
-from app.ppo.rollout import Rollout, partial_kl_mask
+from app.ppo.rollout import Rollout, concat_rollouts, partial_kl_mask, truncated_rows
 from app.ppo.scoring import RolloutScorer
 
 
@@ -46,16 +52,18 @@ class PPOModule(pl.LightningModule):
         self.policy = policy
         self.kl_ctl = build_kl_controller(cfg.ppo.kl)
         self.iteration = 0  # PPO iterations done (the trainer's global_step counts optimizer steps)
+        self.refill_batches = 0  # prompt batches drawn by dynamic sampling (its own stream of data.train)
+        self._refill_stream = None
         self.automatic_optimization = False
         self.strict_loading = False  # LoRA checkpoints hold only the trainable weights
-        if cfg.ppo.advantage == "rloo":
+        if cfg.ppo.advantage != "gae":
             # no value loss: a trainable head outside the loss would leave DDP waiting for its gradients
             policy.value_head.requires_grad_(False)
 
     # ---- Lightning plumbing -------------------------------------------------------------
 
     def _param_groups(self) -> list[dict]:
-        """The policy's trainable weights, and the value head's unless frozen (RLOO)."""
+        """The policy's trainable weights, and the value head's unless frozen (all advantages but GAE)."""
         ppo = self.cfg.ppo
         groups = [{"params": self.policy.policy_parameters(), "lr": ppo.lr}]
         if self.policy.value_parameters():
@@ -78,7 +86,8 @@ class PPOModule(pl.LightningModule):
         self.policy.load_trainable_state_dict({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["ppo"] = {"iteration": self.iteration, "kl_controller": self.kl_ctl.state_dict()}
+        checkpoint["ppo"] = {"iteration": self.iteration, "kl_controller": self.kl_ctl.state_dict(),
+                             "refill_batches": self.refill_batches}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Before Lightning restores the optimizer: a checkpoint whose optimizer has other parameter
@@ -88,12 +97,13 @@ class PPOModule(pl.LightningModule):
         if saved and saved[0] != mine:
             raise UserError(
                 f"resume: the checkpoint's optimizer has {saved[0]} parameter groups and this run's "
-                f"{mine}: the value head has a group of its own unless ppo.advantage=rloo "
+                f"{mine}: the value head has a group of its own only with ppo.advantage=gae "
                 "(older solver-ppo versions gave it one under RLOO too). Resume with the settings the checkpoint "
                 "was written with, or start afresh"
             )
         self.iteration = checkpoint["ppo"]["iteration"]
         self.kl_ctl.load_state_dict(checkpoint["ppo"]["kl_controller"])
+        self.refill_batches = checkpoint["ppo"].get("refill_batches", 0)  # absent in checkpoints of older versions
 
     def configure_model(self) -> None:
         """With `trainer.strategy=fsdp2` (Lightning's ModelParallelStrategy): shard the policy."""
@@ -123,28 +133,16 @@ class PPOModule(pl.LightningModule):
     # ---- the algorithm -----------------------------------------------------------------
 
     def training_step(self, problems: list, batch_idx: int):
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        rollout = self.generate_rollout(problems)
-        timings["time/generate"] = time.perf_counter() - t0
+        timings = {"time/generate": 0.0, "time/forward": 0.0, "time/score_wait": 0.0}
+        generator = self._generator(salt=1)  # one stream for all sampling rounds of the iteration
+        rollout = self.sample_and_score(problems, generator, timings)
+        sampling_stats = {}
+        if self.cfg.ppo.dynamic_sampling_rounds:
+            rollout, sampling_stats = self.keep_informative_groups(rollout, generator, timings)
         if not self._on_all_ranks(rollout is not None):  # ranks skip together, or DDP would hang
             self.log("train/skipped_batches", 1.0)
             self._end_iteration()
             return None
-
-        scorer = self._scorer()
-        scorer.begin(rollout.responses, rollout.problems)  # SCIP works in its own processes from here on
-
-        t0 = time.perf_counter()
-        self.evaluate_rollout(rollout)  # old log-probs, reference log-probs, values
-        timings["time/forward"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        scored = scorer.finish(self)
-        timings["time/score_wait"] = time.perf_counter() - t0
-        rollout.scores = torch.tensor(scored.scores, dtype=torch.float32, device=self.device)
-        rollout.breakdowns = scored.breakdowns
-        self.last_solver_metrics = scored.metrics
 
         self.compute_advantages(rollout)
         finite = bool(torch.isfinite(rollout.rewards).all() and torch.isfinite(rollout.advantages).all())
@@ -170,6 +168,7 @@ class PPOModule(pl.LightningModule):
                 "train/generation_tokens_per_s": rollout.tokens_per_second,
                 "train/lr": self.optimizers().param_groups[0]["lr"],
                 **stats,
+                **sampling_stats,
                 **timings,
             },
             sync_dist=True,
@@ -198,6 +197,9 @@ class PPOModule(pl.LightningModule):
     def _min_across_ranks(self, n: int) -> int:
         return int(self.all_gather(torch.tensor(n, device=self.device)).min())
 
+    def _on_any_rank(self, flag: bool) -> bool:
+        return bool(self.all_gather(torch.tensor(flag, device=self.device)).any())
+
     def _messages(self, problem) -> list[dict[str, str]]:
         return build_messages(problem, self.cfg.data.system_prompt, self.cfg.data.instruction)
 
@@ -216,8 +218,79 @@ class PPOModule(pl.LightningModule):
             kept += [problem] * copies
         return prompts, kept
 
+    def sample_and_score(self, problems: list, generator: torch.Generator, timings: dict[str, float]) -> Rollout | None:
+        """A scored rollout of `problems`: the scorer solves while the old/reference log-probs and
+        values are computed. None (on every rank together) when no prompt is usable."""
+        t0 = time.perf_counter()
+        rollout = self.generate_rollout(problems, generator)
+        timings["time/generate"] += time.perf_counter() - t0
+        if rollout is None:
+            return None
+
+        scorer = self._scorer()
+        scorer.begin(rollout.responses, rollout.problems)  # SCIP works in its own processes from here on
+
+        t0 = time.perf_counter()
+        self.evaluate_rollout(rollout)  # old log-probs, reference log-probs, values
+        timings["time/forward"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        scored = scorer.finish(self)
+        timings["time/score_wait"] += time.perf_counter() - t0
+        rollout.scores = torch.tensor(scored.scores, dtype=torch.float32, device=self.device)
+        rollout.breakdowns = scored.breakdowns
+        self.last_solver_metrics = scored.metrics
+        return rollout
+
+    def keep_informative_groups(
+        self, rollout: Rollout | None, generator: torch.Generator, timings: dict[str, float]
+    ) -> tuple[Rollout | None, dict[str, float]]:
+        """DAPO's dynamic sampling: prompts whose samples all score the same carry no group-relative
+        signal; drop them and sample more prompts until `prompts_per_step` remain, at most
+        `dynamic_sampling_rounds` more rounds. Every rank samples as many rounds (another round while
+        any rank is short) and keeps as many prompts (the fewest any rank has), so the ranks' updates
+        stay paired; with none kept, every rank skips the step."""
+        ppo = self.cfg.ppo
+        k, target = ppo.samples_per_prompt, ppo.prompts_per_step
+        kept: list[Rollout] = []
+        n_kept = n_dropped = rounds = 0
+
+        def keep(scored: Rollout | None) -> None:
+            nonlocal n_kept, n_dropped
+            if scored is None:
+                return
+            groups = losses.informative_groups(scored.scores, k)  # (G,)
+            n_kept, n_dropped = n_kept + int(groups.sum()), n_dropped + int((~groups).sum())
+            rows = torch.nonzero(groups.repeat_interleave(k)).flatten()
+            if len(rows):
+                kept.append(scored.select(rows))
+
+        keep(rollout)
+        while rounds < ppo.dynamic_sampling_rounds and self._on_any_rank(n_kept < target):
+            rounds += 1
+            keep(self.sample_and_score(self._refill_problems(), generator, timings))
+        common = self._min_across_ranks(min(n_kept, target))
+        stats = {"train/sampling_rounds": float(1 + rounds), "train/dropped_prompts": float(n_dropped),
+                 "train/kept_prompts": float(common)}
+        if common == 0:
+            return None, stats
+        merged = concat_rollouts(kept, self.policy.pad_token_id)
+        return merged.select(torch.arange(common * k)), stats
+
+    def _refill_problems(self) -> list:
+        """The next batch of dynamic sampling's prompts: data.train in an order of its own (seed
+        -1 - seed, never the main stream's), sharded by rank; its position is saved in checkpoints."""
+        if self._refill_stream is None:
+            d = self.cfg.data
+            dataset = PromptDataset(d.train, self.cfg.ppo.prompts_per_step, fmt=d.format, on_bad_line=d.on_bad_line,
+                                    shuffle_buffer=d.shuffle_buffer, seed=-1 - self.cfg.seed, loop=True,
+                                    start_batch=self.refill_batches)
+            self._refill_stream = iter(dataset)
+        self.refill_batches += 1
+        return next(self._refill_stream)
+
     @torch.no_grad()
-    def generate_rollout(self, problems: list) -> Rollout | None:
+    def generate_rollout(self, problems: list, generator: torch.Generator) -> Rollout | None:
         """Sample `samples_per_prompt` responses per problem and decode them."""
         copies = self.cfg.ppo.samples_per_prompt
         prompts, kept = self._encode(problems, copies)
@@ -234,7 +307,7 @@ class PPOModule(pl.LightningModule):
             return None
         self.policy.eval()
         from_sampling = self.cfg.ppo.logprobs_from_sampling
-        gen = self.policy.generate(prompts, self.cfg.sampling, generator=self._generator(salt=1), keep_logprobs=from_sampling)
+        gen = self.policy.generate(prompts, self.cfg.sampling, generator=generator, keep_logprobs=from_sampling)
         responses = gen.texts(self.tokenizer)
         return Rollout(
             problems=kept,
@@ -243,6 +316,7 @@ class PPOModule(pl.LightningModule):
             attention_mask=gen.attention_mask,
             prompt_length=gen.prompt_length,
             response_mask=gen.response_mask.float(),
+            truncated=truncated_rows(gen.responses, gen.response_mask, self.policy.stop_token_ids),
             tokens_per_second=gen.tokens_per_second,
             old_logprobs=gen.logprobs,
             values=self.policy.value_head(gen.hidden) if from_sampling else None,
@@ -286,12 +360,25 @@ class PPOModule(pl.LightningModule):
         if ppo.kl.partial:
             response_ids = rollout.sequences[:, rollout.prompt_length :]
             rollout.kl_mask = partial_kl_mask(response_ids, mask, self.tokenizer).to(mask)
-        rollout.rewards = losses.token_rewards(rollout.scores, rollout.kl, mask, self.kl_ctl.value, rollout.kl_mask)
-        if ppo.advantage == "rloo":  # one advantage per response, on all its tokens; the value head is not used
-            per_row = losses.leave_one_out_advantages(rollout.rewards.sum(-1), ppo.samples_per_prompt)  # (B,)
-            advantages, rollout.returns = per_row[:, None] * mask, None
-        else:
+        scores = rollout.scores
+        if ppo.overlong_buffer:
+            scores = scores + losses.overlong_penalty(
+                mask.sum(-1), self.cfg.sampling.max_new_tokens, ppo.overlong_buffer, ppo.overlong_penalty
+            )
+        beta = self.kl_ctl.value if ppo.kl.placement == "reward" else 0.0  # else a loss term (minibatch_loss)
+        rollout.rewards = losses.token_rewards(scores, rollout.kl, mask, beta, rollout.kl_mask)
+        rollout.returns = None
+        if ppo.advantage == "gae":
             advantages, rollout.returns = losses.gae(rollout.rewards, rollout.values, mask, ppo.gamma, ppo.lam)
+        elif ppo.advantage == "reinforce_pp":
+            advantages = losses.reinforce_pp_advantages(rollout.rewards, mask, ppo.gamma)
+        else:  # one advantage per response, on all its tokens, from the other samples of its prompt
+            sequence_rewards = rollout.rewards.sum(-1)  # (B,)
+            if ppo.advantage == "rloo":
+                per_row = losses.leave_one_out_advantages(sequence_rewards, ppo.samples_per_prompt)
+            else:
+                per_row = losses.group_advantages(sequence_rewards, ppo.samples_per_prompt, ppo.scale_rewards)
+            advantages = per_row[:, None] * mask
         if ppo.whiten_advantages:
             advantages = losses.masked_whiten(advantages, mask)
         rollout.advantages = advantages
@@ -347,11 +434,16 @@ class PPOModule(pl.LightningModule):
 
     def minibatch_loss(self, mb: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
         ppo, mask = self.cfg.ppo, mb.response_mask
+        if ppo.mask_truncated:  # DAPO's overlong filtering: a cut-off answer teaches nothing either way
+            mask = mask * (~mb.truncated).to(mask)[:, None]
+        aggregation = {"aggregation": ppo.loss_aggregation, "max_length": self.cfg.sampling.max_new_tokens}
         # with no entropy bonus the entropy is only logged: no gradient through a (B, R, V) product
         logprobs, values, entropy = self.policy(
             mb.sequences, mb.attention_mask, mb.prompt_length, self._temperature, entropy_grad=ppo.entropy_coef != 0
         )
-        pg_loss, pg_stats = losses.policy_loss(logprobs, mb.old_logprobs, mb.advantages, mask, ppo.clip_low, ppo.clip_high)
+        pg_loss, pg_stats = losses.policy_loss(
+            logprobs, mb.old_logprobs, mb.advantages, mask, ppo.clip_low, ppo.clip_high, ppo.ratio, **aggregation
+        )
         mean_entropy = losses.masked_mean(entropy, mask)
         loss = pg_loss - ppo.entropy_coef * mean_entropy
         stats = {
@@ -360,6 +452,12 @@ class PPOModule(pl.LightningModule):
             "train/approx_kl": pg_stats["approx_kl"].item(),
             "train/clip_fraction": pg_stats["clip_fraction"].item(),
         }
+        if ppo.kl.placement == "loss" and self.kl_ctl.value:  # GRPO: beta * KL(policy || reference) as a loss term
+            penalized = mask if mb.kl_mask is None else mask * mb.kl_mask
+            kl = losses.kl_estimate(logprobs, mb.ref_logprobs, ppo.kl.estimator) * penalized  # (B, R)
+            kl_loss = losses.aggregate(kl, mask, **aggregation)
+            loss = loss + self.kl_ctl.value * kl_loss
+            stats["train/kl_loss"] = kl_loss.item()
         if mb.returns is not None:  # GAE: the value head learns the returns (RLOO needs no values)
             v_loss, v_stats = losses.value_loss(values, mb.values, mb.returns, mask, ppo.value_clip)
             loss = loss + ppo.vf_coef * v_loss

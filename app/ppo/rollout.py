@@ -25,6 +25,7 @@ class Rollout:
     attention_mask: torch.Tensor  # (B, S)
     prompt_length: int  # P: responses start at this column
     response_mask: torch.Tensor  # (B, R) 1 on generated tokens up to and including the stop token
+    truncated: torch.Tensor | None = None  # (B,) bool: cut off at sampling.max_new_tokens before a stop token
     tokens_per_second: float = 0.0  # generation throughput of this rollout
     old_logprobs: torch.Tensor | None = None  # (B, R) policy log-probs at sampling time
     ref_logprobs: torch.Tensor | None = None  # (B, R) reference (adapter off) log-probs
@@ -35,7 +36,7 @@ class Rollout:
     kl_mask: torch.Tensor | None = None  # (B, R) 1 where the KL penalty applies (partial KL), None: everywhere
     rewards: torch.Tensor | None = None  # (B, R) -beta*KL, plus the score on the last token
     advantages: torch.Tensor | None = None  # (B, R)
-    returns: torch.Tensor | None = None  # (B, R) GAE targets of the value head; None with RLOO advantages
+    returns: torch.Tensor | None = None  # (B, R) GAE targets of the value head; None with the other advantages
 
     def __len__(self) -> int:
         return self.sequences.shape[0]
@@ -69,6 +70,48 @@ class Rollout:
         order = torch.randperm(len(self), generator=generator)
         for start in range(0, len(self), size):
             yield self.select(order[start : start + size])
+
+
+def concat_rollouts(rollouts: list[Rollout], pad_token_id: int) -> Rollout:
+    """The rows of several rollouts of the same stage in one record (dynamic sampling's rounds).
+
+    Prompt blocks are left-padded and response blocks right-padded to the widest; per-token
+    tensors are right-padded with 0. Positions come from the attention mask, so the extra
+    padding changes no log-prob.
+    """
+    if len(rollouts) == 1:
+        return rollouts[0]
+    P = max(r.prompt_length for r in rollouts)
+    R = max(r.response_mask.shape[1] for r in rollouts)
+
+    def widen(r: Rollout, t: torch.Tensor, pad: int) -> torch.Tensor:  # (B, P_r + R_r) -> (B, P + R)
+        prompt, response = t[:, : r.prompt_length], t[:, r.prompt_length :]
+        left, right = P - r.prompt_length, R - response.shape[1]
+        return torch.cat([torch.nn.functional.pad(prompt, (left, 0), value=pad),
+                          torch.nn.functional.pad(response, (0, right), value=pad)], dim=1)
+
+    changes: dict[str, Any] = {"prompt_length": P, "sequences": torch.cat([widen(r, r.sequences, pad_token_id) for r in rollouts]),
+                               "attention_mask": torch.cat([widen(r, r.attention_mask, 0) for r in rollouts]),
+                               "tokens_per_second": sum(r.tokens_per_second for r in rollouts) / len(rollouts)}
+    for f in dataclasses.fields(Rollout):
+        values = [getattr(r, f.name) for r in rollouts]
+        if f.name in changes or values[0] is None:
+            continue
+        if isinstance(values[0], list):
+            changes[f.name] = [item for value in values for item in value]
+        elif values[0].dim() == 2:  # (B, R) per response token
+            changes[f.name] = torch.cat([torch.nn.functional.pad(v, (0, R - v.shape[1])) for v in values])
+        else:  # (B,) per row
+            changes[f.name] = torch.cat(values)
+    return dataclasses.replace(rollouts[0], **changes)
+
+
+def truncated_rows(response_ids: torch.Tensor, response_mask: torch.Tensor, stop_token_ids: list[int]) -> torch.Tensor:
+    """(B, R) ids and mask -> (B,) bool: the row's last token is not a stop token (it ran out of length)."""
+    last = response_mask.long().sum(-1).clamp(min=1) - 1  # (B,)
+    last_ids = response_ids.gather(1, last[:, None]).squeeze(1)
+    stop = torch.tensor(stop_token_ids, device=response_ids.device)
+    return ~torch.isin(last_ids, stop)
 
 
 # Where the model of an answer begins: a ```lp / ```mps fence, a <model> tag, or a code answer's

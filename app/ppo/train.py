@@ -65,9 +65,20 @@ def check_ppo_settings(cfg: TrainConfig) -> None:
     check_values(cfg)
     writable_dir(cfg.trainer.root_dir, f"trainer.root_dir={cfg.trainer.root_dir}")
     build_kl_controller(ppo.kl)  # checks the estimator and controller names
-    if ppo.advantage == "rloo" and ppo.samples_per_prompt < 2:
+    if ppo.advantage in ("rloo", "grpo") and ppo.samples_per_prompt < 2:
         raise UserError(
-            f"ppo.advantage=rloo compares the samples of a prompt: set ppo.samples_per_prompt >= 2 (it is {ppo.samples_per_prompt})"
+            f"ppo.advantage={ppo.advantage} compares the samples of a prompt: set ppo.samples_per_prompt >= 2 "
+            f"(it is {ppo.samples_per_prompt})"
+        )
+    if ppo.dynamic_sampling_rounds and ppo.samples_per_prompt < 2:
+        raise UserError(
+            "ppo.dynamic_sampling_rounds drops prompts whose samples all score the same: set ppo.samples_per_prompt >= 2 "
+            f"(it is {ppo.samples_per_prompt})"
+        )
+    if ppo.overlong_buffer > cfg.sampling.max_new_tokens:
+        raise UserError(
+            f"ppo.overlong_buffer={ppo.overlong_buffer} is longer than sampling.max_new_tokens={cfg.sampling.max_new_tokens}: "
+            "it is the last part of that limit"
         )
 
 
