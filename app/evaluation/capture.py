@@ -144,9 +144,9 @@ class _Capture:
         finally:
             with contextlib.suppress(OSError):
                 os.remove(path)
-        self.text(library, normalize(text) if normalize else text, fmt)
+        self.captured(library, normalize(text) if normalize else text, fmt)
 
-    def text(self, library: str, text: str, fmt: str, sense_free: bool = False) -> None:
+    def captured(self, library: str, text: str, fmt: str, sense_free: bool = False) -> None:
         self.outcome = CaptureOutcome("captured", None, text, fmt, library, sense_free)
 
     def stop(self):
@@ -154,11 +154,14 @@ class _Capture:
 
 
 # ----------------------------------------------------------------------------- hooks per library
-# Each takes the run's _Capture and a list to append (owner, attribute, original) for restoring.
+# Each takes the run's _Capture and a list that `_patch` appends (owner, attribute, original) to.
+
+
+_INHERITED = object()  # restoring it means deleting the patched attribute again
 
 
 def _patch(undo: list, owner, name: str, value) -> None:
-    undo.append((owner, name, owner.__dict__[name] if name in owner.__dict__ else getattr(owner, name)))
+    undo.append((owner, name, owner.__dict__.get(name, _INHERITED)))
     setattr(owner, name, value)
 
 
@@ -349,7 +352,7 @@ def _scipy_capture(cap: _Capture, c, lb, ub, integrality, rows) -> None:
             for s, b in finite:
                 suffix = "" if len(finite) == 1 else ("_lo" if s == ">=" else "_hi")
                 constraints.append(Constraint(f"c{r}{suffix}", dict(coefs), s, b))
-    cap.text("scipy", to_lp_text(Model(variables, constraints, "min", 0.0)), "lp", sense_free=True)
+    cap.captured("scipy", to_lp_text(Model(variables, constraints, "min", 0.0)), "lp", sense_free=True)
 
 
 HOOKS = {"pyscipopt": _hook_pyscipopt, "gurobipy": _hook_gurobipy, "coptpy": _hook_coptpy, "pyomo": _hook_pyomo,
@@ -426,7 +429,10 @@ def hooks(libraries, cap: _Capture):
         yield
     finally:
         for owner, name, original in reversed(undo):
-            setattr(owner, name, original)
+            if original is _INHERITED:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
 
 
 def run_captured(code: str, workdir: str, limits: SolverLimits | None = None) -> CaptureOutcome:
