@@ -109,22 +109,23 @@ def sniff_format(text: str) -> str:
 
 # ----------------------------------------------------------------------------- LP
 
-# Section headers, tried in this order. A "refuse" entry names a construct SCIP cannot take as we
-# build models (or that we do not map); reading stops there with that name and the line.
+# Section headers, tried in this order. A "refuse" entry names a construct the evaluator does not
+# represent (not every solver reads it either: docs/lp-mps-support.md); reading stops there with
+# that name, what to write instead, and the line.
 _SECTIONS = [
-    ("refuse:multiple objectives (Gurobi's 'multi-objectives' section)", r"(?:maximi[sz]e|minimi[sz]e|max|min)\s+multi-objectives?"),
+    ("refuse:multiple objectives (Gurobi's 'multi-objectives' section) are not supported; write one objective", r"(?:maximi[sz]e|minimi[sz]e|max|min)\s+multi-objectives?"),
     ("max", r"maximi[sz]e|maximum|max"),
     ("min", r"minimi[sz]e|minimum|min"),
     ("st", r"subject\s+to|such\s+that|s\.\s*t\.?|st\.?"),
     ("lazy", r"lazy\s+constraints?"),  # constraints that a solver may add late: part of the model
     ("cuts", r"user\s+cuts?"),  # cuts the writer states are valid: reading them as rows keeps the optimum
     ("bounds", r"bounds?"),
-    ("refuse:general constraints (section 'General Constraints': min/max/abs/and/or/norm/piecewise/function)", r"general\s+constraints?|genconstrs?"),
+    ("refuse:general constraints (section 'General Constraints': min/max/abs/and/or/norm/piecewise/function) are not supported; write them with linear constraints and integer variables", r"general\s+constraints?|genconstrs?"),
     ("general", r"generals?|integers?|gen"),
     ("binary", r"binary|binaries|bin"),
     ("semi", r"semi-continuous|semis|semi"),
-    ("refuse:special ordered sets (section 'SOS')", r"sos[12]?"),
-    ("refuse:a piecewise-linear objective (section 'PWLObj')", r"pwlobj"),
+    ("refuse:special ordered sets (section 'SOS') are not supported; write them with binary variables", r"sos[12]?"),
+    ("refuse:a piecewise-linear objective (section 'PWLObj') is not supported; write it with linear constraints", r"pwlobj"),
     ("end", r"end"),
 ]
 # A header may carry content (`Maximize 3 x + y`), but `st + x <= 2` is a constraint, not a header.
@@ -212,7 +213,7 @@ class _LPReader:
                 if key == "end":
                     break
                 if key.startswith("refuse:"):
-                    raise ModelReadError(f"{key[7:]} are not supported (SCIP cannot take them as this evaluator builds models)", lineno)
+                    raise ModelReadError(key[7:], lineno)
                 sections.append((key, lineno, []))
                 line = m.group(1)
             if line:
@@ -250,7 +251,7 @@ class _LPReader:
             if t.kind in ("sense", "colon", "close"):
                 break
             if t.kind == "arrow":
-                raise ModelReadError("indicator constraints ('->') are not supported (SCIP cannot take them as this evaluator builds models)", t.line)
+                raise ModelReadError("indicator constraints ('->') are not supported; write them with a binary variable and linear constraints", t.line)
             if stop_line is not None and t.line != stop_line:
                 break
             # A new labelled constraint starts here: `name :`.
@@ -489,12 +490,12 @@ def _unexpected(t: _Tok) -> str:
 # ----------------------------------------------------------------------------- MPS
 
 _MPS_SECTIONS = {"NAME", "ROWS", "COLUMNS", "RHS", "RANGES", "BOUNDS", "ENDATA", "OBJSENSE", "OBJSENS", "QUADOBJ", "QMATRIX", "QSECTION", "QCMATRIX"}
-_MPS_REFUSED = {
+_MPS_REFUSED = {  # section -> what it holds (docs/lp-mps-support.md)
     "SOS": "special ordered sets (section SOS)",
     "SETS": "special ordered sets (section SETS)",
     "INDICATORS": "indicator constraints (section INDICATORS)",
     "GENCONS": "general constraints (section GENCONS)",
-    "PWLOBJ": "a piecewise-linear objective (section PWLOBJ)",
+    "PWLOBJ": "piecewise-linear objectives (section PWLOBJ)",
     "CSECTION": "cone constraints (section CSECTION)",
 }
 # Per quadratic section: the multiplier of an entry (i, j, v) into the coefficient of the product
@@ -530,7 +531,7 @@ def _read_mps(text: str) -> Model:
             head = raw.split()
             section = head[0].upper().rstrip(":")
             if section in _MPS_REFUSED:
-                raise ModelReadError(f"{_MPS_REFUSED[section]} are not supported (SCIP cannot take them as this evaluator builds models)", lineno)
+                raise ModelReadError(f"{_MPS_REFUSED[section]} are not supported; write them with linear constraints and integer variables", lineno)
             if section not in _MPS_SECTIONS:
                 raise ModelReadError(f"unknown MPS section {head[0]!r}", lineno)
             if section.startswith("OBJSENS") and len(head) > 1:
