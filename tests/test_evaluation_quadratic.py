@@ -343,3 +343,13 @@ def test_rank_correlation_with_exact_graph_edit_distance_on_quadratic_pairs():
     print(f"\nSpearman rho (ours vs exact normalized GED, 24 quadratic pairs): {rho:.3f}; "
           f"mean |ours - exact| = {sum(abs(o - e) for o, e in zip(ours, exact)) / len(ours):.4f}")
     assert rho >= 0.85
+
+
+def test_mps_files_of_different_writers_are_the_same_graph(tmp_path):
+    """gurobipy's and COPT's MPS files and CPLEX's manual form: distance 0 (their LP files write the
+    objective constant as a fixed variable, so those differ by that variable)."""
+    gurobi = read_model(written(write_gurobi, "mps", tmp_path))
+    copt = read_model(written(write_copt, "mps", tmp_path))
+    cplex = read_model(CPLEX_MPS)
+    assert graph_distance(gurobi, copt) == 0.0 and graph_distance(gurobi, cplex) == 0.0
+    assert equivalent(gurobi, copt) and equivalent(copt, cplex)
