@@ -13,7 +13,7 @@ import pytest
 from app.cli import main
 from app.data.code_answers import CODE_FORMATS, code_answer, render_code
 from app.data.formats import Problem
-from app.data.prompts import INSTRUCTION, build_messages, code_instruction, instruction_text
+from app.data.prompts import INSTRUCTION, answer_text, build_messages, code_instruction, instruction_text, sft_target
 from app.data.synthetic import FAMILIES, code_demonstrations, generate, imperfect_teacher
 from app.errors import UserError
 from app.evaluation.capture import run_captured
@@ -76,10 +76,53 @@ def test_programs_loop_over_data_with_the_librarys_sums():
         for snippet in snippets:
             assert snippet in code, (library, snippet)
     assert code_answer(lp, "pulp").startswith("```python\nimport pulp\n") and code_answer(lp, "pulp").endswith("\n```")
-    with pytest.raises(ValueError, match="bounds 0..inf"):
-        render_code("minimize\n obj: x\nsubject to\n c: x >= 1\nbounds\n x <= 4\nend\n", "gurobipy")
+    with pytest.raises(ValueError, match="linear models"):
+        render_code("minimize\n obj: x + [ x ^ 2 ] / 2\nsubject to\n c: x >= 1\nend\n", "gurobipy")
     with pytest.raises(ValueError, match="unknown code format"):
         render_code(lp, "cplex")
+
+
+GENERAL_LP = """maximize
+ obj: 3 x + 2 y - 1.5 z + 0.1 w + 7
+subject to
+ a: x + y + z <= 10
+ b: x - y >= -2
+ c: y + w = 4
+ d: -3 <= x - w <= 5
+bounds
+ -2 <= x <= 6
+ y free
+ w <= 3
+general
+ x
+binary
+ z
+end
+"""
+
+
+def test_mixed_types_bounds_and_a_constant_in_every_library(tmp_path):
+    """Models beyond the synthetic families' shape get per-item lower/upper/vtype dicts."""
+    programs = [render_code(GENERAL_LP, library) for library in CODE_FORMATS]
+    assert all("lower = {" in p and "vtype = {" in p for p in programs)
+    reference = read_model(GENERAL_LP)
+    want = solve_model(reference, SolverLimits())
+    assert want.objective == pytest.approx(31.1)
+    for library, outcome in zip(CODE_FORMATS, capture_all(programs, tmp_path)):
+        assert outcome.status == "captured", (library, outcome.reason)
+        captured = read_model(outcome.model_text)
+        assert graph_distance(captured, reference) == 0.0, library
+        assert solve_model(captured, SolverLimits()).objective == pytest.approx(want.objective, abs=1e-9), library
+
+
+def test_sft_target_follows_the_code_preset():
+    problem = Problem(id="p7", question="q", answer="12", reference_model=GENERAL_LP)
+    assert sft_target(problem) == answer_text(problem) and answer_text(problem).startswith("```lp\n")
+    assert sft_target(problem, "pyomo") == code_answer(GENERAL_LP, "pyomo")
+    assert sft_target(Problem(id="p8", question="q", answer="1", demonstration="mine"), "pyomo") == "mine"
+    quadratic = Problem(id="p9", question="q", answer="1", reference_model="minimize\n obj: [ x ^ 2 ] / 2\nsubject to\n c: x >= 1\nend\n")
+    with pytest.raises(ValueError, match="problem p9: its reference model cannot be written as pulp code"):
+        sft_target(quadratic, "pulp")
 
 
 def test_code_demonstrations_and_the_teacher_in_code(items):

@@ -1,150 +1,176 @@
 """Reference answers as solver-library code, so SFT can teach the code answers the field writes.
 
-`render_code` turns a model (as the synthetic families build it: one variable type, bounds
-0..inf or binary) into an idiomatic program for one library: the data as dicts, the variables
-over the index list, the objective and each group of constraints as a loop with the library's
-sum (quicksum, lpSum, tupledict.prod, pyomo rules), then the library's solve call. The numbers
-are written exactly (integers without '.0', other floats as repr), so the captured model is the
-reference model: graph distance 0, same optimum.
+`render_code` turns a linear model into an idiomatic program for one library: the data as dicts,
+the variables over the index list, the objective and each group of constraints as a loop with
+the library's sum (tupledict.prod, quicksum, lpSum, pyomo rules), then the library's solve call.
+A model whose variables share one type and the default bounds (the synthetic families') gets
+the short form; any other gets per-item `lower`, `upper` and `vtype` dicts. The numbers are
+written exactly (integers without '.0', other floats as repr), so the captured model is the
+model given: graph distance 0, same optimum.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from app.evaluation.model import Model
 
-INF = math.inf
-
 CODE_FORMATS = ("pyscipopt", "gurobipy", "coptpy", "pyomo", "pulp")
 ANSWER_FORMATS = ("lp", *CODE_FORMATS)
 
 _GROUPS = (("<=", "limits"), (">=", "requirements"), ("=", "exact"))
-_SENSE_WORD = {"<=": "<=", ">=": ">=", "=": "=="}
+_OP = {"<=": "<=", ">=": ">=", "=": "=="}
+
+
+@dataclass(frozen=True)
+class _Library:
+    """How one library spells what a program needs."""
+
+    imports: list[str]
+    vtypes: dict[str, str]  # 'C' | 'I' | 'B' -> the library's type
+    infinity: tuple[str, str]  # how a missing lower and upper bound are written
+    senses: dict[str, str]  # 'min' | 'max' -> the library's sense
+    create: list[str]  # lines that make the model (`{name}`, `{sense}`)
+    uniform_vars: str  # one type, default bounds (`{vtype}`)
+    general_vars: str  # per-item lower, upper, vtype dicts
+    objective: str  # `{weight}`, `{constant}`, `{sense}`
+    row: str  # inside `for name, (coefs, rhs) in group.items():` (`{op}`)
+    solve: list[str]
+
+
+_LIBRARIES = {
+    "gurobipy": _Library(
+        ["import gurobipy as gp", "from gurobipy import GRB"],
+        {"C": "GRB.CONTINUOUS", "I": "GRB.INTEGER", "B": "GRB.BINARY"}, ("-GRB.INFINITY", "GRB.INFINITY"),
+        {"min": "GRB.MINIMIZE", "max": "GRB.MAXIMIZE"},
+        ["m = gp.Model({name!r})"],
+        'x = m.addVars(items, vtype={vtype}, name="x")',
+        'x = m.addVars(items, lb=lower, ub=upper, vtype=vtype, name="x")',
+        "m.setObjective(x.prod({weight}){constant}, {sense})",
+        "m.addConstr(x.prod(coefs) {op} rhs, name=name)",
+        ["m.optimize()", "", "if m.Status == GRB.OPTIMAL:", '    print("Optimal value:", m.ObjVal)']),
+    "coptpy": _Library(
+        ["import coptpy as cp", "from coptpy import COPT"],
+        {"C": "COPT.CONTINUOUS", "I": "COPT.INTEGER", "B": "COPT.BINARY"}, ("-COPT.INFINITY", "COPT.INFINITY"),
+        {"min": "COPT.MINIMIZE", "max": "COPT.MAXIMIZE"},
+        ["env = cp.Envr()", "m = env.createModel({name!r})"],
+        'x = m.addVars(items, vtype={vtype}, nameprefix="x")',
+        "x = {{i: m.addVar(lb=lower[i], ub=upper[i], vtype=vtype[i], name=i) for i in items}}",
+        "m.setObjective(cp.quicksum({weight}[i] * x[i] for i in items){constant}, {sense})",
+        "m.addConstr(cp.quicksum(c * x[i] for i, c in coefs.items()) {op} rhs, name=name)",
+        ["m.solve()", "", "if m.status == COPT.OPTIMAL:", '    print("Optimal value:", m.objval)']),
+    "pyscipopt": _Library(
+        ["from pyscipopt import Model, quicksum"],
+        {"C": "'C'", "I": "'I'", "B": "'B'"}, ("None", "None"), {"min": "'minimize'", "max": "'maximize'"},
+        ["m = Model({name!r})"],
+        "x = {{i: m.addVar(name=i, vtype={vtype}) for i in items}}",
+        "x = {{i: m.addVar(name=i, vtype=vtype[i], lb=lower[i], ub=upper[i]) for i in items}}",
+        "m.setObjective(quicksum({weight}[i] * x[i] for i in items){constant}, {sense})",
+        "m.addCons(quicksum(c * x[i] for i, c in coefs.items()) {op} rhs, name=name)",
+        ["m.optimize()", "", 'if m.getStatus() == "optimal":', '    print("Optimal value:", m.getObjVal())']),
+    "pulp": _Library(
+        ["import pulp"],
+        {"C": "'Continuous'", "I": "'Integer'", "B": "'Binary'"}, ("None", "None"),
+        {"min": "pulp.LpMinimize", "max": "pulp.LpMaximize"},
+        ["prob = pulp.LpProblem({name!r}, {sense})"],
+        'x = pulp.LpVariable.dicts("x", items, lowBound=0, cat={vtype})',
+        'x = {{i: pulp.LpVariable(f"x_{{i}}", lower[i], upper[i], cat=vtype[i]) for i in items}}',
+        "prob += pulp.lpSum({weight}[i] * x[i] for i in items){constant}",
+        "prob += pulp.lpSum(c * x[i] for i, c in coefs.items()) {op} rhs, name",
+        ["prob.solve(pulp.PULP_CBC_CMD(msg=False))", "", 'print("Status:", pulp.LpStatus[prob.status])',
+         'print("Optimal value:", pulp.value(prob.objective))']),
+    "pyomo": _Library(
+        ["import pyomo.environ as pyo"],
+        {"C": "pyo.Reals", "I": "pyo.Integers", "B": "pyo.Binary"}, ("None", "None"),
+        {"min": "pyo.minimize", "max": "pyo.maximize"},
+        ["m = pyo.ConcreteModel({name!r})", "m.I = pyo.Set(initialize=items)",
+         "m.unit_{weight} = pyo.Param(m.I, initialize={weight})"],
+        "m.x = pyo.Var(m.I, domain={vtype})",
+        "m.x = pyo.Var(m.I, domain=lambda m, i: vtype[i], bounds=lambda m, i: (lower[i], upper[i]))",
+        "m.obj = pyo.Objective(expr=sum(m.unit_{weight}[i] * m.x[i] for i in m.I){constant}, sense={sense})",
+        "",  # rule constraints, written by _rows
+        ["", 'result = pyo.SolverFactory("glpk").solve(m)', 'print("Optimal value:", pyo.value(m.obj))']),
+}
+_PYOMO_UNIFORM = {"C": "pyo.NonNegativeReals", "I": "pyo.NonNegativeIntegers", "B": "pyo.Binary"}
 
 
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))
 
 
-def _dict(d: dict[str, float]) -> str:
-    return "{" + ", ".join(f"{k!r}: {_num(v)}" for k, v in d.items()) + "}"
+def _dict(d: dict[str, str]) -> str:
+    """A dict literal of already-written values."""
+    return "{" + ", ".join(f"{k!r}: {v}" for k, v in d.items()) + "}"
 
 
-def _data(model: Model) -> tuple[list[str], str, list[tuple[str, str]]]:
-    """Python lines stating the data; the objective dict's name; (sense, group name) of the
-    constraint groups present."""
+def _numbers(d: dict[str, float]) -> str:
+    return _dict({k: _num(v) for k, v in d.items()})
+
+
+def _uniform(model: Model) -> str | None:
+    """The one variable type when every variable has it with its default bounds, else None."""
     vtypes = {v.vtype for v in model.variables}
     if len(vtypes) != 1:
-        raise ValueError(f"render_code needs one variable type, got {sorted(vtypes)}")
-    for v in model.variables:
-        if (v.lb, v.ub) != ((0.0, 1.0) if v.vtype == "B" else (0.0, INF)):
-            raise ValueError(f"render_code writes variables with bounds 0..inf or binaries; {v.name!r} has [{v.lb}, {v.ub}]")
+        return None
+    vtype = vtypes.pop()
+    default = (0.0, 1.0) if vtype == "B" else (0.0, math.inf)
+    return vtype if all((v.lb, v.ub) == default for v in model.variables) else None
+
+
+def _lines(model: Model, lib: _Library, library: str, name: str) -> list[str]:
     weight = "value" if model.sense == "max" else "cost"
-    lines = [f"items = {[v.name for v in model.variables]!r}",
-             f"{weight} = {_dict({v.name: v.obj for v in model.variables})}"]
-    groups = []
-    for sense, group in _GROUPS:
-        rows = [c for c in model.constraints if c.sense == sense]
-        if rows:
-            groups.append((sense, group))
-            lines.append(f"{group} = {{  # name: ({{item: coefficient}}, right-hand side), every row {sense} its right-hand side")
-            lines += [f"    {c.name!r}: ({_dict(c.coefs)}, {_num(c.rhs)})," for c in rows]
-            lines.append("}")
-    return lines, weight, groups
+    uniform = _uniform(model)
+    data = [f"items = {[v.name for v in model.variables]!r}", f"{weight} = {_numbers({v.name: v.obj for v in model.variables})}"]
+    if uniform is None:
+        low, high = lib.infinity
+        data += [f"lower = {_dict({v.name: low if v.lb == -math.inf else _num(v.lb) for v in model.variables})}",
+                 f"upper = {_dict({v.name: high if v.ub == math.inf else _num(v.ub) for v in model.variables})}",
+                 f"vtype = {_dict({v.name: lib.vtypes[v.vtype] for v in model.variables})}"]
+    groups = [(op, group, [c for c in model.constraints if c.sense == op]) for op, group in _GROUPS]
+    groups = [g for g in groups if g[2]]
+    for op, group, rows in groups:
+        data.append(f"{group} = {{  # name: ({{item: coefficient}}, right-hand side), every row {op} its right-hand side")
+        data += [f"    {c.name!r}: ({_numbers(c.coefs)}, {_num(c.rhs)})," for c in rows]
+        data.append("}")
 
-
-def _constant(model: Model) -> str:
     c = model.obj_constant
-    return "" if c == 0.0 else f" {'-' if c < 0 else '+'} {_num(abs(c))}"
-
-
-def _gurobipy(model: Model, name: str) -> list[str]:
-    data, weight, groups = _data(model)
-    vtype = {"C": "GRB.CONTINUOUS", "I": "GRB.INTEGER", "B": "GRB.BINARY"}[model.variables[0].vtype]
-    sense = "GRB.MAXIMIZE" if model.sense == "max" else "GRB.MINIMIZE"
-    lines = ["import gurobipy as gp", "from gurobipy import GRB", "", *data, "",
-             f"m = gp.Model({name!r})", f"x = m.addVars(items, vtype={vtype}, name=\"x\")",
-             f"m.setObjective(x.prod({weight}){_constant(model)}, {sense})"]
-    for op, group in groups:
-        lines += [f"for name, (coefs, rhs) in {group}.items():",
-                  f"    m.addConstr(x.prod(coefs) {_SENSE_WORD[op]} rhs, name=name)"]
-    return lines + ["m.optimize()", "", "if m.Status == GRB.OPTIMAL:", "    print(\"Optimal value:\", m.ObjVal)"]
-
-
-def _coptpy(model: Model, name: str) -> list[str]:
-    data, weight, groups = _data(model)
-    vtype = {"C": "COPT.CONTINUOUS", "I": "COPT.INTEGER", "B": "COPT.BINARY"}[model.variables[0].vtype]
-    sense = "COPT.MAXIMIZE" if model.sense == "max" else "COPT.MINIMIZE"
-    lines = ["import coptpy as cp", "from coptpy import COPT", "", *data, "",
-             "env = cp.Envr()", f"m = env.createModel({name!r})", f"x = m.addVars(items, vtype={vtype}, nameprefix=\"x\")",
-             f"m.setObjective(cp.quicksum({weight}[i] * x[i] for i in items){_constant(model)}, {sense})"]
-    for op, group in groups:
-        lines += [f"for name, (coefs, rhs) in {group}.items():",
-                  f"    m.addConstr(cp.quicksum(c * x[i] for i, c in coefs.items()) {_SENSE_WORD[op]} rhs, name=name)"]
-    return lines + ["m.solve()", "", "if m.status == COPT.OPTIMAL:", "    print(\"Optimal value:\", m.objval)"]
-
-
-def _pyscipopt(model: Model, name: str) -> list[str]:
-    data, weight, groups = _data(model)
-    vtype = model.variables[0].vtype
-    sense = "maximize" if model.sense == "max" else "minimize"
-    lines = ["from pyscipopt import Model, quicksum", "", *data, "",
-             f"m = Model({name!r})", f"x = {{i: m.addVar(name=i, vtype={vtype!r}) for i in items}}",
-             f"m.setObjective(quicksum({weight}[i] * x[i] for i in items){_constant(model)}, {sense!r})"]
-    for op, group in groups:
-        lines += [f"for name, (coefs, rhs) in {group}.items():",
-                  f"    m.addCons(quicksum(c * x[i] for i, c in coefs.items()) {_SENSE_WORD[op]} rhs, name=name)"]
-    return lines + ["m.optimize()", "", "if m.getStatus() == \"optimal\":", "    print(\"Optimal value:\", m.getObjVal())"]
-
-
-def _pulp(model: Model, name: str) -> list[str]:
-    data, weight, groups = _data(model)
-    cat = {"C": "Continuous", "I": "Integer", "B": "Binary"}[model.variables[0].vtype]
-    sense = "pulp.LpMaximize" if model.sense == "max" else "pulp.LpMinimize"
-    lines = ["import pulp", "", *data, "",
-             f"prob = pulp.LpProblem({name!r}, {sense})",
-             f"x = pulp.LpVariable.dicts(\"x\", items, lowBound=0, cat={cat!r})",
-             f"prob += pulp.lpSum({weight}[i] * x[i] for i in items){_constant(model)}"]
-    for op, group in groups:
-        lines += [f"for name, (coefs, rhs) in {group}.items():",
-                  f"    prob += pulp.lpSum(c * x[i] for i, c in coefs.items()) {_SENSE_WORD[op]} rhs, name"]
-    return lines + ["prob.solve(pulp.PULP_CBC_CMD(msg=False))", "",
-                    "print(\"Status:\", pulp.LpStatus[prob.status])", "print(\"Optimal value:\", pulp.value(prob.objective))"]
-
-
-def _pyomo(model: Model, name: str) -> list[str]:
-    data, weight, groups = _data(model)
-    domain = {"C": "pyo.NonNegativeReals", "I": "pyo.NonNegativeIntegers", "B": "pyo.Binary"}[model.variables[0].vtype]
-    sense = "pyo.maximize" if model.sense == "max" else "pyo.minimize"
-    lines = ["import pyomo.environ as pyo", "", *data, "",
-             f"m = pyo.ConcreteModel({name!r})", "m.I = pyo.Set(initialize=items)",
-             f"m.unit_{weight} = pyo.Param(m.I, initialize={weight})", f"m.x = pyo.Var(m.I, domain={domain})",
-             f"m.obj = pyo.Objective(expr=sum(m.unit_{weight}[i] * m.x[i] for i in m.I){_constant(model)}, sense={sense})"]
-    for op, group in groups:
-        lines += ["", f"def {group}_rule(m, name):", f"    coefs, rhs = {group}[name]",
-                  f"    return sum(c * m.x[i] for i, c in coefs.items()) {_SENSE_WORD[op]} rhs", "",
-                  f"m.{group} = pyo.Constraint(list({group}), rule={group}_rule)"]
-    return lines + ["", "result = pyo.SolverFactory(\"glpk\").solve(m)",
-                    "print(\"Optimal value:\", pyo.value(m.obj))"]
-
-
-_RENDER = {"gurobipy": _gurobipy, "coptpy": _coptpy, "pyscipopt": _pyscipopt, "pulp": _pulp, "pyomo": _pyomo}
+    fill = {"name": name, "sense": lib.senses[model.sense], "weight": weight,
+            "constant": "" if c == 0.0 else f" {'-' if c < 0 else '+'} {_num(abs(c))}"}
+    if uniform is None:
+        variables = lib.general_vars.format(**fill)
+    else:
+        vtype = _PYOMO_UNIFORM[uniform] if library == "pyomo" else lib.vtypes[uniform]
+        variables = lib.uniform_vars.format(vtype=vtype, **fill)
+    lines = [*lib.imports, "", *data, "", *(line.format(**fill) for line in lib.create), variables,
+             lib.objective.format(**fill)]
+    for op, group, _ in groups:
+        if library == "pyomo":
+            lines += ["", f"def {group}_rule(m, name):", f"    coefs, rhs = {group}[name]",
+                      f"    return sum(c * m.x[i] for i, c in coefs.items()) {_OP[op]} rhs", "",
+                      f"m.{group} = pyo.Constraint(list({group}), rule={group}_rule)"]
+        else:
+            lines += [f"for name, (coefs, rhs) in {group}.items():", "    " + lib.row.format(op=_OP[op])]
+    return lines + lib.solve
 
 
 def render_code(model: Model | str, library: str, name: str = "model") -> str:
-    """The program that builds `model` (a Model or LP text) with `library` and solves it."""
-    if library not in _RENDER:
+    """The program that builds `model` (a linear Model or LP text) with `library` and solves it."""
+    if library not in _LIBRARIES:
         raise ValueError(f"unknown code format {library!r}; choose from {', '.join(CODE_FORMATS)}")
     if isinstance(model, str):
         from app.evaluation.model import read_model  # the evaluation package loads numpy and networkx
 
         model = read_model(model)
+    if getattr(model, "quad_obj", None) or any(getattr(c, "quad", None) for c in model.constraints):
+        raise ValueError("render_code writes linear models; this one has quadratic terms")
+    if not model.variables:
+        raise ValueError("render_code needs a model with variables")
     if any(not math.isfinite(v.obj) for v in model.variables):
         raise ValueError("render_code needs finite objective coefficients")
-    return "\n".join(_RENDER[library](model, name)) + "\n"
+    return "\n".join(_lines(model, _LIBRARIES[library], library, name)) + "\n"
 
 
 def code_answer(model: Model | str, library: str, name: str = "model") -> str:

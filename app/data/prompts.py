@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from app.data.code_answers import CODE_FORMATS, render_code
+from app.data.code_answers import CODE_FORMATS, code_answer, render_code
 from app.data.formats import Problem
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -100,10 +100,17 @@ def format_number(x: float, places: int = 4) -> str:
     return f"{r:.{places}f}".rstrip("0").rstrip(".")
 
 
-def answer_text(problem) -> str:
-    """The answer the instruction asks for, built from the reference (the SFT target)."""
+def answer_text(problem, instruction: str | None = None) -> str:
+    """The answer the instruction asks for, built from the reference (the SFT target): an LP, or
+    for a code preset (`data.instruction: gurobipy`) the reference as a program in that library."""
     if not problem.reference_model:
         raise ValueError(f"problem {problem.id} has no reference_model to build an answer from")
+    if instruction in CODE_FORMATS:
+        try:
+            return code_answer(problem.reference_model, instruction)
+        except ValueError as err:
+            raise ValueError(f"problem {problem.id}: its reference model cannot be written as {instruction} code "
+                             f"({err}); give it a demonstration") from None
     return lp_answer(problem.reference_model, problem.answer)
 
 
@@ -117,7 +124,8 @@ def lp_answer(model: str, value) -> str:
     return f"```lp\n{model.rstrip()}\n```\nOptimal value: {value}"
 
 
-def sft_target(problem) -> str:
+def sft_target(problem, instruction: str | None = None) -> str:
     """What SFT imitates: the dataset's demonstration when it has one (a teacher's answer, which
-    may be wrong where the reference is right), else the reference answer."""
-    return problem.demonstration or answer_text(problem)
+    may be wrong where the reference is right), else the reference answer in the form
+    `instruction` asks for."""
+    return problem.demonstration or answer_text(problem, instruction)

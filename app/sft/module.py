@@ -1,7 +1,8 @@
 """SFTModule: supervised warm start (RLHF step 1) on question -> demonstrated answer pairs.
 
 The target is the answer the PPO instruction asks for (a model in a ```lp block, then the
-optimal value), so the SFT policy starts PPO already speaking the expected format: the record's
+optimal value; with a code preset such as `data.instruction: gurobipy`, the model as a program in
+that library), so the SFT policy starts PPO already speaking the expected format: the record's
 `demonstration` when it has one (a teacher's answer, errors included), else the reference.
 Loss: token cross-entropy on the answer tokens only (prompt and padding are ignored). With
 `data.val`, the same loss and token accuracy on held-out problems every `trainer.val_every` steps
@@ -66,7 +67,7 @@ class SFTModule(pl.LightningModule):
         eos = self.chat.stop_token_ids[0]
         for problem in problems:
             prompt = self.chat.encode_prompt(self.tokenizer, self._messages(problem))
-            target = self.tokenizer.encode(sft_target(problem), add_special_tokens=False) + [eos]
+            target = self.tokenizer.encode(sft_target(problem, self.cfg.data.instruction), add_special_tokens=False) + [eos]
             if len(prompt) + len(target) > self.cfg.sft.max_length:
                 self.skipped_long += 1
                 print(f"problem {problem.id}: {len(prompt) + len(target)} tokens > sft.max_length="  # every rank its own
