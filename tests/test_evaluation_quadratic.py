@@ -353,3 +353,84 @@ def test_mps_files_of_different_writers_are_the_same_graph(tmp_path):
     cplex = read_model(CPLEX_MPS)
     assert graph_distance(gurobi, copt) == 0.0 and graph_distance(gurobi, cplex) == 0.0
     assert equivalent(gurobi, copt) and equivalent(copt, cplex)
+
+
+# ----------------------------------------------------------------------------- code answers
+
+CODE = {
+    "gurobipy": """
+import gurobipy as gp
+m = gp.Model()
+x = m.addVar(lb=-5, ub=5, name="x")
+y = m.addVar(lb=-5, ub=5, vtype=gp.GRB.INTEGER, name="y")
+m.addConstr(x + y >= 1, name="l")
+m.addQConstr(x * x + 2 * x * y + y * y <= 4, name="q")
+m.setObjective(x * x - 3 * x * y + y + 2, gp.GRB.MINIMIZE)
+m.optimize()
+""",
+    "coptpy": """
+import coptpy as cp
+env = cp.Envr()
+m = env.createModel("t")
+x = m.addVar(lb=-5, ub=5, name="x")
+y = m.addVar(lb=-5, ub=5, vtype=cp.COPT.INTEGER, name="y")
+m.addConstr(x + y >= 1, name="l")
+m.addQConstr(x * x + 2 * x * y + y * y <= 4, name="q")
+m.setObjective(x * x - 3 * x * y + y + 2, cp.COPT.MINIMIZE)
+m.solve()
+""",
+    "pyomo": """
+import pyomo.environ as pe
+m = pe.ConcreteModel()
+m.x = pe.Var(bounds=(-5, 5))
+m.y = pe.Var(bounds=(-5, 5), domain=pe.Integers)
+m.l = pe.Constraint(expr=m.x + m.y >= 1)
+m.q = pe.Constraint(expr=(m.x + m.y) ** 2 <= 4)
+m.o = pe.Objective(expr=m.x ** 2 - 3 * m.x * m.y + m.y + 2)
+pe.SolverFactory("scip").solve(m)
+""",
+}
+
+
+def _capture_in_child(conn, programs, workdir):
+    from app.evaluation.capture import run_captured
+
+    conn.send([run_captured(code, workdir) for code in programs])
+    conn.close()
+
+
+def capture(programs: list[str], workdir) -> list:
+    """Capture each program's model at its solve call, in a forked child (hooks stay out of this process)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_capture_in_child, args=(child, programs, str(workdir)))
+    proc.start()
+    child.close()
+    outcomes = parent.recv()
+    proc.join(60)
+    return outcomes
+
+
+def test_quadratic_code_models_are_read_and_solved(tmp_path):
+    outcomes = capture(list(CODE.values()), tmp_path)
+    models = {}
+    for library, outcome in zip(CODE, outcomes):
+        assert outcome.status == "captured", (library, outcome.reason)
+        models[library] = m = read_model(outcome.model_text, outcome.fmt)
+        assert m.is_quadratic and m.quad_obj == {("x", "x"): 1.0, ("x", "y"): -3.0}, library
+        r = solve_model(m, SolverLimits())
+        assert r.status == "optimal" and r.objective == pytest.approx(OPTIMUM, abs=1e-6), library
+    assert graph_distance(models["gurobipy"], models["coptpy"]) == 0.0
+
+
+def test_a_code_model_that_only_restates_a_number(tmp_path):
+    from app.evaluation.reward import restates_a_number
+
+    code = "import gurobipy as gp\nm = gp.Model()\nx = m.addVar(ub=3, name='x')\nm.addConstr(x <= 2)\nm.setObjective(11, gp.GRB.MAXIMIZE)\nm.optimize()\n"
+    (outcome,) = capture([code], tmp_path)
+    m = read_model(outcome.model_text, outcome.fmt)
+    assert m.objective_is_constant and solve_model(m, SolverLimits()).objective == pytest.approx(11.0)
+    assert "only restates a number" in restates_a_number(m, None)
+    assert restates_a_number(m, read_model("max 5\nst\n c: y <= 1\nend")) == ""  # the reference restates one too

@@ -189,3 +189,14 @@ def test_a_constant_term_beside_variable_terms_is_fine():
     assert r.matched and r.reward == 1.0
     quadratic_only = score_answer("```lp\nmax [ 2 x * y ] / 2\nst\n c: x + y <= 4\nend\n```", Reference(4.0), cfg())
     assert quadratic_only.matched  # a quadratic term is a variable term
+
+
+@pytest.mark.slow
+def test_a_code_answer_that_only_restates_the_optimum():
+    """Through the real sandbox: the captured model's objective is a constant."""
+    code = "import gurobipy as gp\nm = gp.Model()\nx = m.addVar(ub=3, name='x')\nm.addConstr(x <= 2)\nm.setObjective(11, gp.GRB.MAXIMIZE)\nm.optimize()\n"
+    r = score_answer(f"```python\n{code}```", Reference(11.0), cfg())
+    assert (r.status, r.objective, r.matched) == ("optimal", pytest.approx(11.0), False)
+    assert r.breakdown == {"format": 1.0, "solved": 1.0, "answer": 0.0} and "only restates a number" in r.reason
+    derived = score_answer(f"```python\n{code.replace('setObjective(11,', 'setObjective(x + 9,')}```", Reference(11.0), cfg())
+    assert derived.matched and derived.reward == 1.0
