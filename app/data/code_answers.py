@@ -2,7 +2,8 @@
 
 `render_code` turns a linear model into an idiomatic program for one library: the data as dicts,
 the variables over the index list, the objective and each group of constraints as a loop with
-the library's sum (tupledict.prod, quicksum, lpSum, pyomo rules), then the library's solve call.
+the library's sum (tupledict.prod, quicksum, lpSum, pyomo rules), then the library's solve call;
+for scipy, the arrays of `linprog` filled by the same loops.
 A model whose variables share one type and the default bounds (the synthetic families') gets
 the short form; any other gets per-item `lower`, `upper` and `vtype` dicts. The numbers are
 written exactly (integers without '.0', other floats as repr), so the captured model is the
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from app.evaluation.model import Model
 
-CODE_FORMATS = ("pyscipopt", "gurobipy", "coptpy", "pyomo", "pulp")
+CODE_FORMATS = ("pyscipopt", "gurobipy", "coptpy", "pyomo", "pulp", "scipy")
 ANSWER_FORMATS = ("lp", *CODE_FORMATS)
 
 _GROUPS = (("<=", "limits"), (">=", "requirements"), ("=", "exact"))
@@ -120,22 +121,31 @@ def _uniform(model: Model) -> str | None:
     return vtype if all((v.lb, v.ub) == default for v in model.variables) else None
 
 
-def _lines(model: Model, lib: _Library, library: str, name: str) -> list[str]:
+def _data(model: Model, infinity: tuple[str, str], vtypes: dict[str, str]) -> tuple[list[str], str, list, str | None]:
+    """Python lines stating the model's data, the objective dict's name, the constraint groups
+    present as (sense, group name), and the variables' one type (None: per-item dicts written)."""
     weight = "value" if model.sense == "max" else "cost"
     uniform = _uniform(model)
     data = [f"items = {[v.name for v in model.variables]!r}", f"{weight} = {_numbers({v.name: v.obj for v in model.variables})}"]
     if uniform is None:
-        low, high = lib.infinity
+        low, high = infinity
         data += [f"lower = {_dict({v.name: low if v.lb == -math.inf else _num(v.lb) for v in model.variables})}",
                  f"upper = {_dict({v.name: high if v.ub == math.inf else _num(v.ub) for v in model.variables})}",
-                 f"vtype = {_dict({v.name: lib.vtypes[v.vtype] for v in model.variables})}"]
-    groups = [(op, group, [c for c in model.constraints if c.sense == op]) for op, group in _GROUPS]
-    groups = [g for g in groups if g[2]]
-    for op, group, rows in groups:
-        data.append(f"{group} = {{  # name: ({{item: coefficient}}, right-hand side), every row {op} its right-hand side")
-        data += [f"    {c.name!r}: ({_numbers(c.coefs)}, {_num(c.rhs)})," for c in rows]
-        data.append("}")
+                 f"vtype = {_dict({v.name: vtypes[v.vtype] for v in model.variables})}"]
+    groups = []
+    for op, group in _GROUPS:
+        rows = [c for c in model.constraints if c.sense == op]
+        if rows:
+            groups.append((op, group))
+            data.append(f"{group} = {{  # name: ({{item: coefficient}}, right-hand side), every row {op} its right-hand side")
+            data += [f"    {c.name!r}: ({_numbers(c.coefs)}, {_num(c.rhs)})," for c in rows]
+            data.append("}")
+    return data, weight, groups, uniform
 
+
+def _lines(model: Model, library: str, name: str) -> list[str]:
+    lib = _LIBRARIES[library]
+    data, weight, groups, uniform = _data(model, lib.infinity, lib.vtypes)
     c = model.obj_constant
     fill = {"name": name, "sense": lib.senses[model.sense], "weight": weight,
             "constant": "" if c == 0.0 else f" {'-' if c < 0 else '+'} {_num(abs(c))}"}
@@ -146,7 +156,7 @@ def _lines(model: Model, lib: _Library, library: str, name: str) -> list[str]:
         variables = lib.uniform_vars.format(vtype=vtype, **fill)
     lines = [*lib.imports, "", *data, "", *(line.format(**fill) for line in lib.create), variables,
              lib.objective.format(**fill)]
-    for op, group, _ in groups:
+    for op, group in groups:
         if library == "pyomo":
             lines += ["", f"def {group}_rule(m, name):", f"    coefs, rhs = {group}[name]",
                       f"    return sum(c * m.x[i] for i, c in coefs.items()) {_OP[op]} rhs", "",
@@ -156,9 +166,40 @@ def _lines(model: Model, lib: _Library, library: str, name: str) -> list[str]:
     return lines + lib.solve
 
 
+def _scipy_lines(model: Model) -> list[str]:
+    """linprog over arrays built from the data dicts: scipy only minimizes (a maximization
+    minimizes the negated objective and reports minus the minimum), a `>=` row is a `<=` row
+    negated, and an objective constant is added to the reported value (the scored model has none)."""
+    data, weight, groups, uniform = _data(model, ("None", "None"), {"C": "0", "I": "1", "B": "1"})
+    sign = "-" if model.sense == "max" else ""
+    lines = ["import numpy as np", "from scipy.optimize import linprog", "", *data, "",
+             *(["# scipy minimizes: maximize by minimizing the negated objective"] if sign else []),
+             f"c = np.array([{sign}{weight}[i] for i in items])"]
+    rows = {"<=": ("A_ub", "b_ub"), ">=": ("A_ub", "b_ub"), "=": ("A_eq", "b_eq")}
+    for matrix, rhs in dict.fromkeys(rows.values()):
+        if any(rows[op] == (matrix, rhs) for op, _ in groups):
+            lines.append(f"{matrix}, {rhs} = [], []")
+    for op, group in groups:
+        matrix, rhs = rows[op]
+        negate = "-" if op == ">=" else ""
+        lines += [f"for coefs, rhs in {group}.values():" + ("  # a >= row is a <= row negated" if negate else ""),
+                  f"    {matrix}.append([{negate}coefs.get(i, 0) for i in items])", f"    {rhs}.append({negate}rhs)"]
+    if uniform is None:
+        bounds, integrality = "[(lower[i], upper[i]) for i in items]", "[vtype[i] for i in items]"
+    else:
+        bounds = f"[({0}, {1 if uniform == 'B' else None})] * len(items)"
+        integrality = None if uniform == "C" else "[1] * len(items)"
+    args = ["c"] + [f"{name}={name}" for op, _ in groups for name in rows[op]]
+    args = list(dict.fromkeys(args)) + [f"bounds={bounds}"] + ([f"integrality={integrality}"] if integrality else [])
+    c = model.obj_constant
+    constant = "" if c == 0.0 else f" {'-' if c < 0 else '+'} {_num(abs(c))}"
+    return lines + [f"res = linprog({', '.join(args)})", "", "if res.status == 0:",
+                    f'    print("Optimal value:", {sign}res.fun{constant})']
+
+
 def render_code(model: Model | str, library: str, name: str = "model") -> str:
     """The program that builds `model` (a linear Model or LP text) with `library` and solves it."""
-    if library not in _LIBRARIES:
+    if library not in CODE_FORMATS:
         raise ValueError(f"unknown code format {library!r}; choose from {', '.join(CODE_FORMATS)}")
     if isinstance(model, str):
         from app.evaluation.model import read_model  # the evaluation package loads numpy and networkx
@@ -170,7 +211,8 @@ def render_code(model: Model | str, library: str, name: str = "model") -> str:
         raise ValueError("render_code needs a model with variables")
     if any(not math.isfinite(v.obj) for v in model.variables):
         raise ValueError("render_code needs finite objective coefficients")
-    return "\n".join(_lines(model, _LIBRARIES[library], library, name)) + "\n"
+    lines = _scipy_lines(model) if library == "scipy" else _lines(model, library, name)
+    return "\n".join(lines) + "\n"
 
 
 def code_answer(model: Model | str, library: str, name: str = "model") -> str:

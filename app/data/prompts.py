@@ -41,7 +41,8 @@ end
 Optimal value: 11"""
 
 _SOLVE_CALL = {"pyscipopt": "calls m.optimize()", "gurobipy": "calls m.optimize()", "coptpy": "calls m.solve()",
-               "pyomo": "solves it with pyo.SolverFactory(\"glpk\").solve(m)", "pulp": "calls prob.solve()"}
+               "pyomo": "solves it with pyo.SolverFactory(\"glpk\").solve(m)", "pulp": "calls prob.solve()",
+               "scipy": "solves it with scipy.optimize.linprog"}
 _EXAMPLE_LP = """maximize
  obj: 3 x + 2 y
 subject to
@@ -82,7 +83,7 @@ def build_messages(
 
     None means the defaults above; "" leaves the system turn (or the instruction) out, which a
     small model trained on this project's own data can afford (short prompts learn faster). An
-    instruction that is a preset name (lp, pyscipopt, gurobipy, coptpy, pyomo, pulp) is that preset.
+    instruction that is a preset name (lp, pyscipopt, gurobipy, coptpy, pyomo, pulp, scipy) is that preset.
     """
     system = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
     instruction = instruction_text(instruction)
