@@ -20,8 +20,9 @@ Isolation levels (`evaluation.sandbox`):
   network, a pids cgroup where the kernel offers one, and then drops every capability and sets
   no_new_privs.
 - 'audit': no namespaces; the runner gets its own process group and a private working
-  directory, and a Python audit hook refuses writes outside it, deletes and renames, sockets,
-  subprocesses, fork/exec, signals to other processes, ctypes, and /proc of other processes.
+  directory, and a Python audit hook refuses opening files outside what the 'namespaces' root
+  shows (and the work directory; writes only there), deletes and renames, sockets,
+  subprocesses, fork/exec, signals to other processes and ctypes.
 Both: resource limits (address space, CPU seconds, file size, open files, processes, no core
 dumps), a wall-clock deadline, capped stdout/stderr (discarded), a scrubbed environment.
 
@@ -46,6 +47,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
+from app.errors import UserError
 from app.evaluation.capture import CaptureOutcome
 from app.evaluation.config import CodeLimits, SolverLimits
 
@@ -55,8 +57,28 @@ _MAX_RESULT_BYTES = 64 << 20  # the runner's JSON result (the model text) is cut
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(UserError):
     """evaluation.sandbox: strict, and this machine cannot create the namespaces."""
+
+
+def _strict_message(problem: str) -> str:
+    return (f"evaluation.sandbox=strict, but this machine cannot create the sandbox's namespaces ({problem}); run "
+            "as root or where unprivileged user namespaces are allowed, or set evaluation.sandbox=auto")
+
+
+def check_level(level: str) -> None:
+    """Refuse a setting that cannot run here: an unknown level, or 'strict' without namespaces
+    (probed in a fresh interpreter, so a caller holding threads or a GPU is never forked)."""
+    if level not in LEVELS:
+        raise UserError(f"evaluation.sandbox='{level}' is not one of {', '.join(LEVELS)}")
+    if level != "strict":
+        return
+    probe = (f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
+             "from app.evaluation.sandbox import namespaces_unavailable; print(namespaces_unavailable() or '')")
+    done = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, env=_CLEAN_ENV, timeout=60)
+    problem = done.stdout.strip() or (None if done.returncode == 0 else f"probe failed: {done.stderr.strip()[-200:]}")
+    if problem:
+        raise SandboxUnavailable(_strict_message(problem))
 
 
 # ----------------------------------------------------------------------------- framing
@@ -218,17 +240,18 @@ def _audit_hook(workdir: str):
     """The 'audit' level's guard, installed in the runner just before the answer's code runs."""
     work = os.path.realpath(workdir)
     own_proc = (f"/proc/{os.getpid()}/", "/proc/self/", "/proc/thread-self/")
+    readable = tuple(os.path.realpath(p) for p in _exposed_paths()) + tuple(f"/dev/{name}" for name in _DEVICES)
     blocked_prefixes = ("socket.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn", "ctypes.", "pty.", "_posixsubprocess")
     blocked = {"os.system", "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.startfile", "signal.pthread_kill",
                "os.remove", "os.rmdir", "os.rename", "os.link", "os.symlink", "os.truncate", "os.chmod", "os.chown",
                "os.mkdir", "os.utime", "os.chroot", "shutil.rmtree", "os.setxattr", "os.removexattr", "mmap.__new__"}
 
-    def inside(path) -> bool:
+    def inside(path, places=(work,)) -> bool:
         if isinstance(path, int):
             return True
         path = os.fsdecode(path)
         full = os.path.realpath(path if os.path.isabs(path) else os.path.join(os.getcwd(), path))
-        return full == work or full.startswith(work + "/")
+        return any(full == p or full.startswith(p.rstrip("/") + "/") for p in places)
 
     def hook(event: str, args: tuple) -> None:
         if event == "open":
@@ -239,9 +262,9 @@ def _audit_hook(workdir: str):
                 else any(c in (mode or "") for c in "wax+")
             if writes and not inside(path):
                 raise PermissionError(f"sandbox: writing {os.fsdecode(path)} outside the work directory is not allowed")
-            real = os.path.realpath(os.fsdecode(path)) + "/"
-            if real.startswith("/proc/") and real.split("/")[2].isdigit() and not real.startswith(own_proc):
-                raise PermissionError("sandbox: other processes' /proc entries are not readable")
+            if not inside(path, (work, *readable, *own_proc)):
+                raise PermissionError(f"sandbox: reading {os.fsdecode(path)} is not allowed (only the Python installation, "
+                                      "system directories and the work directory are)")
         elif event in blocked or event.startswith(blocked_prefixes):
             if event in ("os.remove", "os.rmdir", "os.mkdir", "os.truncate", "os.utime", "os.chmod") and args and inside(args[0]):
                 return
@@ -609,6 +632,8 @@ def serve(settings: dict) -> None:
         while True:
             if spare is None:
                 spare = _fork_keeper(level, limits, solver_limits, base, stdin, stdout)
+            while (retired or cgroups) and not select.select([stdin], [], [], 0.1)[0]:  # tidy up while idle
+                cgroups = _remove_cgroups(cgroups + _reap(retired, root))
             request = _read_frame(stdin)
             if request is None:
                 break
@@ -616,12 +641,7 @@ def serve(settings: dict) -> None:
             _write_frame(stdout, reply)
             retired.append(spare.pid)
             spare = None
-            for pid in list(retired):
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    retired.remove(pid)
-                    if root is not None:
-                        cgroups.append(_cgroup_path(root, os.getpid(), pid))
-            cgroups = _remove_cgroups(cgroups)
+            cgroups = _remove_cgroups(cgroups + _reap(retired, root))
     finally:
         if spare is not None:
             os.close(spare.request_fd)  # end of input: it cleans up and exits
@@ -633,6 +653,14 @@ def serve(settings: dict) -> None:
                 cgroups.append(_cgroup_path(root, os.getpid(), pid))
         _remove_cgroups(cgroups, wait_s=3.0)
         _remove_tree(base)
+
+
+def _reap(retired: list[int], root: str | None) -> list[str]:
+    """Reap the keepers that have exited (removed from `retired`); their cgroups to remove."""
+    done = [pid for pid in retired if os.waitpid(pid, os.WNOHANG)[0] == pid]
+    for pid in done:
+        retired.remove(pid)
+    return [] if root is None else [_cgroup_path(root, os.getpid(), pid) for pid in done]
 
 
 def _run_on(spare: _Spare, request: dict, limits: CodeLimits) -> dict:
@@ -693,9 +721,7 @@ class Sandbox:
         self.level = hello["level"]
         if self.level_setting == "strict" and self.level != "namespaces":
             self._stop()
-            raise SandboxUnavailable(
-                f"evaluation.sandbox=strict, but namespaces are not available here ({hello['problem']}); "
-                "run as root or where unprivileged namespaces are allowed, or set evaluation.sandbox=auto")
+            raise SandboxUnavailable(_strict_message(hello["problem"]))
         if self.level == "audit" and self.level_setting == "auto" and not _warned:
             _warned = True
             print(f"sandbox: namespaces unavailable ({hello['problem']}); code answers run with resource limits and "
