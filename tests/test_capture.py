@@ -371,3 +371,44 @@ def test_idioms_through_the_real_sandbox(library, model, sandbox):
     outcome = sandbox.run(PROGRAMS[library, model])
     assert outcome.library == library
     assert_same_model(outcome, REFERENCES[model])
+
+
+QUADRATIC = {
+    "gurobipy": """
+import gurobipy as gp
+m = gp.Model()
+x = m.addVar(ub=3, name="x")
+y = m.addVar(ub=3, name="y")
+m.addConstr(x * y <= 2, "q")
+m.setObjective(x + y - x * x, gp.GRB.MAXIMIZE)
+m.optimize()
+""",
+    "coptpy": """
+import coptpy as cp
+m = cp.Envr().createModel()
+x = m.addVar(ub=3, name="x")
+y = m.addVar(ub=3, name="y")
+m.addQConstr(x * y <= 2, "q")
+m.setObjective(x + y - x * x, cp.COPT.MAXIMIZE)
+m.solve()
+""",
+    "pyomo": """
+import pyomo.environ as pyo
+m = pyo.ConcreteModel()
+m.x = pyo.Var(bounds=(0, 3))
+m.y = pyo.Var(bounds=(0, 3))
+m.q = pyo.Constraint(expr=m.x * m.y <= 2)
+m.o = pyo.Objective(expr=m.x + m.y - m.x ** 2, sense=pyo.maximize)
+pyo.SolverFactory("ipopt").solve(m)
+""",
+}
+
+
+def test_quadratic_models_of_three_libraries_are_one_graph(tmp_path):
+    """A row with only a quadratic term (x * y <= 2) and a quadratic objective, in each library's
+    MPS dialect (QUADOBJ, QMATRIX, QCMATRIX): the same model, optimum x = 0.5, y = 3."""
+    models = {lib: read_model(capture(code, tmp_path).model_text) for lib, code in QUADRATIC.items()}
+    for a in models.values():
+        for b in models.values():
+            assert graph_distance(a, b) == 0.0
+        assert solve_model(a, SolverLimits()).objective == pytest.approx(3.25, abs=1e-5)

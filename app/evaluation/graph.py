@@ -435,8 +435,9 @@ def _edit_cost(a: _Canon, b: _Canon, va, vb, ra, rb, ta, tb) -> float:
     # row's sign and (for '=') negated
     row_of = mr[ok][xa]
     val_a, val_b = a.e_val[ok][xa], b.e_val[xb]
-    plus = np.bincount(row_of, weights=_delta(val_a, val_b), minlength=b.m)
-    minus = np.bincount(row_of, weights=_delta(-val_a, val_b), minlength=b.m)
+    # float even when no linear coefficient is matched (bincount of nothing is an int array)
+    plus = np.bincount(row_of, weights=_delta(val_a, val_b), minlength=b.m).astype(float)
+    minus = np.bincount(row_of, weights=_delta(-val_a, val_b), minlength=b.m).astype(float)
     in_row = same_owner & (b.t_row[tb] >= 0)
     term_a, term_b = a.term[ta], b.term[tb]
     negated = term_a.copy()
