@@ -174,16 +174,14 @@ def _tokenize(text: str, line: int) -> list[_Tok]:
             break
         pos = m.end()
         kind = m.lastgroup
-        text_ = m.group(kind)
-        if kind == "name" and text_.endswith("]") and text_.count("]") > text_.count("["):
+        value = m.group(kind)
+        if kind == "name" and value.endswith("]") and value.count("]") > value.count("["):
             # `[x*y]`: the closing bracket is not part of the name `y`
-            stripped = text_.rstrip("]")
-            closers = min(len(text_) - len(stripped), text_.count("]") - text_.count("["))
-            text_ = text_[: len(text_) - closers]
-            toks.append(_Tok(kind, text_, line))
+            closers = min(len(value) - len(value.rstrip("]")), value.count("]") - value.count("["))
+            toks.append(_Tok(kind, value[: len(value) - closers], line))
             toks.extend(_Tok("close", "]", line) for _ in range(closers))
             continue
-        toks.append(_Tok(kind, text_, line))
+        toks.append(_Tok(kind, value, line))
     return toks
 
 

@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass, field
 
 from app.evaluation.config import SolverLimits
-from app.evaluation.model import Model
+from app.evaluation.model import Model, Variable
 
 STATUSES = ("optimal", "infeasible", "unbounded", "inf_or_unbd", "timelimit", "error", "rejected")
 
@@ -133,7 +133,7 @@ def _build(model: Model, with_objective: bool):
     return scip, svars
 
 
-def _semi_rows(v) -> list[tuple[bool, str, float]]:
+def _semi_rows(v: Variable) -> list[tuple[bool, str, float]]:
     """A semi-continuous variable's indicator rows (switch on?, sense, bound) beyond its SCIP bounds
     [min(lb, 0), max(ub, 0)]: off forces x = 0, on forces lb <= x <= ub."""
     rows = []
