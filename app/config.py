@@ -87,7 +87,7 @@ class DataSettings:
     max_prompt_tokens: int = 512  # longer prompts are reported and left out
     system_prompt: str | None = None  # None: the default system prompt; "": none
     # None: the default answer-format instruction (an LP in an ```lp block); "": none; a preset name:
-    # lp | pyscipopt | gurobipy | coptpy | pyomo | pulp | scipy (code answers in that library); else the text
+    # lp | pyscipopt | gurobipy | coptpy | pyomo | pulp | scipy (code answers in that library); other text: itself
     instruction: str | None = None
 
 
