@@ -434,3 +434,12 @@ def test_a_code_model_that_only_restates_a_number(tmp_path):
     assert m.objective_is_constant and solve_model(m, SolverLimits()).objective == pytest.approx(11.0)
     assert "only restates a number" in restates_a_number(m, None)
     assert restates_a_number(m, read_model("max 5\nst\n c: y <= 1\nend")) == ""  # the reference restates one too
+
+
+def test_models_whose_rows_are_only_quadratic():
+    """No linear coefficient anywhere: the distance still works term by term."""
+    base = read_model("max [ 2 x * y ] / 2\nst\n e: [ x * y ] <= 4\n s: [ x ^ 2 ] <= 9\nend")
+    assert graph_distance(base, renamed_shuffled(base, 3)) == 0.0 and equivalent(base, renamed_shuffled(base, 4))
+    other = copy.deepcopy(base)
+    other.constraints[0].quad[("x", "y")] = 2.0
+    assert 0.0 < graph_distance(base, other) < 1.0 and not equivalent(base, other)
