@@ -188,13 +188,20 @@ def test_each_shipped_gpu_config_trains_on_the_tiny_model(name, tiny_chatglm_dir
     assert any(float(v.float().abs().max()) > 0 for k, v in trained.items() if "lora_B" in k)
 
 
-def test_rloo_needs_several_samples_per_prompt(tiny_chatglm_dir, problems_file, tmp_path):
+@pytest.mark.parametrize(("settings", "message"), [
+    (["ppo.advantage=rloo", "ppo.samples_per_prompt=1"], "ppo.advantage=rloo compares the samples of a prompt"),
+    (["ppo.advantage=grpo", "ppo.samples_per_prompt=1"], "ppo.advantage=grpo compares the samples of a prompt"),
+    (["ppo.dynamic_sampling_rounds=2", "ppo.samples_per_prompt=1"], "ppo.dynamic_sampling_rounds drops prompts"),
+    (["ppo.overlong_buffer=9"], "ppo.overlong_buffer=9 is longer than sampling.max_new_tokens=8"),
+    (["ppo.advantage=a2c"], "ppo.advantage='a2c' is not one of gae, rloo, grpo, reinforce_pp"),
+    (["ppo.kl.placement=logits"], "ppo.kl.placement='logits' is not one of reward, loss"),
+])
+def test_settings_the_estimators_cannot_work_with_are_refused(settings, message, tiny_chatglm_dir, problems_file,
+                                                              tmp_path, capsys):
     from app.cli import main
 
-    argv = ["train", *overrides(tiny_chatglm_dir, problems_file, tmp_path), "ppo.advantage=rloo", "ppo.samples_per_prompt=1"]
-    assert main(argv) == 2
-    argv = ["train", *overrides(tiny_chatglm_dir, problems_file, tmp_path), "ppo.advantage=grpo"]
-    assert main(argv) == 2
+    assert main(["train", *overrides(tiny_chatglm_dir, problems_file, tmp_path), *settings]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_validation_scores_greedy_answers_every_val_every_steps(tiny_chatglm_dir, problems_file, tmp_path):
