@@ -17,13 +17,14 @@ Isolation levels (`evaluation.sandbox`):
   gets a new root holding only the system directories and the Python installation (read-only,
   nosuid, nodev), a size-limited tmpfs at /tmp as the only writable place and working
   directory, a private /proc, the device nodes null/zero/full/random/urandom, a loopback-less
-  network, a pids cgroup where the kernel offers one, and then drops every capability and sets
+  network, and then drops every capability and sets
   no_new_privs.
 - 'audit': no namespaces; the runner gets its own process group and a private working
   directory, and a Python audit hook refuses opening files outside what the 'namespaces' root
   shows (and the work directory; writes only there), deletes and renames, sockets,
   subprocesses, fork/exec, signals to other processes and ctypes.
-Both: resource limits (address space, CPU seconds, file size, open files, processes, no core
+Both: the server's pids cgroup where the kernel offers one (a fork bomb stops at the count),
+resource limits (address space, CPU seconds, file size, open files, processes, no core
 dumps), a wall-clock deadline, capped stdout/stderr (discarded), a scrubbed environment.
 
 Messages are length-prefixed JSON: nothing the answer writes is ever unpickled.
@@ -215,12 +216,6 @@ def _build_root(root: str, work_mb: int) -> None:
     os.chdir("/tmp")
 
 
-def _join_pids_cgroup(cgroup: str | None) -> None:
-    if cgroup:
-        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-            f.write("0")
-
-
 def _set_limits(limits: CodeLimits, cpu: bool) -> None:
     memory = limits.memory_mb << 20
     pairs = [
@@ -278,7 +273,7 @@ def _audit_hook(workdir: str):
 
 
 def _runner(level: str, limits: CodeLimits, solver_limits: SolverLimits, root: str, workdir: str,
-            cgroup: str | None, code_fd: int, result_fd: int, out_fd: int) -> None:
+            code_fd: int, result_fd: int, out_fd: int) -> None:
     """The answer's process: enter its world, wait for the code, run it until its solve call,
     write the CaptureOutcome as JSON, exit. Never returns."""
     try:
@@ -293,7 +288,6 @@ def _runner(level: str, limits: CodeLimits, solver_limits: SolverLimits, root: s
             if fd not in keep:
                 os.closerange(fd, fd + 1)
         if level == "namespaces":
-            _join_pids_cgroup(cgroup)
             _build_root(root, limits.file_mb)
             workdir = "/tmp"
             _drop_capabilities()
@@ -341,7 +335,6 @@ def _keeper(level: str, limits: CodeLimits, solver_limits: SolverLimits, base: s
     and the output cap, reports the outcome and cleans up. Never returns."""
     reply: dict | None = None
     runner = 0
-    cgroup = None
     workdir = os.path.join(base, f"work-{os.getpid()}")
     try:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -350,7 +343,6 @@ def _keeper(level: str, limits: CodeLimits, solver_limits: SolverLimits, base: s
         if level == "namespaces":
             _unshare(_CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWUTS)
             _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
-            cgroup = _new_pids_cgroup(limits.processes)
         else:
             os.mkdir(workdir, 0o700)
         code_r, code_w = os.pipe()
@@ -358,7 +350,7 @@ def _keeper(level: str, limits: CodeLimits, solver_limits: SolverLimits, base: s
         out_r, out_w = os.pipe()
         runner = os.fork()
         if runner == 0:
-            _runner(level, limits, solver_limits, root, workdir, cgroup, code_r, result_w, out_w)
+            _runner(level, limits, solver_limits, root, workdir, code_r, result_w, out_w)
         for fd in (code_r, result_w, out_w):
             os.close(fd)
         request = _read_frame(request_fd)
@@ -478,52 +470,54 @@ def _pids_cgroup_root() -> str | None:
     return path if os.access(os.path.join(path, "cgroup.procs"), os.W_OK) else None
 
 
-def _cgroup_path(root: str, server: int, keeper: int) -> str:
-    return os.path.join(root, "solver-ppo-sandbox", f"{server}-{keeper}")
+# Besides the answer's processes, the server's cgroup holds the server, the running keeper, the
+# next prepared keeper and runner, and keepers finishing their clean-up.
+_SERVER_PROCESSES = 8
 
 
-def _new_pids_cgroup(limit: int) -> str | None:
+def _enter_pids_cgroup(limit: int) -> str | None:
+    """Move this server into a new pids cgroup of its own (its forks inherit it for free; moving
+    a process costs ~10 ms, too much per answer). Stale ones of dead servers are removed."""
     root = _pids_cgroup_root()
     if root is None:
         return None
+    parent = os.path.join(root, "solver-ppo-sandbox")
     try:
-        path = _cgroup_path(root, os.getppid(), os.getpid())
-        os.makedirs(path)
+        os.makedirs(parent, exist_ok=True)
+        for name in os.listdir(parent):
+            if name.isdigit() and not os.path.exists(f"/proc/{name}"):
+                _remove_cgroup(os.path.join(parent, name), root, wait_s=0.0)
+        path = os.path.join(parent, str(os.getpid()))
+        os.mkdir(path)
         with open(os.path.join(path, "pids.max"), "w") as f:
-            f.write(str(limit))
+            f.write(str(limit + _SERVER_PROCESSES))
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
         return path
     except OSError:
         return None
 
 
-def _remove_cgroups(paths: list[str], wait_s: float = 0.0) -> list[str]:
-    """Remove these (empty) cgroups; those still busy are returned. A PID namespace's cgroup
-    stays busy for up to about a second after its keeper exited (the kernel frees its network
-    namespace asynchronously)."""
+def _remove_cgroup(path: str, root: str, wait_s: float) -> None:
+    """Leave the cgroup (when in it) and remove it once empty: a PID namespace keeps its cgroup
+    busy for up to about a second after its last process was reaped (the kernel frees the
+    namespace's network asynchronously)."""
+    try:
+        with open(os.path.join(root, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    except OSError:
+        pass
     end = time.monotonic() + wait_s
     while True:
-        busy = []
-        for path in paths:
-            try:
-                os.rmdir(path)
-            except FileNotFoundError:
-                pass
-            except OSError:
-                busy.append(path)
-        if not busy or time.monotonic() >= end:
-            return busy
-        paths = busy
-        time.sleep(0.05)
-
-
-def _stale_cgroups() -> list[str]:
-    """Cgroups left by sandbox servers that no longer run."""
-    root = _pids_cgroup_root()
-    parent = os.path.join(root or "", "solver-ppo-sandbox")
-    if root is None or not os.path.isdir(parent):
-        return []
-    return [os.path.join(parent, name) for name in os.listdir(parent)
-            if "-" in name and not os.path.exists(f"/proc/{name.split('-')[0]}")]
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() >= end:
+                return
+            time.sleep(0.05)
 
 
 def _remove_tree(path: str) -> None:
@@ -592,7 +586,14 @@ class _Spare:
 def _fork_keeper(level: str, limits: CodeLimits, solver_limits: SolverLimits, base: str, stdin: int, stdout: int) -> _Spare:
     request_r, request_w = os.pipe()
     reply_r, reply_w = os.pipe()
-    pid = os.fork()
+    for attempt in range(100):  # the cgroup may be full for a moment, while a fork bomb's namespace is torn down
+        try:
+            pid = os.fork()
+            break
+        except BlockingIOError:
+            if attempt == 99:
+                raise
+            time.sleep(0.05)
     if pid == 0:
         os.close(request_w)
         os.close(reply_r)
@@ -626,14 +627,13 @@ def serve(settings: dict) -> None:
         return
     spare = None
     retired: list[int] = []  # keepers that replied and are cleaning up after their runner
-    cgroups = _stale_cgroups()  # to remove once empty
-    root = _pids_cgroup_root() if level == "namespaces" else None
+    cgroup = _enter_pids_cgroup(limits.processes)
     try:
         while True:
             if spare is None:
                 spare = _fork_keeper(level, limits, solver_limits, base, stdin, stdout)
-            while (retired or cgroups) and not select.select([stdin], [], [], 0.1)[0]:  # tidy up while idle
-                cgroups = _remove_cgroups(cgroups + _reap(retired, root))
+            while retired and not select.select([stdin], [], [], 0.1)[0]:  # reap finished keepers while idle
+                _reap(retired)
             request = _read_frame(stdin)
             if request is None:
                 break
@@ -641,7 +641,7 @@ def serve(settings: dict) -> None:
             _write_frame(stdout, reply)
             retired.append(spare.pid)
             spare = None
-            cgroups = _remove_cgroups(cgroups + _reap(retired, root))
+            _reap(retired)
     finally:
         if spare is not None:
             os.close(spare.request_fd)  # end of input: it cleans up and exits
@@ -649,18 +649,15 @@ def serve(settings: dict) -> None:
             retired.append(spare.pid)
         for pid in retired:
             os.waitpid(pid, 0)
-            if root is not None:
-                cgroups.append(_cgroup_path(root, os.getpid(), pid))
-        _remove_cgroups(cgroups, wait_s=3.0)
+        if cgroup is not None:
+            _remove_cgroup(cgroup, _pids_cgroup_root(), wait_s=3.0)
         _remove_tree(base)
 
 
-def _reap(retired: list[int], root: str | None) -> list[str]:
-    """Reap the keepers that have exited (removed from `retired`); their cgroups to remove."""
-    done = [pid for pid in retired if os.waitpid(pid, os.WNOHANG)[0] == pid]
-    for pid in done:
+def _reap(retired: list[int]) -> None:
+    """Reap the keepers that have exited (removed from `retired`)."""
+    for pid in [pid for pid in retired if os.waitpid(pid, os.WNOHANG)[0] == pid]:
         retired.remove(pid)
-    return [] if root is None else [_cgroup_path(root, os.getpid(), pid) for pid in done]
 
 
 def _run_on(spare: _Spare, request: dict, limits: CodeLimits) -> dict:
