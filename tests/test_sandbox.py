@@ -11,6 +11,7 @@ import pytest
 from app.errors import UserError
 from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, score_answer
 from app.evaluation.config import CodeLimits
+from app.evaluation.sandbox import _PREPARED as PREPARED
 from app.evaluation.sandbox import Sandbox, check_level, namespaces_unavailable
 
 SECRET = "solverPpoSecret7431"
@@ -175,12 +176,12 @@ prob.solve()
         assert box.run(daemon).status == "captured"
         server = box._process.pid
         deadline = time.monotonic() + 10
-        while True:  # the answer's keeper cleans up in the background; then only the next prepared pair is left
+        while True:  # the answer's keeper cleans up in the background; then only the prepared pairs are left
             left = descendants(server)
-            if len(left) == 2 or time.monotonic() > deadline:
+            if len(left) == 2 * PREPARED or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        assert len(left) == 2, left  # the prepared keeper and its runner; no daemon
+        assert len(left) == 2 * PREPARED, left  # the prepared keepers and their runners; no daemon
 
 
 def descendants(pid: int) -> list[int]:

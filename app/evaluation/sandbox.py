@@ -33,6 +33,8 @@ Messages are length-prefixed JSON: nothing the answer writes is ever unpickled.
 from __future__ import annotations
 
 import ctypes
+import functools
+import gc
 import json
 import math
 import os
@@ -46,7 +48,8 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections import deque
+from dataclasses import asdict
 
 from app.errors import UserError
 from app.evaluation.capture import CaptureOutcome
@@ -160,6 +163,7 @@ def _drop_capabilities() -> None:
 # ----------------------------------------------------------------------------- the runner's world
 
 
+@functools.lru_cache(maxsize=1)
 def _exposed_paths() -> list[str]:
     """What the runner's root shows (read-only): system directories and the Python installation
     this server runs from; not the caller's working directory, home or data."""
@@ -471,8 +475,8 @@ def _pids_cgroup_root() -> str | None:
 
 
 # Besides the answer's processes, the server's cgroup holds the server, the running keeper, the
-# next prepared keeper and runner, and keepers finishing their clean-up.
-_SERVER_PROCESSES = 8
+# prepared keepers and runners, and keepers finishing their clean-up.
+_SERVER_PROCESSES = 10
 
 
 def _enter_pids_cgroup(limit: int) -> str | None:
@@ -578,6 +582,11 @@ def _warm_up(base: str) -> None:
     _remove_tree(workdir)
 
 
+# Keeper/runner pairs kept prepared: while one answer runs, the next is ready and the one after
+# it is being prepared, so back-to-back answers do not wait for a fork.
+_PREPARED = 2
+
+
 class _Spare:
     def __init__(self, pid: int, request_fd: int, reply_fd: int):
         self.pid, self.request_fd, self.reply_fd = pid, request_fd, reply_fd
@@ -621,29 +630,31 @@ def serve(settings: dict) -> None:
     preload()
     base = tempfile.mkdtemp(prefix="solver-ppo-sandbox-")
     _warm_up(base)
+    _exposed_paths()  # computed once here, inherited by every runner
+    gc.freeze()  # the runners' garbage collections then leave the server's objects (and their pages) alone
     os.makedirs(os.path.join(base, "root"))
     _write_frame(stdout, {"level": level, "problem": problem})
     if wanted == "strict" and level != "namespaces":
         return
-    spare = None
+    spares: deque[_Spare] = deque()  # prepared keeper/runner pairs, oldest first
     retired: list[int] = []  # keepers that replied and are cleaning up after their runner
     cgroup = _enter_pids_cgroup(limits.processes)
     try:
         while True:
-            if spare is None:
-                spare = _fork_keeper(level, limits, solver_limits, base, stdin, stdout)
+            while len(spares) < _PREPARED:
+                spares.append(_fork_keeper(level, limits, solver_limits, base, stdin, stdout))
             while retired and not select.select([stdin], [], [], 0.1)[0]:  # reap finished keepers while idle
                 _reap(retired)
             request = _read_frame(stdin)
             if request is None:
                 break
+            spare = spares.popleft()
             reply = _run_on(spare, request, limits)
             _write_frame(stdout, reply)
             retired.append(spare.pid)
-            spare = None
             _reap(retired)
     finally:
-        if spare is not None:
+        for spare in spares:
             os.close(spare.request_fd)  # end of input: it cleans up and exits
             os.close(spare.reply_fd)
             retired.append(spare.pid)
