@@ -107,8 +107,8 @@ def run(fixture: Path) -> dict:
         def solver_reward(prompts, completions, completion_ids, reference_model, answer, **kwargs) -> list[float]:
             t0 = time.perf_counter()
             lengths = [len(ids) for ids in completion_ids]
-            if any(length != n for length in lengths):
-                raise RuntimeError(f"completion lengths {lengths}, expected all {n}")
+            if len(lengths) != rows or any(length != n for length in lengths):
+                raise RuntimeError(f"completion lengths {lengths}, expected {rows} of {n}")
             items = [(text, Reference.from_answer(a, ref)) for text, a, ref in zip(completions, answer, reference_model)]
             scores = [r.reward for r in pool.score_many(items)]
             clock.seconds["score"] += time.perf_counter() - t0
@@ -122,6 +122,8 @@ def run(fixture: Path) -> dict:
             def on_step_end(self, args, state, control, **kwargs):
                 total = time.perf_counter() - self.t0
                 t = clock.seconds
+                if not t["generate"]:
+                    raise RuntimeError(f"optimizer step {state.global_step} generated nothing: expected one generation per step")
                 row = {"generate": t["generate"], "score": t["score"], "forward": t["forward"],
                        "update": total - t["prepare"], "total": total}
                 row["other"] = total - sum(row[k] for k in ("generate", "score", "forward", "update"))
