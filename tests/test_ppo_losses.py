@@ -248,3 +248,19 @@ def test_sequence_ratio_is_the_geometric_mean_with_the_gspo_gradient():
     loss.backward()
     assert logp.grad[0].tolist() == [0.0, 0.0, 0.0]
     assert stats["clip_fraction"].item() == pytest.approx(2 / 5)
+
+
+def test_kl_loss_term_with_partial_kl_by_hand():
+    logp = torch.tensor([[-1.0, -2.0, -1.0], [-0.5, -0.5, 0.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0, -1.0], [-0.5, -1.5, 0.0]])
+    # k3 per token, rho = logp - ref: e^-rho - 1 + rho
+    k3 = lambda rho: math.exp(-rho) - 1 + rho  # noqa: E731
+    row0, row1 = [k3(0.5), k3(-1.0), 0.0], [0.0, k3(1.0)]
+    assert losses.kl_loss(logp, ref, MASK, "k3", "token_mean").item() == pytest.approx(sum(row0 + row1) / 5)
+    assert losses.kl_loss(logp, ref, MASK, "k3", "sequence_mean").item() == pytest.approx((sum(row0) / 3 + sum(row1) / 2) / 2)
+    # partial KL: only the tokens from the model block on (row 0 from its second token, row 1 none)
+    kl_mask = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    partial = losses.kl_loss(logp, ref, MASK, "k3", "token_mean", kl_mask=kl_mask)
+    assert partial.item() == pytest.approx(k3(-1.0) / 5)
+    partial.backward()  # d/dlogp of e^-rho - 1 + rho = 1 - e^-rho, on the penalized token only
+    assert logp.grad.tolist() == [pytest.approx([0.0, (1 - math.exp(1.0)) / 5, 0.0]), pytest.approx([0.0, 0.0, 0.0])]

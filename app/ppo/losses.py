@@ -237,6 +237,21 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, aggregation: str, max
 
 
 
+def kl_loss(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    estimator: str,
+    aggregation: str,
+    max_length: int | None = None,
+    kl_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """KL(policy || reference) as a loss term (GRPO), inputs (B, T): the per-token estimate,
+    zero where `kl_mask` is 0 (partial KL), aggregated like the policy loss over `mask`."""
+    penalized = mask if kl_mask is None else mask * kl_mask
+    return aggregate(kl_estimate(logp, ref_logp, estimator) * penalized, mask, aggregation, max_length)
+
+
 def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Masked mean of the k3 estimate of KL(old || new) from tokens sampled by the old policy."""
     log_ratio = logp - old_logp

@@ -453,9 +453,7 @@ class PPOModule(pl.LightningModule):
             "train/clip_fraction": pg_stats["clip_fraction"].item(),
         }
         if ppo.kl.placement == "loss" and self.kl_ctl.value:  # GRPO: beta * KL(policy || reference) as a loss term
-            penalized = mask if mb.kl_mask is None else mask * mb.kl_mask
-            kl = losses.kl_estimate(logprobs, mb.ref_logprobs, ppo.kl.estimator) * penalized  # (B, R)
-            kl_loss = losses.aggregate(kl, mask, **aggregation)
+            kl_loss = losses.kl_loss(logprobs, mb.ref_logprobs, mask, ppo.kl.estimator, **aggregation, kl_mask=mb.kl_mask)
             loss = loss + self.kl_ctl.value * kl_loss
             stats["train/kl_loss"] = kl_loss.item()
         if mb.returns is not None:  # GAE: the value head learns the returns (RLOO needs no values)
