@@ -27,11 +27,13 @@ scoring the decoded completions against each problem's reference model.
 
 Each side runs in fresh subprocesses, --rounds alternating rounds of --warmup + --steps optimizer
 steps (the step time runs from the start of an optimizer step, generation included, to its end;
-start-up and model loading are not in it); the table shows medians. Memory is the peak RSS of
-the side's process (ru_maxrss) minus its RSS after imports (the libraries' import cost does not
-count; both raw numbers are printed too). The solver workers are separate processes on both
-sides and not counted. The last line is one JSON object: {"time_vs_trl_grpo": ours/TRL,
-"memory_vs_trl_grpo": ours/TRL, "recompute_time_vs_trl_grpo", "recompute_memory_vs_trl_grpo"}.
+start-up and model loading are not in it); the table shows medians, and also the CPU seconds
+the side's process used per step (all its threads), which a shared machine's load disturbs less
+than wall time. Memory is the peak RSS of the side's process (ru_maxrss) minus its RSS after
+imports (the libraries' import cost does not count; both raw numbers are printed too). The
+solver workers are separate processes on both sides, in neither figure. The last line is one JSON object: {"time_vs_trl_grpo": ours/TRL,
+"memory_vs_trl_grpo": ours/TRL, "cpu_time_vs_trl_grpo", "recompute_time_vs_trl_grpo",
+"recompute_memory_vs_trl_grpo"}.
 Targets: time <= 0.7, memory <= 1.0.
 """
 
@@ -97,11 +99,11 @@ def run_ours(fixture: Path, advantage: str, logprobs_from_sampling: bool) -> dic
     class StepTimer(pl.Callback):
         def __init__(self):
             self.rows: list[dict] = []
-            self.t0 = 0.0
+            self.t0 = self.cpu0 = 0.0
             self.optimizer_steps = 0
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            self.t0 = time.perf_counter()
+            self.t0, self.cpu0 = time.perf_counter(), time.process_time()
             self.optimizer_steps = trainer.global_step
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
@@ -113,7 +115,7 @@ def run_ours(fixture: Path, advantage: str, logprobs_from_sampling: bool) -> dic
             if len(lengths) != rows or not bool((lengths == s["new_tokens"]).all()):
                 raise RuntimeError(f"response lengths {lengths.tolist()}, expected {rows} of {s['new_tokens']}")
             row = {"generate": m["time/generate"], "score": m["time/score_wait"], "forward": m["time/forward"],
-                   "update": m["time/update"], "total": total}
+                   "update": m["time/update"], "total": total, "cpu": time.process_time() - self.cpu0}
             row["other"] = total - sum(row[k] for k in ("generate", "score", "forward", "update"))
             self.rows.append(row)
 
@@ -230,12 +232,15 @@ def main() -> int:
 
     for k in PHASES:
         line(labels[k], {name: times[name][k] for name in names}, ".3f")
+    cpu = {name: statistics.median(row["cpu"] for row in pooled(name)["iterations"]) for name in names}
+    line("step, CPU s of the process", cpu, ".3f")
     memory = {name: median_of(name, "memory_mb") for name in names}
     line("peak RSS - after imports", memory, ".0f", "M")
     line("peak RSS (process)", {name: median_of(name, "peak_rss_mb") for name in names}, ".0f", "M")
     line("RSS after imports", {name: median_of(name, "import_rss_mb") for name in names}, ".0f", "M")
     result = {"time_vs_trl_grpo": round(times["ours"]["total"] / trl["total"], 3),
-              "memory_vs_trl_grpo": round(memory["ours"] / memory["TRL"], 3)}
+              "memory_vs_trl_grpo": round(memory["ours"] / memory["TRL"], 3),
+              "cpu_time_vs_trl_grpo": round(cpu["ours"] / cpu["TRL"], 3)}
     if "ours, recompute" in times:
         result["recompute_time_vs_trl_grpo"] = round(times["ours, recompute"]["total"] / trl["total"], 3)
         result["recompute_memory_vs_trl_grpo"] = round(memory["ours, recompute"] / memory["TRL"], 3)

@@ -117,7 +117,7 @@ def run(fixture: Path) -> dict:
         class StepTimer(TrainerCallback):
             def on_step_begin(self, args, state, control, **kwargs):
                 clock.reset()
-                self.t0 = time.perf_counter()
+                self.t0, self.cpu0 = time.perf_counter(), time.process_time()
 
             def on_step_end(self, args, state, control, **kwargs):
                 total = time.perf_counter() - self.t0
@@ -125,7 +125,7 @@ def run(fixture: Path) -> dict:
                 if not t["generate"]:
                     raise RuntimeError(f"optimizer step {state.global_step} generated nothing: expected one generation per step")
                 row = {"generate": t["generate"], "score": t["score"], "forward": t["forward"],
-                       "update": total - t["prepare"], "total": total}
+                       "update": total - t["prepare"], "total": total, "cpu": time.process_time() - self.cpu0}
                 row["other"] = total - sum(row[k] for k in ("generate", "score", "forward", "update"))
                 step_rows.append(row)
 
