@@ -184,6 +184,30 @@ prob.solve()
         assert len(left) == 2 * PREPARED, left  # the prepared keepers and their runners; no daemon
 
 
+@pytest.mark.skipif(namespaces_unavailable(user_namespace=True) is not None, reason="no user namespaces here")
+def test_the_namespaces_level_inside_a_user_namespace(tmp_path):
+    """How a non-root user gets the 'namespaces' level (forced here, as root, with uid 0 mapped to itself)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        server.setblocking(False)
+        with Sandbox("strict", CodeLimits(wall_s=3.0), user_namespace=True) as box:
+            honest = box.run(MODEL)
+            write = box.run(f"import pulp\nopen({str(victim)!r}, 'w').write('owned')")
+            usr = box.run("import pulp\nopen('/usr/owned', 'w')")
+            connect = box.run(f"import socket, pulp\nsocket.create_connection(('127.0.0.1', {server.getsockname()[1]}), timeout=1)")
+            loop = box.run("import pulp\nwhile True:\n    pass")
+        with pytest.raises(BlockingIOError):
+            server.accept()
+    assert box.level == "namespaces" and honest.status == "captured" and "OBJSENSE" in honest.model_text
+    assert write.status == usr.status == connect.status == "exception"
+    assert "No such file" in write.reason and "Read-only file system" in usr.reason and "unreachable" in connect.reason
+    assert loop.status == "timeout"
+    assert victim.read_text() == "untouched"
+
+
 def descendants(pid: int) -> list[int]:
     children = {}
     for entry in os.listdir("/proc"):

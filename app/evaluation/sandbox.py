@@ -15,7 +15,7 @@ Isolation levels (`evaluation.sandbox`):
 - 'namespaces': the keeper unshares mount, network, PID, IPC and UTS namespaces; the runner
   is PID 1 of the new PID namespace (killing it kills everything it started, setsid or not),
   gets a new root holding only the system directories and the Python installation (read-only,
-  nosuid, nodev), a size-limited tmpfs at /tmp as the only writable place and working
+  nosuid, nodev), a size-limited tmpfs at /answer as the only writable place and working
   directory, a private /proc, the device nodes null/zero/full/random/urandom, a loopback-less
   network, and then drops every capability and sets
   no_new_privs.
@@ -121,12 +121,16 @@ def _read_frame(fd: int):
 # ----------------------------------------------------------------------------- kernel calls
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC, _CLONE_NEWPID, _CLONE_NEWNET = 0x20000, 0x4000000, 0x8000000, 0x20000000, 0x40000000
+_CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC, _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = \
+    0x20000, 0x4000000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
+_NAMESPACES = _CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWUTS
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
 _MNT_DETACH = 2
+_KEPT_MOUNT_FLAGS = _MS_NOEXEC | 1024 | 2048 | 4096  # noexec, noatime, nodiratime, relatime: statvfs and mount share the bits
 _PR_SET_PDEATHSIG, _PR_CAPBSET_DROP, _PR_SET_NO_NEW_PRIVS, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 1, 24, 38, 47, 4
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
 _DEVICES = ("null", "zero", "full", "random", "urandom")
+_WORKDIR = "/answer"  # the work directory inside the new root (not /tmp: the Python installation may live there)
 
 
 def _check(ret: int, what: str) -> None:
@@ -137,6 +141,21 @@ def _check(ret: int, what: str) -> None:
 
 def _unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
+
+
+def _enter_namespaces(user_namespace: bool) -> None:
+    """New mount, network, PID, IPC and UTS namespaces for this process's next child; with a
+    user namespace (how a non-root user gets them) this uid and gid map to root inside it."""
+    uid, gid = os.geteuid(), os.getegid()
+    _unshare(_NAMESPACES | (_CLONE_NEWUSER if user_namespace else 0))
+    if user_namespace:
+        for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+            try:
+                with open(f"/proc/self/{name}", "w") as f:
+                    f.write(text)
+            except FileNotFoundError:  # setgroups: kernels before 3.19
+                pass
+    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
@@ -181,7 +200,7 @@ def _exposed_paths() -> list[str]:
 
 def _build_root(root: str, work_mb: int) -> None:
     """A new root at `root` (an empty directory): tmpfs, bind mounts of the exposed paths,
-    devices, /tmp as the writable work dir; then pivot into it and detach the old root.
+    devices, the writable work dir; then pivot into it and detach the old root.
     Runs in a fresh mount namespace, as PID 1 of a fresh PID namespace."""
     _mount("sandbox", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
     binds = []
@@ -197,27 +216,29 @@ def _build_root(root: str, work_mb: int) -> None:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             open(target, "w").close()
         _mount(path, target, None, _MS_BIND | _MS_REC)
-        binds.append((target, _MS_NODEV))
+        binds.append((target, _MS_NODEV | (os.statvfs(path).f_flag & _KEPT_MOUNT_FLAGS)))
     os.makedirs(root + "/dev")
     for name in _DEVICES:
         target = f"{root}/dev/{name}"
         open(target, "w").close()
         _mount(f"/dev/{name}", target, None, _MS_BIND)
-        binds.append((target, 0))
-    os.makedirs(root + "/tmp")
-    _mount("work", root + "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={work_mb}m,mode=1777")
+        binds.append((target, os.statvfs(f"/dev/{name}").f_flag & _KEPT_MOUNT_FLAGS))
+    os.makedirs(root + _WORKDIR)
+    _mount("work", root + _WORKDIR, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={work_mb}m,mode=1777")
     os.makedirs(root + "/proc")
-    _mount("proc", root + "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
-    for target, extra in binds:
-        _mount(None, target, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | extra)
-    _mount(None, root + "/proc", None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+    try:
+        _mount("proc", root + "/proc", "proc", _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+    except OSError:  # in a user namespace the kernel refuses it where the host's /proc is partly covered
+        os.rmdir(root + "/proc")
+    for target, flags in binds:  # keeping the flags the kernel locks in a user namespace
+        _mount(None, target, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | flags)
     _mount(None, root, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
     os.chdir(root)
     if _SYS_PIVOT_ROOT is not None:
         _check(_libc.syscall(_SYS_PIVOT_ROOT, b".", b"."), "pivot_root")  # old root now stacked under "/"
         _check(_libc.umount2(b".", _MNT_DETACH), "umount old root")
     os.chroot(".")
-    os.chdir("/tmp")
+    os.chdir(_WORKDIR)
 
 
 def _set_limits(limits: CodeLimits, cpu: bool) -> None:
@@ -293,9 +314,11 @@ def _runner(level: str, limits: CodeLimits, solver_limits: SolverLimits, root: s
                 os.closerange(fd, fd + 1)
         if level == "namespaces":
             _build_root(root, limits.file_mb)
-            workdir = "/tmp"
+            workdir = _WORKDIR
             _drop_capabilities()
         os.chdir(workdir)
+        os.environ["HOME"] = os.environ["TMPDIR"] = workdir  # libraries' temporary files go there too
+        tempfile.tempdir = None
         _set_limits(limits, cpu=False)
         raw = b"".join(iter(lambda: os.read(code_fd, 1 << 20), b""))
         os.close(code_fd)
@@ -334,7 +357,8 @@ def _open_fds() -> list[int]:
 # ----------------------------------------------------------------------------- the keeper
 
 
-def _keeper(level: str, limits: CodeLimits, solver_limits: SolverLimits, base: str, request_fd: int, reply_fd: int) -> None:
+def _keeper(level: str, limits: CodeLimits, solver_limits: SolverLimits, base: str, user_namespace: bool, request_fd: int,
+            reply_fd: int) -> None:
     """Prepares one runner, then (when the server sends the code) feeds it, enforces the deadline
     and the output cap, reports the outcome and cleans up. Never returns."""
     reply: dict | None = None
@@ -345,8 +369,7 @@ def _keeper(level: str, limits: CodeLimits, solver_limits: SolverLimits, base: s
         os.setsid()
         root = os.path.join(base, "root")
         if level == "namespaces":
-            _unshare(_CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWUTS)
-            _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+            _enter_namespaces(user_namespace)
         else:
             os.mkdir(workdir, 0o700)
         code_r, code_w = os.pipe()
@@ -533,16 +556,18 @@ def _remove_tree(path: str) -> None:
 # ----------------------------------------------------------------------------- the server
 
 
-def namespaces_unavailable() -> str | None:
-    """Why this process cannot build the 'namespaces' sandbox (None: it can), tried in a fork."""
+def namespaces_unavailable(user_namespace: bool | None = None) -> str | None:
+    """Why this process cannot build the 'namespaces' sandbox (None: it can), tried in a fork.
+    user_namespace None: only when not root."""
+    if user_namespace is None:
+        user_namespace = os.geteuid() != 0
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(r)
         try:
-            _unshare(_CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWUTS)
-            _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
-            probe = tempfile.mkdtemp()
+            probe = tempfile.mkdtemp()  # before: in a user namespace the directory would belong to nobody
+            _enter_namespaces(user_namespace)
             try:
                 _mount("probe", probe, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m")
                 _libc.umount2(probe.encode(), _MNT_DETACH)
@@ -592,7 +617,8 @@ class _Spare:
         self.pid, self.request_fd, self.reply_fd = pid, request_fd, reply_fd
 
 
-def _fork_keeper(level: str, limits: CodeLimits, solver_limits: SolverLimits, base: str, stdin: int, stdout: int) -> _Spare:
+def _fork_keeper(level: str, limits: CodeLimits, solver_limits: SolverLimits, base: str, user_namespace: bool, stdin: int,
+                 stdout: int) -> _Spare:
     request_r, request_w = os.pipe()
     reply_r, reply_w = os.pipe()
     for attempt in range(100):  # the cgroup may be full for a moment, while a fork bomb's namespace is torn down
@@ -609,7 +635,7 @@ def _fork_keeper(level: str, limits: CodeLimits, solver_limits: SolverLimits, ba
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (stdin, stdout):
             os.dup2(null, fd)
-        _keeper(level, limits, solver_limits, base, request_r, reply_w)
+        _keeper(level, limits, solver_limits, base, user_namespace, request_r, reply_w)
     os.close(request_r)
     os.close(reply_w)
     return _Spare(pid, request_w, reply_r)
@@ -623,7 +649,8 @@ def serve(settings: dict) -> None:
     limits = CodeLimits(**settings["limits"])
     solver_limits = SolverLimits(**settings["solver_limits"])
     wanted = settings["level"]
-    problem = namespaces_unavailable() if wanted in ("strict", "auto") else "not asked for (evaluation.sandbox: audit)"
+    user_namespace = os.geteuid() != 0 if settings["user_namespace"] is None else settings["user_namespace"]
+    problem = namespaces_unavailable(user_namespace) if wanted in ("strict", "auto") else "not asked for (evaluation.sandbox: audit)"
     level = "namespaces" if problem is None else "audit"
     from app.evaluation.capture import preload
 
@@ -642,7 +669,7 @@ def serve(settings: dict) -> None:
     try:
         while True:
             while len(spares) < _PREPARED:
-                spares.append(_fork_keeper(level, limits, solver_limits, base, stdin, stdout))
+                spares.append(_fork_keeper(level, limits, solver_limits, base, user_namespace, stdin, stdout))
             while retired and not select.select([stdin], [], [], 0.1)[0]:  # reap finished keepers while idle
                 _reap(retired)
             request = _read_frame(stdin)
@@ -701,7 +728,9 @@ class Sandbox:
     first call and again after it died; a failure becomes an outcome, never an exception (except
     SandboxUnavailable at level 'strict')."""
 
-    def __init__(self, level: str = "auto", limits: CodeLimits | None = None, solver_limits: SolverLimits | None = None):
+    def __init__(self, level: str = "auto", limits: CodeLimits | None = None, solver_limits: SolverLimits | None = None,
+                 user_namespace: bool | None = None):
+        """user_namespace: build the namespaces inside a user namespace (None: only when not root)."""
         if level not in LEVELS:
             raise ValueError(f"evaluation.sandbox={level!r} is not one of {', '.join(LEVELS)}")
         self.level_setting = level
@@ -711,11 +740,13 @@ class Sandbox:
         self._process: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self.restarts = 0
+        self.user_namespace = user_namespace
 
     def _start(self) -> None:
         global _warned
         home = tempfile.mkdtemp(prefix="solver-ppo-sandbox-home-")
-        settings = {"level": self.level_setting, "limits": asdict(self.limits), "solver_limits": asdict(self.solver_limits)}
+        settings = {"level": self.level_setting, "limits": asdict(self.limits), "solver_limits": asdict(self.solver_limits),
+                    "user_namespace": self.user_namespace}
         bootstrap = (f"import sys, json; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
                      "from app.evaluation.sandbox import serve; serve(json.loads(sys.argv[1]))")
         env = {**_CLEAN_ENV, "HOME": home, "TMPDIR": home}
