@@ -8,17 +8,17 @@ The *server* is a fresh interpreter (`python -I`, a minimal environment, its own
 directory, no inherited descriptors) that imports the solver libraries once
 (capture.preload) and never sees a reference, a score or another process's memory. For each
 answer it forks a *keeper*, which forks the *runner*; both are prepared before the answer
-arrives (the next pair is forked while the caller solves the last model), so an answer pays
-for neither an interpreter start nor a library import nor a fork.
+arrives (two pairs are kept ready; new ones are forked while the caller solves the last
+model), so an answer pays for neither an interpreter start nor a library import nor a fork.
 
 Isolation levels (`evaluation.sandbox`):
-- 'namespaces': the keeper unshares mount, network, PID, IPC and UTS namespaces; the runner
+- 'namespaces': the keeper unshares mount, network, PID, IPC and UTS namespaces (inside a
+  user namespace when not root); the runner
   is PID 1 of the new PID namespace (killing it kills everything it started, setsid or not),
   gets a new root holding only the system directories and the Python installation (read-only,
   nosuid, nodev), a size-limited tmpfs at /answer as the only writable place and working
-  directory, a private /proc, the device nodes null/zero/full/random/urandom, a loopback-less
-  network, and then drops every capability and sets
-  no_new_privs.
+  directory, a private /proc, the device nodes null/zero/full/random/urandom, a network
+  without interfaces, and then drops every capability and sets no_new_privs.
 - 'audit': no namespaces; the runner gets its own process group and a private working
   directory, and a Python audit hook refuses opening files outside what the 'namespaces' root
   shows (and the work directory; writes only there), deletes and renames, sockets,
@@ -56,7 +56,6 @@ from app.evaluation.capture import CaptureOutcome
 from app.evaluation.config import CodeLimits, SolverLimits
 
 LEVELS = ("strict", "auto", "audit")  # settings of evaluation.sandbox
-SANDBOX_STATUSES = ("timeout", "memory", "killed", "output_limit", "sandbox_error")
 _MAX_RESULT_BYTES = 64 << 20  # the runner's JSON result (the model text) is cut off past this
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -241,15 +240,17 @@ def _build_root(root: str, work_mb: int) -> None:
     os.chdir(_WORKDIR)
 
 
-def _set_limits(limits: CodeLimits, cpu: bool) -> None:
-    memory = limits.memory_mb << 20
+def _set_limits(limits: CodeLimits, cpu: bool, processes: bool) -> None:
+    """processes: also RLIMIT_NPROC, which counts every process of the uid (in its user
+    namespace): meant for the 'namespaces' level, where those are the answer's alone."""
     pairs = [
-        (resource.RLIMIT_AS, memory),
+        (resource.RLIMIT_AS, limits.memory_mb << 20),
         (resource.RLIMIT_FSIZE, limits.file_mb << 20),
         (resource.RLIMIT_NOFILE, limits.open_files),
-        (resource.RLIMIT_NPROC, limits.processes),
         (resource.RLIMIT_CORE, 0),
     ]
+    if processes:
+        pairs.append((resource.RLIMIT_NPROC, limits.processes))
     if cpu:
         pairs.append((resource.RLIMIT_CPU, math.ceil(limits.wall_s) + 1))
     for kind, value in pairs:
@@ -319,11 +320,11 @@ def _runner(level: str, limits: CodeLimits, solver_limits: SolverLimits, root: s
         os.chdir(workdir)
         os.environ["HOME"] = os.environ["TMPDIR"] = workdir  # libraries' temporary files go there too
         tempfile.tempdir = None
-        _set_limits(limits, cpu=False)
+        _set_limits(limits, cpu=False, processes=level == "namespaces")
         raw = b"".join(iter(lambda: os.read(code_fd, 1 << 20), b""))
         os.close(code_fd)
         code = raw.decode("utf-8", errors="replace")
-        _set_limits(limits, cpu=True)
+        _set_limits(limits, cpu=True, processes=level == "namespaces")
         from app.evaluation.capture import run_captured
 
         if level == "audit":
