@@ -690,7 +690,7 @@ def serve(settings: dict) -> None:
             os.waitpid(pid, 0)
         if cgroup is not None:
             _remove_cgroup(cgroup, _pids_cgroup_root(), wait_s=3.0)
-        _remove_tree(base)
+        _remove_tree(settings["home"])  # holds `base`; the client made it for this server alone
 
 
 def _reap(retired: list[int]) -> None:
@@ -721,6 +721,7 @@ def _run_on(spare: _Spare, request: dict, limits: CodeLimits) -> dict:
 
 _CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "1",
               "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+_START_TIMEOUT_S = 120.0  # importing the solver libraries on a busy machine
 _warned = False
 
 
@@ -739,25 +740,27 @@ class Sandbox:
         self.solver_limits = solver_limits or SolverLimits()
         self.level: str | None = None  # 'namespaces' | 'audit' once the server runs
         self._process: subprocess.Popen | None = None
+        self._home: str | None = None  # the server's HOME and TMPDIR
         self._lock = threading.Lock()
         self.restarts = 0
         self.user_namespace = user_namespace
 
     def _start(self) -> None:
         global _warned
-        home = tempfile.mkdtemp(prefix="solver-ppo-sandbox-home-")
+        home = self._home = tempfile.mkdtemp(prefix="solver-ppo-sandbox-home-")
         settings = {"level": self.level_setting, "limits": asdict(self.limits), "solver_limits": asdict(self.solver_limits),
-                    "user_namespace": self.user_namespace}
+                    "user_namespace": self.user_namespace, "home": home}
         bootstrap = (f"import sys, json; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
                      "from app.evaluation.sandbox import serve; serve(json.loads(sys.argv[1]))")
         env = {**_CLEAN_ENV, "HOME": home, "TMPDIR": home}
         self._process = subprocess.Popen([sys.executable, "-I", "-c", bootstrap, json.dumps(settings)], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=home, close_fds=True,
                                          start_new_session=True)
-        hello = _read_frame(self._process.stdout.fileno())
+        ready, _, _ = select.select([self._process.stdout], [], [], _START_TIMEOUT_S)
+        hello = _read_frame(self._process.stdout.fileno()) if ready else None
         if hello is None:
-            self._stop()
-            raise RuntimeError("the sandbox server did not start")
+            self._stop(kill=True)
+            raise OSError("the sandbox server did not start")
         self.level = hello["level"]
         if self.level_setting == "strict" and self.level != "namespaces":
             self._stop()
@@ -773,7 +776,10 @@ class Sandbox:
                 self.restarts += 1
                 self._stop()
             if self._process is None:
-                self._start()
+                try:
+                    self._start()
+                except OSError as err:
+                    return CaptureOutcome("sandbox_error", f"{err}; it is tried again for the next answer")
             reply = None
             try:
                 _write_frame(self._process.stdin.fileno(), {"code": code})
@@ -803,6 +809,7 @@ class Sandbox:
         except subprocess.TimeoutExpired:
             _kill(process.pid)
             process.wait()
+        _remove_tree(self._home)
 
     def close(self) -> None:
         with self._lock:
