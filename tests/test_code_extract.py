@@ -1,5 +1,10 @@
 """Which part of an answer is its code, and code answers scored like LP answers (real sandbox)."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from app.evaluation import EvaluationConfig, Reference, extract_model, score_answer
@@ -83,3 +88,16 @@ def test_printed_numbers_never_count():
     lying = "```python\nimport pulp\nprint('Optimal value: 21')\n```\nThe optimal value is 21."
     r = score_answer(lying, Reference(21.0), EvaluationConfig())
     assert (r.status, r.reward, r.final_answer) == ("no_solve", 0.0, 21.0)
+
+
+def test_evaluate_model_runs_python_files_next_to_lp_files(tmp_path):
+    """`python -m app evaluate-model` as a user runs it: a .py program's captured model is solved."""
+    (tmp_path / "model.py").write_text(GUROBI)
+    (tmp_path / "model.lp").write_text(LP)
+    (tmp_path / "broken.py").write_text("import pulp\nx = 1 / 0\n")
+    files = [str(tmp_path / name) for name in ("model.py", "model.lp", "broken.py")]
+    done = subprocess.run([sys.executable, "-m", "app", "evaluate-model", *files, "--workers", "1"], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[1], timeout=180)
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["status"], r["objective"]) for r in rows] == [("optimal", 21.0), ("optimal", 21.0), ("exception", None)]
+    assert rows[2]["reason"] == "pulp: ZeroDivisionError: division by zero (answer line 2)"
