@@ -101,3 +101,25 @@ def test_evaluate_model_runs_python_files_next_to_lp_files(tmp_path):
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [(r["status"], r["objective"]) for r in rows] == [("optimal", 21.0), ("optimal", 21.0), ("exception", None)]
     assert rows[2]["reason"] == "pulp: ZeroDivisionError: division by zero (answer line 2)"
+
+
+def test_the_ppo_reward_scores_code_answers_through_its_pool():
+    """callbacks.solver_reward with no new setting: code rollouts get the sandbox's scores."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from callbacks.solver_reward import SolverReward
+
+    module = SimpleNamespace(device=torch.device("cpu"), log_dict=lambda *a, **k: None, print=lambda *a: None)
+    reward = SolverReward(EvaluationConfig(workers=1))
+    reward.setup(None, module, "fit")
+    try:
+        problems = [SimpleNamespace(answer="21", reference_model=LP)] * 3
+        reward.begin([f"```python\n{PULP}```", f"```python\n{SCIPY}```", "```python\nimport pulp\nprint(21)\n```"], problems)
+        scores = reward.finish(module)
+    finally:
+        reward.teardown(None, module, "fit")
+    assert scores.scores == [1.0, 1.0, 0.0]
+    assert [b["status"] for b in scores.breakdowns] == ["optimal", "optimal", "no_solve"]
+    assert scores.metrics["accuracy"] == pytest.approx(2 / 3)
