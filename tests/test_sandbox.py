@@ -12,10 +12,10 @@ from app.errors import UserError
 from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, score_answer
 from app.evaluation.config import CodeLimits
 from app.evaluation.sandbox import _PREPARED as PREPARED
-from app.evaluation.sandbox import Sandbox, check_level, namespaces_unavailable
+from app.evaluation.sandbox import Sandbox, check_level, probe_namespaces
 
 SECRET = "solverPpoSecret7431"
-HAVE_NAMESPACES = namespaces_unavailable() is None
+HAVE_NAMESPACES = probe_namespaces() is None
 LEVELS = [pytest.param("auto", marks=pytest.mark.skipif(not HAVE_NAMESPACES, reason="no namespaces here")), "audit"]
 
 # One small model, written for pulp; its optimum is 21 (x = 7, y = 0).
@@ -184,7 +184,7 @@ prob.solve()
         assert len(left) == 2 * PREPARED, left  # the prepared keepers and their runners; no daemon
 
 
-@pytest.mark.skipif(namespaces_unavailable(user_namespace=True) is not None, reason="no user namespaces here")
+@pytest.mark.skipif(probe_namespaces(user_namespace=True) is not None, reason="no user namespaces here")
 def test_the_namespaces_level_inside_a_user_namespace(tmp_path):
     """How a non-root user gets the 'namespaces' level (forced here, as root, with uid 0 mapped to itself)."""
     victim = tmp_path / "victim.txt"

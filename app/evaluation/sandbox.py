@@ -76,12 +76,17 @@ def check_level(level: str) -> None:
         raise UserError(f"evaluation.sandbox='{level}' is not one of {', '.join(LEVELS)}")
     if level != "strict":
         return
-    probe = (f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
-             "from app.evaluation.sandbox import namespaces_unavailable; print(namespaces_unavailable() or '')")
-    done = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, env=_CLEAN_ENV, timeout=60)
-    problem = done.stdout.strip() or (None if done.returncode == 0 else f"probe failed: {done.stderr.strip()[-200:]}")
+    problem = probe_namespaces()
     if problem:
         raise SandboxUnavailable(_strict_message(problem))
+
+
+def probe_namespaces(user_namespace: bool | None = None) -> str | None:
+    """namespaces_unavailable, asked of a fresh interpreter (never a fork of this process)."""
+    probe = (f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
+             f"from app.evaluation.sandbox import namespaces_unavailable; print(namespaces_unavailable({user_namespace}) or '')")
+    done = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, env=_CLEAN_ENV, timeout=60)
+    return done.stdout.strip() or (None if done.returncode == 0 else f"probe failed: {done.stderr.strip()[-200:]}")
 
 
 # ----------------------------------------------------------------------------- framing
