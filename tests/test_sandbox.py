@@ -184,6 +184,26 @@ prob.solve()
         assert len(left) == 2 * PREPARED, left  # the prepared keepers and their runners; no daemon
 
 
+@pytest.mark.skipif(not HAVE_NAMESPACES, reason="no namespaces here")
+def test_every_mount_but_the_work_dir_is_read_only():
+    survey = """
+import os, pulp
+for line in open("/proc/self/mounts"):
+    point = line.split()[1].replace("\\\\040", " ")
+    if point == "/answer" or point == "/proc" or point.startswith("/dev/"):
+        continue
+    try:
+        open(os.path.join(point, "probe"), "w")
+    except OSError:
+        continue
+    raise SystemError("writable: " + point)
+open("/answer/probe", "w").write("the work dir is writable")
+""" + MODEL
+    with Sandbox("auto", CodeLimits(wall_s=5.0)) as box:
+        outcome = box.run(survey)
+    assert outcome.status == "captured", outcome.reason
+
+
 @pytest.mark.skipif(probe_namespaces(user_namespace=True) is not None, reason="no user namespaces here")
 def test_the_namespaces_level_inside_a_user_namespace(tmp_path):
     """How a non-root user gets the 'namespaces' level (forced here, as root, with uid 0 mapped to itself)."""

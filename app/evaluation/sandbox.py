@@ -39,6 +39,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import select
 import signal
@@ -207,7 +208,6 @@ def _build_root(root: str, work_mb: int) -> None:
     devices, the writable work dir; then pivot into it and detach the old root.
     Runs in a fresh mount namespace, as PID 1 of a fresh PID namespace."""
     _mount("sandbox", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
-    binds = []
     for path in _exposed_paths():
         target = root + path
         if os.path.islink(path):
@@ -220,13 +220,11 @@ def _build_root(root: str, work_mb: int) -> None:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             open(target, "w").close()
         _mount(path, target, None, _MS_BIND | _MS_REC)
-        binds.append((target, _MS_NODEV | (os.statvfs(path).f_flag & _KEPT_MOUNT_FLAGS)))
     os.makedirs(root + "/dev")
     for name in _DEVICES:
         target = f"{root}/dev/{name}"
         open(target, "w").close()
         _mount(f"/dev/{name}", target, None, _MS_BIND)
-        binds.append((target, os.statvfs(f"/dev/{name}").f_flag & _KEPT_MOUNT_FLAGS))
     os.makedirs(root + _WORKDIR)
     _mount("work", root + _WORKDIR, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={work_mb}m,mode=1777")
     os.makedirs(root + "/proc")
@@ -234,7 +232,12 @@ def _build_root(root: str, work_mb: int) -> None:
         _mount("proc", root + "/proc", "proc", _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
     except OSError:  # in a user namespace the kernel refuses it where the host's /proc is partly covered
         os.rmdir(root + "/proc")
-    for target, flags in binds:  # keeping the flags the kernel locks in a user namespace
+    for target in _mount_points(root + "/"):  # every bind and what it carried along (MS_REC)
+        if target in (root + _WORKDIR, root + "/proc"):
+            continue
+        flags = os.statvfs(target).f_flag & _KEPT_MOUNT_FLAGS  # a user namespace may not change these
+        if not target.startswith(root + "/dev/"):
+            flags |= _MS_NODEV
         _mount(None, target, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | flags)
     _mount(None, root, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
     os.chdir(root)
@@ -243,6 +246,14 @@ def _build_root(root: str, work_mb: int) -> None:
         _check(_libc.umount2(b".", _MNT_DETACH), "umount old root")
     os.chroot(".")
     os.chdir(_WORKDIR)
+
+
+def _mount_points(prefix: str) -> list[str]:
+    """Mount points of this mount namespace under `prefix` (mountinfo escapes blanks as octal)."""
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), p) for p in points]
+    return [p for p in points if p.startswith(prefix)]
 
 
 def _set_limits(limits: CodeLimits, cpu: bool, processes: bool) -> None:
