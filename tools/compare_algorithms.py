@@ -42,10 +42,13 @@ ESTIMATORS: dict[str, list[str]] = {
 
 
 def prepare(out: Path) -> tuple[Path, Path]:
-    """The quick start's data: its PPO prompts and held-out problems."""
+    """The quick start's data: its PPO prompts and held-out problems (written once: runs may be reading them)."""
     from app.config import load_config
     from app.quickstart import DEFAULT_CONFIG, STARTER_PROBLEMS, make_data
 
+    paths = out / "data" / "train.jsonl", out / "data" / "heldout.jsonl"
+    if all(path.is_file() for path in paths):
+        return paths
     return make_data(out / "data", 800, 200, load_config(DEFAULT_CONFIG).seed, "easy", STARTER_PROBLEMS)
 
 
@@ -67,9 +70,11 @@ def starter_accuracy(out: Path, heldout: Path) -> float:
     return json.loads(sft_file.read_text())["accuracy"]
 
 
-def run_dir(out: Path, name: str) -> Path | None:
-    finished = sorted((out / name / name).glob("version_*/trainable.pt"))
-    return finished[-1].parent if finished else None
+def run_dir(out: Path, name: str, finished: bool = True) -> Path | None:
+    """The estimator's run directory: the last finished one (with its trainable.pt), or with
+    finished=False the last one at all."""
+    runs = sorted((out / name / name).glob("version_*/trainable.pt" if finished else "version_*/events.*"))
+    return runs[-1].parent if runs else None
 
 
 def run(name: str, out: Path, train: Path, heldout: Path) -> None:
@@ -92,7 +97,7 @@ def summarize(name: str, out: Path, sft: float) -> dict | None:
     seconds per PPO step (its timed phases, validation excluded), KL per sequence, train reward."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run = run_dir(out, name)
+    run = run_dir(out, name) or run_dir(out, name, finished=False)  # an unfinished run: its steps so far
     if run is None:
         return None
     events = EventAccumulator(str(run))
@@ -102,9 +107,12 @@ def summarize(name: str, out: Path, sft: float) -> dict | None:
     per_step = [sum(values) for values in zip(*(scalars[p] for p in phases))]
     steps = len(scalars["train/kl"])
     val = scalars.get("val/accuracy", [])
-    every = steps // max(1, len(val))
+    from app.config import load_config
+    from app.quickstart import DEFAULT_CONFIG
+
+    every = load_config(DEFAULT_CONFIG).trainer.val_every
     return {
-        "name": name,
+        "name": name if run_dir(out, name) else f"{name} (unfinished: {steps} steps)",
         "sft": sft,
         "final": val[-1] if val else float("nan"),
         "curve": [(0, sft)] + [((i + 1) * every, v) for i, v in enumerate(val)],
@@ -117,7 +125,7 @@ def summarize(name: str, out: Path, sft: float) -> dict | None:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| estimator | held-out accuracy: starter → step 100 | best along the run | s / step | sampling rounds / step | KL / sequence (last 10 steps) | train reward (last 10 steps) |",
+        "| estimator | held-out accuracy: starter → last evaluation | best along the run | s / step | sampling rounds / step | KL / sequence (last 10 steps) | train reward (last 10 steps) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -136,9 +144,9 @@ def plot(rows: list[dict], png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for r in rows:
+    for r, marker in zip(rows, "osD^v<>"):  # markers tell apart lines that coincide (200 problems: steps of 0.005)
         steps, values = zip(*r["curve"])
-        ax.plot(steps, values, "o-", lw=1.5, ms=4, label=f"{r['name']} ({r['final']:.3f})")
+        ax.plot(steps, values, marker=marker, lw=1.5, ms=5, alpha=0.85, label=f"{r['name']} ({r['final']:.3f})")
     ax.set_xlabel("PPO step")
     ax.set_ylabel("held-out accuracy (greedy, 200 problems)")
     ax.set_title("Quick start: each estimator from the same SFT starter")
