@@ -31,9 +31,9 @@ start-up and model loading are not in it); the table shows medians, and also the
 the side's process used per step (all its threads), which a shared machine's load disturbs less
 than wall time. Memory is the peak RSS of the side's process (ru_maxrss) minus its RSS after
 imports (the libraries' import cost does not count; both raw numbers are printed too). The
-solver workers are separate processes on both sides, in neither figure. The last line is one JSON object: {"time_vs_trl_grpo": ours/TRL,
-"memory_vs_trl_grpo": ours/TRL, "cpu_time_vs_trl_grpo", "recompute_time_vs_trl_grpo",
-"recompute_memory_vs_trl_grpo"}.
+solver workers are separate processes on both sides, in neither figure. The last line is one
+JSON object: {"time_vs_trl_grpo": ours/TRL, "memory_vs_trl_grpo": ours/TRL,
+"cpu_time_vs_trl_grpo", "recompute_time_vs_trl_grpo", "recompute_memory_vs_trl_grpo"}.
 Targets: time <= 0.7, memory <= 1.0.
 """
 
@@ -75,7 +75,8 @@ def run_ours(fixture: Path, advantage: str, logprobs_from_sampling: bool) -> dic
     rows = s["prompts"] * s["group"]
     ppo = PPOSettings(
         prompts_per_step=s["prompts"], samples_per_prompt=s["group"], advantage=advantage, epochs=1,
-        minibatch_size=s["microbatch"], grad_accum=rows // s["microbatch"], lr=s["lr"], max_grad_norm=s["max_grad_norm"],
+        minibatch_size=s["microbatch"], grad_accum=rows // s["microbatch"], lr=s["lr"],
+        max_grad_norm=s["max_grad_norm"],
         clip_low=s["clip"], clip_high=s["clip"], whiten_advantages=False, logprobs_from_sampling=logprobs_from_sampling,
     )
     ppo.kl.coef = s["kl_coef"]
@@ -108,8 +109,9 @@ def run_ours(fixture: Path, advantage: str, logprobs_from_sampling: bool) -> dic
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             total = time.perf_counter() - self.t0
-            if trainer.global_step - self.optimizer_steps != 1:
-                raise RuntimeError(f"{trainer.global_step - self.optimizer_steps} optimizer steps in one iteration, expected 1")
+            steps = trainer.global_step - self.optimizer_steps
+            if steps != 1:
+                raise RuntimeError(f"{steps} optimizer steps in one iteration, expected 1")
             m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("time/")}
             lengths = module.last_rollout.response_mask.sum(-1)
             if len(lengths) != rows or not bool((lengths == s["new_tokens"]).all()):
@@ -139,7 +141,7 @@ def main() -> int:
     p.add_argument("--prompts", type=int, default=4, help="prompts per optimizer step")
     p.add_argument("--group", type=int, default=4, help="completions per prompt (TRL's num_generations)")
     p.add_argument("--microbatch", type=int, default=4,
-                   help="completions per forward/backward (TRL's per_device_train_batch_size; ours: ppo.minibatch_size)")
+                   help="completions per forward/backward (TRL: per_device_train_batch_size; ours: minibatch_size)")
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=64, help="completion length (TRL's max_completion_length)")
     p.add_argument("--beta", type=float, default=0.05, help="KL coefficient (k3, a loss term) on both sides")
@@ -171,7 +173,8 @@ def main() -> int:
         raise SystemExit(f"{args.trl_python} not found; run `bash tools/setup_trl_grpo_venv.sh` first")
     rows = args.prompts * args.group
     if args.group < 2 or rows % args.microbatch:
-        raise SystemExit(f"--group must be >= 2 and --prompts x --group ({rows}) a multiple of --microbatch ({args.microbatch})")
+        raise SystemExit(f"--group must be >= 2 and --prompts x --group ({rows}) a multiple of --microbatch "
+                         f"({args.microbatch})")
     settings = {
         # build_fixture writes batch x (warmup + iters) problems: here `batch` is the prompts per step
         "batch": args.prompts, "prompts": args.prompts, "group": args.group, "microbatch": args.microbatch,

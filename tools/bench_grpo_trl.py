@@ -65,7 +65,7 @@ def prompt_texts(tokenizer, prompts: list[list[int]]) -> list[str]:
     for i, (text, ids) in enumerate(zip(texts, prompts)):
         again = tokenizer(text)["input_ids"]
         if again != ids:
-            raise SystemExit(f"prompt {i}: TRL's tokenizer gives {len(again)} ids that differ from the fixture's {len(ids)}")
+            raise SystemExit(f"prompt {i}: TRL's tokenizer gives {len(again)} ids, not the fixture's {len(ids)}")
     return texts
 
 
@@ -90,7 +90,7 @@ def run(fixture: Path) -> dict:
         bf16=False, fp16=False, gradient_checkpointing=False, disable_dropout=True,
         per_device_train_batch_size=s["microbatch"], gradient_accumulation_steps=rows // s["microbatch"],
         num_generations=s["group"], num_iterations=1, shuffle_dataset=False,
-        # min_new_tokens = max: EOS is masked until the end, so every completion has n tokens (as ours, with no stop token)
+        # min_new_tokens = max: EOS is masked until the end, so every completion has n tokens (ours: no stop token)
         max_completion_length=n, temperature=1.0, top_p=1.0, top_k=0, generation_kwargs={"min_new_tokens": n},
         loss_type="grpo", scale_rewards="group", beta=s["kl_coef"], epsilon=s["clip"],
         learning_rate=s["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
@@ -109,7 +109,8 @@ def run(fixture: Path) -> dict:
             lengths = [len(ids) for ids in completion_ids]
             if len(lengths) != rows or any(length != n for length in lengths):
                 raise RuntimeError(f"completion lengths {lengths}, expected {rows} of {n}")
-            items = [(text, Reference.from_answer(a, ref)) for text, a, ref in zip(completions, answer, reference_model)]
+            refs = [Reference.from_answer(a, ref) for a, ref in zip(answer, reference_model)]
+            items = list(zip(completions, refs))
             scores = [r.reward for r in pool.score_many(items)]
             clock.seconds["score"] += time.perf_counter() - t0
             return scores
@@ -123,7 +124,7 @@ def run(fixture: Path) -> dict:
                 total = time.perf_counter() - self.t0
                 t = clock.seconds
                 if not t["generate"]:
-                    raise RuntimeError(f"optimizer step {state.global_step} generated nothing: expected one generation per step")
+                    raise RuntimeError(f"optimizer step {state.global_step} generated nothing: expected one per step")
                 row = {"generate": t["generate"], "score": t["score"], "forward": t["forward"],
                        "update": total - t["prepare"], "total": total, "cpu": time.process_time() - self.cpu0}
                 row["other"] = total - sum(row[k] for k in ("generate", "score", "forward", "update"))
@@ -132,7 +133,10 @@ def run(fixture: Path) -> dict:
         trainer = GRPOTrainer(model=model, reward_funcs=solver_reward, args=config, train_dataset=dataset,
                               processing_class=tokenizer, peft_config=lora, callbacks=[StepTimer()])
         clock.wrap(trainer, "_generate_single_turn", "generate")
-        clock.wrap(trainer, "_get_per_token_logps_and_entropies", "forward", only_if=lambda: not torch.is_grad_enabled())
+        def reference_pass() -> bool:  # the no-grad calls; the loss's own run with grad
+            return not torch.is_grad_enabled()
+
+        clock.wrap(trainer, "_get_per_token_logps_and_entropies", "forward", only_if=reference_pass)
         clock.wrap(trainer, "_prepare_inputs", "prepare")
         torch.set_num_threads(s["threads"])
         trainer.train()
