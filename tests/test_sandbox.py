@@ -176,12 +176,12 @@ prob.solve()
         assert box.run(daemon).status == "captured"
         server = box._process.pid
         deadline = time.monotonic() + 10
-        while True:  # the answer's keeper cleans up in the background; then only the prepared pairs are left
+        while True:  # the answered runner is reaped in the background; then only the prepared runners are left
             left = descendants(server)
-            if len(left) == 2 * PREPARED or time.monotonic() > deadline:
+            if len(left) == PREPARED or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        assert len(left) == 2 * PREPARED, left  # the prepared keepers and their runners; no daemon
+        assert len(left) == PREPARED, left  # the prepared runners; no daemon
 
 
 @pytest.mark.skipif(not HAVE_NAMESPACES, reason="no namespaces here")

@@ -1,21 +1,22 @@
 """Run solver-library code answers in isolated processes and return the model they build.
 
-Processes (one chain per answer):
+Processes (one per answer):
 
-    caller (pool worker) --pipe--> server --fork--> keeper --fork--> runner (the answer's code)
+    caller (pool worker) --pipe--> server --fork/clone--> runner (the answer's code)
 
 The *server* is a fresh interpreter (`python -I`, a minimal environment, its own temporary
 directory, no inherited descriptors) that imports the solver libraries once
 (capture.preload) and never sees a reference, a score or another process's memory. For each
-answer it forks a *keeper*, which forks the *runner*; both are prepared before the answer
-arrives (two pairs are kept ready; new ones are forked while the caller solves the last
-model), so an answer pays for neither an interpreter start nor a library import nor a fork.
+answer it forks a *runner* (at level 'namespaces' straight into its new namespaces, one
+clone), which builds its world and waits for the code; two are kept prepared, new ones are
+forked while the caller solves the last model, so an answer pays for neither an interpreter
+start nor a library import nor a fork. The server feeds the code, enforces the deadline and
+the output cap, replies, and kills the runner's process group (or PID namespace).
 
 Isolation levels (`evaluation.sandbox`):
-- 'namespaces': the keeper unshares mount, network, PID, IPC and UTS namespaces (inside a
-  user namespace when not root); the runner
-  is PID 1 of the new PID namespace (killing it kills everything it started, setsid or not),
-  gets a new root holding only the system directories and the Python installation (read-only,
+- 'namespaces': the runner is forked into new mount, network, PID, IPC and UTS namespaces
+  (inside a user namespace when not root); it is PID 1 of the new PID namespace (killing it
+  kills everything it started, setsid or not), gets a new root holding only the system directories and the Python installation (read-only,
   nosuid, nodev), a size-limited tmpfs at /answer as the only writable place and working
   directory, a private /proc, the device nodes null/zero/full/random/urandom, a network
   without interfaces, and then drops every capability and sets no_new_privs.
@@ -126,6 +127,7 @@ def _read_frame(fd: int):
 # ----------------------------------------------------------------------------- kernel calls
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc_gil = ctypes.PyDLL(None, use_errno=True)  # calls that keep the GIL: a clone must not race another thread for it
 _CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC, _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = \
     0x20000, 0x4000000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
 _NAMESPACES = _CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWUTS
@@ -134,6 +136,7 @@ _MNT_DETACH = 2
 _KEPT_MOUNT_FLAGS = _MS_NOEXEC | 1024 | 2048 | 4096  # noexec, noatime, nodiratime, relatime: statvfs and mount share the bits
 _PR_SET_PDEATHSIG, _PR_CAPBSET_DROP, _PR_SET_NO_NEW_PRIVS, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 1, 24, 38, 47, 4
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(platform.machine())
 _DEVICES = ("null", "zero", "full", "random", "urandom")
 _WORKDIR = "/answer"  # the work directory inside the new root (not /tmp: the Python installation may live there)
 
@@ -148,11 +151,30 @@ def _unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
 
 
-def _enter_namespaces(user_namespace: bool) -> None:
-    """New mount, network, PID, IPC and UTS namespaces for this process's next child; with a
-    user namespace (how a non-root user gets them) this uid and gid map to root inside it."""
-    uid, gid = os.geteuid(), os.getegid()
-    _unshare(_NAMESPACES | (_CLONE_NEWUSER if user_namespace else 0))
+def _fork_into_namespaces(user_namespace: bool) -> int:
+    """fork(), the child in new mount, network, PID (as its PID 1), IPC and UTS namespaces, and
+    with a user namespace (how a non-root user gets them) in that too: one clone(2), so an answer
+    costs one copy of the server's page tables, not two (unshare, then fork). Returns 0 in the
+    child, which must then call _enter_namespaces. The server is single-threaded, so a raw clone
+    is a fork; Python's own fork bookkeeping runs around it."""
+    if _SYS_CLONE is None:
+        raise OSError(f"clone: no system call number known for {platform.machine()}")
+    flags = _NAMESPACES | (_CLONE_NEWUSER if user_namespace else 0) | signal.SIGCHLD
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = _libc_gil.syscall(_SYS_CLONE, ctypes.c_ulong(flags), None, None, None, None)  # keeps the GIL across the call
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone: {os.strerror(err)}")
+    return pid
+
+
+def _enter_namespaces(user_namespace: bool, uid: int, gid: int) -> None:
+    """In the child of _fork_into_namespaces: map the caller's uid and gid to root inside the
+    user namespace (when there is one), and stop mount events from propagating to the host."""
     if user_namespace:
         for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
             try:
@@ -314,10 +336,11 @@ def _audit_hook(workdir: str):
     return hook
 
 
-def _runner(level: str, limits: CodeLimits, solver_limits: SolverLimits, root: str, workdir: str,
+def _runner(level: str, limits: CodeLimits, solver_limits: SolverLimits, root: str, workdir: str, ids: tuple[int, int] | None,
             code_fd: int, result_fd: int, out_fd: int) -> None:
-    """The answer's process: enter its world, wait for the code, run it until its solve call,
-    write the CaptureOutcome as JSON, exit. Never returns."""
+    """The answer's process: enter its world, wait for the code (a length-prefixed frame), run it
+    until its solve call, write the CaptureOutcome as JSON, exit. Never returns.
+    ids: (uid, gid) outside, when the namespaces include a user namespace."""
     try:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         os.setsid()  # its own session and process group: a kill(0) from the answer reaches nothing else
@@ -326,10 +349,11 @@ def _runner(level: str, limits: CodeLimits, solver_limits: SolverLimits, root: s
         os.dup2(out_fd, 1)
         os.dup2(out_fd, 2)
         keep = {0, 1, 2, code_fd, result_fd}
-        for fd in _open_fds():
+        for fd in _open_fds():  # the server's pipes, and those of the other prepared runners
             if fd not in keep:
                 os.closerange(fd, fd + 1)
         if level == "namespaces":
+            _enter_namespaces(ids is not None, *(ids or (0, 0)))
             _build_root(root, limits.file_mb)
             workdir = _WORKDIR
             _drop_capabilities()
@@ -337,7 +361,10 @@ def _runner(level: str, limits: CodeLimits, solver_limits: SolverLimits, root: s
         os.environ["HOME"] = os.environ["TMPDIR"] = workdir  # libraries' temporary files go there too
         tempfile.tempdir = None
         _set_limits(limits, cpu=False, processes=level == "namespaces")
-        raw = b"".join(iter(lambda: os.read(code_fd, 1 << 20), b""))
+        head = _read_exact(code_fd, 4)
+        raw = _read_exact(code_fd, struct.unpack("<I", head)[0]) if head else None
+        if raw is None:  # the server shut down
+            os._exit(0)
         os.close(code_fd)
         code = raw.decode("utf-8", errors="replace")
         _set_limits(limits, cpu=True, processes=level == "namespaces")
@@ -351,7 +378,7 @@ def _runner(level: str, limits: CodeLimits, solver_limits: SolverLimits, root: s
         payload = _error_payload(err)
     try:
         _write_all(result_fd, payload)
-        os.close(result_fd)  # the keeper replies now, before this process's exit has torn down its memory
+        os.close(result_fd)  # the server replies now, before this process's exit has torn down its memory
     finally:
         os._exit(0)
 
@@ -371,51 +398,60 @@ def _open_fds() -> list[int]:
         return list(range(3, 1024))
 
 
-# ----------------------------------------------------------------------------- the keeper
+# ----------------------------------------------------------------------------- the server's side of a runner
 
 
-def _keeper(level: str, limits: CodeLimits, solver_limits: SolverLimits, base: str, user_namespace: bool, request_fd: int,
-            reply_fd: int) -> None:
-    """Prepares one runner, then (when the server sends the code) feeds it, enforces the deadline
-    and the output cap, reports the outcome and cleans up. Never returns."""
-    reply: dict | None = None
-    runner = 0
-    workdir = os.path.join(base, f"work-{os.getpid()}")
-    try:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        os.setsid()
-        root = os.path.join(base, "root")
-        if level == "namespaces":
-            _enter_namespaces(user_namespace)
-        else:
-            os.mkdir(workdir, 0o700)
-        code_r, code_w = os.pipe()
-        result_r, result_w = os.pipe()
-        out_r, out_w = os.pipe()
-        runner = os.fork()
-        if runner == 0:
-            _runner(level, limits, solver_limits, root, workdir, code_r, result_w, out_w)
-        for fd in (code_r, result_w, out_w):
-            os.close(fd)
-        request = _read_frame(request_fd)
-        if request is not None:  # None: the server shuts down
-            reply = _supervise(runner, request["code"].encode("utf-8", errors="replace"), code_w, result_r, out_r, limits)
-    except BaseException as err:  # noqa: BLE001
-        _kill(runner)
-        reply = {"status": "sandbox_error", "reason": f"sandbox keeper failed: {type(err).__name__}: {err}"[:300]}
-    try:
-        if reply is not None:
-            _write_frame(reply_fd, reply)
-    finally:
-        _kill(runner)  # its process group (audit level: whatever it forked), or its PID namespace
-        if runner > 0:
+class _Spare:
+    """A prepared runner: its pid, the server's ends of its pipes, its work directory ('audit')."""
+
+    def __init__(self, pid: int, code_w: int, result_r: int, out_r: int, workdir: str | None):
+        self.pid, self.code_w, self.result_r, self.out_r, self.workdir = pid, code_w, result_r, out_r, workdir
+
+    def close(self) -> None:
+        for fd in (self.code_w, self.result_r, self.out_r):
             try:
-                os.waitpid(runner, 0)
-            except ChildProcessError:
+                os.close(fd)
+            except OSError:  # closed already (code_w once the code is written)
                 pass
-        if level != "namespaces":
-            _remove_tree(workdir)
-        os._exit(0)
+
+
+def _prepare_runner(level: str, limits: CodeLimits, solver_limits: SolverLimits, base: str, user_namespace: bool,
+                    number: int) -> _Spare:
+    """Fork a runner, straight into its namespaces at level 'namespaces'; it builds its world and
+    waits for the code."""
+    workdir = None if level == "namespaces" else os.path.join(base, f"work-{number}")
+    if workdir is not None:
+        os.mkdir(workdir, 0o700)
+    ids = (os.geteuid(), os.getegid()) if user_namespace else None
+    code_r, code_w = os.pipe()
+    result_r, result_w = os.pipe()
+    out_r, out_w = os.pipe()
+    for attempt in range(100):  # the cgroup may be full for a moment, while a fork bomb's namespace is torn down
+        try:
+            pid = _fork_into_namespaces(user_namespace) if level == "namespaces" else os.fork()
+            break
+        except BlockingIOError:  # EAGAIN, from fork or clone
+            if attempt == 99:
+                raise
+            time.sleep(0.05)
+    if pid == 0:
+        _runner(level, limits, solver_limits, os.path.join(base, "root"), workdir or "", ids, code_r, result_w, out_w)
+    for fd in (code_r, result_w, out_w):
+        os.close(fd)
+    return _Spare(pid, code_w, result_r, out_r, workdir)
+
+
+def _answer(spare: _Spare, code: str, limits: CodeLimits) -> dict:
+    """Hand the code to the prepared runner and supervise it; then kill its process group (or its
+    PID namespace). Any failure here becomes the reply."""
+    try:
+        data = code.encode("utf-8", errors="replace")
+        return _supervise(spare.pid, struct.pack("<I", len(data)) + data, spare.code_w, spare.result_r, spare.out_r, limits)
+    except Exception as err:  # noqa: BLE001
+        return {"status": "sandbox_error", "reason": f"sandbox server failed: {type(err).__name__}: {err}"[:300]}
+    finally:
+        _kill(spare.pid)
+        spare.close()
 
 
 def _kill(pid: int) -> None:
@@ -437,8 +473,6 @@ def _supervise(runner: int, code: bytes, code_w: int, result_r: int, out_r: int,
     output = 0
     cut = None  # why the runner was killed by us
     open_fds = {result_r, out_r}
-    if not pending:
-        os.close(code_w)
     while open_fds:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -452,8 +486,6 @@ def _supervise(runner: int, code: bytes, code_w: int, result_r: int, out_r: int,
                 pass
             except OSError:  # the runner is gone; its exit is reported below
                 pending = pending[:0]
-            if not pending:
-                os.close(code_w)
         for fd in ready:
             chunk = os.read(fd, 1 << 20)
             if not chunk:
@@ -468,7 +500,7 @@ def _supervise(runner: int, code: bytes, code_w: int, result_r: int, out_r: int,
                     cut = "result_too_big"
         if cut or result_r not in open_fds:
             break
-    if cut is None and result:  # complete: reply now; the keeper reaps the runner afterwards
+    if cut is None and result:  # complete: reply now; the runner is killed and reaped afterwards
         reply = _parse_result(result, limits)
         if reply is not None:
             return reply
@@ -514,8 +546,8 @@ def _pids_cgroup_root() -> str | None:
     return path if os.access(os.path.join(path, "cgroup.procs"), os.W_OK) else None
 
 
-# Besides the answer's processes, the server's cgroup holds the server, the running keeper, the
-# prepared keepers and runners, and keepers finishing their clean-up.
+# Besides the answer's processes, the server's cgroup holds the server, the prepared runners and
+# answered runners not yet reaped.
 _SERVER_PROCESSES = 10
 
 
@@ -579,17 +611,21 @@ def namespaces_unavailable(user_namespace: bool | None = None) -> str | None:
     if user_namespace is None:
         user_namespace = os.geteuid() != 0
     r, w = os.pipe()
-    pid = os.fork()
+    probe = tempfile.mkdtemp()  # made outside: in a user namespace the directory would belong to nobody
+    ids = os.geteuid(), os.getegid()  # inside, before the mapping, they read as the overflow id
+    try:
+        pid = _fork_into_namespaces(user_namespace)
+    except OSError as err:
+        os.close(r)
+        os.close(w)
+        os.rmdir(probe)
+        return str(err)[:200]
     if pid == 0:
         os.close(r)
         try:
-            probe = tempfile.mkdtemp()  # before: in a user namespace the directory would belong to nobody
-            _enter_namespaces(user_namespace)
-            try:
-                _mount("probe", probe, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m")
-                _libc.umount2(probe.encode(), _MNT_DETACH)
-            finally:
-                os.rmdir(probe)
+            _enter_namespaces(user_namespace, *ids)
+            _mount("probe", probe, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m")
+            _libc.umount2(probe.encode(), _MNT_DETACH)
             message = b""
         except BaseException as err:  # noqa: BLE001
             message = str(err).encode()[:200] or b"failed"
@@ -599,6 +635,7 @@ def namespaces_unavailable(user_namespace: bool | None = None) -> str | None:
     message = os.read(r, 400)
     os.close(r)
     os.waitpid(pid, 0)
+    os.rmdir(probe)
     return message.decode() or None
 
 
@@ -624,38 +661,9 @@ def _warm_up(base: str) -> None:
     _remove_tree(workdir)
 
 
-# Keeper/runner pairs kept prepared: while one answer runs, the next is ready and the one after
-# it is being prepared, so back-to-back answers do not wait for a fork.
+# Runners kept prepared: while one answer runs, the next is ready and the one after it is
+# being prepared, so back-to-back answers do not wait for a fork.
 _PREPARED = 2
-
-
-class _Spare:
-    def __init__(self, pid: int, request_fd: int, reply_fd: int):
-        self.pid, self.request_fd, self.reply_fd = pid, request_fd, reply_fd
-
-
-def _fork_keeper(level: str, limits: CodeLimits, solver_limits: SolverLimits, base: str, user_namespace: bool, stdin: int,
-                 stdout: int) -> _Spare:
-    request_r, request_w = os.pipe()
-    reply_r, reply_w = os.pipe()
-    for attempt in range(100):  # the cgroup may be full for a moment, while a fork bomb's namespace is torn down
-        try:
-            pid = os.fork()
-            break
-        except BlockingIOError:
-            if attempt == 99:
-                raise
-            time.sleep(0.05)
-    if pid == 0:
-        os.close(request_w)
-        os.close(reply_r)
-        null = os.open("/dev/null", os.O_RDWR)
-        for fd in (stdin, stdout):
-            os.dup2(null, fd)
-        _keeper(level, limits, solver_limits, base, user_namespace, request_r, reply_w)
-    os.close(request_r)
-    os.close(reply_w)
-    return _Spare(pid, request_w, reply_r)
 
 
 def serve(settings: dict) -> None:
@@ -680,57 +688,47 @@ def serve(settings: dict) -> None:
     _write_frame(stdout, {"level": level, "problem": problem})
     if wanted == "strict" and level != "namespaces":
         return
-    spares: deque[_Spare] = deque()  # prepared keeper/runner pairs, oldest first
-    retired: list[int] = []  # keepers that replied and are cleaning up after their runner
+    spares: deque[_Spare] = deque()  # prepared runners, oldest first
+    retired: list[_Spare] = []  # runners that answered and were killed, to reap
     cgroup = _enter_pids_cgroup(limits.processes)
+    prepared = 0
     try:
         while True:
             while len(spares) < _PREPARED:
-                spares.append(_fork_keeper(level, limits, solver_limits, base, user_namespace, stdin, stdout))
-            while retired and not select.select([stdin], [], [], 0.1)[0]:  # reap finished keepers while idle
+                prepared += 1
+                spares.append(_prepare_runner(level, limits, solver_limits, base, user_namespace, prepared))
+            while retired and not select.select([stdin], [], [], 0.1)[0]:  # reap finished runners while idle
                 _reap(retired)
             request = _read_frame(stdin)
             if request is None:
                 break
             spare = spares.popleft()
-            reply = _run_on(spare, request, limits)
-            _write_frame(stdout, reply)
-            retired.append(spare.pid)
+            _write_frame(stdout, _answer(spare, request["code"], limits))
+            retired.append(spare)
             _reap(retired)
     finally:
         for spare in spares:
-            os.close(spare.request_fd)  # end of input: it cleans up and exits
-            os.close(spare.reply_fd)
-            retired.append(spare.pid)
-        for pid in retired:
-            os.waitpid(pid, 0)
+            _kill(spare.pid)
+            spare.close()
+            retired.append(spare)
+        while retired:
+            _reap(retired, block=True)
         if cgroup is not None:
             _remove_cgroup(cgroup, _pids_cgroup_root(), wait_s=3.0)
         _remove_tree(settings["home"])  # holds `base`; the client made it for this server alone
 
 
-def _reap(retired: list[int]) -> None:
-    """Reap the keepers that have exited (removed from `retired`)."""
-    for pid in [pid for pid in retired if os.waitpid(pid, os.WNOHANG)[0] == pid]:
-        retired.remove(pid)
-
-
-def _run_on(spare: _Spare, request: dict, limits: CodeLimits) -> dict:
-    """Hand the request to the prepared keeper and wait for its reply (with a backstop past the
-    keeper's own deadline); a keeper without a reply in time is killed."""
-    reply = None
-    try:
-        _write_frame(spare.request_fd, request)
-        ready, _, _ = select.select([spare.reply_fd], [], [], limits.wall_s + 10.0)
-        if ready:
-            reply = _read_frame(spare.reply_fd)
-    except OSError:
-        pass
-    if reply is None:
-        _kill(spare.pid)
-    os.close(spare.request_fd)
-    os.close(spare.reply_fd)
-    return reply or {"status": "sandbox_error", "reason": "the sandbox keeper died without a reply"}
+def _reap(retired: list[_Spare], block: bool = False) -> None:
+    """Reap the runners that have exited (removed from `retired`) and remove their work directories."""
+    for spare in list(retired):
+        try:
+            done = os.waitpid(spare.pid, 0 if block else os.WNOHANG)[0] == spare.pid
+        except ChildProcessError:  # reaped already, by the supervision of a runner that failed
+            done = True
+        if done:
+            retired.remove(spare)
+            if spare.workdir is not None:
+                _remove_tree(spare.workdir)
 
 
 # ----------------------------------------------------------------------------- the caller's side
