@@ -694,10 +694,10 @@ def serve(settings: dict) -> None:
     prepared = 0
     try:
         while True:
-            while len(spares) < _PREPARED:
+            while len(spares) < _PREPARED and not (spares and _waiting(stdin, 0.0)):  # a waiting answer goes first
                 prepared += 1
                 spares.append(_prepare_runner(level, limits, solver_limits, base, user_namespace, prepared))
-            while retired and not select.select([stdin], [], [], 0.1)[0]:  # reap finished runners while idle
+            while retired and not _waiting(stdin, 0.1):  # reap finished runners while idle
                 _reap(retired)
             request = _read_frame(stdin)
             if request is None:
@@ -716,6 +716,10 @@ def serve(settings: dict) -> None:
         if cgroup is not None:
             _remove_cgroup(cgroup, _pids_cgroup_root(), wait_s=3.0)
         _remove_tree(settings["home"])  # holds `base`; the client made it for this server alone
+
+
+def _waiting(fd: int, timeout_s: float) -> bool:
+    return bool(select.select([fd], [], [], timeout_s)[0])
 
 
 def _reap(retired: list[_Spare], block: bool = False) -> None:
