@@ -16,8 +16,8 @@ the output cap, replies, and kills the runner's process group (or PID namespace)
 Isolation levels (`evaluation.sandbox`):
 - 'namespaces': the runner is forked into new mount, network, PID, IPC and UTS namespaces
   (inside a user namespace when not root); it is PID 1 of the new PID namespace (killing it
-  kills everything it started, setsid or not), gets a new root holding only the system directories and the Python installation (read-only,
-  nosuid, nodev), a size-limited tmpfs at /answer as the only writable place and working
+  kills everything it started, setsid or not), gets a new root holding only the system
+  directories and the Python installation (read-only, nosuid, nodev), a size-limited tmpfs at /answer as the only writable place and working
   directory, a private /proc, the device nodes null/zero/full/random/urandom, a network
   without interfaces, and then drops every capability and sets no_new_privs.
 - 'audit': no namespaces; the runner gets its own process group and a private working
@@ -147,10 +147,6 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _unshare(flags: int) -> None:
-    _check(_libc.unshare(flags), "unshare")
-
-
 def _fork_into_namespaces(user_namespace: bool) -> int:
     """fork(), the child in new mount, network, PID (as its PID 1), IPC and UTS namespaces, and
     with a user namespace (how a non-root user gets them) in that too: one clone(2), so an answer
@@ -172,10 +168,11 @@ def _fork_into_namespaces(user_namespace: bool) -> int:
     return pid
 
 
-def _enter_namespaces(user_namespace: bool, uid: int, gid: int) -> None:
-    """In the child of _fork_into_namespaces: map the caller's uid and gid to root inside the
-    user namespace (when there is one), and stop mount events from propagating to the host."""
-    if user_namespace:
+def _enter_namespaces(ids: tuple[int, int] | None) -> None:
+    """In the child of _fork_into_namespaces: map the caller's (uid, gid) `ids` to root inside
+    the user namespace (None: there is none), and stop mount events from reaching the host."""
+    if ids is not None:
+        uid, gid = ids
         for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
             try:
                 with open(f"/proc/self/{name}", "w") as f:
@@ -353,7 +350,7 @@ def _runner(level: str, limits: CodeLimits, solver_limits: SolverLimits, root: s
             if fd not in keep:
                 os.closerange(fd, fd + 1)
         if level == "namespaces":
-            _enter_namespaces(ids is not None, *(ids or (0, 0)))
+            _enter_namespaces(ids)
             _build_root(root, limits.file_mb)
             workdir = _WORKDIR
             _drop_capabilities()
@@ -623,7 +620,7 @@ def namespaces_unavailable(user_namespace: bool | None = None) -> str | None:
     if pid == 0:
         os.close(r)
         try:
-            _enter_namespaces(user_namespace, *ids)
+            _enter_namespaces(ids if user_namespace else None)
             _mount("probe", probe, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m")
             _libc.umount2(probe.encode(), _MNT_DETACH)
             message = b""
