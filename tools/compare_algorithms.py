@@ -71,10 +71,13 @@ def starter_accuracy(out: Path, heldout: Path) -> float:
 
 
 def run_dir(out: Path, name: str, finished: bool = True) -> Path | None:
-    """The estimator's run directory: the last finished one (with its trainable.pt), or with
-    finished=False the last one at all."""
-    runs = sorted((out / name / name).glob("version_*/trainable.pt" if finished else "version_*/events.*"))
-    return runs[-1].parent if runs else None
+    """The estimator's run directory: a finished one (with its trainable.pt), or with
+    finished=False the one that got furthest (the largest event log)."""
+    if finished:
+        runs = sorted((out / name / name).glob("version_*/trainable.pt"))
+        return runs[-1].parent if runs else None
+    logs = sorted((out / name / name).glob("version_*/events.*"), key=lambda path: path.stat().st_size)
+    return logs[-1].parent if logs else None
 
 
 def run(name: str, out: Path, train: Path, heldout: Path) -> None:
