@@ -87,7 +87,7 @@ def test_train_print_config_resolves_defaults_yaml_and_overrides_without_reading
             f"data.train={tmp_path / 'not-written-yet.jsonl'}", f"model.path={tmp_path / 'no-model-here'}"]
     printed = printed_config(capsys, argv)
     assert printed["ppo"]["lr"] == 5e-5 and printed["trainer"]["max_steps"] == 20  # overrides
-    assert printed["ppo"]["advantage"] == "rloo" and printed["sampling"]["temperature"] == 0.7  # the YAML
+    assert printed["ppo"]["advantage"] == "reinforce_pp" and printed["sampling"]["temperature"] == 0.7  # the YAML
     assert printed["ppo"]["clip_low"] == 0.2 and printed["evaluation"]["limits"]["time_limit_s"] == 5.0  # defaults
     # the printed YAML is a complete config: loaded back, it is the same run
     (tmp_path / "printed.yaml").write_text(OmegaConf.to_yaml(printed))
