@@ -12,7 +12,7 @@ kept, nothing else checked. The overhead per answer is measured serially on `--s
 answers: the time score_answer takes beyond SCIP's own solve (building the SCIP model and
 solving it), and the part of it spent in the sandbox (the program's own run included). Wall
 time on a loaded machine is mostly waiting for a core, so the CPU time beyond SCIP is reported
-beside it: this process's (minus SCIP's) plus the sandbox server's and its reaped runners'
+beside it: this process's (minus SCIP's) plus the sandbox servers' and their reaped runners'
 (per answer, mean over the serial run). Targets: >= 5x answers/s, overhead median (wall)
 <= 15 ms. Prints a table; the last line is one JSON object.
 """
@@ -37,8 +37,9 @@ sys.path.insert(0, str(ROOT))
 import app.evaluation.reward as reward_module  # noqa: E402
 from app.data.code_answers import CODE_FORMATS, code_answer  # noqa: E402
 from app.data.synthetic import generate  # noqa: E402
-from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, score_answer  # noqa: E402
-from app.evaluation.sandbox import sandbox_for  # noqa: E402
+from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, extract_model, score_answer  # noqa: E402
+from app.evaluation.capture import detect_library  # noqa: E402
+from app.evaluation.sandbox import _sandboxes as sandboxes  # noqa: E402
 
 # Libraries whose own solver runs in the subprocess baseline (pyomo needs an external solver
 # binary, which a pip install does not bring: its answers run in ours only).
@@ -146,10 +147,13 @@ def main() -> None:
     reward_module.solve_model = _timed_solve
     reward_module.run_code = _timed_run_code
     overhead_ms, sandbox_ms, own_cpu_ms, per_library = [], [], [], {}
-    score_answer(items[0][0], items[0][1], config)  # starts this process's sandbox server
-    server = sandbox_for(config.sandbox, config.code, config.limits)._process.pid
-    time.sleep(0.5)  # the server reaps the runners of the warm-up answer while idle
-    server_cpu0 = _tree_cpu_s(server)
+    code_of = {answer: extract_model(answer) for answer, _, _ in items[: args.serial]}
+    first_of_each = {detect_library(code_of[a].text): (a, ref) for a, ref, _ in reversed(items[: args.serial]) if code_of[a].fmt == "python"}
+    for answer, ref in first_of_each.values():  # starts this process's sandbox server for each library
+        score_answer(answer, ref, config)
+    servers = [box._process.pid for box in sandboxes.values() if box._process is not None]
+    time.sleep(0.5)  # the servers reap the runners of the warm-up answers while idle
+    server_cpu0 = sum(map(_tree_cpu_s, servers))
     for answer, ref, library in items[: args.serial]:
         _in_scip[:] = [0.0, 0.0]
         _in_sandbox[0] = 0.0
@@ -162,7 +166,7 @@ def main() -> None:
         per_library.setdefault(library, []).append((ms, _in_sandbox[0] * 1000))
 
     time.sleep(0.5)
-    server_cpu_ms = (_tree_cpu_s(server) - server_cpu0) * 1000 / args.serial  # the sandbox's processes, per answer
+    server_cpu_ms = (sum(map(_tree_cpu_s, servers)) - server_cpu0) * 1000 / args.serial  # the sandbox's processes, per answer
     cpu_ms = statistics.mean(own_cpu_ms) + server_cpu_ms
 
     print(f"load average at start: {load0:.2f}, cores: {os.cpu_count()}, workers: {args.workers}, sandbox: {args.sandbox}")
@@ -177,7 +181,7 @@ def main() -> None:
         p90 = sorted(total)[int(0.9 * (len(total) - 1))]
         print(f"  {library:<32}{statistics.median(total):>8.1f}{p90:>8.1f}{statistics.median(sandbox):>22.1f}")
     print(f"CPU beyond SCIP per answer (serial, mean): {cpu_ms:.1f} ms = {statistics.mean(own_cpu_ms):.1f} in this process "
-          f"(median {statistics.median(own_cpu_ms):.1f}) + {server_cpu_ms:.1f} in the sandbox server and its runners")
+          f"(median {statistics.median(own_cpu_ms):.1f}) + {server_cpu_ms:.1f} in the sandbox servers and their runners")
     print(json.dumps({"vs_subprocess": round(ours_per_s / theirs_per_s, 2), "overhead_ms_median": round(statistics.median(overhead_ms), 2),
                       "sandbox_ms_median": round(statistics.median(sandbox_ms), 2), "overhead_cpu_ms_mean": round(cpu_ms, 2)}))
 

@@ -81,12 +81,12 @@ def detect_library(code: str) -> str | None:
     return solvers[0] if solvers else (imported[0] if imported else None)
 
 
-def preload() -> None:
-    """Import every installed supported library (and scipy.optimize), so that a process forked
-    afterwards starts with them loaded; a library that fails to import is skipped."""
-    for module in ("pyscipopt", "gurobipy", "coptpy", "pyomo.environ", "pulp", "scipy.optimize"):
+def preload(library: str | None) -> None:
+    """Import a supported library (None: none), so that a process forked afterwards starts with
+    it loaded; a library that fails to import is skipped (its answers then report why)."""
+    if library in SUPPORTED:
         with contextlib.suppress(Exception):
-            importlib.import_module(module)
+            importlib.import_module(_MODULES.get(library, library))
 
 
 def installed(library: str) -> bool:

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 
 from app.evaluation.config import EvaluationConfig, MatchRule, SolverLimits
-from app.evaluation.capture import CaptureOutcome, orient
+from app.evaluation.capture import CaptureOutcome, detect_library, orient
 from app.evaluation.extract import extract_model
 from app.evaluation.graph import graph_distance
 from app.evaluation.model import Model, ModelReadError, read_model
@@ -129,10 +129,10 @@ def restates_a_number(model: Model, ref_model: Model | None) -> str:
 
 
 def run_code(code: str, config: EvaluationConfig) -> CaptureOutcome:
-    """A code answer's model, captured in this process's sandbox (app/evaluation/sandbox.py)."""
+    """A code answer's model, captured in this process's sandbox for its library (app/evaluation/sandbox.py)."""
     from app.evaluation.sandbox import sandbox_for
 
-    return sandbox_for(config.sandbox, config.code, config.limits).run(code)
+    return sandbox_for(config.sandbox, config.code, config.limits, detect_library(code)).run(code)
 
 
 def score_answer(answer: str | bytes, reference: Reference, config: EvaluationConfig, solve_reference: bool = True) -> ScoreResult:

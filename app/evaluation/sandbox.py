@@ -5,8 +5,10 @@ Processes (one per answer):
     caller (pool worker) --pipe--> server --fork/clone--> runner (the answer's code)
 
 The *server* is a fresh interpreter (`python -I`, a minimal environment, its own temporary
-directory, no inherited descriptors) that imports the solver libraries once
-(capture.preload) and never sees a reference, a score or another process's memory. For each
+directory, no inherited descriptors) that imports one solver library once (capture.preload;
+a caller keeps one server per library its answers import, started on the first such answer:
+a smaller server is cheaper to fork and its runners cheaper to tear down) and never sees a
+reference, a score or another process's memory. For each
 answer it forks a *runner* (at level 'namespaces' straight into its new namespaces, one
 clone), which builds its world and waits for the code; two are kept prepared, new ones are
 forked while the caller solves the last model, so an answer pays for neither an interpreter
@@ -338,6 +340,7 @@ def _runner(level: str, limits: CodeLimits, solver_limits: SolverLimits, root: s
     """The answer's process: enter its world, wait for the code (a length-prefixed frame), run it
     until its solve call, write the CaptureOutcome as JSON, exit. Never returns.
     ids: (uid, gid) outside, when the namespaces include a user namespace."""
+    reporter = os.getpid()  # processes the code forks end here too, but only the runner reports
     try:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         os.setsid()  # its own session and process group: a kill(0) from the answer reaches nothing else
@@ -374,7 +377,8 @@ def _runner(level: str, limits: CodeLimits, solver_limits: SolverLimits, root: s
     except BaseException as err:  # noqa: BLE001 - whatever happened is reported, never raised
         payload = _error_payload(err)
     try:
-        _write_all(result_fd, payload)
+        if os.getpid() == reporter:
+            _write_all(result_fd, payload)
         os.close(result_fd)  # the server replies now, before this process's exit has torn down its memory
     finally:
         os._exit(0)
@@ -636,7 +640,7 @@ def namespaces_unavailable(user_namespace: bool | None = None) -> str | None:
     return message.decode() or None
 
 
-# One tiny model per library, captured once in the server so that every runner forked from it
+# One tiny model per library, captured once in its server so that every runner forked from it
 # finds the libraries' lazily initialised state (and their code pages) already in place.
 _WARM_UP = {
     "pyscipopt": "import pyscipopt\nm = pyscipopt.Model()\nx = m.addVar('x', ub=1)\nm.addCons(x <= 1)\nm.setObjective(x, 'maximize')\nm.optimize()",
@@ -648,14 +652,13 @@ _WARM_UP = {
 }
 
 
-def _warm_up(base: str) -> None:
+def _warm_up(base: str, library: str | None) -> None:
     from app.evaluation.capture import installed, run_captured
 
-    workdir = tempfile.mkdtemp(dir=base)
-    for library, code in _WARM_UP.items():
-        if installed(library):
-            run_captured(code, workdir)
-    _remove_tree(workdir)
+    if library in _WARM_UP and installed(library):
+        workdir = tempfile.mkdtemp(dir=base)
+        run_captured(_WARM_UP[library], workdir)
+        _remove_tree(workdir)
 
 
 # Runners kept prepared: while one answer runs, the next is ready and the one after it is
@@ -676,9 +679,9 @@ def serve(settings: dict) -> None:
     level = "namespaces" if problem is None else "audit"
     from app.evaluation.capture import preload
 
-    preload()
+    preload(settings["library"])
     base = tempfile.mkdtemp(prefix="solver-ppo-sandbox-")
-    _warm_up(base)
+    _warm_up(base, settings["library"])
     _exposed_paths()  # computed once here, inherited by every runner
     gc.freeze()  # the runners' garbage collections then leave the server's objects (and their pages) alone
     os.makedirs(os.path.join(base, "root"))
@@ -746,8 +749,10 @@ class Sandbox:
     SandboxUnavailable at level 'strict')."""
 
     def __init__(self, level: str = "auto", limits: CodeLimits | None = None, solver_limits: SolverLimits | None = None,
-                 user_namespace: bool | None = None):
-        """user_namespace: build the namespaces inside a user namespace (None: only when not root)."""
+                 user_namespace: bool | None = None, library: str | None = None):
+        """user_namespace: build the namespaces inside a user namespace (None: only when not root).
+        library: the solver library the server imports before forking runners (capture.SUPPORTED;
+        None: none, and code importing one imports it in its runner)."""
         if level not in LEVELS:
             raise ValueError(f"evaluation.sandbox={level!r} is not one of {', '.join(LEVELS)}")
         self.level_setting = level
@@ -759,12 +764,14 @@ class Sandbox:
         self._lock = threading.Lock()
         self.restarts = 0
         self.user_namespace = user_namespace
+        self.library = library
 
     def _start(self) -> None:
         global _warned
         home = self._home = tempfile.mkdtemp(prefix="solver-ppo-sandbox-home-")
         settings = {"level": self.level_setting, "limits": asdict(self.limits), "solver_limits": asdict(self.solver_limits),
-                    "user_namespace": self.user_namespace, "home": home}
+                    "user_namespace": self.user_namespace, "home": home,
+                    "library": self.library}
         bootstrap = (f"import sys, json; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
                      "from app.evaluation.sandbox import serve; serve(json.loads(sys.argv[1]))")
         env = {**_CLEAN_ENV, "HOME": home, "TMPDIR": home}
@@ -851,12 +858,12 @@ def _outcome(reply: dict) -> CaptureOutcome:
 _sandboxes: dict[tuple, Sandbox] = {}
 
 
-def sandbox_for(level: str, limits: CodeLimits, solver_limits: SolverLimits) -> Sandbox:
-    """This process's sandbox for these settings (one server per process and setting)."""
-    key = (level, tuple(asdict(limits).items()), tuple(asdict(solver_limits).items()), os.getpid())
+def sandbox_for(level: str, limits: CodeLimits, solver_limits: SolverLimits, library: str | None) -> Sandbox:
+    """This process's sandbox for these settings and this solver library (one server each)."""
+    key = (level, tuple(asdict(limits).items()), tuple(asdict(solver_limits).items()), library, os.getpid())
     box = _sandboxes.get(key)
     if box is None:
-        box = _sandboxes[key] = Sandbox(level, limits, solver_limits)
+        box = _sandboxes[key] = Sandbox(level, limits, solver_limits, library=library)
     return box
 
 
