@@ -4,14 +4,30 @@ with SCIP in worker processes, match the optimum, compare model graphs, return a
 No torch, no Lightning: everything here is plain data so it can cross process boundaries.
 """
 
-from app.evaluation.config import EvaluationConfig, MatchRule, RewardWeights, SolverLimits
-from app.evaluation.extract import Extraction, extract_model
-from app.evaluation.graph import equivalent, graph_distance, model_graph
-from app.evaluation.model import Constraint, Model, ModelReadError, Variable, read_model, to_lp_text
-from app.evaluation.pool import EvaluatorPool
-from app.evaluation.reward import Reference, ScoreResult, objective_matches, score_answer
-from app.evaluation.solve import SolveResult, solve_model
-from app.evaluation.summary import format_summary_table, summarize
+import importlib
+
+# name -> submodule: imported on first use, so a process that needs one part (the sandbox server
+# imports capture and sandbox only) does not load networkx, the pool or SCIP with it
+_EXPORTS = {
+    "EvaluationConfig": "config", "MatchRule": "config", "RewardWeights": "config", "SolverLimits": "config",
+    "Extraction": "extract", "extract_model": "extract",
+    "equivalent": "graph", "graph_distance": "graph", "model_graph": "graph",
+    "Constraint": "model", "Model": "model", "ModelReadError": "model", "Variable": "model", "read_model": "model",
+    "to_lp_text": "model",
+    "EvaluatorPool": "pool",
+    "Reference": "reward", "ScoreResult": "reward", "objective_matches": "reward", "score_answer": "reward",
+    "SolveResult": "solve", "solve_model": "solve",
+    "format_summary_table": "summary", "summarize": "summary",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'app.evaluation' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"app.evaluation.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Constraint",
