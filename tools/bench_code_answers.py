@@ -102,10 +102,10 @@ def _tree_cpu_s(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def _timed_run_code(code, config, _run=reward_module.run_code):
+def _timed_run_code(code, library, config, _run=reward_module.run_code):
     t = time.perf_counter()
     try:
-        return _run(code, config)
+        return _run(code, library, config)
     finally:
         _in_sandbox[0] = time.perf_counter() - t
 

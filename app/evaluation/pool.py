@@ -28,7 +28,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from app.evaluation.capture import SUPPORTED
+from app.evaluation.capture import SUPPORTED, detect_library
 from app.evaluation.config import EvaluationConfig
 from app.evaluation.model import Model, ModelReadError, read_model
 from app.evaluation.reward import Reference, ScoreResult, reference_from_solve, run_code, score_answer
@@ -63,7 +63,7 @@ def _run_task(kind: str, shared, item):
 
 def _code_item(code: str, config: EvaluationConfig) -> SolveResult:
     """A solver-library program: the model it builds (sandboxed), solved by SCIP."""
-    outcome = run_code(code, config)
+    outcome = run_code(code, detect_library(code), config)
     if outcome.status != "captured":
         return SolveResult(outcome.status, reason=f"{outcome.library}: {outcome.reason}" if outcome.library else outcome.reason)
     return _solve_item(outcome.model_text, config.limits)

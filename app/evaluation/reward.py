@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 
 from app.evaluation.config import EvaluationConfig, MatchRule, SolverLimits
-from app.evaluation.capture import CaptureOutcome, detect_library, orient
+from app.evaluation.capture import SUPPORTED, CaptureOutcome, orient
 from app.evaluation.extract import extract_model
 from app.evaluation.graph import graph_distance
 from app.evaluation.model import Model, ModelReadError, read_model
@@ -128,11 +128,12 @@ def restates_a_number(model: Model, ref_model: Model | None) -> str:
     return "the objective has no variable term, so the model only restates a number: no answer credit"
 
 
-def run_code(code: str, config: EvaluationConfig) -> CaptureOutcome:
-    """A code answer's model, captured in this process's sandbox for its library (app/evaluation/sandbox.py)."""
+def run_code(code: str, library: str | None, config: EvaluationConfig) -> CaptureOutcome:
+    """A code answer's model, captured in this process's sandbox for `library`, the solver library
+    it imports (extraction found it; app/evaluation/sandbox.py)."""
     from app.evaluation.sandbox import sandbox_for
 
-    return sandbox_for(config.sandbox, config.code, config.limits, detect_library(code)).run(code)
+    return sandbox_for(config.sandbox, config.code, config.limits, library if library in SUPPORTED else None).run(code)
 
 
 def score_answer(answer: str | bytes, reference: Reference, config: EvaluationConfig, solve_reference: bool = True) -> ScoreResult:
@@ -170,7 +171,7 @@ def score_answer(answer: str | bytes, reference: Reference, config: EvaluationCo
         return done("several", f"{ext.candidates} different models in one answer; write exactly one", final_answer=ext.final_answer)
     text, fmt, sense_free = ext.text, ext.fmt, False
     if ext.fmt == "python":  # code answer: run in the sandbox, the model it builds is what counts
-        outcome = run_code(ext.text, config)
+        outcome = run_code(ext.text, ext.library, config)
         if outcome.status != "captured":
             return done(outcome.status, f"{outcome.library or ext.library}: {outcome.reason}", final_answer=ext.final_answer)
         text, fmt, sense_free = outcome.model_text, outcome.fmt, outcome.sense_free
