@@ -5,8 +5,8 @@ result with status 'timelimit' or 'error' and the reason. Workers are forked fro
 that preloads only this package and pyscipopt, so a pool created inside a process that has torch
 loaded never carries torch into its workers (and a replacement starts in milliseconds).
 
-Code answers run in a sandbox server that each worker starts on its first code answer (see
-sandbox.py): a fresh interpreter, so nothing a worker holds (references, other answers) reaches
+Code answers run in a sandbox server per solver library that each worker starts on its first
+code answer importing that library (see sandbox.py): a fresh interpreter, so nothing a worker holds (references, other answers) reaches
 the code. The deadline of a scoring task covers the code's deadline and that start as well.
 
 Work goes out in chunks of up to `_CHUNK` items with one chunk queued behind the running one, and
@@ -127,7 +127,7 @@ _SANDBOX_START_S = 15.0
 def _may_hold_code(answer: str | bytes) -> bool:
     if isinstance(answer, bytes):
         answer = answer.decode("utf-8", errors="replace")
-    return isinstance(answer, str) and _IMPORTS_SOLVER.search(answer) is not None  # a worker's first code answer starts its sandbox server (imports the solver libraries)
+    return isinstance(answer, str) and _IMPORTS_SOLVER.search(answer) is not None  # a worker's first code answer of a library starts its sandbox server for it
 _STARTED, _TASK = 0, 1  # fields of a worker's progress record (shared doubles); _TASK is -1 between chunks
 
 

@@ -739,7 +739,7 @@ def _reap(retired: list[_Spare], block: bool = False) -> None:
 
 _CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "1",
               "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
-_START_TIMEOUT_S = 120.0  # importing the solver libraries on a busy machine
+_START_TIMEOUT_S = 120.0  # importing a solver library on a busy machine
 _warned = False
 
 
