@@ -47,7 +47,7 @@ class CodeLimits:
     """Limits of one code answer's sandboxed process (see app/evaluation/sandbox.py)."""
 
     wall_s: float = 5.0  # wall-clock deadline from the code's start to its solve call
-    memory_mb: int = 4096  # address space (the preloaded solver libraries take about 600 MiB of it)
+    memory_mb: int = 4096  # address space of the answer's process, including its solver library (loaded before the clone)
     file_mb: int = 64  # largest file, and the size of the private work directory
     output_kb: int = 1024  # stdout + stderr (discarded); the process is killed past this
     open_files: int = 256  # file descriptors the process may hold open (RLIMIT_NOFILE)
