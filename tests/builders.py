@@ -7,6 +7,9 @@ import random
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from app.evaluation import Constraint, Model, Variable
+from app.evaluation.model import quad_key
+
 PAD = 0
 
 
@@ -51,3 +54,24 @@ def answer_token_loss(model_dir, problems_path, system_prompt: str | None, instr
         total += torch.nn.functional.cross_entropy(logits.float(), ids[0, len(prompt) :], reduction="sum").item()
         tokens += len(target)
     return total / tokens
+
+
+def renamed_shuffled(m: Model, seed: int, negate: bool = True, scale: bool = True, row_name: str | None = None) -> Model:
+    """The same model: new names, shuffled order, rows negated (sense flipped) and scaled;
+    `row_name` gives every row that one name (names are labels, not keys)."""
+    rng = random.Random(seed)
+    names = {v.name: f"v{rng.randrange(10**6)}_{k}" for k, v in enumerate(m.variables)}
+    variables = [Variable(names[v.name], v.vtype, v.lb, v.ub, v.obj) for v in m.variables]
+    rng.shuffle(variables)
+    rows = []
+    for k, c in enumerate(m.constraints):
+        f = rng.choice([-1.0, 1.0]) if negate else 1.0
+        f *= rng.choice([1.0, 2.0, 0.5, 10.0]) if scale else 1.0
+        sense = {"<=": ">=", ">=": "<=", "=": "="}[c.sense] if f < 0 else c.sense
+        items = list(c.coefs.items())
+        rng.shuffle(items)
+        quad = {quad_key(names[a], names[b]): f * q for (a, b), q in c.quad.items()}
+        rows.append(Constraint(row_name or f"row{k}", {names[n]: f * a for n, a in items}, sense, f * c.rhs, quad))
+    rng.shuffle(rows)
+    quad_obj = {quad_key(names[a], names[b]): q for (a, b), q in m.quad_obj.items()}
+    return Model(variables, rows, m.sense, m.obj_constant, quad_obj)

@@ -11,6 +11,7 @@ from scipy.stats import spearmanr
 
 from app.evaluation import Constraint, Model, Variable, equivalent, graph_distance, model_graph, read_model
 from app.evaluation.graph import edit_costs, graph_size
+from builders import renamed_shuffled
 
 BASE = """Maximize
  obj: 3 x + 2 y + 4 z + 1
@@ -25,24 +26,6 @@ Generals
  z
 End
 """
-
-
-def renamed_shuffled(m: Model, seed: int, negate: bool = True, scale: bool = True) -> Model:
-    """The same model: new names, shuffled order, rows negated (sense flipped) and scaled."""
-    rng = random.Random(seed)
-    names = {v.name: f"v{rng.randrange(10**6)}_{k}" for k, v in enumerate(m.variables)}
-    variables = [Variable(names[v.name], v.vtype, v.lb, v.ub, v.obj) for v in m.variables]
-    rng.shuffle(variables)
-    rows = []
-    for k, c in enumerate(m.constraints):
-        f = rng.choice([-1.0, 1.0]) if negate else 1.0
-        f *= rng.choice([1.0, 2.0, 0.5, 10.0]) if scale else 1.0
-        sense = {"<=": ">=", ">=": "<=", "=": "="}[c.sense] if f < 0 else c.sense
-        items = list(c.coefs.items())
-        rng.shuffle(items)
-        rows.append(Constraint(f"row{k}", {names[n]: f * a for n, a in items}, sense, f * c.rhs))
-    rng.shuffle(rows)
-    return Model(variables, rows, m.sense, m.obj_constant)
 
 
 def random_model(n: int, per_row: int, seed: int) -> Model:

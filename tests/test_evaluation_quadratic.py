@@ -14,6 +14,7 @@ from scipy.stats import spearmanr
 from app.evaluation import Constraint, Model, SolverLimits, Variable, equivalent, graph_distance, model_graph, read_model, solve_model, to_lp_text
 from app.evaluation.graph import edit_costs, graph_size
 from app.evaluation.model import quad_key
+from builders import renamed_shuffled
 
 # The test model, nonconvex (x² - 3xy is indefinite) with an integer y:
 #   min x² - 3xy + y + 2  s.t.  x + y >= 1,  (x + y)² <= 4,  -5 <= x <= 5,  y integer in [-5, 5].
@@ -213,31 +214,11 @@ End
 """
 
 
-def renamed_shuffled(m: Model, seed: int, negate: bool = True, scale: bool = True) -> Model:
-    """The same model: new names, shuffled order, rows negated (sense flipped) and scaled."""
-    rng = random.Random(seed)
-    names = {v.name: f"v{rng.randrange(10**6)}_{k}" for k, v in enumerate(m.variables)}
-    variables = [Variable(names[v.name], v.vtype, v.lb, v.ub, v.obj) for v in m.variables]
-    rng.shuffle(variables)
-    rows = []
-    for k, c in enumerate(m.constraints):
-        f = rng.choice([-1.0, 1.0]) if negate else 1.0
-        f *= rng.choice([1.0, 2.0, 0.5, 10.0]) if scale else 1.0
-        sense = {"<=": ">=", ">=": "<=", "=": "="}[c.sense] if f < 0 else c.sense
-        items = list(c.coefs.items())
-        rng.shuffle(items)
-        quad = {quad_key(names[a], names[b]): f * q for (a, b), q in c.quad.items()}
-        rows.append(Constraint("same", {names[n]: f * a for n, a in items}, sense, f * c.rhs, quad))  # every row named alike
-    rng.shuffle(rows)
-    quad_obj = {quad_key(names[a], names[b]): q for (a, b), q in m.quad_obj.items()}
-    return Model(variables, rows, m.sense, m.obj_constant, quad_obj)
-
-
 def test_zero_up_to_renaming_reordering_negation_and_scaling():
     base = read_model(QUAD)
     assert base.quad_obj == {("x", "x"): 1.0, ("x", "y"): 2.0, ("z", "z"): -1.0}
     for seed in range(5):
-        other = renamed_shuffled(base, seed)
+        other = renamed_shuffled(base, seed, row_name="same")
         assert graph_distance(base, other) == 0.0 and graph_distance(other, base) == 0.0
         assert equivalent(base, other)
     assert graph_distance(base, read_model(to_lp_text(base))) == 0.0
@@ -264,7 +245,7 @@ def test_any_quadratic_difference_is_positive_and_symmetric(edit):
     d = graph_distance(base, other)
     assert 0.0 < d < 1.0
     assert graph_distance(other, base) == d
-    assert graph_distance(renamed_shuffled(base, 7), other) == pytest.approx(d)
+    assert graph_distance(renamed_shuffled(base, 7, row_name="same"), other) == pytest.approx(d)
     assert not equivalent(base, other)
 
 
@@ -331,7 +312,7 @@ def test_rank_correlation_with_exact_graph_edit_distance_on_quadratic_pairs():
     costs = edit_costs()
     for _ in range(24):
         a = small_quadratic_model(rng)
-        b = renamed_shuffled(perturb_quadratic(a, rng) if rng.random() < 0.8 else a, rng.randrange(1000), negate=False, scale=False)
+        b = renamed_shuffled(perturb_quadratic(a, rng) if rng.random() < 0.8 else a, rng.randrange(1000), negate=False, scale=False, row_name="same")
         if rng.random() < 0.15:
             b = small_quadratic_model(rng)
         ga, gb = model_graph(a), model_graph(b)
@@ -439,7 +420,7 @@ def test_a_code_model_that_only_restates_a_number(tmp_path):
 def test_models_whose_rows_are_only_quadratic():
     """No linear coefficient anywhere: the distance still works term by term."""
     base = read_model("max [ 2 x * y ] / 2\nst\n e: [ x * y ] <= 4\n s: [ x ^ 2 ] <= 9\nend")
-    assert graph_distance(base, renamed_shuffled(base, 3)) == 0.0 and equivalent(base, renamed_shuffled(base, 4))
+    assert graph_distance(base, renamed_shuffled(base, 3, row_name="same")) == 0.0 and equivalent(base, renamed_shuffled(base, 4, row_name="same"))
     other = copy.deepcopy(base)
     other.constraints[0].quad[("x", "y")] = 2.0
     assert 0.0 < graph_distance(base, other) < 1.0 and not equivalent(base, other)
