@@ -260,3 +260,40 @@ def test_unknown_level_is_refused_in_one_line():
         check_level("jail")
     if HAVE_NAMESPACES:
         check_level("strict")  # available here: no error
+
+
+NO_NAMESPACES_SCRIPT = """
+import sys
+from app.evaluation.config import CodeLimits
+from app.evaluation.sandbox import Sandbox, SandboxUnavailable, check_level
+try:
+    check_level("strict")
+    print("strict: accepted")
+except SandboxUnavailable as err:
+    print("strict: refused:", err)
+with Sandbox("auto", CodeLimits(wall_s=5.0), library="pulp") as box:
+    outcome = box.run(sys.stdin.read())
+    print("auto:", box.level, outcome.status)
+"""
+
+
+def test_without_namespaces_strict_refuses_and_auto_falls_back_to_audit_with_one_warning():
+    """A machine that cannot create namespaces, made real: a user namespace whose limits for new
+    user, mount and network namespaces are 0 (as on clusters that disable them)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--user", "--map-root-user", "true"]).returncode:
+        pytest.skip("cannot create a user namespace here")
+    limits = " && ".join(f"echo 0 > /proc/sys/user/max_{kind}_namespaces" for kind in ("user", "mnt", "net", "pid"))
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c", f'{limits} && exec "$0" -c "$1"',
+                           sys.executable, NO_NAMESPACES_SCRIPT], input=MODEL, capture_output=True, text=True, timeout=240,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("strict: refused: evaluation.sandbox=strict, but this machine cannot create the sandbox's namespaces")
+    assert "set evaluation.sandbox=auto" in lines[0]
+    assert lines[1] == "auto: audit captured"
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("sandbox: namespaces unavailable")]
+    assert len(warnings) == 1 and warnings[0].endswith("code answers run with resource limits and an audit hook only")
