@@ -44,34 +44,26 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_ppo import (  # noqa: E402  (this folder)
-    LORA_TARGETS, PHASES, build_fixture, medians, peak_rss_mb, rss_mb, run_side, used_memory_mb,
+    LORA_TARGETS, PHASES, build_fixture, fit_timed, medians, run_side,
 )
 
 
 def run_ours(fixture: Path, advantage: str, logprobs_from_sampling: bool) -> dict:
     """One Lightning fit of PPOModule: warm-up + timed optimizer steps (one per iteration); phase seconds."""
-    import lightning.pytorch as pl
     import torch
 
     from app.config import DataSettings, PPOSettings, TrainConfig, TrainerSettings
-    from app.data.datamodule import PromptDataModule
     from app.evaluation import EvaluationConfig
     from app.models.config import LoraSettings, ModelConfig, SamplingConfig
-    from app.models.loading import load_model
-    from app.models.policy import PolicyWithValue
-    from app.ppo.module import PPOModule
-    from app.ppo.train import build_trainer
 
     s = json.loads((fixture / "settings.json").read_text())
     torch.set_num_threads(s["threads"])
-    rss0 = rss_mb()
     rows = s["prompts"] * s["group"]
     ppo = PPOSettings(
         prompts_per_step=s["prompts"], samples_per_prompt=s["group"], advantage=advantage, epochs=1,
@@ -97,40 +89,7 @@ def run_ours(fixture: Path, advantage: str, logprobs_from_sampling: bool) -> dic
                                 enable_progress_bar=False, checkpoint_every=0, sample_log_every=0),
     )
 
-    class StepTimer(pl.Callback):
-        def __init__(self):
-            self.rows: list[dict] = []
-            self.t0 = self.cpu0 = 0.0
-            self.optimizer_steps = 0
-
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            self.t0, self.cpu0 = time.perf_counter(), time.process_time()
-            self.optimizer_steps = trainer.global_step
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            total = time.perf_counter() - self.t0
-            steps = trainer.global_step - self.optimizer_steps
-            if steps != 1:
-                raise RuntimeError(f"{steps} optimizer steps in one iteration, expected 1")
-            m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("time/")}
-            lengths = module.last_rollout.response_mask.sum(-1)
-            if len(lengths) != rows or not bool((lengths == s["new_tokens"]).all()):
-                raise RuntimeError(f"response lengths {lengths.tolist()}, expected {rows} of {s['new_tokens']}")
-            row = {"generate": m["time/generate"], "score": m["time/score_wait"], "forward": m["time/forward"],
-                   "update": m["time/update"], "total": total, "cpu": time.process_time() - self.cpu0}
-            row["other"] = total - sum(row[k] for k in ("generate", "score", "forward", "update"))
-            self.rows.append(row)
-
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    loaded = load_model(cfg.model)
-    # No stop tokens: every response is exactly max_new_tokens long, as TRL's min_new_tokens makes its own.
-    policy = PolicyWithValue(loaded.model, cfg.model.lora, pad_token_id=loaded.chat.pad_token_id, stop_token_ids=[])
-    module = PPOModule(cfg, loaded, policy)
-    timer = StepTimer()
-    trainer = build_trainer(cfg, [timer])
-    trainer.fit(module, datamodule=PromptDataModule(cfg.data, prompts_per_step=cfg.ppo.prompts_per_step, seed=cfg.seed))
-    return {"iterations": timer.rows[s["warmup"]:], "memory_mb": used_memory_mb(s["device"], rss0),
-            "peak_rss_mb": peak_rss_mb(), "import_rss_mb": rss0}
+    return fit_timed(cfg, s, optimizer_steps_per_iteration=1)
 
 
 def main() -> int:

@@ -183,21 +183,14 @@ def used_memory_mb(device: str, rss_after_imports_mb: float) -> float:
 
 def run_ours(fixture: Path, logprobs_from_sampling: bool) -> dict:
     """One Lightning fit of PPOModule: warm-up + timed iterations; per-iteration phase seconds."""
-    import lightning.pytorch as pl
     import torch
 
     from app.config import DataSettings, PPOSettings, TrainConfig, TrainerSettings
-    from app.data.datamodule import PromptDataModule
     from app.evaluation import EvaluationConfig
     from app.models.config import LoraSettings, ModelConfig, SamplingConfig
-    from app.models.loading import load_model
-    from app.models.policy import PolicyWithValue
-    from app.ppo.module import PPOModule
-    from app.ppo.train import build_trainer
 
     s = json.loads((fixture / "settings.json").read_text())
     torch.set_num_threads(s["threads"])
-    rss0 = rss_mb()
     cfg = TrainConfig(
         seed=s["seed"],
         model=ModelConfig(family="auto", path=str(fixture / "model"), chat_format="plain",
@@ -218,37 +211,57 @@ def run_ours(fixture: Path, logprobs_from_sampling: bool) -> dict:
     )
     cfg.ppo.kl.coef = s["kl_coef"]
 
+    return fit_timed(cfg, s)
+
+
+def fit_timed(cfg, s: dict, optimizer_steps_per_iteration: int | None = None) -> dict:
+    """One Lightning fit of PPOModule on `cfg`: per iteration, the module's phase seconds (time/*)
+    and the iteration's wall and CPU seconds, the warm-up left out. Every response must be exactly
+    s["new_tokens"] long (no stop tokens), as TRL's min_new_tokens makes its own. Memory counts from
+    the RSS after every import, so the libraries' import cost does not count."""
+    import lightning.pytorch as pl
+
+    from app.data.datamodule import PromptDataModule
+    from app.models.loading import load_model
+    from app.models.policy import PolicyWithValue
+    from app.ppo.module import PPOModule
+    from app.ppo.train import build_trainer
+
+    rss0 = rss_mb()
+    rows = cfg.ppo.prompts_per_step * cfg.ppo.samples_per_prompt
+
     class Timer(pl.Callback):
         def __init__(self):
             self.rows: list[dict] = []
-            self.t0 = 0.0
+            self.t0 = self.cpu0 = 0.0
+            self.step0 = 0
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            self.t0 = time.perf_counter()
+            self.t0, self.cpu0, self.step0 = time.perf_counter(), time.process_time(), trainer.global_step
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             total = time.perf_counter() - self.t0
+            steps = trainer.global_step - self.step0
+            if optimizer_steps_per_iteration is not None and steps != optimizer_steps_per_iteration:
+                raise RuntimeError(f"{steps} optimizer steps in one iteration, expected {optimizer_steps_per_iteration}")
             m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("time/")}
             lengths = module.last_rollout.response_mask.sum(-1)
-            if not bool((lengths == s["new_tokens"]).all()):
-                raise RuntimeError(f"response lengths {lengths.tolist()}, expected all {s['new_tokens']}")
+            if len(lengths) != rows or not bool((lengths == s["new_tokens"]).all()):
+                raise RuntimeError(f"response lengths {lengths.tolist()}, expected {rows} of {s['new_tokens']}")
             row = {"generate": m["time/generate"], "score": m["time/score_wait"], "forward": m["time/forward"],
-                   "update": m["time/update"], "total": total}
+                   "update": m["time/update"], "total": total, "cpu": time.process_time() - self.cpu0}
             row["other"] = total - sum(row[k] for k in ("generate", "score", "forward", "update"))
             self.rows.append(row)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     loaded = load_model(cfg.model)
-    # No stop tokens: every response is exactly max_new_tokens long, as TRL's min_new_tokens makes its own.
     policy = PolicyWithValue(loaded.model, cfg.model.lora, pad_token_id=loaded.chat.pad_token_id, stop_token_ids=[])
     module = PPOModule(cfg, loaded, policy)
     timer = Timer()
     trainer = build_trainer(cfg, [timer])
     trainer.fit(module, datamodule=PromptDataModule(cfg.data, prompts_per_step=cfg.ppo.prompts_per_step, seed=cfg.seed))
-    return {"iterations": timer.rows[s["warmup"]:], "memory_mb": used_memory_mb(s["device"], rss0)}
-
-
-# ----------------------------------------------------------------------------- driver
+    return {"iterations": timer.rows[s["warmup"]:], "memory_mb": used_memory_mb(s["device"], rss0),
+            "peak_rss_mb": peak_rss_mb(), "import_rss_mb": rss0}
 
 
 def run_side(cmd: list[str], name: str) -> dict:
