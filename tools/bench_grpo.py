@@ -43,14 +43,13 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_ppo import (  # noqa: E402  (this folder)
-    LORA_TARGETS, PHASES, build_fixture, fit_timed, medians, run_side,
+    LORA_TARGETS, PHASES, fit_timed, medians, run_rounds,
 )
 
 
@@ -150,15 +149,8 @@ def main() -> int:
     if not args.no_recompute:
         sides.append(("ours, recompute", ours_cmd + ["--recompute-logprobs"]))
     sides.append(("TRL", trl_cmd))
-    runs: dict[str, list[dict]] = {name: [] for name, _ in sides}
-    with tempfile.TemporaryDirectory(prefix="bench_grpo_") as tmp:
-        fixture = Path(tmp)
-        build_fixture(fixture, settings)
-        # Rounds alternate the order of the sides, so a change in the machine's load hits all of them.
-        for r in range(args.rounds):
-            for name, cmd in sides if r % 2 == 0 else sides[::-1]:
-                runs[name].append(run_side(cmd + ["--fixture", str(fixture)], name))
-        vocab = json.loads((fixture / "settings.json").read_text())["vocab"]
+    runs = run_rounds(sides, settings, args.rounds)
+    vocab = settings["vocab"]
 
     def pooled(name: str) -> dict:
         return {"iterations": [row for r in runs[name] for row in r["iterations"]]}

@@ -273,6 +273,19 @@ def run_side(cmd: list[str], name: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_rounds(sides: list[tuple[str, list[str]]], settings: dict, rounds: int) -> dict[str, list[dict]]:
+    """Build the fixture (which adds settings["vocab"]), then run every side `rounds` times in fresh
+    processes. Rounds alternate the order of the sides, so a change in the machine's load hits all of them."""
+    runs: dict[str, list[dict]] = {name: [] for name, _ in sides}
+    with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
+        fixture = Path(tmp)
+        build_fixture(fixture, settings)
+        for r in range(rounds):
+            for name, cmd in sides if r % 2 == 0 else sides[::-1]:
+                runs[name].append(run_side(cmd + ["--fixture", str(fixture)], name))
+    return runs
+
+
 def pool_rounds(results: list[dict]) -> dict:
     """All rounds' timed iterations together; memory: the median over rounds."""
     return {
@@ -330,14 +343,7 @@ def main() -> int:
     ours_cmd = [sys.executable, str(Path(__file__).resolve()), "--side", "ours"]
     trl_cmd = [str(args.trl_python), str(ROOT / "tools" / "bench_ppo_trl.py")]
     sides = [("ours", ours_cmd), ("ours, recompute", ours_cmd + ["--recompute-logprobs"]), ("TRL", trl_cmd)]
-    runs: dict[str, list[dict]] = {name: [] for name, _ in sides}
-    with tempfile.TemporaryDirectory(prefix="bench_ppo_") as tmp:
-        fixture = Path(tmp)
-        build_fixture(fixture, settings)
-        # Rounds alternate the order of the sides, so a change in the machine's load hits all of them.
-        for r in range(args.rounds):
-            for name, cmd in sides if r % 2 == 0 else sides[::-1]:
-                runs[name].append(run_side(cmd + ["--fixture", str(fixture)], name))
+    runs = run_rounds(sides, settings, args.rounds)
     pooled = {name: pool_rounds(runs[name]) for name in runs}
     times = {name: medians(result) for name, result in pooled.items()}
     memory = {name: result["memory_mb"] for name, result in pooled.items()}
