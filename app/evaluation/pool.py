@@ -109,7 +109,7 @@ def _failure(kind: str, item, status: str, reason: str):
         terms = {"format": 0.0, "solved": 0.0, "answer": 0.0}
         if item[1].model_text is not None:
             terms["graph"] = 0.0
-        return ScoreResult(0.0, terms, status, reason=reason)
+        return ScoreResult(0.0, terms, status, reason=reason, verdict=reason)
     return SolveResult(status, reason=reason)
 
 
@@ -199,6 +199,8 @@ class EvaluatorPool:
         results: list = [None] * len(items)
         pending = deque(range(len(items)))
         base_wall = self.config.limits.wall_limit_s
+        if kind == "score" and self.config.feedback:  # an infeasible or unbounded answer's search comes after its solve
+            base_wall += self.config.feedback_seconds
         # a code answer runs before its solve: its deadline, and the start of the worker's sandbox server
         code_wall = base_wall + self.config.code.wall_s + _SANDBOX_START_S
         walls = [code_wall if kind == "code" or (kind == "score" and _may_hold_code(item[0])) else base_wall for item in items]
