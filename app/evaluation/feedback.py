@@ -22,11 +22,11 @@ def feedback_message(result: ScoreResult) -> str:
         lines.append(f"The model has {_count(result.n_vars, 'variable')} and {_count(result.n_cons, 'constraint')}.")
     if result.model_objective is not None:
         best = "Objective value" if result.status == "optimal" else "Best objective value found"
-        lines.append(f"{best}: {result.model_objective:.6g}.")
+        lines.append(f"{best}: {result.model_objective:.10g}.")
         if result.n_nonzero == 0:
             lines.append("Every variable is 0 in this solution.")
         elif result.n_nonzero is not None:
-            values = ", ".join(f"{name} = {value:.6g}" for name, value in result.nonzero_values)
+            values = ", ".join(f"{name} = {value:.10g}" for name, value in result.nonzero_values)
             more = result.n_nonzero - len(result.nonzero_values)
             lines.append(f"Nonzero variables: {values}" + (f", …and {more} more." if more > 0 else "."))
     if result.infeasible_subset is not None:

@@ -47,6 +47,11 @@ class Reference:
         return cls(value, False, model_text)
 
     @property
+    def expected(self) -> float | str | None:
+        """The answer to match, as result rows show it: the optimum, "infeasible", or None (unknown)."""
+        return "infeasible" if self.infeasible else self.value
+
+    @property
     def key(self) -> str | None:
         """Cache key of the reference model (hash of its text)."""
         return None if self.model_text is None else hashlib.sha256(self.model_text.encode()).hexdigest()
@@ -65,6 +70,7 @@ class ScoreResult:
     solve_seconds: float = 0.0
     n_vars: int = 0
     n_cons: int = 0
+    expected: float | str | None = None  # the reference answer it was scored against: its optimum, "infeasible", or None (unknown)
     # The answer's own verdict, the same whatever the reference (all that app/evaluation/feedback.py reads):
     verdict: str = ""  # why it has its status, about the answer alone (`reason` adds the comparison with the reference)
     error_line: int | None = None  # the line a syntax error, exception or read error names (of the code, or of the model text)
@@ -173,7 +179,8 @@ def score_answer(answer: str | bytes, reference: Reference, config: EvaluationCo
         reason = verdict if reason is None else reason
         if ref_error:
             reason = f"{reason}; {ref_error}" if reason else ref_error
-        return ScoreResult(min(max(reward, 0.0), 1.0), dict(terms), status, reason=reason, verdict=verdict, **kw)
+        return ScoreResult(min(max(reward, 0.0), 1.0), dict(terms), status, reason=reason, expected=reference.expected,
+                           verdict=verdict, **kw)
 
     if len(answer) > limits.max_answer_chars:
         return done("rejected", f"answer has {len(answer)} characters, over the limit of {limits.max_answer_chars}")
