@@ -104,6 +104,14 @@ def test_code_answers_name_the_line_of_their_error():
     assert feedback_message(broken).startswith("Solver status: syntax_error (pyscipopt: SyntaxError: ")
 
 
+def test_a_code_answer_gets_the_subset_of_the_model_it_built():
+    code = ("```python\nimport pyscipopt\nm = pyscipopt.Model()\nx = {i: m.addVar(f'x[{i}]') for i in range(2)}\n"
+            "m.addCons(x[0] + x[1] >= 10, name='need[0]')\nm.addCons(x[0] + 2 * x[1] <= 5, name='cap')\n"
+            "m.addCons(x[0] <= 50, name='roomy')\nm.setObjective(x[0] + x[1])\nm.optimize()\n```")
+    result = score_answer(code, Reference(1.0), FEEDBACK)
+    assert (result.status, result.infeasible_subset) == ("infeasible", ["need[0]", "cap", "x[1] >= 0"])
+
+
 def test_without_feedback_nothing_extra_is_gathered():
     config = EvaluationConfig()
     assert score_answer(INFEASIBLE, Reference(None, True), config).infeasible_subset is None
