@@ -112,8 +112,8 @@ def evaluate_policy(
                 rows.append({"id": problem.id, "response": response, **asdict(result)})
                 out_file.write(json.dumps(rows[-1]) + "\n")
             out_file.flush()
+            bar.set_postfix(accuracy=f"{sum(r.matched for r in scored) / len(scored):.3f}", refresh=False)
             bar.update(len(batch))
-            bar.set_postfix(accuracy=f"{sum(r.matched for r in scored) / len(scored):.3f}")
     return summarize(scored), rows
 
 
