@@ -47,7 +47,7 @@ def sft_overrides(model_dir: Path, data: Path, out: Path, root: Path, steps: int
     base = {
         "model.path": model_dir, "output_dir": out, "data.train": data, "data.system_prompt": "",
         "data.instruction": "", "sft.max_steps": steps, "sft.batch_size": 4, "sft.lr": 3e-3, "sft.warmup_steps": 0,
-        "sft.lr_schedule": "constant", "trainer.root_dir": root, "trainer.enable_progress_bar": False,
+        "sft.lr_schedule": "constant", "sft.max_length": 2048, "trainer.root_dir": root, "trainer.enable_progress_bar": False,
         "trainer.cpu_threads": 1,
     }
     base.update(extra)

@@ -39,12 +39,8 @@ def train_sft(cfg: SFTConfig) -> Path:
         whole_val_on_every_rank=shards_model(cfg.trainer),
     )
     t, validate = cfg.trainer, validates(cfg)
-    strategy = build_strategy(t)
-    use_trained_prompt_settings(cfg)
-    tokenizer, chat = load_prompt_encoder(cfg.model)
-    check_lengths(cfg, lambda messages: chat.encode_prompt(tokenizer, messages), tokenizer, sft=True)
     trainer = lightning_trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(t),
         precision=t.precision, max_steps=cfg.sft.max_steps, max_epochs=-1,
         logger=TensorBoardLogger(t.root_dir, name=cfg.run_name),
         log_every_n_steps=t.log_every_n_steps, enable_checkpointing=False,
@@ -52,6 +48,9 @@ def train_sft(cfg: SFTConfig) -> Path:
         num_sanity_val_steps=0,
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, use_distributed_sampler=False,
     )
+    use_trained_prompt_settings(cfg)
+    tokenizer, chat = load_prompt_encoder(cfg.model)
+    check_lengths(cfg, lambda messages: chat.encode_prompt(tokenizer, messages), tokenizer, sft=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.cpu_threads > 0:
         torch.set_num_threads(cfg.trainer.cpu_threads)
