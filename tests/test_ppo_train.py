@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from app.config import load_config
@@ -265,13 +266,48 @@ def test_unknown_config_key_names_the_closest_one(tiny_chatglm_dir, problems_fil
     assert main(["train", *overrides(tiny_chatglm_dir, problems_file, tmp_path), "resume=/nonexistent.ckpt"]) == 2
 
 
-def test_batches_of_overlong_prompts_are_skipped_not_looped_on(tiny_chatglm_dir, problems_file, tmp_path):
+def test_train_that_fits_no_prompt_stops_before_writing_anything(tiny_chatglm_dir, problems_file, tmp_path, capsys):
+    """The issue's trap at test size: every prompt over the limit, or an instruction preset longer
+    than the whole limit. Both stop in one line with the numbers, before any run directory exists."""
+    from app.cli import main
+
+    # `data.instruction=` on the command line is None (the LP instruction, 438 tokens here with the system prompt)
+    assert main(["train", *overrides(tiny_chatglm_dir, problems_file, tmp_path), "data.max_prompt_tokens=440"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: data.train={problems_file}: no prompt fits data.max_prompt_tokens=440: the shortest "
+                          "of the first 12 is ") and "raise data.max_prompt_tokens to at least" in err, err
+    assert main(["train", str(ROOT / "configs" / "quickstart.yaml"), *overrides(tiny_chatglm_dir, problems_file, tmp_path),
+                 "data.instruction=pyscipopt", "data.max_prompt_tokens=256"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "data.max_prompt_tokens=256 cannot hold the prompt's fixed part: the system prompt, " \
+        "instruction 'pyscipopt' and chat format take " in err, err
+    assert not (tmp_path / "ppo").exists() and not (tmp_path / "quickstart").exists()
+
+
+def test_overlong_prompts_are_summarized_and_their_batches_are_no_iteration(tiny_chatglm_dir, problems_file, tmp_path,
+                                                                             capsys):
+    from app.data.formats import iter_problems
+    from app.data.prompts import build_messages
+    from app.models.config import ModelConfig
+    from app.models.loading import load_prompt_encoder
     from app.ppo.train import train
 
-    cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **{"data.max_prompt_tokens": 10}))
-    module, _ = train(cfg)
-    assert module.iteration == 2
-    assert scalars(run_dir(tmp_path))["train/skipped_batches"] == [1.0, 1.0]
+    tokenizer, chat = load_prompt_encoder(ModelConfig(path=str(tiny_chatglm_dir)))
+    lengths = sorted(len(chat.encode_prompt(tokenizer, build_messages(p))) for p in iter_problems(problems_file))
+    limit = lengths[5]  # 6 of the 12 prompts fit
+    cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **{
+        "data.max_prompt_tokens": limit, "data.max_skipped_fraction": 0.6, "data.skip_report_every": 2,
+        "ppo.prompts_per_step": 1, "trainer.max_steps": 4, "trainer.checkpoint_every": 0}))
+    assert cfg.data.system_prompt is None and cfg.data.instruction is None  # `key=` on the command line is None
+    module, trainer = train(cfg)
+    out = capsys.readouterr().out
+    assert module.iteration == 4 and module.skips.read > 4, module.skips.read
+    assert trainer.global_step == 4 * 2  # 2 epochs of one minibatch per iteration: skipped batches step nothing
+    assert f"6 of the first 12 prompts of data.train={problems_file} (50.0%) are over data.max_prompt_tokens={limit}" in out
+    lines = [line for line in out.splitlines() if " are over data.max_prompt_tokens=" in line]
+    assert 2 <= len(lines) <= 1 + module.skips.read // 2, out  # the pre-flight line, then one per 2 batches at most
+    assert all("p50" in line and "(first: " in line for line in lines)
+    assert "prompt of" not in out and module.skips.skipped == module.skips.read - 4
 
 
 class NaNScorer(RolloutScorer):
@@ -287,20 +323,50 @@ class NaNScorer(RolloutScorer):
         raise AssertionError("no data.val in this run")
 
 
-def test_nonfinite_rewards_skip_the_step(tiny_chatglm_dir, problems_file, tmp_path):
+def test_nonfinite_rewards_skip_the_step_and_a_run_that_never_stepped_writes_no_weights(tiny_chatglm_dir, problems_file,
+                                                                                       tmp_path):
     from app.ppo import train as train_mod
 
     cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path))
     original = train_mod.SolverReward
     train_mod.SolverReward = lambda config: NaNScorer()
     try:
-        module, _ = train_mod.train(cfg)
+        with pytest.raises(UserError, match=r"PPO took no optimizer step in 2 iterations: nothing trained, no trainable.pt"):
+            train_mod.train(cfg)
     finally:
         train_mod.SolverReward = original
-    assert module.iteration == 2
-    trainable = module.policy.trainable_state_dict()
-    assert all(float(v.abs().max()) == 0 for k, v in trainable.items() if "lora_B" in k)
+    assert not (run_dir(tmp_path) / "trainable.pt").exists()
     assert scalars(run_dir(tmp_path))["train/skipped_nonfinite"] == [1.0, 1.0]
+
+
+class NaNGradientOnce(Callback):
+    """The first backward pass leaves NaN in one LoRA gradient: that optimizer step must be skipped."""
+
+    def on_train_start(self, trainer, module):
+        param = next(p for n, p in module.policy.named_parameters() if "lora_B" in n)
+        self.fired = 0
+
+        def poison(grad):
+            self.fired += 1
+            return grad * float("nan") if self.fired == 1 else grad
+
+        param.register_hook(poison)
+
+
+def test_a_nonfinite_gradient_skips_its_optimizer_step_with_the_entropy_bonus_on(tiny_chatglm_dir, problems_file,
+                                                                                 tmp_path):
+    from app.ppo.train import train
+
+    cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **{"ppo.entropy_coef": 0.01}))
+    poison = NaNGradientOnce()
+    module, trainer = train(cfg, extra_callbacks=[poison])
+    logged = scalars(run_dir(tmp_path))
+    assert poison.fired >= 2 and logged["train/skipped_nonfinite"] == [1.0, 0.0]
+    assert trainer.global_step == 2 * 2 * 2 - 1  # 2 iterations x 2 epochs x 2 minibatches, less the skipped step
+    trained = module.policy.trainable_state_dict()
+    assert all(torch.isfinite(v).all() for v in trained.values())
+    assert any(float(v.abs().max()) > 0 for k, v in trained.items() if "lora_B" in k)
+    assert all(math.isfinite(x) and x > 0 for x in logged["train/entropy"])
 
 
 def test_broken_reward_pool_scores_zero_and_training_goes_on(tiny_chatglm_dir, problems_file, tmp_path):
