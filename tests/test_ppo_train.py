@@ -172,21 +172,50 @@ GPU_CONFIGS = ["chatglm3_6b_lora", "chatglm3_6b_lora_4gpu", "glm4_9b_lora"]
 @pytest.mark.parametrize("name", GPU_CONFIGS)
 def test_each_shipped_gpu_config_trains_on_the_tiny_model(name, tiny_chatglm_dir, problems_file, tmp_path):
     """Every setting of the real-model configs (bf16-true, gradient checkpointing, LoRA dropout,
-    grad accumulation, partial and adaptive KL, ...) on the CPU: only the model, the device, the
-    sizes and the run length are overridden."""
-    from app.cli import main
+    grad accumulation, value_lr, partial and adaptive KL) on the CPU, each seen to take effect:
+    only the model, the device, the sizes and the run length are overridden."""
+    from app.ppo.train import train
 
     assert sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if not p.stem.startswith("quickstart")) == GPU_CONFIGS
     args = [
-        str(ROOT / "configs" / f"{name}.yaml"), f"model.path={tiny_chatglm_dir}", "model.chat_format=auto",
-        f"data.train={problems_file}", "data.max_prompt_tokens=2048", "sampling.max_new_tokens=8",
-        "ppo.prompts_per_step=2", "evaluation.workers=1", "trainer.max_steps=2", "trainer.accelerator=cpu",
-        "trainer.devices=1", "trainer.strategy=auto", f"trainer.root_dir={tmp_path}",
-        "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
+        f"model.path={tiny_chatglm_dir}", "model.chat_format=auto", f"data.train={problems_file}",
+        "data.max_prompt_tokens=2048", "sampling.max_new_tokens=8", "ppo.prompts_per_step=2", "ppo.minibatch_size=1",
+        "evaluation.workers=1", "trainer.max_steps=2", "trainer.accelerator=cpu", "trainer.devices=1",
+        "trainer.strategy=auto", f"trainer.root_dir={tmp_path}", "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
     ]
-    assert main(["train", *args]) == 0
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml", args)
+    module, trainer = train(cfg)
+    ppo, logged = cfg.ppo, scalars(run_dir(tmp_path, name))
     trained = torch.load(run_dir(tmp_path, name) / "trainable.pt", weights_only=True)["state_dict"]
     assert any(float(v.float().abs().max()) > 0 for k, v in trained.items() if "lora_B" in k)
+    # grad_accum: 4 rows of one minibatch each make ceil(4 / grad_accum) optimizer steps per epoch
+    assert logged["train/early_stopped"] == [0.0, 0.0]
+    assert trainer.global_step == cfg.trainer.max_steps * ppo.epochs * math.ceil(4 / ppo.grad_accum)
+    # value_lr: the value head's parameter group, scheduled like the policy's
+    policy_group, value_group = trainer.optimizers[0].param_groups
+    assert value_group["lr"] / policy_group["lr"] == pytest.approx((ppo.value_lr or ppo.lr) / ppo.lr)
+    # adaptive KL: beta moved off its starting value; partial KL: a mask over the answers' model blocks
+    assert ppo.kl.controller == "adaptive" and all(beta != ppo.kl.coef for beta in logged["train/kl_coef"])
+    assert ppo.kl.partial and module.last_rollout.kl_mask is not None
+    # LoRA dropout on every adapted layer
+    rates = {m.p for n, m in module.policy.named_modules() if "lora_dropout" in n and isinstance(m, torch.nn.Dropout)}
+    assert rates == {cfg.model.lora.dropout} == {0.05}
+
+
+def test_the_approx_kl_stop_ends_the_ppo_epochs_at_an_optimizer_step(tiny_chatglm_dir, problems_file, tmp_path):
+    """ppo.max_approx_kl: once the policy has moved past it, the step's remaining epochs are left
+    out; the check comes where an optimizer step was due (never dropping accumulated gradients)."""
+    from app.ppo.train import train
+
+    cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **{
+        "ppo.max_approx_kl": 1e-9, "ppo.minibatch_size": 1, "ppo.grad_accum": 2, "trainer.checkpoint_every": 0}))
+    _, trainer = train(cfg)
+    logged = scalars(run_dir(tmp_path))
+    assert logged["train/early_stopped"] == [1.0, 1.0]
+    # 4 rows, 2 minibatches per step: the first step's minibatches are scored before any update
+    # (approx KL 0), the second step's after one: the stop comes there, 2 steps of the 4 possible
+    assert trainer.global_step == 2 * 2
+    assert all(kl > 1e-9 for kl in logged["train/approx_kl"])
 
 
 @pytest.mark.parametrize(("settings", "message"), [

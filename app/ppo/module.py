@@ -417,7 +417,8 @@ class PPOModule(pl.LightningModule):
                     self.manual_backward(loss / ppo.grad_accum)
                 else:  # a non-finite loss (on any rank) never reaches the weights
                     n_skipped += 1
-                if (i + 1) % ppo.grad_accum == 0 or i + 1 == per_epoch:
+                step_due = (i + 1) % ppo.grad_accum == 0 or i + 1 == per_epoch
+                if step_due:
                     self.clip_gradients(optimizer, gradient_clip_val=ppo.max_grad_norm, gradient_clip_algorithm="norm")
                     if self._on_all_ranks(self._gradients_finite()):
                         optimizer.step()
@@ -427,7 +428,8 @@ class PPOModule(pl.LightningModule):
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
                 n_minibatches += 1
-                if ppo.max_approx_kl is not None and self._approx_kl_across_ranks(stats) > ppo.max_approx_kl:
+                # checked where an optimizer step was due: a stop mid-accumulation would drop the gradients
+                if step_due and ppo.max_approx_kl is not None and self._approx_kl_across_ranks(stats) > ppo.max_approx_kl:
                     stopped_early = True
                     break
             if stopped_early:
