@@ -47,6 +47,7 @@ class SFTModule(pl.LightningModule):
         self.automatic_optimization = False  # a step with no example on any rank must be no optimizer step
         self.skips: SkipCounter | None = None  # over-length training examples of this rank (set when fit starts)
         self.batches = 0  # training batches read, optimizer step or not
+        self.skipped_steps = 0  # batches with no example on any rank (no optimizer step)
         self.sharded = False  # set by configure_model under trainer.strategy=fsdp2
         # token-weighted over the whole validation pass and every rank (synced once, at its end)
         self.val_loss, self.val_accuracy = MeanMetric(), MeanMetric()
@@ -132,7 +133,8 @@ class SFTModule(pl.LightningModule):
         total = per_rank.reshape(-1, 5).sum(0)
         self.skips.end_step(self.batches, int(total[3]), int(total[4]))
         if total[2] == 0:  # every example of every rank left out: nothing to learn, no optimizer step
-            self.log("sft/skipped_steps", 1.0)
+            self.skipped_steps += 1
+            self.log("sft/skipped_steps", float(self.skipped_steps))
             return
         if loss is None:  # this rank's zero gradients still join the others' all-reduce
             loss = self._zero_loss()
@@ -145,6 +147,7 @@ class SFTModule(pl.LightningModule):
         self.log("sft/loss", total[0] / total[2], prog_bar=True)
         self.log("sft/token_accuracy", total[1] / total[2], prog_bar=True)
         self.log("sft/lr", optimizer.param_groups[0]["lr"])
+        self.log("sft/skipped_steps", float(self.skipped_steps))  # the running count
 
     def validation_step(self, problems: list, batch_idx: int) -> None:
         result = self.answer_loss(problems) if problems else None  # sharded, a rank's slice may be empty
