@@ -141,7 +141,7 @@ class SFTSettings:
     warmup_steps: int = 20  # linear warmup of the learning rate over this many steps
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradients are clipped to this norm
-    max_length: int = 768  # prompt + answer tokens; longer pairs are skipped with a report
+    max_length: int = 2048  # prompt + answer tokens (code answers of this field: ~1,100-1,500); longer pairs are left out
 
 
 @dataclass

@@ -380,19 +380,22 @@ def test_the_readmes_launch_lines_train_on_two_cpu_processes(launcher, tiny_chat
 
 
 @pytest.mark.slow
-def test_a_launcher_that_started_more_processes_than_the_config_says_is_refused(tiny_chatglm_dir, tmp_path):
-    """torchrun --nproc_per_node 2 with trainer.devices=1: not two runs that each think they are
-    rank 0, but one line naming both numbers, and no log directory."""
+@pytest.mark.parametrize("launcher", ["torchrun", "fabric run"])
+def test_a_launcher_that_started_more_processes_than_the_config_says_is_refused(launcher, tiny_chatglm_dir, tmp_path):
+    """torchrun --nproc_per_node 2 (or fabric run --devices 2) with trainer.devices=1: not two runs
+    that each think they are rank 0, but one line naming both numbers, and no log directory."""
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(4, seed=5)))
-    torchrun = Path(sys.executable).parent / "torchrun"
+    bin_dir = Path(sys.executable).parent
+    launch = {"torchrun": [str(bin_dir / "torchrun"), "--nproc_per_node", "2", "-m", "app"],
+              "fabric run": [str(bin_dir / "fabric"), "run", "--accelerator", "cpu", "--devices", "2", "app/__main__.py"]}
     proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "app", "train", str(ROOT / "configs" / "quickstart.yaml"),
-         f"model.path={tiny_chatglm_dir}", f"data.train={data}", f"trainer.root_dir={tmp_path / 'logs'}"],
+        [*launch[launcher], "train", str(ROOT / "configs" / "quickstart.yaml"), f"model.path={tiny_chatglm_dir}",
+         f"data.train={data}", f"trainer.root_dir={tmp_path / 'logs'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode != 0
-    message = ("error: torchrun started 2 processes, but trainer.devices x trainer.num_nodes = 1 x 1 = 1: set "
+    message = (f"error: {launcher} started 2 processes, but trainer.devices x trainer.num_nodes = 1 x 1 = 1: set "
                "trainer.devices=2 trainer.num_nodes=1")
     assert message in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "logs" / "quickstart").exists()
