@@ -69,10 +69,11 @@ def check_launcher(t: TrainerSettings) -> None:
     world, launcher = launched
     if world != t.devices * t.num_nodes:
         local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or world)
+        configured = t.devices * t.num_nodes
         raise UserError(
             f"{launcher} started {world} processes, but trainer.devices x trainer.num_nodes = {t.devices} x "
-            f"{t.num_nodes} = {t.devices * t.num_nodes}: set trainer.devices={local} trainer.num_nodes={max(1, world // local)} "
-            f"(and trainer.strategy=ddp or fsdp2), or launch as many processes as the config's {t.devices * t.num_nodes}"
+            f"{t.num_nodes} = {configured}: set trainer.devices={local} trainer.num_nodes={max(1, world // local)} "
+            f"(and trainer.strategy=ddp or fsdp2), or launch as many processes as the config's {configured}"
         )
 
 

@@ -296,8 +296,8 @@ def test_sft_on_two_ranks_survives_a_rank_without_usable_problems_and_reduces_va
     strategy, lora, tiny_chatglm_dir, tmp_path
 ):
     """SFT on 2 CPU ranks. Rank 1's first batch (record 1, batch size 1) is too long: rank 0 has an
-    example, so the step is taken and rank 1 joins its all-reduce with a zero loss. The 5 validation problems split 3 / 2 between the ranks (DDP: by shard; fsdp2: every rank
-    reads each batch and scores its slice, a stand-in forward when it has none); sft/val_loss is
+    example, so the step is taken and rank 1 joins its all-reduce with a zero loss. The 5
+    validation problems split 3 / 2 between the ranks (DDP: by shard; fsdp2: every rank reads each batch and scores its slice, a stand-in forward when it has none); sft/val_loss is
     the token mean over all 5, synced once per pass. With fsdp2 the written model is gathered from
     the shards (with LoRA, then merged): its loss is what the last pass logged."""
     items = [item.to_json() for item in generate(8, seed=11, infeasible_fraction=0.0)]

@@ -121,7 +121,8 @@ def chat_record(obj: dict, kind: str, default_id: str) -> Problem:
     written), the completion / assistant turn / output as the demonstration."""
     system = None
     if kind == "completion":
-        question, demonstration = _text(obj.get("prompt"), "prompt", True), _text(obj.get("completion"), "completion", True)
+        question = _text(obj.get("prompt"), "prompt", True)
+        demonstration = _text(obj.get("completion"), "completion", True)
     elif kind == "alpaca":
         instruction, extra = _text(obj.get("instruction"), "instruction", True), _text(obj.get("input"), "input")
         question = instruction + (f"\n\n{extra}" if extra and extra.strip() else "")
@@ -136,8 +137,8 @@ def chat_record(obj: dict, kind: str, default_id: str) -> Problem:
         texts = [_text(m.get("content"), f"messages[{i}].content", True) for i, m in enumerate(messages)]
         system = texts[0] if roles[0] == "system" else None
         question, demonstration = texts[-2], texts[-1]
-    return Problem(id=_text(obj.get("id"), "id") or default_id, question=question, answer=_text(obj.get("answer"), "answer"),
-                   demonstration=demonstration, system=system, as_written=True)
+    return Problem(id=_text(obj.get("id"), "id") or default_id, question=question,
+                   answer=_text(obj.get("answer"), "answer"), demonstration=demonstration, system=system, as_written=True)
 
 
 def normalize_record(obj, fmt: str, where: str, default_id: str) -> Problem:

@@ -75,7 +75,8 @@ def preflight(
         if length > limit:
             scan.over.append((problem.id, length))
     if not scan.lengths:
-        raise UserError(f"{source}: no usable record among the first {scan.read} ({', '.join(scan.reasons()) or 'the file is empty'})")
+        why = ", ".join(scan.reasons()) or "the file is empty"
+        raise UserError(f"{source}: no usable record among the first {scan.read} ({why})")
     if len(scan.over) == len(scan.lengths):
         raise UserError(
             f"{source}: no {what} fits {key}={limit}: the shortest of the first {len(scan.lengths)} is "
@@ -92,12 +93,14 @@ def preflight(
             "or data.max_skipped_fraction"
         )
     if scan.over:
-        print(over_limit_line(key, limit, len(scan.over), len(scan.lengths), [length for _, length in scan.over],
-                              [i for i, _ in scan.over], f"of the first {len(scan.lengths)} {what}s of {source}"), flush=True)
+        lengths, ids = [length for _, length in scan.over], [i for i, _ in scan.over]
+        where = f"of the first {len(scan.lengths)} {what}s of {source}"
+        print(over_limit_line(key, limit, len(scan.over), len(scan.lengths), lengths, ids, where), flush=True)
     return scan
 
 
-def over_limit_line(key: str, limit: int, n_over: int, n_read: int, lengths: list[int], ids: list[str], where: str) -> str:
+def over_limit_line(key: str, limit: int, n_over: int, n_read: int, lengths: list[int], ids: list[str],
+                    where: str) -> str:
     """One line for many over-length records: count, share, lengths, the key to raise, the first ids."""
     named = ", ".join(ids[:FIRST_IDS]) + (", ..." if len(ids) > FIRST_IDS else "")
     return (f"{n_over} {where} ({n_over / max(1, n_read):.1%}) are over {key}={limit} and left out: "
@@ -148,9 +151,10 @@ class SkipCounter:
         if total_read >= MIN_RECORDS_FOR_SHARE and total_skipped > self.max_fraction * total_read:
             if line := self.summary(step):
                 print(line, flush=True)
+            share = total_skipped / total_read
             raise UserError(
-                f"{total_skipped} of the {total_read} {self.what}s read in {step} steps ({total_skipped / total_read:.0%}) "
-                f"were over {self.key}={self.limit} and left out, more than data.max_skipped_fraction={self.max_fraction}: "
+                f"{total_skipped} of the {total_read} {self.what}s read in {step} steps ({share:.0%}) were over "
+                f"{self.key}={self.limit} and left out, more than data.max_skipped_fraction={self.max_fraction}: "
                 f"raise {self.key} or data.max_skipped_fraction"
             )
 
@@ -177,7 +181,8 @@ def records_for_preflight(path: str | Path, fmt: str, require_answer: bool = Fal
         yield "without an answer to score (SFT-only records)" if require_answer and not problem.scorable else problem
 
 
-def check_lengths(cfg, encode: Callable[[list[dict]], list[int]], tokenizer, sft: bool, split: str = "train") -> LengthScan:
+def check_lengths(cfg, encode: Callable[[list[dict]], list[int]], tokenizer, sft: bool,
+                  split: str = "train") -> LengthScan:
     """Before the model loads (`encode(messages) -> ids`: the chat format with the tokenizer): the
     limit holds the prompt's fixed part (system prompt, instruction, chat format) with room for a
     question, and enough of the first records of data.`split` (train | val) fit it (`preflight`)."""
@@ -205,7 +210,7 @@ def check_lengths(cfg, encode: Callable[[list[dict]], list[int]], tokenizer, sft
         fixed = fixed_prompt_tokens(encode, d.system_prompt, d.instruction)
         if fixed >= limit:
             lengths = [measure(p) for p in templated[:200]]
-            name = f"'{d.instruction}'" if d.instruction else "(the default LP one)" if d.instruction is None else "(none)"
+            name = {None: "(the default LP one)", "": "(none)"}.get(d.instruction, f"'{d.instruction}'")
             raise UserError(
                 f"{key}={limit} cannot hold the prompt's fixed part: the system prompt, instruction {name} and chat "
                 f"format take {fixed:,} tokens before any question; data.{split}'s {'examples' if sft else 'prompts'} "

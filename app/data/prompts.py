@@ -215,9 +215,10 @@ def prompt_settings_for(
 def use_trained_prompt_settings(cfg) -> None:
     """Fill a run config's prompt settings (data.system_prompt, data.instruction, model.chat_format)
     that it leaves unset from those model.path was trained with; a set one that differs is said on stderr."""
+    d = cfg.data
     chosen = prompt_settings_for(
         read_prompt_settings(cfg.model.path), f"model.path={cfg.model.path}",
-        {"system_prompt": cfg.data.system_prompt, "instruction": cfg.data.instruction, "chat_format": cfg.model.chat_format},
+        {"system_prompt": d.system_prompt, "instruction": d.instruction, "chat_format": cfg.model.chat_format},
         {"system_prompt": "data.system_prompt", "instruction": "data.instruction", "chat_format": "model.chat_format"},
     )
     cfg.data.system_prompt, cfg.data.instruction, cfg.model.chat_format = (

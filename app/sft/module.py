@@ -76,7 +76,9 @@ class SFTModule(pl.LightningModule):
     def _messages(self, problem) -> list[dict[str, str]]:
         return build_messages(problem, self.cfg.data.system_prompt, self.cfg.data.instruction)
 
-    def encode(self, problems: list, skips: SkipCounter | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    def encode(
+        self, problems: list, skips: SkipCounter | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """Problems -> left-padded input_ids (B, S), attention_mask (B, S), labels (B, S); examples
         over sft.max_length are left out (and counted by `skips`); None if none is left."""
         rows, label_rows = [], []
@@ -95,7 +97,9 @@ class SFTModule(pl.LightningModule):
         labels, _ = left_pad(label_rows, IGNORE, self.device)
         return input_ids, attention_mask, labels
 
-    def answer_loss(self, problems: list, skips: SkipCounter | None = None) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    def answer_loss(
+        self, problems: list, skips: SkipCounter | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, int] | None:
         """Mean cross-entropy and argmax accuracy over the answer tokens, and their number; None if
         every problem was too long."""
         encoded = self.encode(problems, skips)
