@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.data.formats import BadRecord, iter_records, normalize_record
+from app.data.prompts import build_messages, first_process, fixed_prompt_tokens, sft_target
 from app.errors import UserError
 
 PREFLIGHT_RECORDS = 1000  # records of data.train measured before the model loads
@@ -92,7 +94,7 @@ def preflight(
             f"data.max_skipped_fraction={max_fraction}: raise {key} (to {percentile(scan.lengths, 95):,} keeps 95%) "
             "or data.max_skipped_fraction"
         )
-    if scan.over:
+    if scan.over and first_process():  # every rank measured the same records: one line
         lengths, ids = [length for _, length in scan.over], [i for i, _ in scan.over]
         where = f"of the first {len(scan.lengths)} {what}s of {source}"
         print(over_limit_line(key, limit, len(scan.over), len(scan.lengths), lengths, ids, where), flush=True)
@@ -167,8 +169,6 @@ class SkipCounter:
 def records_for_preflight(path: str | Path, fmt: str, require_answer: bool = False, records: int = PREFLIGHT_RECORDS):
     """The first `records` records of `path` as `preflight` takes them: Problems, or why one is
     unusable. Malformed lines are not reported here: the training stream reports them with their file:line."""
-    from app.data.formats import BadRecord, iter_records, normalize_record
-
     path = Path(path)
     for line, value in itertools.islice(iter_records(path), records):
         try:
@@ -186,8 +186,6 @@ def check_lengths(cfg, encode: Callable[[list[dict]], list[int]], tokenizer, sft
     """Before the model loads (`encode(messages) -> ids`: the chat format with the tokenizer): the
     limit holds the prompt's fixed part (system prompt, instruction, chat format) with room for a
     question, and enough of the first records of data.`split` (train | val) fit it (`preflight`)."""
-    from app.data.prompts import build_messages, fixed_prompt_tokens, sft_target
-
     d = cfg.data
     key, limit = ("sft.max_length", cfg.sft.max_length) if sft else ("data.max_prompt_tokens", d.max_prompt_tokens)
     path = getattr(d, split)

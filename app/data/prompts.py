@@ -188,7 +188,7 @@ def _shown(value: str | None) -> str:
     return repr(short)
 
 
-def _first_process() -> bool:
+def first_process() -> bool:
     """Not a second rank of a launched run (torchrun, fabric run, Lightning's launcher set these)."""
     return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
@@ -205,7 +205,7 @@ def prompt_settings_for(
     for key, value in given.items():
         if value == unset[key]:
             continue
-        if trained is not None and value != chosen[key] and _first_process():
+        if trained is not None and value != chosen[key] and first_process():
             print(f"{names[key]}={_shown(value)} overrides the {key.replace('_', ' ')} {source} was trained with "
                   f"({_shown(chosen[key])})", file=sys.stderr)
         chosen[key] = value

@@ -129,6 +129,10 @@ class SFTModule(pl.LightningModule):
         self.batches += 1
         result = self.answer_loss(problems, self.skips)
         zero = torch.zeros((), device=self.device)
+        if result is None and self.trainer.world_size > 1:
+            # every forward and backward is a collective across ranks (DDP's all-reduce, FSDP2's gathers),
+            # in the same order on every rank: a rank without examples takes part with a zero loss
+            result = (self._zero_loss(), zero, 0)
         loss, accuracy, n = result if result is not None else (None, zero, 0)
         # token means over all ranks' answers (a rank with none weighs 0) and the ranks' skip counts:
         # one all_gather every step, on every rank
@@ -136,13 +140,14 @@ class SFTModule(pl.LightningModule):
         per_rank = self.all_gather(torch.tensor([float(x) for x in mine], device=self.device))
         total = per_rank.reshape(-1, 5).sum(0)
         self.skips.end_step(self.batches, int(total[3]), int(total[4]))
+        optimizer = self.optimizers()
         if total[2] == 0:  # every example of every rank left out: nothing to learn, no optimizer step
+            if loss is not None:  # several ranks: the zero loss's backward, on all of them, pairs the collectives
+                self.manual_backward(loss)
+                optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
             self.log("sft/skipped_steps", float(self.skipped_steps))
             return
-        if loss is None:  # this rank's zero gradients still join the others' all-reduce
-            loss = self._zero_loss()
-        optimizer = self.optimizers()
         self.manual_backward(loss)
         self.clip_gradients(optimizer, gradient_clip_val=self.cfg.sft.max_grad_norm, gradient_clip_algorithm="norm")
         optimizer.step()
