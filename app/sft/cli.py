@@ -50,7 +50,8 @@ def train_sft(cfg: SFTConfig) -> Path:
     )
     use_trained_prompt_settings(cfg)
     tokenizer, chat = load_prompt_encoder(cfg.model)
-    check_lengths(cfg, lambda messages: chat.encode_prompt(tokenizer, messages), tokenizer, sft=True)
+    for split in ("train", "val") if cfg.data.val else ("train",):
+        check_lengths(cfg, lambda messages: chat.encode_prompt(tokenizer, messages), tokenizer, sft=True, split=split)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.cpu_threads > 0:
         torch.set_num_threads(cfg.trainer.cpu_threads)
