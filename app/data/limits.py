@@ -140,7 +140,7 @@ class SkipCounter:
         """The line for steps since the last one (None if nothing was left out); starts a new window."""
         line = None
         if self._lengths:
-            steps = f"step {step}" if step == self._first_step else f"steps {self._first_step}-{step}"
+            steps = f"step {step}" if step <= self._first_step else f"steps {self._first_step}-{step}"
             line = self.prefix + over_limit_line(self.key, self.limit, len(self._lengths), self._window_read,
                                                  self._lengths, self._ids, f"{self.what}s in {steps}")
         self._lengths, self._ids, self._window_read, self._first_step = [], [], 0, step + 1
