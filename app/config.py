@@ -84,10 +84,18 @@ class DataSettings:
     shuffle_buffer: int = 256  # the stream is shuffled within a buffer of this many problems; 0: file order
     on_bad_line: str = "skip"  # skip (report and go on) | error
     num_workers: int = 0  # DataLoader worker processes reading the stream
-    max_prompt_tokens: int = 512  # longer prompts are reported and left out
-    system_prompt: str | None = None  # None: the default system prompt; "": none
-    # None: the default answer-format instruction (an LP in an ```lp block); "": none; a preset name:
-    # lp | pyscipopt | gurobipy | coptpy | pyomo | pulp | scipy (code answers in that library); other text: itself
+    # longer prompts (system prompt + instruction + question, in the chat format) are left out; it must
+    # hold the instruction preset with room for a question (docs/training.md has each preset's length)
+    max_prompt_tokens: int = 512
+    # a run stops when more than this share of the records read is left out (too long, malformed,
+    # nothing to score), checked on the first 1,000 records before the model loads and while training
+    max_skipped_fraction: float = 0.25
+    skip_report_every: int = 50  # steps between summary lines of the records left out as too long; 0: at the end
+    # None: the default system prompt, or the one model.path was trained with (its prompt_settings.json); "": none
+    system_prompt: str | None = None
+    # None: the default answer-format instruction (an LP in an ```lp block), or the one model.path was trained
+    # with; "": none; a preset name: lp | pyscipopt | gurobipy | coptpy | pyomo | pulp | scipy (code answers in
+    # that library); other text: itself
     instruction: str | None = None
 
 
@@ -133,7 +141,7 @@ class SFTSettings:
     warmup_steps: int = 20  # linear warmup of the learning rate over this many steps
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradients are clipped to this norm
-    max_length: int = 768  # prompt + answer tokens; longer pairs are skipped with a report
+    max_length: int = 2048  # prompt + answer tokens (code answers of this field: ~1,100-1,500); longer pairs are left out
 
 
 @dataclass
@@ -187,6 +195,8 @@ RANGES: dict[str, str] = {
     "data.shuffle_buffer": "[0, inf)",
     "data.num_workers": "[0, inf)",
     "data.max_prompt_tokens": "[1, inf)",
+    "data.max_skipped_fraction": "[0, 1]",
+    "data.skip_report_every": "[0, inf)",
     "evaluation.workers": "[1, inf)",
     "evaluation.limits.time_limit_s": "(0, inf)",
     "evaluation.limits.wall_limit_s": "(0, inf)",

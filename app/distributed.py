@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 
@@ -44,11 +45,45 @@ def check_strategy(t: TrainerSettings) -> None:
             )
 
 
+def launcher_world_size() -> tuple[int, str] | None:
+    """How many processes a launcher started for this run, and which launcher; None without one.
+
+    torchrun and `fabric run` (the current name of `lightning run model`, which starts torchrun)
+    set WORLD_SIZE, as does Lightning's own launcher in the processes it starts; a SLURM batch job
+    sets SLURM_NTASKS (not in an interactive allocation, where Lightning launches itself)."""
+    env = os.environ
+    if "WORLD_SIZE" in env:
+        launcher = "fabric run" if env.get("LT_CLI_USED") else "torchrun" if "TORCHELASTIC_RUN_ID" in env else "launcher"
+        return int(env["WORLD_SIZE"]), launcher
+    if "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        return int(env["SLURM_NTASKS"]), "SLURM"
+    return None
+
+
+def check_launcher(t: TrainerSettings) -> None:
+    """A launcher's process count must be the config's devices x nodes: otherwise each process
+    would run alone, all as rank 0, racing for the same log directory."""
+    launched = launcher_world_size()
+    if launched is None:
+        return
+    world, launcher = launched
+    if world != t.devices * t.num_nodes:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or world)
+        configured = t.devices * t.num_nodes
+        raise UserError(
+            f"{launcher} started {world} processes, but trainer.devices x trainer.num_nodes = {t.devices} x "
+            f"{t.num_nodes} = {configured}: set trainer.devices={local} trainer.num_nodes={max(1, world // local)} "
+            f"(and trainer.strategy=ddp or fsdp2), or launch as many processes as the config's {configured}"
+        )
+
+
 def build_strategy(t: TrainerSettings) -> str | ModelParallelStrategy:
     """`fsdp2`: FSDP2 through Lightning's ModelParallelStrategy (data parallel over every device,
     no tensor parallelism; the modules' `configure_model` shards their model). Other names go to
-    Lightning as they are, but FSDP1 and DeepSpeed (`check_strategy`)."""
+    Lightning as they are, but FSDP1 and DeepSpeed (`check_strategy`), and never with a launcher
+    that started another number of processes (`check_launcher`)."""
     check_strategy(t)
+    check_launcher(t)
     if not shards_model(t):
         return t.strategy
     # checkpoints: one file on rank 0 with what the module's state_dict holds (PPO: the trainable weights), as with DDP

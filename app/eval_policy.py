@@ -37,18 +37,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=1e-6)
     parser.add_argument("--workers", type=positive_int, default=2, help="SCIP worker processes")
     parser.add_argument("--out", help="write one JSON line per problem here")
-    parser.add_argument("--system-prompt", default=None, help="system prompt ('' for none; default: the training default)")
-    parser.add_argument("--instruction", default=None, help="answer-format instruction ('' for none; default: the built-in)")
+    parser.add_argument("--system-prompt", default=None,
+                        help="system prompt ('' for none; default: the one the model was trained with, else the built-in)")
+    parser.add_argument("--instruction", default=None,
+                        help="answer-format instruction: '' for none, a preset (lp, pyscipopt, ...) or text; default: "
+                             "the one the model was trained with (prompt_settings.json), else the built-in LP one")
 
 
-def load_trained(model_dir: str, family: str = "chatglm", adapter: str | None = None):
+def load_trained(model_dir: str, family: str = "chatglm", adapter: str | None = None, chat_format: str = "auto"):
     """(LoadedModel, the causal LM in eval mode): the base model, or with `adapter` (a run's
     trainable.pt) the policy as trained, with the LoRA shape recorded in that file."""
     from app.models.config import LoraSettings, ModelConfig
     from app.models.loading import load_model
     from app.models.policy import build_policy, read_trainable
 
-    cfg = ModelConfig(family=family, path=model_dir)
+    cfg = ModelConfig(family=family, path=model_dir, chat_format=chat_format)
     loaded = load_model(cfg)
     model = loaded.model
     if adapter is not None:
@@ -58,6 +61,18 @@ def load_trained(model_dir: str, family: str = "chatglm", adapter: str | None = 
         policy.load_trainable(adapter)
         model = policy.causal_lm
     return loaded, model.eval()
+
+
+def trained_prompt_settings(model_dir: str, adapter: str | None = None):
+    """The prompt settings stored with what is evaluated: beside `adapter` (a run directory or its
+    trainable.pt) when given and there, else in the model directory; None if neither has them."""
+    from app.data.prompts import read_prompt_settings
+
+    if adapter is not None:
+        run_dir = Path(adapter) if Path(adapter).is_dir() else Path(adapter).parent
+        if (settings := read_prompt_settings(run_dir)) is not None:
+            return settings
+    return read_prompt_settings(model_dir)
 
 
 def answer(loaded, model, prompts: list[list[int]], sampling, generator=None) -> list[str]:
@@ -82,7 +97,7 @@ def evaluate_policy(
     import itertools
 
     from app.data.formats import iter_problems
-    from app.data.prompts import build_messages
+    from app.data.prompts import build_messages, prompt_settings_for
     from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, summarize
     from app.models.config import SamplingConfig
     from app.paths import writable_dir
@@ -90,7 +105,12 @@ def evaluate_policy(
 
     if out:
         writable_dir(Path(out).parent, f"--out {out}")
-    loaded, model = load_trained(model_dir, family, adapter)
+    trained_with = trained_prompt_settings(model_dir, adapter)
+    settings = prompt_settings_for(trained_with, adapter or model_dir,
+                                   {"system_prompt": system_prompt, "instruction": instruction, "chat_format": "auto"},
+                                   {"system_prompt": "--system-prompt", "instruction": "--instruction"})
+    system_prompt, instruction = settings.system_prompt, settings.instruction
+    loaded, model = load_trained(model_dir, family, adapter, settings.chat_format)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False)
     evaluation = evaluation or EvaluationConfig()
     problems = list(itertools.islice(iter_problems(data, fmt), limit))

@@ -369,3 +369,63 @@ def test_instruction_example_is_a_valid_model_with_the_stated_optimum(tmp_path):
     model.optimize()
     assert model.getStatus() == "optimal"
     assert model.getObjVal() == pytest.approx(stated)
+
+
+# ---- SFT formats, records left out, prompt settings ----
+
+
+def test_sft_formats_are_detected_per_record_and_bad_ones_name_the_line(tmp_path):
+    path = write_jsonl(tmp_path / "mixed.jsonl", [
+        {"id": "c", "prompt": "P?", "completion": "C.", "answer": 4},
+        {"messages": [{"role": "user", "content": "U?"}, {"role": "assistant", "content": "A."}]},
+        {"instruction": "I", "input": "", "output": "O."},
+        {"messages": [{"role": "user", "content": "U?"}]},
+        {"prompt": "P?", "completion": ""},
+    ])
+    bad: list[str] = []
+    problems = list(iter_problems(path, report=bad.append))
+    assert [(p.id, p.question, p.demonstration, p.answer, p.scorable) for p in problems] == [
+        ("c", "P?", "C.", "4", True), ("mixed:2", "U?", "A.", None, False), ("mixed:3", "I", "O.", None, False)]
+    assert bad == [f"{path}:4: 'messages' must be [system,] user, assistant turns (one of each), got roles ['user'] (skipped)",
+                   f"{path}:5: 'completion' is empty (skipped)"]
+    # PPO reads the same file: records with nothing to score are bad records there, with the reason
+    bad.clear()
+    assert [p.id for p in iter_problems(path, report=bad.append, require_answer=True)] == ["c"]
+    assert bad[0] == f"{path}:2: no answer to score (no 'answer' or reference): an SFT-only record (skipped)"
+
+
+def test_a_run_that_leaves_out_too_much_stops_and_skips_are_summarized(capsys):
+    from app.data.limits import MIN_RECORDS_FOR_SHARE, SkipCounter
+
+    counter = SkipCounter("data.max_prompt_tokens", 100, max_fraction=0.25, every=2, what="prompt")
+    for step in (1, 2):
+        for i in range(10):
+            counter.fits(f"q{step}-{i}", 90 + 5 * i)  # 90, 95, 100 fit; 105, ..., 135 do not
+        counter.end_step(step, counter.read, counter.skipped)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["14 prompts in steps 1-2 (70.0%) are over data.max_prompt_tokens=100 and left out: p50 120, "
+                     "p95 135, max 135 tokens; raise data.max_prompt_tokens to keep them (first: q1-3, q1-4, q1-5, "
+                     "q1-6, q1-7, ...)"]
+    with pytest.raises(UserError, match=r"^\d+ of the \d+ prompts read in \d+ steps \(70%\) were over "
+                                        r"data.max_prompt_tokens=100 and left out, more than data.max_skipped_fraction=0.25"):
+        for step in range(3, 3 + MIN_RECORDS_FOR_SHARE // 10):
+            for i in range(10):
+                counter.fits(f"q{step}-{i}", 90 + 5 * i)
+            counter.end_step(step, counter.read, counter.skipped)
+
+
+def test_train_and_sft_take_the_prompt_settings_their_model_was_trained_with(tmp_path, capsys):
+    from app.config import SFTConfig, load_config
+    from app.data.prompts import PromptSettings, use_trained_prompt_settings, write_prompt_settings
+
+    write_prompt_settings(tmp_path, PromptSettings("", "pyscipopt", "chatglm3"))
+    cfg = load_config(None, [f"model.path={tmp_path}", "data.train=x", "output_dir=y"], schema_cls=SFTConfig)
+    use_trained_prompt_settings(cfg)
+    assert (cfg.data.system_prompt, cfg.data.instruction, cfg.model.chat_format) == ("", "pyscipopt", "chatglm3")
+    assert capsys.readouterr().err == ""
+    cfg = load_config(None, [f"model.path={tmp_path}", "data.train=x", "output_dir=y", "data.instruction=lp",
+                             'data.system_prompt=""'], schema_cls=SFTConfig)
+    use_trained_prompt_settings(cfg)
+    assert (cfg.data.system_prompt, cfg.data.instruction) == ("", "lp")
+    assert capsys.readouterr().err == (f"data.instruction='lp' overrides the instruction model.path={tmp_path} was "
+                                       "trained with ('pyscipopt')\n")

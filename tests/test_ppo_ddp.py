@@ -78,9 +78,16 @@ SCRIPT = textwrap.dedent(
                 held = [(p.to_local().numel() if hasattr(p, "to_local") else p.numel(), p.numel())
                         for p in module.policy.causal_lm.parameters()]
                 json.dump({"scores": module.last_rollout.scores.tolist(), "metrics": module.last_solver_metrics,
-                           "world": trainer.world_size, "val": val, "val_items": scorer.val_items,
+                           "world": trainer.world_size, "rank": rank, "val": val, "val_items": getattr(scorer, "val_items", 0),
+                           "early_stopped": float(trainer.callback_metrics.get("train/early_stopped", -1.0)),
                            "held_fraction": sum(h for h, _ in held) / sum(n for _, n in held)}, f)
 
+    if os.environ.get("VIA_CLI"):  # the command line's own path (`-m app train ...`), each rank's results dumped
+        from app.cli import main
+
+        plain_train = train_mod.train
+        train_mod.train = lambda cfg, extra_callbacks=None: plain_train(cfg, extra_callbacks=[Dump()])
+        sys.exit(main(["train", *sys.argv[2:]], prog="solver-ppo"))
     train_mod.SolverReward = MixedAnswers if os.environ.get("MIXED_ANSWERS") else RankAnswers
     cfg = load_config(None, sys.argv[2:])
     train_mod.train(cfg, extra_callbacks=[Dump()])
@@ -160,9 +167,12 @@ def test_ddp_ranks_with_different_numbers_of_usable_prompts_train_in_step(tiny_c
     for key in r0:
         assert torch.equal(r0[key], r1[key]), key
     assert proc.stdout.count("rank 0: 1 problems left out so every rank trains on 1") == 1, proc.stdout[-2000:]
-    assert "problem train-00001: prompt of" in proc.stdout  # rank 1 reports its own skipped problem
+    # rank 1 summarizes its own skipped problem at the end, in one line (the pre-flight line before it)
+    assert proc.stdout.count("rank 1: 1 prompts in steps 1-2 ") == 1 and "(first: train-00001)" in proc.stdout
+    assert "prompt of" not in proc.stdout
     m0, m1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert len(m0["scores"]) == len(m1["scores"])
+    assert m0["early_stopped"] == m1["early_stopped"] == 1.0  # ppo.max_approx_kl=1e-6 stopped the epochs
 
 
 def fsdp2_args(model_dir, data: Path, lora: bool, checkpoint_every: int) -> list[str]:
@@ -285,10 +295,9 @@ def test_fsdp2_full_fine_tuning_with_validation(gather, tiny_chatglm_dir, tmp_pa
 def test_sft_on_two_ranks_survives_a_rank_without_usable_problems_and_reduces_val_loss(
     strategy, lora, tiny_chatglm_dir, tmp_path
 ):
-    """SFT on 2 CPU ranks. Rank 1's first batch (record 1, batch size 1) is too long: Lightning
-    refuses a skipped step under DDP, so that rank trains on a zero loss instead of crashing the
-    run. The 5 validation problems split 3 / 2 between the ranks (DDP: by shard; fsdp2: every rank
-    reads each batch and scores its slice, a stand-in forward when it has none); sft/val_loss is
+    """SFT on 2 CPU ranks. Rank 1's first batch (record 1, batch size 1) is too long: rank 0 has an
+    example, so the step is taken and rank 1 joins its all-reduce with a zero loss. The 5
+    validation problems split 3 / 2 between the ranks (DDP: by shard; fsdp2: every rank reads each batch and scores its slice, a stand-in forward when it has none); sft/val_loss is
     the token mean over all 5, synced once per pass. With fsdp2 the written model is gathered from
     the shards (with LoRA, then merged): its loss is what the last pass logged."""
     items = [item.to_json() for item in generate(8, seed=11, infeasible_fraction=0.0)]
@@ -326,29 +335,67 @@ def test_sft_on_two_ranks_survives_a_rank_without_usable_problems_and_reduces_va
 @pytest.mark.parametrize("launcher", ["torchrun", "fabric"])
 def test_the_readmes_launch_lines_train_on_two_cpu_processes(launcher, tiny_chatglm_dir, tmp_path):
     """`torchrun --nproc_per_node 2 -m app train ...` and `fabric run --devices 2 app/__main__.py
-    train ...`, with the quick start's settings (full fine-tuning, RLOO: the value head is outside
-    the loss, which DDP refuses as an unused parameter unless the head is frozen)."""
+    train ...` (here a script that runs the same command line and dumps each rank's weights), with
+    the quick start's settings (full fine-tuning, RLOO: the value head is outside the loss, which
+    DDP refuses as an unused parameter unless the head is frozen). Both ranks end with the same
+    moved weights, in one run directory."""
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(8, seed=5, infeasible_fraction=0.0)))
     args = [
         f"model.path={tiny_chatglm_dir}", "model.lora.enabled=false", f"data.train={data}", "data.system_prompt=",
         "data.instruction=", "data.max_prompt_tokens=2048", "sampling.max_new_tokens=8", "ppo.advantage=rloo",
         "ppo.prompts_per_step=1", "ppo.samples_per_prompt=2", "ppo.minibatch_size=2", "evaluation.workers=1",
+        # the random model's answers all score 0 (RLOO advantages 0): the entropy bonus is what moves the weights
+        "ppo.entropy_coef=0.01", "ppo.lr=1e-3",
         "trainer.max_steps=2", "trainer.checkpoint_every=1", "trainer.devices=2", "trainer.strategy=ddp",
         f"trainer.root_dir={tmp_path / 'logs'}", "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
     ]
+    script = tmp_path / "ddp_run.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / "ranks"
+    out.mkdir()
     bin_dir = Path(sys.executable).parent
-    command = {
-        "torchrun": [str(bin_dir / "torchrun"), "--nproc_per_node", "2", "-m", "app", "train", *args],
-        "fabric": [str(bin_dir / "fabric"), "run", "--accelerator", "cpu", "--devices", "2", "app/__main__.py", "train",
-                   *args],
+    launch = {
+        "torchrun": [str(bin_dir / "torchrun"), "--nproc_per_node", "2"],
+        "fabric": [str(bin_dir / "fabric"), "run", "--accelerator", "cpu", "--devices", "2"],
     }[launcher]
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run([*launch, str(script), str(out), *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "VIA_CLI": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert proc.stdout.count("logs and checkpoints:") == 1  # rank 0 only
+    assert [p.name for p in (tmp_path / "logs" / "ppo").iterdir()] == ["version_0"]
     run = tmp_path / "logs" / "ppo" / "version_0"
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["ppo"]["iteration"] == 2
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(m["rank"], m["world"]) for m in ranks] == [(0, 2), (1, 2)]
+    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
+    base = load_file(tiny_chatglm_dir / "model.safetensors")
+    moved = [k for k, v in r0.items() if k.startswith("model.") and not torch.equal(v, base[k[len("model."):]])]
+    assert moved, "no weight moved"
     trained = torch.load(run / "trainable.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(trained[k], r0[k]) for k in r0)
     assert float(trained["value_head.proj.bias"].abs().max()) == 0.0  # kept in the file, never trained
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "fabric run"])
+def test_a_launcher_that_started_more_processes_than_the_config_says_is_refused(launcher, tiny_chatglm_dir, tmp_path):
+    """torchrun --nproc_per_node 2 (or fabric run --devices 2) with trainer.devices=1: not two runs
+    that each think they are rank 0, but one line naming both numbers, and no log directory."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(4, seed=5)))
+    bin_dir = Path(sys.executable).parent
+    launch = {"torchrun": [str(bin_dir / "torchrun"), "--nproc_per_node", "2", "-m", "app"],
+              "fabric run": [str(bin_dir / "fabric"), "run", "--accelerator", "cpu", "--devices", "2", "app/__main__.py"]}
+    proc = subprocess.run(
+        [*launch[launcher], "train", str(ROOT / "configs" / "quickstart.yaml"), f"model.path={tiny_chatglm_dir}",
+         f"data.train={data}", f"trainer.root_dir={tmp_path / 'logs'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode != 0
+    message = (f"error: {launcher} started 2 processes, but trainer.devices x trainer.num_nodes = 1 x 1 = 1: set "
+               "trainer.devices=2 trainer.num_nodes=1")
+    assert message in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "logs" / "quickstart").exists()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from app.config import load_config
@@ -171,21 +172,50 @@ GPU_CONFIGS = ["chatglm3_6b_lora", "chatglm3_6b_lora_4gpu", "glm4_9b_lora"]
 @pytest.mark.parametrize("name", GPU_CONFIGS)
 def test_each_shipped_gpu_config_trains_on_the_tiny_model(name, tiny_chatglm_dir, problems_file, tmp_path):
     """Every setting of the real-model configs (bf16-true, gradient checkpointing, LoRA dropout,
-    grad accumulation, partial and adaptive KL, ...) on the CPU: only the model, the device, the
-    sizes and the run length are overridden."""
-    from app.cli import main
+    grad accumulation, value_lr, partial and adaptive KL) on the CPU, each seen to take effect:
+    only the model, the device, the sizes and the run length are overridden."""
+    from app.ppo.train import train
 
     assert sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if not p.stem.startswith("quickstart")) == GPU_CONFIGS
     args = [
-        str(ROOT / "configs" / f"{name}.yaml"), f"model.path={tiny_chatglm_dir}", "model.chat_format=auto",
-        f"data.train={problems_file}", "data.max_prompt_tokens=2048", "sampling.max_new_tokens=8",
-        "ppo.prompts_per_step=2", "evaluation.workers=1", "trainer.max_steps=2", "trainer.accelerator=cpu",
-        "trainer.devices=1", "trainer.strategy=auto", f"trainer.root_dir={tmp_path}",
-        "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
+        f"model.path={tiny_chatglm_dir}", "model.chat_format=auto", f"data.train={problems_file}",
+        "data.max_prompt_tokens=2048", "sampling.max_new_tokens=8", "ppo.prompts_per_step=2", "ppo.minibatch_size=1",
+        "evaluation.workers=1", "trainer.max_steps=2", "trainer.accelerator=cpu", "trainer.devices=1",
+        "trainer.strategy=auto", f"trainer.root_dir={tmp_path}", "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
     ]
-    assert main(["train", *args]) == 0
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml", args)
+    module, trainer = train(cfg)
+    ppo, logged = cfg.ppo, scalars(run_dir(tmp_path, name))
     trained = torch.load(run_dir(tmp_path, name) / "trainable.pt", weights_only=True)["state_dict"]
     assert any(float(v.float().abs().max()) > 0 for k, v in trained.items() if "lora_B" in k)
+    # grad_accum: 4 rows of one minibatch each make ceil(4 / grad_accum) optimizer steps per epoch
+    assert logged["train/early_stopped"] == [0.0, 0.0]
+    assert trainer.global_step == cfg.trainer.max_steps * ppo.epochs * math.ceil(4 / ppo.grad_accum)
+    # value_lr: the value head's parameter group, scheduled like the policy's
+    policy_group, value_group = trainer.optimizers[0].param_groups
+    assert value_group["lr"] / policy_group["lr"] == pytest.approx((ppo.value_lr or ppo.lr) / ppo.lr)
+    # adaptive KL: beta moved off its starting value; partial KL: a mask over the answers' model blocks
+    assert ppo.kl.controller == "adaptive" and all(beta != ppo.kl.coef for beta in logged["train/kl_coef"])
+    assert ppo.kl.partial and module.last_rollout.kl_mask is not None
+    # LoRA dropout on every adapted layer
+    rates = {m.p for n, m in module.policy.named_modules() if "lora_dropout" in n and isinstance(m, torch.nn.Dropout)}
+    assert rates == {cfg.model.lora.dropout} == {0.05}
+
+
+def test_the_approx_kl_stop_ends_the_ppo_epochs_at_an_optimizer_step(tiny_chatglm_dir, problems_file, tmp_path):
+    """ppo.max_approx_kl: once the policy has moved past it, the step's remaining epochs are left
+    out; the check comes where an optimizer step was due (never dropping accumulated gradients)."""
+    from app.ppo.train import train
+
+    cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **{
+        "ppo.max_approx_kl": 1e-9, "ppo.minibatch_size": 1, "ppo.grad_accum": 2, "trainer.checkpoint_every": 0}))
+    _, trainer = train(cfg)
+    logged = scalars(run_dir(tmp_path))
+    assert logged["train/early_stopped"] == [1.0, 1.0]
+    # 4 rows, 2 minibatches per step: the first step's minibatches are scored before any update
+    # (approx KL 0), the second step's after one: the stop comes there, 2 steps of the 4 possible
+    assert trainer.global_step == 2 * 2
+    assert all(kl > 1e-9 for kl in logged["train/approx_kl"])
 
 
 @pytest.mark.parametrize(("settings", "message"), [
@@ -265,13 +295,48 @@ def test_unknown_config_key_names_the_closest_one(tiny_chatglm_dir, problems_fil
     assert main(["train", *overrides(tiny_chatglm_dir, problems_file, tmp_path), "resume=/nonexistent.ckpt"]) == 2
 
 
-def test_batches_of_overlong_prompts_are_skipped_not_looped_on(tiny_chatglm_dir, problems_file, tmp_path):
+def test_train_that_fits_no_prompt_stops_before_writing_anything(tiny_chatglm_dir, problems_file, tmp_path, capsys):
+    """The issue's trap at test size: every prompt over the limit, or an instruction preset longer
+    than the whole limit. Both stop in one line with the numbers, before any run directory exists."""
+    from app.cli import main
+
+    # `data.instruction=` on the command line is None (the LP instruction, 438 tokens here with the system prompt)
+    assert main(["train", *overrides(tiny_chatglm_dir, problems_file, tmp_path), "data.max_prompt_tokens=440"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: data.train={problems_file}: no prompt fits data.max_prompt_tokens=440: the shortest "
+                          "of the first 12 is ") and "raise data.max_prompt_tokens to at least" in err, err
+    assert main(["train", str(ROOT / "configs" / "quickstart.yaml"), *overrides(tiny_chatglm_dir, problems_file, tmp_path),
+                 "data.instruction=pyscipopt", "data.max_prompt_tokens=256"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "data.max_prompt_tokens=256 cannot hold the prompt's fixed part: the system prompt, " \
+        "instruction 'pyscipopt' and chat format take " in err, err
+    assert not (tmp_path / "ppo").exists() and not (tmp_path / "quickstart").exists()
+
+
+def test_overlong_prompts_are_summarized_and_their_batches_are_no_iteration(tiny_chatglm_dir, problems_file, tmp_path,
+                                                                             capsys):
+    from app.data.formats import iter_problems
+    from app.data.prompts import build_messages
+    from app.models.config import ModelConfig
+    from app.models.loading import load_prompt_encoder
     from app.ppo.train import train
 
-    cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **{"data.max_prompt_tokens": 10}))
-    module, _ = train(cfg)
-    assert module.iteration == 2
-    assert scalars(run_dir(tmp_path))["train/skipped_batches"] == [1.0, 1.0]
+    tokenizer, chat = load_prompt_encoder(ModelConfig(path=str(tiny_chatglm_dir)))
+    lengths = sorted(len(chat.encode_prompt(tokenizer, build_messages(p))) for p in iter_problems(problems_file))
+    limit = lengths[5]  # 6 of the 12 prompts fit
+    cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **{
+        "data.max_prompt_tokens": limit, "data.max_skipped_fraction": 0.6, "data.skip_report_every": 2,
+        "ppo.prompts_per_step": 1, "trainer.max_steps": 4, "trainer.checkpoint_every": 0}))
+    assert cfg.data.system_prompt is None and cfg.data.instruction is None  # `key=` on the command line is None
+    module, trainer = train(cfg)
+    out = capsys.readouterr().out
+    assert module.iteration == 4 and module.skips.read > 4, module.skips.read
+    assert trainer.global_step == 4 * 2  # 2 epochs of one minibatch per iteration: skipped batches step nothing
+    assert f"6 of the first 12 prompts of data.train={problems_file} (50.0%) are over data.max_prompt_tokens={limit}" in out
+    lines = [line for line in out.splitlines() if " are over data.max_prompt_tokens=" in line]
+    assert 2 <= len(lines) <= 1 + module.skips.read // 2, out  # the pre-flight line, then one per 2 batches at most
+    assert all("p50" in line and "(first: " in line for line in lines)
+    assert "prompt of" not in out and module.skips.skipped == module.skips.read - 4
 
 
 class NaNScorer(RolloutScorer):
@@ -287,20 +352,50 @@ class NaNScorer(RolloutScorer):
         raise AssertionError("no data.val in this run")
 
 
-def test_nonfinite_rewards_skip_the_step(tiny_chatglm_dir, problems_file, tmp_path):
+def test_nonfinite_rewards_skip_the_step_and_a_run_that_never_stepped_writes_no_weights(tiny_chatglm_dir, problems_file,
+                                                                                       tmp_path):
     from app.ppo import train as train_mod
 
     cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path))
     original = train_mod.SolverReward
     train_mod.SolverReward = lambda config: NaNScorer()
     try:
-        module, _ = train_mod.train(cfg)
+        with pytest.raises(UserError, match=r"PPO took no optimizer step in 2 iterations: nothing trained, no trainable.pt"):
+            train_mod.train(cfg)
     finally:
         train_mod.SolverReward = original
-    assert module.iteration == 2
-    trainable = module.policy.trainable_state_dict()
-    assert all(float(v.abs().max()) == 0 for k, v in trainable.items() if "lora_B" in k)
+    assert not (run_dir(tmp_path) / "trainable.pt").exists()
     assert scalars(run_dir(tmp_path))["train/skipped_nonfinite"] == [1.0, 1.0]
+
+
+class NaNGradientOnce(Callback):
+    """The first backward pass leaves NaN in one LoRA gradient: that optimizer step must be skipped."""
+
+    def on_train_start(self, trainer, module):
+        param = next(p for n, p in module.policy.named_parameters() if "lora_B" in n)
+        self.fired = 0
+
+        def poison(grad):
+            self.fired += 1
+            return grad * float("nan") if self.fired == 1 else grad
+
+        param.register_hook(poison)
+
+
+def test_a_nonfinite_gradient_skips_its_optimizer_step_with_the_entropy_bonus_on(tiny_chatglm_dir, problems_file,
+                                                                                 tmp_path):
+    from app.ppo.train import train
+
+    cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **{"ppo.entropy_coef": 0.01}))
+    poison = NaNGradientOnce()
+    module, trainer = train(cfg, extra_callbacks=[poison])
+    logged = scalars(run_dir(tmp_path))
+    assert poison.fired >= 2 and logged["train/skipped_nonfinite"] == [1.0, 0.0]
+    assert trainer.global_step == 2 * 2 * 2 - 1  # 2 iterations x 2 epochs x 2 minibatches, less the skipped step
+    trained = module.policy.trainable_state_dict()
+    assert all(torch.isfinite(v).all() for v in trained.values())
+    assert any(float(v.abs().max()) > 0 for k, v in trained.items() if "lora_B" in k)
+    assert all(math.isfinite(x) and x > 0 for x in logged["train/entropy"])
 
 
 def test_broken_reward_pool_scores_zero_and_training_goes_on(tiny_chatglm_dir, problems_file, tmp_path):

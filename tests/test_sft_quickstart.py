@@ -47,11 +47,11 @@ def sft_overrides(model_dir: Path, data: Path, out: Path, root: Path, steps: int
     base = {
         "model.path": model_dir, "output_dir": out, "data.train": data, "data.system_prompt": "",
         "data.instruction": "", "sft.max_steps": steps, "sft.batch_size": 4, "sft.lr": 3e-3, "sft.warmup_steps": 0,
-        "sft.lr_schedule": "constant", "trainer.root_dir": root, "trainer.enable_progress_bar": False,
+        "sft.lr_schedule": "constant", "sft.max_length": 2048, "trainer.root_dir": root, "trainer.enable_progress_bar": False,
         "trainer.cpu_threads": 1,
     }
     base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+    return [f'{k}=""' if v == "" else f"{k}={v}" for k, v in base.items()]  # `key=` alone would be None
 
 
 def test_sft_lowers_the_answer_loss_and_writes_a_loadable_checkpoint(tiny_chatglm_dir, tmp_path):
@@ -109,7 +109,92 @@ def test_sft_with_lora_merges_into_the_written_checkpoint(tiny_chatglm_dir, tmp_
     assert not any("word_embeddings" in k for k in changed)  # LoRA does not touch the embeddings
 
 
-def test_shortened_quickstart_runs_end_to_end(tiny_chatglm_dir, tmp_path):
+def test_sft_that_can_train_on_nothing_stops_before_writing_a_model(tiny_chatglm_dir, tmp_path, capsys):
+    """The issue's `sft` commands at test size: the pyscipopt preset longer than sft.max_length, no
+    example short enough, too many too long. Each ends in one line with the numbers, exit 2, no model."""
+    data = write_problems(tmp_path / "train.jsonl", 8, seed=11)
+    out = tmp_path / "sft_model"
+    base = sft_overrides(tiny_chatglm_dir, data, out, tmp_path / "logs", steps=2)
+    cases = [
+        (["data.instruction=pyscipopt", "sft.max_length=320"],
+         "error: sft.max_length=320 cannot hold the prompt's fixed part: the system prompt, instruction 'pyscipopt' "
+         "and chat format take "),
+        (['data.instruction=""', 'data.system_prompt=""', "sft.max_length=40"],
+         f"error: data.train={data}: no example fits sft.max_length=40: the shortest of the first 8 is "),
+        (['data.instruction=""', 'data.system_prompt=""', "sft.max_length=300"],
+         f"error: data.train={data}: 3 of the first 8 records (38%) would be left out (3 over sft.max_length=300; "),
+    ]
+    for extra, message in cases:
+        assert main(["sft", str(ROOT / "configs" / "quickstart_sft.yaml"), *base, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines()[-1].startswith(message) and err.count("error") == 1, err  # after Lightning's INFO lines
+        assert not (out / "config.json").exists()
+
+
+def test_sft_steps_only_on_examples_and_summarizes_the_skipped_ones(tiny_chatglm_dir, tmp_path, capsys):
+    """Records 0 and 1 are too long and come first (batch size 1, file order): those two batches are
+    no optimizer step; 3 steps follow. One summary line at the end instead of a line per record."""
+    from app.sft.cli import train_sft
+
+    items = [item.to_json() for item in generate(8, seed=11)]
+    for item in items[:2]:
+        item["question"] = " ".join([item["question"]] * 30)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(item) + "\n" for item in items))
+    cfg = load_config(None, sft_overrides(tiny_chatglm_dir, data, tmp_path / "out", tmp_path / "logs", steps=3, **{
+        "sft.batch_size": 1, "data.shuffle_buffer": 1, "model.lora.enabled": False}), schema_cls=SFTConfig)  # fmt: skip
+    train_sft(cfg)
+    out = capsys.readouterr().out
+    assert f"2 of the first 8 examples of data.train={data} (25.0%) are over sft.max_length=2048" in out
+    assert "2 examples in steps 1-5 (40.0%) are over sft.max_length=2048 and left out: " in out
+    assert "(first: train-00000, train-00001)" in out and "skipped" not in out
+    assert f"SFT model written to {tmp_path / 'out'} (3 optimizer steps)" in out
+    events = EventAccumulator(str(next((tmp_path / "logs" / "sft").glob("version_*"))))
+    events.Reload()
+    assert events.Scalars("sft/skipped_steps")[-1].value == 2.0  # the running count of steps without examples
+    assert len(events.Scalars("sft/loss")) == 3
+
+
+def test_sft_reads_prompt_completion_messages_and_alpaca_records(tiny_chatglm_dir, tmp_path, capsys):
+    """The field's SFT formats, auto-detected per record: the prompt as written (a messages system
+    turn kept, no instruction appended), the completion / assistant turn / output as the target,
+    the prompt masked out of the loss. Without an answer such records train SFT only: `train` refuses them."""
+    from app.sft.module import SFTModule
+
+    completion = "```lp\nmaximize\n obj: x\nsubject to\n c: x <= 4\nend\n```\nOptimal value: 4"
+    records = [
+        {"prompt": "Maximize x with x at most 4.", "completion": completion},
+        {"messages": [{"role": "system", "content": "You write LP models."},
+                      {"role": "user", "content": "Maximize y with y at most 2."},
+                      {"role": "assistant", "content": completion.replace("x", "y").replace("4", "2")}]},
+        {"instruction": "Write the model.", "input": "Maximize z, z at most 3.", "output": completion.replace("4", "3")},
+    ]
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    problems = list(iter_problems(data))
+    assert [p.question for p in problems] == ["Maximize x with x at most 4.", "Maximize y with y at most 2.",
+                                              "Write the model.\n\nMaximize z, z at most 3."]
+    assert [p.system for p in problems] == [None, "You write LP models.", None]
+    assert all(p.as_written and not p.scorable for p in problems)
+    cfg = load_config(None, sft_overrides(tiny_chatglm_dir, data, tmp_path / "out", tmp_path / "logs", steps=2,
+                                          **{"data.instruction": "lp"}), schema_cls=SFTConfig)  # fmt: skip
+    module = SFTModule(cfg, load_model(cfg.model))
+    input_ids, _, labels = module.encode(problems)
+    for problem, ids, row in zip(problems, input_ids, labels):
+        answer = row != -100
+        assert module.tokenizer.decode(row[answer].tolist()[:-1]) == problem.demonstration
+        prompt = module.tokenizer.decode(ids[~answer].tolist())
+        assert problem.question in prompt and "fenced block" not in prompt
+        assert ("You write LP models." in prompt) == (problem.system is not None)
+    assert main(["sft", *sft_overrides(tiny_chatglm_dir, data, tmp_path / "out", tmp_path / "logs", steps=2)]) == 0
+    assert (tmp_path / "out" / "config.json").is_file()
+    argv = ["train", f"model.path={tmp_path / 'out'}", f"data.train={data}", f"trainer.root_dir={tmp_path / 'logs'}"]
+    assert main(argv) == 2
+    assert (f"error: data.train={data}: no usable record among the first 3 (3 without an answer to score "
+            "(SFT-only records))") in capsys.readouterr().err
+
+
+def test_shortened_quickstart_runs_end_to_end(tiny_chatglm_dir, tmp_path, capsys):
     data = write_problems(tmp_path / "sft.jsonl", 4, seed=13)
     starter = tmp_path / "starter"
     assert main(["sft", *sft_overrides(tiny_chatglm_dir, data, starter, tmp_path / "logs", steps=3)]) == 0
@@ -135,6 +220,21 @@ def test_shortened_quickstart_runs_end_to_end(tiny_chatglm_dir, tmp_path):
     assert len(rows) == 4 and all(row["status"] and row["reason"] for row in rows)  # scored by the evaluator
     heldout = {p.id for p in iter_problems(out / "data" / "heldout.jsonl")}
     assert {row["id"] for row in rows} == heldout
+    # the starter, the run directory and its export, evaluated without prompt flags, answer as the
+    # quick start's own evaluation did (the starter was trained on the question alone, not on eval's defaults)
+    from app.eval_policy import evaluate_policy
+    from app.models.export import export
+
+    common = {"max_new_tokens": 12, "batch_size": 50}
+    exported = export(starter, run_dir, tmp_path / "exported")
+    for side, model, adapter in (("sft", starter, None), ("ppo", starter, str(run_dir / "trainable.pt")),
+                                 ("ppo", exported, None)):
+        summary, again = evaluate_policy(str(model), str(out / "data" / "heldout.jsonl"), adapter=adapter, **common)
+        quickstart_rows = [json.loads(line) for line in open(out / f"{side}_heldout.jsonl")]
+        assert [r["response"] for r in again] == [r["response"] for r in quickstart_rows], (side, model)
+        assert summary["reward"] == pytest.approx(results[side]["reward"])
+    default_prompts, _ = evaluate_policy(str(starter), str(out / "data" / "heldout.jsonl"), instruction="lp", **common)
+    assert "--instruction='lp' overrides the instruction" in capsys.readouterr().err
 
 
 def test_quickstart_ppo_prompts_are_new_to_the_starter(tmp_path):

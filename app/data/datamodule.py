@@ -78,6 +78,7 @@ class PromptDataset(IterableDataset):
         start_batch: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        require_answer: bool = False,
     ):
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
@@ -91,6 +92,7 @@ class PromptDataset(IterableDataset):
         self.seed = seed
         self.loop = loop
         self.start_batch = start_batch
+        self.require_answer = require_answer  # PPO: records with nothing to score are bad records
         self.rank, self.world_size = _distributed_rank_world(rank, world_size)
         self.bad_records = 0  # reported and skipped in this process (each worker counts its own)
 
@@ -111,7 +113,8 @@ class PromptDataset(IterableDataset):
                 continue
             rng = random.Random(f"{self.seed}/{epoch}/{shard}/{n_shards}")
             report = self._report if pass_length is None else self._quiet
-            records = iter_problems(self.path, self.fmt, self.on_bad_line, report, shard=(shard, n_shards))
+            records = iter_problems(self.path, self.fmt, self.on_bad_line, report, shard=(shard, n_shards),
+                                    require_answer=self.require_answer)
             count = 0
             for problem in shuffle_buffer(records, self.shuffle_buffer, rng):
                 count += 1
@@ -168,7 +171,8 @@ class PromptDataModule(pl.LightningDataModule):
     forward), and a rank may get an empty one.
     """
 
-    def __init__(self, settings: DataSettings, prompts_per_step: int, seed: int = 0, whole_val_on_every_rank: bool = False):
+    def __init__(self, settings: DataSettings, prompts_per_step: int, seed: int = 0, whole_val_on_every_rank: bool = False,
+                 require_answer: bool = False):
         super().__init__()
         check_options(settings.format, settings.on_bad_line)
         for key, path in (("data.train", settings.train), ("data.val", settings.val)):
@@ -183,6 +187,7 @@ class PromptDataModule(pl.LightningDataModule):
         self.prompts_per_step = prompts_per_step
         self.seed = seed
         self.whole_val_on_every_rank = whole_val_on_every_rank
+        self.require_answer = require_answer  # PPO: SFT-only records (no answer to score) are refused
         self.train_batches = 0
 
     def _loader(self, dataset: PromptDataset, collate=_as_is) -> DataLoader:
@@ -200,6 +205,7 @@ class PromptDataModule(pl.LightningDataModule):
             seed=self.seed,
             loop=True,
             start_batch=self.train_batches,
+            require_answer=self.require_answer,
         )
         return self._loader(dataset)
 
@@ -210,9 +216,10 @@ class PromptDataModule(pl.LightningDataModule):
         if self.whole_val_on_every_rank:
             rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
             dataset = PromptDataset(s.val, self.prompts_per_step * world, fmt=s.format, on_bad_line=s.on_bad_line,
-                                    rank=0, world_size=1)
+                                    rank=0, world_size=1, require_answer=self.require_answer)
             return self._loader(dataset, partial(_every_nth, start=rank, step=world))
-        dataset = PromptDataset(s.val, self.prompts_per_step, fmt=s.format, on_bad_line=s.on_bad_line)
+        dataset = PromptDataset(s.val, self.prompts_per_step, fmt=s.format, on_bad_line=s.on_bad_line,
+                                require_answer=self.require_answer)
         return self._loader(dataset)
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):

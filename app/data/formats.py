@@ -6,6 +6,11 @@ Formats (keys of one record):
 - sirl:      en_question, en_answer (SIRL / ORLM), optional id
 - mamo:      Question, Answer, id
 - optibench: question, results {label: value}, optional index
+SFT data as the field publishes it (the prompt taken as written: no instruction appended), each
+with an optional id and an optional `answer` (the optimum: without it a record trains SFT only):
+- completion: prompt, completion (TRL's prompt-completion records; the completion is the demonstration)
+- messages:   messages [{role, content}]: an optional system turn, one user turn, one assistant turn
+- alpaca:     instruction, optional input, output
 `auto` picks the format per record from its keys. Files are JSONL, or one JSON array (OptiBench),
 which is parsed element by element so that no file is ever held in memory whole.
 """
@@ -23,7 +28,8 @@ from app.errors import UserError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "project", "sirl", "mamo", "optibench")
+FORMATS = ("auto", "project", "sirl", "mamo", "optibench", "completion", "messages", "alpaca")
+CHAT_FORMATS = ("completion", "messages", "alpaca")  # SFT records whose prompt is taken as written
 
 
 @dataclass
@@ -33,6 +39,13 @@ class Problem:
     answer: str | None  # the reference optimum as written in the dataset ("219816.0", "No Best Solution")
     reference_model: str | None = None  # LP text of a reference model, when the dataset has one
     demonstration: str | None = None  # the SFT target when a teacher wrote it; else built from the reference
+    system: str | None = None  # the record's own system prompt (a `messages` system turn)
+    as_written: bool = False  # the question is the whole user turn: no instruction is appended
+
+    @property
+    def scorable(self) -> bool:
+        """Whether PPO can score answers to it: it has a reference optimum or a reference model."""
+        return self.answer is not None or self.reference_model is not None
 
 
 class BadRecord(UserError):
@@ -40,13 +53,22 @@ class BadRecord(UserError):
 
 
 def detect_format(obj: dict) -> str:
+    if "messages" in obj:
+        return "messages"
+    if "prompt" in obj and "completion" in obj:
+        return "completion"
+    if "instruction" in obj and "output" in obj:
+        return "alpaca"
     if "en_question" in obj:
         return "sirl"
     if "Question" in obj:
         return "mamo"
     if "question" in obj:
         return "optibench" if "results" in obj else "project"
-    raise ValueError(f"no question field: expected one of question, en_question, Question (keys: {sorted(obj)[:8]})")
+    raise ValueError(
+        "no question field: expected one of question, en_question, Question, prompt + completion, messages, "
+        f"instruction + output (keys: {sorted(obj)[:8]})"
+    )
 
 
 # OptiBench `results` list the optimal variable values and the objective, in no fixed order
@@ -94,6 +116,31 @@ def check_options(fmt: str, on_bad_line: str = "skip") -> None:
         raise UserError(f"data.on_bad_line='{on_bad_line}' is not one of skip, error")
 
 
+def chat_record(obj: dict, kind: str, default_id: str) -> Problem:
+    """A completion / messages / alpaca record -> Problem: the user turn as the question (taken as
+    written), the completion / assistant turn / output as the demonstration."""
+    system = None
+    if kind == "completion":
+        question = _text(obj.get("prompt"), "prompt", True)
+        demonstration = _text(obj.get("completion"), "completion", True)
+    elif kind == "alpaca":
+        instruction, extra = _text(obj.get("instruction"), "instruction", True), _text(obj.get("input"), "input")
+        question = instruction + (f"\n\n{extra}" if extra and extra.strip() else "")
+        demonstration = _text(obj.get("output"), "output", True)
+    else:
+        messages = obj.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise ValueError("'messages' must be a list of {role, content} objects")
+        roles = [m.get("role") for m in messages]
+        if roles not in (["user", "assistant"], ["system", "user", "assistant"]):
+            raise ValueError(f"'messages' must be [system,] user, assistant turns (one of each), got roles {roles}")
+        texts = [_text(m.get("content"), f"messages[{i}].content", True) for i, m in enumerate(messages)]
+        system = texts[0] if roles[0] == "system" else None
+        question, demonstration = texts[-2], texts[-1]
+    return Problem(id=_text(obj.get("id"), "id") or default_id, question=question,
+                   answer=_text(obj.get("answer"), "answer"), demonstration=demonstration, system=system, as_written=True)
+
+
 def normalize_record(obj, fmt: str, where: str, default_id: str) -> Problem:
     """One decoded record -> Problem; `where` ("file:line") prefixes any error, `default_id` fills a missing id."""
     check_options(fmt)
@@ -101,6 +148,8 @@ def normalize_record(obj, fmt: str, where: str, default_id: str) -> Problem:
         if not isinstance(obj, dict):
             raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
         kind = detect_format(obj) if fmt == "auto" else fmt
+        if kind in CHAT_FORMATS:
+            return chat_record(obj, kind, default_id)
         id_key, question_key, answer_key = FIELDS[kind]
         answer = obj.get(answer_key)
         if kind == "optibench":
@@ -232,13 +281,15 @@ def iter_problems(
     on_bad_line: str = "skip",
     report: Report | None = None,
     shard: tuple[int, int] = (0, 1),
+    require_answer: bool = False,
 ) -> Iterator[Problem]:
     """Stream the problems of one file, record by record.
 
     A bad record is fatal (`on_bad_line="error"`, raises BadRecord) or reported through `report`
     (default: a logged warning, "file:line: reason") and skipped. `shard=(i, n)` keeps only records
     number i, i+n, i+2n, ... (counted over non-blank records), which are the only ones normalized
-    or reported, so every bad line is reported by exactly one shard.
+    or reported, so every bad line is reported by exactly one shard. `require_answer` (PPO): a
+    record with neither an answer nor a reference model is a bad record too (nothing to score).
     """
     path = Path(path)
     check_options(fmt, on_bad_line)
@@ -249,7 +300,10 @@ def iter_problems(
         try:
             if isinstance(value, BadRecord):
                 raise value
-            yield normalize_record(value, fmt, f"{path}:{line}", f"{path.stem}:{line}")
+            problem = normalize_record(value, fmt, f"{path}:{line}", f"{path.stem}:{line}")
+            if require_answer and not problem.scorable:
+                raise BadRecord(f"{path}:{line}: no answer to score (no 'answer' or reference): an SFT-only record")
+            yield problem
         except BadRecord as err:
             if on_bad_line == "error":
                 raise

@@ -24,7 +24,7 @@ class ModelConfig:
     family: str = "chatglm"  # chatglm (native) | remote (trust_remote_code) | auto (AutoModelForCausalLM)
     path: str = MISSING  # local checkpoint directory
     dtype: str = "float32"  # float32 | bfloat16 | float16
-    chat_format: str = "auto"  # auto | chatglm3 | glm4 | plain
+    chat_format: str = "auto"  # auto (the one model.path was trained with, else from the tokenizer) | chatglm3 | glm4 | plain
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more compute
     lora: LoraSettings = field(default_factory=LoraSettings)
 

@@ -3,7 +3,8 @@
 The output directory looks like the input one: the same weight names (for ChatGLM the published
 `transformer.encoder.layers.N...` names), the base's `config.json` with only `torch_dtype`
 updated (so `auto_map` and every official field survive), and every other file of the base
-(tokenizer files, remote-code .py files, generation config) copied. It loads with
+(tokenizer files, remote-code .py files, generation config) copied, and the run's prompt
+settings (prompt_settings.json: system prompt, instruction, chat format). It loads with
 `load_model` (native class) and, for ChatGLM, with the published remote code.
 
 The value head is not part of a causal LM checkpoint and is not exported.
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from app.data.prompts import read_prompt_settings, write_prompt_settings
 from app.errors import UserError
 from app.models.config import LoraSettings, ModelConfig
 from app.models.policy import PolicyWithValue, build_policy, read_trainable
@@ -74,8 +76,12 @@ def export(
     policy = build_policy(loaded, cfg)
     policy.load_trainable_state_dict(payload["state_dict"])
     model = merged_model(policy)
-    return write_checkpoint(model, model_dir, out_dir, dtype=dtype, serialization=serialization,
-                            max_shard_size=max_shard_size)
+    write_checkpoint(model, model_dir, out_dir, dtype=dtype, serialization=serialization, max_shard_size=max_shard_size)
+    # the prompts the run trained with travel on (write_checkpoint copied the base's, if it had any)
+    run_dir = Path(adapter) if Path(adapter).is_dir() else Path(adapter).parent
+    if (settings := read_prompt_settings(run_dir)) is not None:
+        write_prompt_settings(out_dir, settings)
+    return out_dir
 
 
 def write_checkpoint(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from safetensors import safe_open
@@ -48,30 +49,44 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> LoadedMo
         raise UserError(f"model.dtype '{cfg.dtype}' is not known; choose one of {', '.join(DTYPES)}")
     if cfg.family not in FAMILIES:
         raise UserError(f"model.family '{cfg.family}' is not known; choose one of {', '.join(FAMILIES)}")
-    dtype, path = DTYPES[cfg.dtype], Path(cfg.path)
+    dtype, path = DTYPES[cfg.dtype], checkpoint_dir(cfg.path)
+    if cfg.family == "chatglm":
+        model = load_chatglm(path, dtype)
+    elif cfg.family == "remote":
+        inner = _hf_call(path, AutoModelForCausalLM.from_pretrained, path, trust_remote_code=True,
+                         local_files_only=True, torch_dtype=dtype)  # fmt: skip
+        model = RemoteChatGLM(inner)
+    else:
+        model = _hf_call(path, AutoModelForCausalLM.from_pretrained, path, local_files_only=True, torch_dtype=dtype)
+    tokenizer, chat = load_prompt_encoder(cfg, model.config)
+    return LoadedModel(model=model.to(device).eval(), tokenizer=tokenizer, chat=chat)
+
+
+def checkpoint_dir(path_text: str) -> Path:
+    """`model.path` as a checkpoint directory (one holding config.json), or a UserError."""
+    path = Path(path_text)
     if path.is_file():
         raise UserError(f"model.path: {path} is a file; pass the checkpoint directory (the one holding config.json)")
     if not path.is_dir():
         raise UserError(f"model.path: checkpoint directory not found: {path}")
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: no config.json; model.path must be a checkpoint directory")
+    return path
 
-    if cfg.family == "chatglm":
-        model = load_chatglm(path, dtype)
-        tokenizer = load_tokenizer(path, trust_remote_code=False)
-    elif cfg.family == "remote":
-        inner = _hf_call(path, AutoModelForCausalLM.from_pretrained, path, trust_remote_code=True,
-                         local_files_only=True, torch_dtype=dtype)  # fmt: skip
-        model = RemoteChatGLM(inner)
-        tokenizer = load_tokenizer(path, trust_remote_code=True)
-    else:
-        model = _hf_call(path, AutoModelForCausalLM.from_pretrained, path, local_files_only=True, torch_dtype=dtype)
-        tokenizer = load_tokenizer(path, trust_remote_code=False)
+
+def load_prompt_encoder(cfg: ModelConfig, model_config=None) -> tuple[PreTrainedTokenizerBase, ChatFormat]:
+    """The tokenizer (padding on the left) and chat format of a checkpoint, without its weights:
+    what prompt lengths are measured with before the model loads. `model_config`: the loaded
+    model's config (else config.json's eos ids are read)."""
+    path = checkpoint_dir(cfg.path)
+    tokenizer = load_tokenizer(path, trust_remote_code=cfg.family == "remote")
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    chat = chat_format_for(cfg.chat_format, tokenizer, model.config)
-    return LoadedModel(model=model.to(device).eval(), tokenizer=tokenizer, chat=chat)
+    if model_config is None:
+        eos = json.loads((path / "config.json").read_text()).get("eos_token_id")
+        model_config = SimpleNamespace(eos_token_id=eos)
+    return tokenizer, chat_format_for(cfg.chat_format, tokenizer, model_config)
 
 
 def _hf_call(path: Path, fn, *args, **kwargs):

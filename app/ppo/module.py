@@ -32,6 +32,7 @@ from torch.distributed.tensor import DTensor
 
 from app.config import TrainConfig
 from app.data.datamodule import PromptDataset
+from app.data.limits import SkipCounter
 from app.data.prompts import build_messages
 from app.errors import UserError
 from app.models.loading import LoadedModel
@@ -54,6 +55,7 @@ class PPOModule(pl.LightningModule):
         self.iteration = 0  # PPO iterations done (the trainer's global_step counts optimizer steps)
         self.refill_batches = 0  # prompt batches drawn by dynamic sampling (its own stream of data.train)
         self._refill_stream = None
+        self.skips: SkipCounter | None = None  # this rank's prompts over data.max_prompt_tokens (set when fit starts)
         self.automatic_optimization = False
         self.strict_loading = False  # LoRA checkpoints hold only the trainable weights
         if cfg.ppo.advantage != "gae":
@@ -110,8 +112,18 @@ class PPOModule(pl.LightningModule):
         if isinstance(self.trainer.strategy, ModelParallelStrategy):
             self.policy.shard(self.device_mesh["data_parallel"], self.cfg.trainer.fsdp2_gather_for_sampling)
 
+    def on_fit_start(self) -> None:
+        d = self.cfg.data
+        self.skips = SkipCounter("data.max_prompt_tokens", d.max_prompt_tokens, d.max_skipped_fraction,
+                                 d.skip_report_every, "prompt", self.global_rank, self.trainer.world_size)
+
     def on_train_end(self) -> None:
-        """The trained weights in the file `python -m app export --adapter` reads."""
+        """The trained weights in the file `python -m app export --adapter` reads; none from a run
+        that never stepped its optimizer."""
+        self.skips.finish(self.iteration)
+        if self.trainer.global_step == 0:  # the same on every rank
+            raise UserError(f"PPO took no optimizer step in {self.iteration} iterations: nothing trained, no "
+                            "trainable.pt written (train/skipped_* in TensorBoard say why)")
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank asks
         state = self.policy.trainable_state_dict()  # a collective too when sharded
         if self.trainer.is_global_zero:
@@ -141,7 +153,8 @@ class PPOModule(pl.LightningModule):
             rollout, sampling_stats = self.keep_informative_groups(rollout, generator, timings)
         if not self._on_all_ranks(rollout is not None):  # ranks skip together, or DDP would hang
             self.log("train/skipped_batches", 1.0)
-            self._end_iteration()
+            # a batch with no prompt that fits is no iteration; one whose samples all scored alike is
+            self._end_iteration(counted=self.cfg.ppo.dynamic_sampling_rounds > 0)
             return None
 
         self.compute_advantages(rollout)
@@ -179,7 +192,12 @@ class PPOModule(pl.LightningModule):
         self._end_iteration()
         return None
 
-    def _end_iteration(self) -> None:
+    def _end_iteration(self, counted: bool = True) -> None:
+        read_skipped = self.all_gather(torch.tensor([self.skips.read, self.skips.skipped], device=self.device))
+        total = read_skipped.reshape(-1, 2).sum(0)
+        self.skips.end_step(self.iteration + 1, int(total[0]), int(total[1]))
+        if not counted:
+            return
         self.lr_schedulers().step()
         self.iteration += 1
         if self.iteration >= self.cfg.trainer.max_steps:
@@ -203,16 +221,14 @@ class PPOModule(pl.LightningModule):
     def _messages(self, problem) -> list[dict[str, str]]:
         return build_messages(problem, self.cfg.data.system_prompt, self.cfg.data.instruction)
 
-    def _encode(self, problems: list, copies: int) -> tuple[list[list[int]], list]:
+    def _encode(self, problems: list, copies: int, skips: SkipCounter | None = None) -> tuple[list[list[int]], list]:
         """Prompt token ids in the model's chat format, each `copies` times, and their problems.
-        Prompts over `data.max_prompt_tokens` are reported and left out."""
+        Prompts over `data.max_prompt_tokens` are left out (and counted by `skips`)."""
         limit = self.cfg.data.max_prompt_tokens
         prompts, kept = [], []
         for problem in problems:
             ids = self.chat.encode_prompt(self.tokenizer, self._messages(problem))
-            if len(ids) > limit:
-                # print, not self.print: each rank reports the problems of its own shard
-                print(f"problem {problem.id}: prompt of {len(ids)} tokens > data.max_prompt_tokens={limit}, skipped", flush=True)
+            if not (skips.fits(problem.id, len(ids)) if skips else len(ids) <= limit):
                 continue
             prompts += [ids] * copies
             kept += [problem] * copies
@@ -293,7 +309,7 @@ class PPOModule(pl.LightningModule):
     def generate_rollout(self, problems: list, generator: torch.Generator) -> Rollout | None:
         """Sample `samples_per_prompt` responses per problem and decode them."""
         copies = self.cfg.ppo.samples_per_prompt
-        prompts, kept = self._encode(problems, copies)
+        prompts, kept = self._encode(problems, copies, self.skips)
         # Every rank trains on the same number of rows, or the ranks' gradient all-reduces (DDP,
         # FSDP2) would stop pairing up: a rank that skipped long prompts makes the others leave
         # out as many problems (whole groups of samples, as RLOO needs).
@@ -401,7 +417,8 @@ class PPOModule(pl.LightningModule):
                     self.manual_backward(loss / ppo.grad_accum)
                 else:  # a non-finite loss (on any rank) never reaches the weights
                     n_skipped += 1
-                if (i + 1) % ppo.grad_accum == 0 or i + 1 == per_epoch:
+                step_due = (i + 1) % ppo.grad_accum == 0 or i + 1 == per_epoch
+                if step_due:
                     self.clip_gradients(optimizer, gradient_clip_val=ppo.max_grad_norm, gradient_clip_algorithm="norm")
                     if self._on_all_ranks(self._gradients_finite()):
                         optimizer.step()
@@ -411,7 +428,8 @@ class PPOModule(pl.LightningModule):
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
                 n_minibatches += 1
-                if ppo.max_approx_kl is not None and self._approx_kl_across_ranks(stats) > ppo.max_approx_kl:
+                # checked where an optimizer step was due: a stop mid-accumulation would drop the gradients
+                if step_due and ppo.max_approx_kl is not None and self._approx_kl_across_ranks(stats) > ppo.max_approx_kl:
                     stopped_early = True
                     break
             if stopped_early:

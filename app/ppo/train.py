@@ -12,14 +12,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from app.config import TrainConfig, check_values, validates
 from app.data.datamodule import PromptDataModule
+from app.data.limits import check_lengths
+from app.data.prompts import use_trained_prompt_settings
 from app.distributed import build_strategy, lightning_trainer, shards_model
 from app.errors import UserError
-from app.models.loading import load_model
+from app.models.loading import load_model, load_prompt_encoder
 from app.models.policy import build_policy
 from app.paths import writable_dir
 from app.ppo.kl import build_kl_controller
 from app.ppo.module import PPOModule
-from callbacks.checkpoint import IterationCheckpoint
+from callbacks.checkpoint import IterationCheckpoint, PromptSettingsFile
 from callbacks.sample_logger import SampleLogger
 from callbacks.solver_reward import SolverReward
 
@@ -34,6 +36,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None) -> pl.T
         SolverReward(cfg.evaluation),
         SampleLogger(t.sample_log_every),
         IterationCheckpoint(t.checkpoint_every),
+        PromptSettingsFile(),
         *(extra_callbacks or []),
     ]
     return lightning_trainer(
@@ -91,9 +94,13 @@ def train(cfg: TrainConfig, extra_callbacks: list | None = None) -> tuple[PPOMod
     # everything that can reject the settings comes before the model, which may take minutes to load
     datamodule = PromptDataModule(
         cfg.data, prompts_per_step=cfg.ppo.prompts_per_step, seed=cfg.seed,
-        whole_val_on_every_rank=shards_model(cfg.trainer),
+        whole_val_on_every_rank=shards_model(cfg.trainer), require_answer=True,
     )
     trainer = build_trainer(cfg, extra_callbacks)
+    use_trained_prompt_settings(cfg)
+    tokenizer, chat = load_prompt_encoder(cfg.model)
+    for split in ("train", "val") if cfg.data.val else ("train",):
+        check_lengths(cfg, lambda messages: chat.encode_prompt(tokenizer, messages), tokenizer, sft=False, split=split)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.cpu_threads > 0:
         torch.set_num_threads(cfg.trainer.cpu_threads)

@@ -20,9 +20,11 @@ def train_sft(cfg: SFTConfig) -> Path:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from app.data.datamodule import PromptDataModule
+    from app.data.limits import check_lengths
+    from app.data.prompts import PromptSettings, use_trained_prompt_settings, write_prompt_settings
     from app.distributed import build_strategy, lightning_trainer, shards_model
     from app.models.export import write_checkpoint
-    from app.models.loading import load_model
+    from app.models.loading import load_model, load_prompt_encoder
     from app.paths import writable_dir
     from app.sft.module import SFTModule
 
@@ -40,17 +42,23 @@ def train_sft(cfg: SFTConfig) -> Path:
     trainer = lightning_trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(t),
         precision=t.precision, max_steps=cfg.sft.max_steps, max_epochs=-1,
-        gradient_clip_val=cfg.sft.max_grad_norm, logger=TensorBoardLogger(t.root_dir, name=cfg.run_name),
+        logger=TensorBoardLogger(t.root_dir, name=cfg.run_name),
         log_every_n_steps=t.log_every_n_steps, enable_checkpointing=False,
         val_check_interval=t.val_every if validate else None, limit_val_batches=None if validate else 0,
         num_sanity_val_steps=0,
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, use_distributed_sampler=False,
     )
+    use_trained_prompt_settings(cfg)
+    tokenizer, chat = load_prompt_encoder(cfg.model)
+    for split in ("train", "val") if cfg.data.val else ("train",):
+        check_lengths(cfg, lambda messages: chat.encode_prompt(tokenizer, messages), tokenizer, sft=True, split=split)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.cpu_threads > 0:
         torch.set_num_threads(cfg.trainer.cpu_threads)
     module = SFTModule(cfg, load_model(cfg.model))
     trainer.fit(module, datamodule=datamodule)
+    if trainer.global_step == 0:  # every rank sees the same count
+        raise UserError(f"SFT took no optimizer step in {module.batches} batches; no model written to {out}")
     if module.sharded:  # gather on every rank; rank 0 puts the weights into an unsharded copy
         state = module.full_state_dict()
         if trainer.is_global_zero:
@@ -61,7 +69,8 @@ def train_sft(cfg: SFTConfig) -> Path:
         if cfg.model.lora.enabled:
             model = model.merge_and_unload()
         write_checkpoint(model, cfg.model.path, out, dtype=cfg.model.dtype)
-        print(f"SFT model written to {out}")
+        write_prompt_settings(out, PromptSettings(cfg.data.system_prompt, cfg.data.instruction, module.chat.name))
+        print(f"SFT model written to {out} ({trainer.global_step} optimizer steps)")
     trainer.strategy.barrier()
     return out
 

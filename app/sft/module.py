@@ -4,7 +4,10 @@ The target is the answer the PPO instruction asks for (a model in a ```lp block,
 optimal value; with a code preset such as `data.instruction: gurobipy`, the model as a program in
 that library), so the SFT policy starts PPO already speaking the expected format: the record's
 `demonstration` when it has one (a teacher's answer, errors included), else the reference.
-Loss: token cross-entropy on the answer tokens only (prompt and padding are ignored). With
+Loss: token cross-entropy on the answer tokens only (prompt and padding are ignored). Examples
+over `sft.max_length` are left out and summarized (`app/data/limits.py`); a step whose examples
+were all left out, on every rank, is no optimizer step (optimization is manual for that), and a run
+that leaves out more than `data.max_skipped_fraction` stops. With
 `data.val`, the same loss and token accuracy on held-out problems every `trainer.val_every` steps
 (`sft/val_loss`, `sft/val_token_accuracy`): where over-fitting to the training problems shows.
 """
@@ -18,6 +21,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torchmetrics import MeanMetric
 
 from app.config import SFTConfig
+from app.data.limits import SkipCounter
 from app.data.prompts import build_messages, sft_target
 from app.models.generation import left_pad, positions_from_mask
 from app.models.loading import LoadedModel
@@ -40,10 +44,21 @@ class SFTModule(pl.LightningModule):
         if lora.enabled:
             model = add_lora(model, lora)
         self.model = model.train()  # from_pretrained returns it in eval mode
-        self.skipped_long = 0
+        self.automatic_optimization = False  # a step with no example on any rank must be no optimizer step
+        self.skips: SkipCounter | None = None  # over-length training examples of this rank (set when fit starts)
+        self.batches = 0  # training batches read, optimizer step or not
+        self.skipped_steps = 0  # batches with no example on any rank (no optimizer step)
         self.sharded = False  # set by configure_model under trainer.strategy=fsdp2
         # token-weighted over the whole validation pass and every rank (synced once, at its end)
         self.val_loss, self.val_accuracy = MeanMetric(), MeanMetric()
+
+    def on_fit_start(self) -> None:
+        d = self.cfg.data
+        self.skips = SkipCounter("sft.max_length", self.cfg.sft.max_length, d.max_skipped_fraction,
+                                 d.skip_report_every, "example", self.global_rank, self.trainer.world_size)
+
+    def on_train_end(self) -> None:
+        self.skips.finish(self.batches)
 
     def configure_model(self) -> None:
         """With `trainer.strategy=fsdp2`: shard the model (each block, then the model as a whole).
@@ -61,17 +76,18 @@ class SFTModule(pl.LightningModule):
     def _messages(self, problem) -> list[dict[str, str]]:
         return build_messages(problem, self.cfg.data.system_prompt, self.cfg.data.instruction)
 
-    def encode(self, problems: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """Problems -> left-padded input_ids (B, S), attention_mask (B, S), labels (B, S)."""
+    def encode(
+        self, problems: list, skips: SkipCounter | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Problems -> left-padded input_ids (B, S), attention_mask (B, S), labels (B, S); examples
+        over sft.max_length are left out (and counted by `skips`); None if none is left."""
         rows, label_rows = [], []
         eos = self.chat.stop_token_ids[0]
         for problem in problems:
             prompt = self.chat.encode_prompt(self.tokenizer, self._messages(problem))
             target = self.tokenizer.encode(sft_target(problem, self.cfg.data.instruction), add_special_tokens=False) + [eos]
-            if len(prompt) + len(target) > self.cfg.sft.max_length:
-                self.skipped_long += 1
-                print(f"problem {problem.id}: {len(prompt) + len(target)} tokens > sft.max_length="  # every rank its own
-                      f"{self.cfg.sft.max_length}, skipped", flush=True)
+            length = len(prompt) + len(target)
+            if not (skips.fits(problem.id, length) if skips else length <= self.cfg.sft.max_length):
                 continue
             rows.append(prompt + target)
             label_rows.append([IGNORE] * len(prompt) + target)
@@ -81,10 +97,12 @@ class SFTModule(pl.LightningModule):
         labels, _ = left_pad(label_rows, IGNORE, self.device)
         return input_ids, attention_mask, labels
 
-    def answer_loss(self, problems: list) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    def answer_loss(
+        self, problems: list, skips: SkipCounter | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, int] | None:
         """Mean cross-entropy and argmax accuracy over the answer tokens, and their number; None if
         every problem was too long."""
-        encoded = self.encode(problems)
+        encoded = self.encode(problems, skips)
         if encoded is None:
             return None
         input_ids, attention_mask, labels = encoded
@@ -101,26 +119,44 @@ class SFTModule(pl.LightningModule):
 
     def _zero_loss(self) -> torch.Tensor:
         """0 through every weight, from a one-token stand-in: what a rank whose batch was all too long
-        trains on, since Lightning refuses a skipped step under DDP. Its zero gradients join the
-        all-reduce, so that step learns from the other ranks' rows (averaged over all ranks)."""
+        trains on while other ranks have examples (DDP's all-reduce needs every rank's backward). Its
+        zero gradients join the all-reduce, so that step learns from the other ranks' rows (averaged
+        over all ranks)."""
         stand_in = torch.full((1, 1), self.chat.pad_token_id, dtype=torch.long, device=self.device)
         return 0.0 * self.model(input_ids=stand_in, use_cache=False).logits.float().sum()
 
-    def training_step(self, problems: list, batch_idx: int):
-        result = self.answer_loss(problems)
-        if result is None:
-            if self.trainer.world_size == 1:
-                return None  # nothing to learn from this batch
-            result = (self._zero_loss(), torch.zeros((), device=self.device), 0)
-        loss, accuracy, n = result
-        # token means over all ranks' answers (a rank with none weighs 0): one all_gather every step, on every rank
-        per_rank = self.all_gather(torch.stack([loss.detach() * n, accuracy * n, torch.tensor(float(n), device=self.device)]))
-        total = per_rank.reshape(-1, 3).sum(0)
-        if total[2] > 0:
-            self.log("sft/loss", total[0] / total[2], prog_bar=True)
-            self.log("sft/token_accuracy", total[1] / total[2], prog_bar=True)
-        self.log("sft/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-        return loss
+    def training_step(self, problems: list, batch_idx: int) -> None:
+        self.batches += 1
+        result = self.answer_loss(problems, self.skips)
+        zero = torch.zeros((), device=self.device)
+        if result is None and self.trainer.world_size > 1:
+            # every forward and backward is a collective across ranks (DDP's all-reduce, FSDP2's gathers),
+            # in the same order on every rank: a rank without examples takes part with a zero loss
+            result = (self._zero_loss(), zero, 0)
+        loss, accuracy, n = result if result is not None else (None, zero, 0)
+        # token means over all ranks' answers (a rank with none weighs 0) and the ranks' skip counts:
+        # one all_gather every step, on every rank
+        mine = [(loss.detach() if loss is not None else zero) * n, accuracy * n, n, self.skips.read, self.skips.skipped]
+        per_rank = self.all_gather(torch.tensor([float(x) for x in mine], device=self.device))
+        total = per_rank.reshape(-1, 5).sum(0)
+        self.skips.end_step(self.batches, int(total[3]), int(total[4]))
+        optimizer = self.optimizers()
+        if total[2] == 0:  # every example of every rank left out: nothing to learn, no optimizer step
+            if loss is not None:  # several ranks: the zero loss's backward, on all of them, pairs the collectives
+                self.manual_backward(loss)
+                optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.log("sft/skipped_steps", float(self.skipped_steps))
+            return
+        self.manual_backward(loss)
+        self.clip_gradients(optimizer, gradient_clip_val=self.cfg.sft.max_grad_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.lr_schedulers().step()
+        self.log("sft/loss", total[0] / total[2], prog_bar=True)
+        self.log("sft/token_accuracy", total[1] / total[2], prog_bar=True)
+        self.log("sft/lr", optimizer.param_groups[0]["lr"])
+        self.log("sft/skipped_steps", float(self.skipped_steps))  # the running count
 
     def validation_step(self, problems: list, batch_idx: int) -> None:
         result = self.answer_loss(problems) if problems else None  # sharded, a rank's slice may be empty
