@@ -52,7 +52,7 @@ SCRIPT = textwrap.dedent(
         def validate(self, responses, problems):
             self.val_items += len(problems)
             responses = [answer_text(p) if self._rank == 0 else "no idea" for p in problems]
-            super().validate(responses, problems)
+            return super().validate(responses, problems)
 
     class MixedAnswers(SolverReward):
         # the first sample of a group right and the others wrong, except in groups whose problem
