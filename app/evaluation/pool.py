@@ -25,6 +25,7 @@ import sys
 import time
 import types
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -109,7 +110,7 @@ def _failure(kind: str, item, status: str, reason: str):
         terms = {"format": 0.0, "solved": 0.0, "answer": 0.0}
         if item[1].model_text is not None:
             terms["graph"] = 0.0
-        return ScoreResult(0.0, terms, status, reason=reason)
+        return ScoreResult(0.0, terms, status, reason=reason, expected=item[1].expected, verdict=reason)
     return SolveResult(status, reason=reason)
 
 
@@ -184,8 +185,9 @@ class EvaluatorPool:
         self._workers[index] = self._start()
         self.replaced += 1
 
-    def _run(self, kind: str, shared, items: list) -> list:
-        """Run items on the workers in chunks; results in item order.
+    def _run(self, kind: str, shared, items: list, progress: Callable[[int], None] | None = None) -> list:
+        """Run items on the workers in chunks; results in item order; `progress(n)` hears of every
+        n results that arrive (a chunk, or a task that failed).
 
         Each worker runs one chunk with at most one more queued, and answers once per chunk. The
         running task (read from the worker's progress record) gets `wall_limit_s` from its start
@@ -199,6 +201,8 @@ class EvaluatorPool:
         results: list = [None] * len(items)
         pending = deque(range(len(items)))
         base_wall = self.config.limits.wall_limit_s
+        if kind == "score" and self.config.feedback:  # an infeasible or unbounded answer's search comes after its solve
+            base_wall += self.config.feedback_seconds
         # a code answer runs before its solve: its deadline, and the start of the worker's sandbox server
         code_wall = base_wall + self.config.code.wall_s + _SANDBOX_START_S
         walls = [code_wall if kind == "code" or (kind == "score" and _may_hold_code(item[0])) else base_wall for item in items]
@@ -225,6 +229,8 @@ class EvaluatorPool:
         def fail(w: int, task: int, status: str, reason: str) -> None:
             worker = self._workers[w]
             results[task] = _failure(kind, items[task], status, reason)
+            if progress is not None:
+                progress(1)
             pending.extendleft(reversed([t for chunk in worker.chunks for t in chunk if t != task]))
             worker.chunks.clear()
             replace(w)
@@ -238,7 +244,10 @@ class EvaluatorPool:
                         worker = self._workers[w]
                         size = min(_CHUNK, max(1, len(pending) // per_worker))
                         chunk = [pending.popleft() for _ in range(min(size, len(pending)))]
-                        data, chunk = self._pack(kind, shared, items, chunk, results)
+                        data, sent = self._pack(kind, shared, items, chunk, results)
+                        if progress is not None and len(sent) < len(chunk):  # those that do not pickle have their results
+                            progress(len(chunk) - len(sent))
+                        chunk = sent
                         if data is None:
                             continue
                         if worker.chunks and len(data) > _QUEUED_CHUNK_BYTES:  # too big to queue: wait until idle
@@ -273,6 +282,8 @@ class EvaluatorPool:
                             for t, result in zip(worker.chunks.popleft(), out):
                                 results[t] = result
                             worker.seen = time.monotonic()
+                            if progress is not None:
+                                progress(len(out))
                             continue
                     when, task = deadline(worker)
                     if w in exited:
@@ -302,7 +313,7 @@ class EvaluatorPool:
                 return None, good
             return pickle.dumps((kind, shared, [(t, items[t]) for t in good]), pickle.HIGHEST_PROTOCOL), good
 
-    def _score_batch(self, items: list[tuple[str, Reference]]) -> list[ScoreResult]:
+    def _score_batch(self, items: list[tuple[str, Reference]], progress: Callable[[int], None] | None = None) -> list[ScoreResult]:
         # Reference models without a known optimum: solved once per text hash, on the workers, and cached.
         keys = [ref.key if ref.value is None and not ref.infeasible else None for _, ref in items]
         todo = {key: ref for key, (_, ref) in zip(keys, items) if key is not None and key not in self._references}
@@ -311,16 +322,17 @@ class EvaluatorPool:
             for (key, ref), result in zip(todo.items(), solved):
                 self._references[key] = (reference_from_solve(ref, result), result.reason)
         tasks = [(answer, ref if key is None else self._references[key][0]) for key, (answer, ref) in zip(keys, items)]
-        return self._run("score", self.config, tasks)
+        return self._run("score", self.config, tasks, progress)
 
-    def submit(self, items: list[tuple[str, Reference]]) -> Future:
-        """Score in the background; `.result()` gives list[ScoreResult] in order."""
+    def submit(self, items: list[tuple[str, Reference]], progress: Callable[[int], None] | None = None) -> Future:
+        """Score in the background; `.result()` gives list[ScoreResult] in order. `progress(n)` is
+        called (from the pool's thread) as every n answers are scored, e.g. a progress bar's update."""
         if self._executor is None:
             raise RuntimeError("the evaluator pool is closed")
-        return self._executor.submit(self._score_batch, list(items))
+        return self._executor.submit(self._score_batch, list(items), progress)
 
-    def score_many(self, items: list[tuple[str, Reference]]) -> list[ScoreResult]:
-        return self.submit(items).result()
+    def score_many(self, items: list[tuple[str, Reference]], progress: Callable[[int], None] | None = None) -> list[ScoreResult]:
+        return self.submit(items, progress).result()
 
     def solve_many(self, models_or_texts: list[Model | str]) -> list[SolveResult]:
         limits = self.config.limits
