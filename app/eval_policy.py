@@ -76,17 +76,19 @@ def answer(loaded, model, prompts: list[list[int]], sampling, generator=None) ->
     return [reply.text for reply in replies(loaded, model, prompts, sampling, generator)]
 
 
-def replies(loaded, model, prompts: list[list[int]], sampling, generator=None):
-    """The model's answers to encoded prompts (app.ppo.episode.Reply: tokens, text, truncated)."""
+def replies(loaded, model, prompts: list[list[int]], sampling, generator=None, context_cache=None):
+    """The model's answers to encoded prompts (app.ppo.episode.Reply: tokens, text, truncated);
+    with a `ContextCache`, prompts that extend its previous call's are read from where it stopped."""
     import torch
 
     from app.models.generation import generate
     from app.ppo.episode import Reply
     from app.ppo.rollout import truncated_rows
 
+    run = generate if context_cache is None else context_cache.generate
     with torch.no_grad():
-        gen = generate(model, prompts, pad_token_id=loaded.chat.pad_token_id, stop_token_ids=loaded.chat.stop_token_ids,
-                       sampling=sampling, generator=generator)
+        gen = run(model, prompts, pad_token_id=loaded.chat.pad_token_id, stop_token_ids=loaded.chat.stop_token_ids,
+                  sampling=sampling, generator=generator)
     texts = gen.texts(loaded.tokenizer)
     truncated = truncated_rows(gen.responses, gen.response_mask, loaded.chat.stop_token_ids).tolist()
     return [Reply(row[mask].tolist(), text, cut) for row, mask, text, cut in
@@ -111,6 +113,7 @@ def evaluate_policy(
     from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, feedback_message, summarize
     from app.evaluation.turns import turn_statistics
     from app.models.config import SamplingConfig
+    from app.models.generation import ContextCache
     from app.paths import writable_dir
     from app.ppo.episode import Episode, Verdict, play, standing_matches
     from app.progress import progress_bar
@@ -140,8 +143,9 @@ def evaluate_policy(
         for start in range(0, len(problems), batch_size):
             batch = [Episode(p, loaded.chat.encode_prompt(loaded.tokenizer, build_messages(p, system_prompt, instruction)))
                      for p in problems[start : start + batch_size]]
+            cache = ContextCache() if turns > 1 else None
             play(batch, turns=turns, end=end, max_new_tokens=max_new_tokens, max_context_tokens=None,
-                 sample=lambda contexts: replies(loaded, model, contexts, sampling), score=score,
+                 sample=lambda contexts: replies(loaded, model, contexts, sampling, context_cache=cache), score=score,
                  feedback_ids=lambda text, last: loaded.chat.encode_feedback(loaded.tokenizer, text, last))
             episodes += batch
             for e in batch:

@@ -337,8 +337,8 @@ def test_eval_turns_reports_accuracy_after_each_turn(tiny_chatglm_dir, tmp_path,
 
     real, calls = eval_policy.replies, []
 
-    def scripted(loaded, model, prompts, sampling, generator=None):
-        out = real(loaded, model, prompts, sampling, generator)
+    def scripted(loaded, model, prompts, sampling, generator=None, context_cache=None):
+        out = real(loaded, model, prompts, sampling, generator, context_cache)
         turn = len(calls)
         calls.append(prompts)
         for reply, item in zip(out, items):
@@ -355,3 +355,44 @@ def test_eval_turns_reports_accuracy_after_each_turn(tiny_chatglm_dir, tmp_path,
     assert all(r["matched"] and not r["turns"][0]["matched"] for r in rows)
     # the second turn's context holds the first answer and the feedback on it
     assert all(len(second) > len(first) for first, second in zip(*calls))
+
+
+# ---- the KV cache carries over between turns ----------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["chatglm", "llama"])
+def test_a_turn_continues_from_the_cache_as_a_fresh_pass_over_the_whole_context(family, tiny_chatglm_dir):
+    """ContextCache reads only each row's new tokens (its feedback), for the rows that go on; the
+    answers and their log-probs are those of a fresh generate over the whole context."""
+    from app.models.config import SamplingConfig
+    from app.models.generation import ContextCache, generate as fresh
+    from app.models.loading import load_model
+    from app.models.config import ModelConfig
+    from tests.builders import tiny_llama
+
+    if family == "chatglm":
+        model = load_model(ModelConfig(family="chatglm", path=str(tiny_chatglm_dir))).model.eval()
+    else:
+        model = tiny_llama()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    stop = [5]  # a row that writes it ends early: its cache then holds masked padding after the answer
+    kw = {"pad_token_id": 0, "stop_token_ids": stop, "sampling": SamplingConfig(max_new_tokens=6, do_sample=False),
+          "keep_logprobs": True}
+    g = torch.Generator().manual_seed(1)
+    contexts = [torch.randint(6, vocab, (n,), generator=g).tolist() for n in (5, 9, 3)]
+    cache = ContextCache()
+    with torch.no_grad():
+        first = cache.generate(model, contexts, **kw)
+        replies = [row[mask].tolist() for row, mask in zip(first.responses, first.response_mask.bool())]
+        for turn in range(2):  # rows 0 and 2 go on with feedback of different lengths, then row 2 alone
+            keep = [0, 2] if turn == 0 else [1]
+            feedback = [torch.randint(6, vocab, (n,), generator=g).tolist() for n in (4, 7)][: len(keep)]
+            contexts = [contexts[i] + replies[i] + feedback[k] for k, i in enumerate(keep)]
+            continued = cache.generate(model, contexts, **kw)
+            whole = fresh(model, contexts, **kw)
+            assert torch.equal(continued.responses, whole.responses)
+            assert torch.equal(continued.response_mask, whole.response_mask)
+            m = whole.response_mask
+            assert torch.allclose(continued.logprobs[m], whole.logprobs[m], atol=1e-4)
+            replies = [row[mask].tolist() for row, mask in zip(continued.responses, continued.response_mask.bool())]
+    assert cache.rows and cache.rows[0][: len(contexts[0])] == contexts[0]

@@ -36,6 +36,7 @@ from app.config import TrainConfig
 from app.data.datamodule import PromptDataset
 from app.data.prompts import build_messages
 from app.errors import UserError
+from app.models.generation import ContextCache
 from app.models.loading import LoadedModel
 from app.models.policy import PolicyWithValue
 from app.optim import lr_lambda
@@ -250,6 +251,7 @@ class PPOModule(pl.LightningModule):
 
         def passes() -> None:  # every answer is in: old log-probs, reference log-probs, values
             nonlocal rollout
+            sample.forget()
             t0 = time.perf_counter()
             rollout = self._rollout(episodes, sample.tokens_per_second())
             self.evaluate_rollout(rollout)
@@ -340,8 +342,10 @@ class PPOModule(pl.LightningModule):
         return [Episode(problem, ids) for ids, problem in zip(prompts, kept)]
 
     def _sampler(self, sampling, generator: torch.Generator | None, keep_logprobs: bool, timings: dict[str, float]):
-        """The answers to a batch of contexts, one `policy.generate` call per turn."""
+        """The answers to a batch of contexts, one `policy.generate` call per turn; with several
+        turns the KV cache carries over, so a turn reads only the feedback (`ContextCache`)."""
         clock = {"tokens": 0, "seconds": 0.0}
+        cache = ContextCache() if self.cfg.rollout.turns > 1 else None
 
         @torch.no_grad()
         def sample(contexts: list[list[int]]) -> list[Reply]:
@@ -351,7 +355,8 @@ class PPOModule(pl.LightningModule):
                     self.policy.generate([[self.chat.pad_token_id]], sampling)
                 return []
             self.policy.eval()
-            gen = self.policy.generate(contexts, sampling, generator=generator, keep_logprobs=keep_logprobs)
+            gen = self.policy.generate(contexts, sampling, generator=generator, keep_logprobs=keep_logprobs,
+                                       context_cache=cache)
             texts = gen.texts(self.tokenizer)
             truncated = truncated_rows(gen.responses, gen.response_mask, self.policy.stop_token_ids).tolist()
             values = self.policy.value_head(gen.hidden) if keep_logprobs else None  # (B, R)
@@ -366,6 +371,7 @@ class PPOModule(pl.LightningModule):
             return replies
 
         sample.tokens_per_second = lambda: clock["tokens"] / clock["seconds"] if clock["seconds"] > 0 else 0.0
+        sample.forget = cache.clear if cache is not None else lambda: None  # no turn follows: free the cache
         return sample
 
     def _rollout(self, episodes: list[Episode], tokens_per_second: float) -> Rollout:
