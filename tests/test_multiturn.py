@@ -257,7 +257,7 @@ def forced_turns(tokenizer, items):
     """A PolicyWithValue.generate whose first answer has no model and whose second is the
     reference: as a pulp program in the first sample of a prompt, as an LP in the second."""
 
-    def generate(self, prompts, sampling, generator=None, use_cache=True, keep_logprobs=False):
+    def generate(self, prompts, sampling, generator=None, use_cache=True, keep_logprobs=False, context_cache=None):
         texts, seen = [], {}
         for prompt in prompts:
             text = tokenizer.decode(prompt)
