@@ -80,7 +80,8 @@ class PPOSettings:
 class RolloutSettings:
     """Multi-turn episodes: after each answer the policy reads the evaluation's feedback and answers again."""
 
-    turns: int = 1  # answers per episode at most; 1: one answer per prompt, no feedback. > 1 turns on evaluation.feedback
+    # answers per episode at most; 1: one answer per prompt, no feedback; > 1 turns on evaluation.feedback
+    turns: int = 1
     # turns: every episode runs all its turns | solved: it ends at an error-free solve (status optimal) |
     # done: it ends when the policy answers without a model (its previous model stands)
     end: str = "turns"

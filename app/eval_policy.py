@@ -141,7 +141,8 @@ def evaluate_policy(
             return lambda: verdicts
 
         for start in range(0, len(problems), batch_size):
-            batch = [Episode(p, loaded.chat.encode_prompt(loaded.tokenizer, build_messages(p, system_prompt, instruction)))
+            batch = [Episode(p, loaded.chat.encode_prompt(loaded.tokenizer, build_messages(p, system_prompt,
+                                                                                          instruction)))
                      for p in problems[start : start + batch_size]]
             cache = ContextCache() if turns > 1 else None
             play(batch, turns=turns, end=end, max_new_tokens=max_new_tokens, max_context_tokens=None,

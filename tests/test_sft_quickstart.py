@@ -212,7 +212,8 @@ def test_sft_revision_demonstrations_put_the_first_answer_and_its_feedback_befor
         assert problem.revision["feedback"] == feedback_message(result)
         # the context ends as a 2-turn rollout's does: first answer, its stop token, the observation message
         tok, eos = module.tokenizer, module.chat.stop_token_ids[0]
-        turn = tok.encode(first, add_special_tokens=False) + [eos] + module.chat.encode_feedback(tok, problem.revision["feedback"], eos)
+        turn = tok.encode(first, add_special_tokens=False) + [eos]
+        turn += module.chat.encode_feedback(tok, problem.revision["feedback"], eos)
         context = ids[row == -100].tolist()
         assert context[-len(turn) :] == turn
         assert tok.decode(turn[-3:], skip_special_tokens=False).endswith("<|assistant|>")

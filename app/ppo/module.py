@@ -409,8 +409,8 @@ class PPOModule(pl.LightningModule):
         # sees the whole set on every rank, so its ranks play the same turns)
         self._play(episodes, sample, score, any_alive=bool)
         if episodes:
-            scorer.record_validation([e.final.result for e in episodes], standing_matches(episodes, self.cfg.rollout.turns),
-                                     [len(e.turns) for e in episodes])
+            standing = standing_matches(episodes, self.cfg.rollout.turns)
+            scorer.record_validation([e.final.result for e in episodes], standing, [len(e.turns) for e in episodes])
 
     @torch.no_grad()
     def evaluate_rollout(self, rollout: Rollout) -> None:
