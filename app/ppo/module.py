@@ -36,12 +36,12 @@ from app.config import TrainConfig
 from app.data.datamodule import PromptDataset
 from app.data.prompts import build_messages
 from app.errors import UserError
+from app.evaluation.turns import turn_statistics
 from app.models.generation import ContextCache
 from app.models.loading import LoadedModel
 from app.models.policy import PolicyWithValue
 from app.optim import lr_lambda
 from app.ppo import losses
-from app.evaluation.turns import turn_statistics
 from app.ppo.episode import Episode, Reply, episode_tensors, play, standing_matches
 from app.ppo.kl import build_kl_controller
 from app.ppo.rollout import Rollout, concat_rollouts, partial_kl_mask, truncated_rows
