@@ -82,9 +82,10 @@ class RolloutSettings:
 
     # answers per episode at most; 1: one answer per prompt, no feedback; > 1 turns on evaluation.feedback
     turns: int = 1
-    # turns: every episode runs all its turns | solved: it ends at an error-free solve (status optimal) |
-    # done: it ends when the policy answers without a model (its previous model stands)
-    end: str = "turns"
+    # solved: an episode ends at an error-free solve (status optimal; the best of the three on the quick
+    # start, docs/quickstart.md) | turns: every episode runs all its turns | done: it ends when the policy
+    # answers without a model (its previous model stands)
+    end: str = "solved"
     max_context_tokens: int | None = None  # an episode ends before a turn that could grow it past this; None: no limit
     turn_cost: float = 0.0  # subtracted from the episode's score for each answer after the first
 

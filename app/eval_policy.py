@@ -47,9 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--turns", type=positive_int, default=1,
                         help="answers per problem: after each, the policy reads the evaluation's feedback and answers "
                              "again (default 1)")
-    parser.add_argument("--end", default="turns", choices=["turns", "solved", "done"],
-                        help="with --turns: when a problem's episode ends before its last turn: never (turns), at an "
-                             "error-free solve (solved), at an answer without a model, whose previous model stands (done)")
+    parser.add_argument("--end", default="solved", choices=["solved", "turns", "done"],
+                        help="with --turns: when a problem's episode ends before its last turn: at an error-free solve "
+                             "(solved, the default, as rollout.end), never (turns), at an answer without a model, whose "
+                             "previous model stands (done)")
 
 
 def load_trained(model_dir: str, family: str = "chatglm", adapter: str | None = None):
@@ -99,7 +100,7 @@ def evaluate_policy(
     model_dir: str, data: str, *, family: str = "chatglm", adapter: str | None = None, fmt: str = "auto",
     limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 512, evaluation=None,
     out: str | None = None, system_prompt: str | None = None, instruction: str | None = None,
-    turns: int = 1, end: str = "turns",
+    turns: int = 1, end: str = "solved",
 ) -> tuple[dict, list[dict]]:
     """Greedy answers on `data`, `turns` per problem at most; returns (summary of the last answers,
     per-item rows). With turns > 1 the summary has "first" (the summary of the first answers) and

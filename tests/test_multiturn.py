@@ -221,7 +221,7 @@ def problems_file(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name", list(ESTIMATORS))
 def test_each_estimator_trains_on_two_turn_episodes(name, tiny_chatglm_dir, problems_file, tmp_path):
-    extra = {**ESTIMATORS[name], "rollout.turns": 2, "rollout.turn_cost": 0.125, "trainer.max_steps": 1,
+    extra = {**ESTIMATORS[name], "rollout.turns": 2, "rollout.end": "turns", "rollout.turn_cost": 0.125, "trainer.max_steps": 1,
              "trainer.checkpoint_every": 0, "ppo.epochs": 1}
     cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **extra))
     module, _ = train_with(cfg, TurnScorer(cfg.ppo.samples_per_prompt))
@@ -327,7 +327,7 @@ def test_eval_turns_reports_accuracy_after_each_turn(tiny_chatglm_dir, tmp_path,
     items = [item for item in generate(12, seed=5, infeasible_fraction=0.0) if " >= " in item.reference_model][:3]
     data = tmp_path / "problems.jsonl"
     data.write_text("".join(json.dumps(item.to_json()) + "\n" for item in items))
-    args = ["eval", "--model", str(tiny_chatglm_dir), "--data", str(data), "--turns", "2", "--max-new-tokens", "6",
+    args = ["eval", "--model", str(tiny_chatglm_dir), "--data", str(data), "--turns", "2", "--end", "turns", "--max-new-tokens", "6",
             "--workers", "1", "--system-prompt", "", "--instruction", ""]
     assert main([*args, "--out", str(tmp_path / "random.jsonl")]) == 0
     rows = [json.loads(line) for line in (tmp_path / "random.jsonl").read_text().splitlines()]

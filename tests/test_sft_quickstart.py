@@ -120,7 +120,7 @@ def test_shortened_quickstart_runs_end_to_end(turns, tiny_chatglm_dir, tmp_path)
         "sampling.max_new_tokens=12", "ppo.prompts_per_step=2", "ppo.samples_per_prompt=2", "ppo.minibatch_size=4",
         "evaluation.workers=1", f"trainer.root_dir={tmp_path / 'logs'}", "trainer.enable_progress_bar=false",
         "trainer.val_every=1", "--heldout", "4", "--train-problems", "8", "--starter-problems", "8", "--out", str(out),
-        f"rollout.turns={turns}",
+        f"rollout.turns={turns}", "rollout.end=turns",
     ])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
