@@ -159,8 +159,8 @@ def evaluate_policy(
                     rows[-1]["ended_by"] = e.end
                 out_file.write(json.dumps(rows[-1]) + "\n")
             out_file.flush()
+            bar.set_postfix(accuracy=f"{sum(e.final.matched for e in episodes) / len(episodes):.3f}", refresh=False)
             bar.update(len(batch))
-            bar.set_postfix(accuracy=f"{sum(e.final.matched for e in episodes) / len(episodes):.3f}")
     summary: dict = summarize([e.final.result for e in episodes])
     if turns > 1:
         summary["first"] = summarize([e.turns[0].verdict.result for e in episodes])

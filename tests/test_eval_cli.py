@@ -9,6 +9,7 @@ import pytest
 
 from app.cli import main
 from app.data.synthetic import generate
+from app.evaluation import Reference
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTER = ROOT / "checkpoints" / "quickstart-sft"  # the quick start's SFT starter, trained on empty prompts
@@ -23,10 +24,13 @@ def test_eval_table_is_the_mean_of_the_per_problem_rows(tmp_path, capsys):
     assert main(argv) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [p["id"] for p in problems[:6]]
+    assert [r["expected"] for r in rows] == [Reference.from_answer(p["answer"]).expected for p in problems[:6]]
+    printed = capsys.readouterr()
+    assert printed.err == ""  # no progress bar: stderr is not a terminal here
     accuracy = sum(r["matched"] for r in rows) / len(rows)
     reward = sum(r["reward"] for r in rows) / len(rows)
     assert 0 < accuracy < 1  # the starter gets some of these right, not all
-    pass_at_1 = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| pass@1"))
+    pass_at_1 = next(line for line in printed.out.splitlines() if line.startswith("| pass@1"))
     cells = [cell.strip() for cell in pass_at_1.strip("|").split("|")]  # name, accuracy, solved, format, graph, reward
     assert float(cells[1]) == pytest.approx(accuracy, abs=5e-4)
     assert float(cells[5]) == pytest.approx(reward, abs=5e-4)

@@ -104,6 +104,14 @@ def test_code_answers_name_the_line_of_their_error():
     assert feedback_message(broken).startswith("Solver status: syntax_error (pyscipopt: SyntaxError: ")
 
 
+def test_a_code_answer_gets_the_subset_of_the_model_it_built():
+    code = ("```python\nimport pyscipopt\nm = pyscipopt.Model()\nx = {i: m.addVar(f'x[{i}]') for i in range(2)}\n"
+            "m.addCons(x[0] + x[1] >= 10, name='need[0]')\nm.addCons(x[0] + 2 * x[1] <= 5, name='cap')\n"
+            "m.addCons(x[0] <= 50, name='roomy')\nm.setObjective(x[0] + x[1])\nm.optimize()\n```")
+    result = score_answer(code, Reference(1.0), FEEDBACK)
+    assert (result.status, result.infeasible_subset) == ("infeasible", ["need[0]", "cap", "x[1] >= 0"])
+
+
 def test_without_feedback_nothing_extra_is_gathered():
     config = EvaluationConfig()
     assert score_answer(INFEASIBLE, Reference(None, True), config).infeasible_subset is None
@@ -134,3 +142,92 @@ def test_scipy_objective_is_stated_in_the_sense_the_answer_wrote():
     flipped = score_answer(SCIPY, REFERENCES[2], FEEDBACK)  # oriented as 'max 3x + 2y' to compare with the reference
     assert (flipped.objective, flipped.model_objective) == (pytest.approx(11.0), pytest.approx(-11.0))
     assert "Objective value: -11." in feedback_message(flipped)
+
+
+def test_row_names_follow_the_text():
+    from app.evaluation import read_model
+    from app.evaluation.model import row_names
+
+    text = "Minimize\n obj: x\nSubject To\n a: x >= 1\n a: y >= 1\n x + y <= 9\n r[2]: 1 <= x - y <= 4\n b: x <= 3\nEnd"
+    assert row_names(read_model(text)) == ["row 1", "row 2", "row 3", "r[2] (lower side)", "r[2] (upper side)", "b"]
+    mps = ("NAME t\nROWS\n N obj\n L cap\n G need\nCOLUMNS\n x obj 1 cap 1\n x need 1\nRHS\n rhs cap 4 need 1\n"
+           "RANGES\n rng cap 2\nENDATA\n")
+    assert row_names(read_model(mps)) == ["cap (lower side)", "need", "cap (upper side)"]
+
+
+def test_the_pool_carries_the_verdict_and_the_expected_answer():
+    items = [(INFEASIBLE, Reference(None, True)), (UNBOUNDED, Reference(3.0)), (OPTIMAL, REFERENCES[2]), (RAISES, Reference(2.5))]
+    with EvaluatorPool(EvaluationConfig(workers=1, feedback=True, feedback_values=3)) as pool:
+        done = []
+        results = pool.score_many(items, done.append)
+    assert sum(done) == len(items)  # the progress callback heard of every answer
+    assert [r.expected for r in results] == ["infeasible", 3.0, 10.0, 2.5]  # the reference model solved: 5 p + q, p + q <= 2
+    here = [score_answer(answer, ref, EvaluationConfig(feedback=True, feedback_values=3)) for answer, ref in items]
+    for pooled, local in zip(results, here):
+        assert feedback_message(pooled) == feedback_message(local)
+        assert (pooled.infeasible_subset, pooled.unbounded_variable, pooled.nonzero_values, pooled.error_line) == (
+            local.infeasible_subset, local.unbounded_variable, local.nonzero_values, local.error_line)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture()
+def score_files(tmp_path):
+    problems = write_jsonl(tmp_path / "problems.jsonl", [
+        {"id": "conflict", "question": "q", "answer": "infeasible"},
+        {"id": "solved", "question": "q", "answer": 12},
+        {"id": "by-model", "question": "q", "reference_model": REFERENCES[2].model_text},
+    ])
+    answers = write_jsonl(tmp_path / "answers.jsonl", [
+        {"id": "conflict", "answer": INFEASIBLE}, {"id": "solved", "answer": OPTIMAL}, {"id": "by-model", "answer": "none"},
+    ])
+    return problems, answers
+
+
+def test_score_feedback_rows(score_files, tmp_path, capsys):
+    problems, answers = score_files
+    out = tmp_path / "rows.jsonl"
+    assert main(["score", "--data", str(problems), "--answers", str(answers), "--out", str(out), "--workers", "1", "--feedback"]) == 0
+    rows = {row["id"]: row for row in map(json.loads, out.read_text().splitlines())}
+    assert rows["conflict"]["infeasible_subset"] == ["c[1]", "cap", "y >= 0"]
+    assert rows["conflict"]["feedback"] == feedback_message(score_answer(INFEASIBLE, Reference(None, True), FEEDBACK))
+    assert "infeasible_subset" not in rows["solved"]  # only infeasible models have one
+    assert rows["solved"]["feedback"].endswith("Nonzero variables: a = 1, b = 2, c = 3, d = 4.")
+    assert [rows[i]["expected"] for i in ("conflict", "solved", "by-model")] == ["infeasible", 12.0, 10.0]
+    assert main(["score", "--data", str(problems), "--answers", str(answers), "--out", str(out), "--workers", "1"]) == 0
+    assert not [row for row in map(json.loads, out.read_text().splitlines()) if "feedback" in row or "infeasible_subset" in row]
+
+
+def score_command(problems: Path, answers: Path) -> list[str]:
+    return [sys.executable, "-m", "app", "score", "--data", str(problems), "--answers", str(answers), "--workers", "1"]
+
+
+def test_score_draws_no_progress_bar_when_stderr_is_not_a_terminal(score_files):
+    done = subprocess.run(score_command(*score_files), capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert "answer/s" not in done.stderr and "3/3" not in done.stderr
+    assert done.stderr.startswith("id ")  # the summary table is all stderr holds
+
+
+def test_score_draws_a_progress_bar_on_a_terminal(score_files):
+    parent, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 columns wide
+    proc = subprocess.Popen(score_command(*score_files), stdout=subprocess.DEVNULL, stderr=child, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    os.close(child)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(parent, 4096)
+        except OSError:  # the child side closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(parent)
+    assert proc.wait(timeout=120) == 0
+    assert b"score: 100%" in seen and b"3/3" in seen and b"answer/s" in seen

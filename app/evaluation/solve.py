@@ -240,7 +240,11 @@ def infeasible_subset(model: Model, limits: SolverLimits, seconds: float) -> lis
         return None
     rows = sorted(int(n[len(_ROW):]) for n in names if n.startswith(_ROW))
     semi = sorted({n[len(_SEMI):] for n in names if n.startswith(_SEMI)})
-    bounds = _needed_bounds(model, rows, semi, limits, deadline)
+    try:
+        bounds = _needed_bounds(model, rows, semi, limits, deadline)
+    except Exception:
+        reset_scip()
+        return None
     if bounds is None:
         return None
     shown = row_names(model)
@@ -250,8 +254,8 @@ def infeasible_subset(model: Model, limits: SolverLimits, seconds: float) -> lis
 def _needed_bounds(model: Model, rows: list[int], semi: list[str], limits: SolverLimits, deadline: float) -> list[str] | None:
     """The finite bounds of the variables in `rows` that the rows need to stay infeasible (a deletion
     filter: drop a bound, keep it dropped while the rest is still infeasible); None past the deadline.
-    Without rows the conflict is in single variables' own bounds (and integrality)."""
-    by_name = {v.name: v for v in model.variables}
+    A semi-continuous variable keeps both bounds. Without rows the conflict is in one variable's own
+    bounds (and integrality)."""
     if not rows:
         alone = [v for v in model.variables if not v.semi and _empty_domain(v)]
         return None if not alone else [text for v in alone[:1] for text in _bound_texts(v.name, v.lb, v.ub)]
@@ -265,8 +269,8 @@ def _needed_bounds(model: Model, rows: list[int], semi: list[str], limits: Solve
     sub = Model(variables, [model.constraints[i] for i in rows])
     kept = []
     for v in variables:
-        if v.semi:  # kept whole: "x semi-continuous" names its bounds' role
-            kept += _bound_texts(v.name, min(v.lb, 0.0), max(v.ub, 0.0))
+        if v.semi:  # kept whole: with "x semi-continuous" they read "x is 0 or within them"
+            kept += _bound_texts(v.name, v.lb, v.ub)
             continue
         for side in ("lb", "ub"):
             bound = getattr(v, side)
