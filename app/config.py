@@ -82,7 +82,7 @@ class RolloutSettings:
 
     # answers per episode at most; 1: one answer per prompt, no feedback; > 1 turns on evaluation.feedback
     turns: int = 1
-    # solved: an episode ends at an error-free solve (status optimal; the best of the three on the quick
+    # solved: an episode ends at an error-free solve (status optimal; better than turns on the quick
     # start, docs/quickstart.md) | turns: every episode runs all its turns | done: it ends when the policy
     # answers without a model (its previous model stands)
     end: str = "solved"
