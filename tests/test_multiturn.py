@@ -364,10 +364,9 @@ def test_eval_turns_reports_accuracy_after_each_turn(tiny_chatglm_dir, tmp_path,
 def test_a_turn_continues_from_the_cache_as_a_fresh_pass_over_the_whole_context(family, tiny_chatglm_dir):
     """ContextCache reads only each row's new tokens (its feedback), for the rows that go on; the
     answers and their log-probs are those of a fresh generate over the whole context."""
-    from app.models.config import SamplingConfig
+    from app.models.config import ModelConfig, SamplingConfig
     from app.models.generation import ContextCache, generate as fresh
     from app.models.loading import load_model
-    from app.models.config import ModelConfig
     from tests.builders import tiny_llama
 
     if family == "chatglm":
