@@ -395,3 +395,31 @@ def test_a_turn_continues_from_the_cache_as_a_fresh_pass_over_the_whole_context(
             assert torch.allclose(continued.logprobs[m], whole.logprobs[m], atol=1e-4)
             replies = [row[mask].tolist() for row, mask in zip(continued.responses, continued.response_mask.bool())]
     assert cache.rows and cache.rows[0][: len(contexts[0])] == contexts[0]
+
+
+def test_feedback_message_tokens_in_each_chat_format(tiny_chatglm_dir):
+    """ChatGLM3: an <|observation|> message (whose role token an answer may already have written),
+    then the generation prompt; plain: a user message, through the chat template where there is one."""
+    from transformers import LlamaTokenizer
+
+    from app.errors import UserError
+    from app.models.chat import chat_format_for
+    from app.models.loading import load_tokenizer
+
+    glm = load_tokenizer(Path(tiny_chatglm_dir), trust_remote_code=False)
+    chat = chat_format_for("chatglm3", glm)
+    obs, assistant = chat.special_ids["<|observation|>"], chat.special_ids["<|assistant|>"]
+    enc = lambda tok, text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    body = enc(glm, "\n") + enc(glm, "Solver status: infeasible.")
+    assert chat.encode_feedback(glm, "Solver status: infeasible.", after=glm.eos_token_id) == [obs, *body, assistant]
+    assert chat.encode_feedback(glm, "Solver status: infeasible.", after=obs) == [*body, assistant]
+
+    llama = LlamaTokenizer(vocab_file=str(tiny_chatglm_dir / "tokenizer.model"), legacy=False)
+    plain = chat_format_for("plain", llama)
+    assert plain.encode_feedback(llama, "status: optimal") == enc(llama, "\nUser: status: optimal\nAssistant:")
+    llama.chat_template = ("{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"
+                           "{% if add_generation_prompt %}[assistant]{% endif %}")
+    assert plain.encode_feedback(llama, "status: optimal") == enc(llama, "[user]status: optimal[assistant]")
+    llama.chat_template = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}[assistant]"
+    with pytest.raises(UserError, match="renders a conversation differently once it goes on"):
+        plain.encode_feedback(llama, "status: optimal")
