@@ -77,6 +77,20 @@ class PPOSettings:
 
 
 @dataclass
+class RolloutSettings:
+    """Multi-turn episodes: after each answer the policy reads the evaluation's feedback and answers again."""
+
+    # answers per episode at most; 1: one answer per prompt, no feedback; > 1 turns on evaluation.feedback
+    turns: int = 1
+    # solved: an episode ends at an error-free solve (status optimal; better than turns on the quick
+    # start, docs/quickstart.md) | turns: every episode runs all its turns | done: it ends when the policy
+    # answers without a model (its previous model stands)
+    end: str = "solved"
+    max_context_tokens: int | None = None  # an episode ends before a turn that could grow it past this; None: no limit
+    turn_cost: float = 0.0  # subtracted from the episode's score for each answer after the first
+
+
+@dataclass
 class DataSettings:
     train: str = MISSING  # JSONL (project, SIRL/ORLM, MAMO) or OptiBench JSON
     val: str | None = None  # held-out problems scored every trainer.val_every steps (val/*); None: no validation
@@ -127,6 +141,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     ppo: PPOSettings = field(default_factory=PPOSettings)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
     data: DataSettings = field(default_factory=DataSettings)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
@@ -190,6 +205,9 @@ RANGES: dict[str, str] = {
     "ppo.overlong_buffer": "[0, inf)",
     "ppo.overlong_penalty": "[0, inf)",
     "ppo.kl.coef": "[0, inf)",
+    "rollout.turns": "[1, inf)",
+    "rollout.max_context_tokens": "[2, inf)",
+    "rollout.turn_cost": "[0, inf)",
     "ppo.kl.target": "(0, inf)",
     "ppo.kl.horizon": "[1, inf)",
     "data.shuffle_buffer": "[0, inf)",
@@ -244,6 +262,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ppo.ratio": ("token", "sequence"),
     "ppo.loss_aggregation": ("token_mean", "sequence_mean", "constant_length"),
     "ppo.kl.placement": ("reward", "loss"),
+    "rollout.end": ("turns", "solved", "done"),
     "ppo.lr_schedule": SCHEDULES,
     "sft.lr_schedule": SCHEDULES,
     "evaluation.sandbox": ("strict", "auto", "audit"),

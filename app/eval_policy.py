@@ -3,6 +3,11 @@
 Greedy answers for every problem of a dataset (any supported format), each scored by the
 SCIP worker pool; prints the summary table and writes per-item results with their reasons and
 the expected answer each was scored against. On a terminal a progress bar shows the running accuracy.
+
+With `--turns K` each answer's evaluation feedback is shown to the policy, which answers again
+(up to K answers, `--end` says when an episode stops, as `rollout.end` in training): the table
+gives accuracy after each turn (acc@1 ... acc@K), how many answers each turn fixed and broke, and
+the mean number of turns; each row carries its turns with their feedback.
 """
 
 from __future__ import annotations
@@ -42,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instruction", default=None,
                         help="answer-format instruction: '' for none, a preset (lp, pyscipopt, ...) or text; default: "
                              "the one the model was trained with (prompt_settings.json), else the built-in LP one")
+    parser.add_argument("--turns", type=positive_int, default=1,
+                        help="answers per problem: after each, the policy reads the evaluation's feedback and answers "
+                             "again (default 1)")
+    parser.add_argument("--end", default="solved", choices=["solved", "turns", "done"],
+                        help="with --turns: when a problem's episode ends before its last turn: at an error-free solve "
+                             "(solved, the default, as rollout.end), never (turns), at an answer without a model, whose "
+                             "previous model stands (done)")
 
 
 def load_trained(model_dir: str, family: str = "chatglm", adapter: str | None = None, chat_format: str = "auto"):
@@ -77,30 +89,49 @@ def trained_prompt_settings(model_dir: str, adapter: str | None = None):
 
 def answer(loaded, model, prompts: list[list[int]], sampling, generator=None) -> list[str]:
     """The model's answers (text) to encoded prompts, with the chat format's pad and stop tokens."""
+    return [reply.text for reply in replies(loaded, model, prompts, sampling, generator)]
+
+
+def replies(loaded, model, prompts: list[list[int]], sampling, generator=None, context_cache=None):
+    """The model's answers to encoded prompts (app.ppo.episode.Reply: tokens, text, truncated);
+    with a `ContextCache`, prompts that extend its previous call's are read from where it stopped."""
     import torch
 
     from app.models.generation import generate
+    from app.ppo.episode import Reply
+    from app.ppo.rollout import truncated_rows
 
+    run = generate if context_cache is None else context_cache.generate
     with torch.no_grad():
-        gen = generate(model, prompts, pad_token_id=loaded.chat.pad_token_id, stop_token_ids=loaded.chat.stop_token_ids,
-                       sampling=sampling, generator=generator)
-    return gen.texts(loaded.tokenizer)
+        gen = run(model, prompts, pad_token_id=loaded.chat.pad_token_id, stop_token_ids=loaded.chat.stop_token_ids,
+                  sampling=sampling, generator=generator)
+    texts = gen.texts(loaded.tokenizer)
+    truncated = truncated_rows(gen.responses, gen.response_mask, loaded.chat.stop_token_ids).tolist()
+    return [Reply(row[mask].tolist(), text, cut) for row, mask, text, cut in
+            zip(gen.responses, gen.response_mask.bool(), texts, truncated)]
 
 
 def evaluate_policy(
     model_dir: str, data: str, *, family: str = "chatglm", adapter: str | None = None, fmt: str = "auto",
     limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 512, evaluation=None,
     out: str | None = None, system_prompt: str | None = None, instruction: str | None = None,
-) -> tuple[dict[str, float], list[dict]]:
-    """Greedy pass@1 on `data`; returns (summary, per-item rows). With `out`, each row is written
-    there as soon as it is scored, so an interrupted evaluation keeps what it did."""
+    turns: int = 1, end: str = "solved",
+) -> tuple[dict, list[dict]]:
+    """Greedy answers on `data`, `turns` per problem at most; returns (summary of the last answers,
+    per-item rows). With turns > 1 the summary has "first" (the summary of the first answers) and
+    "turns" (`app.evaluation.turns.turn_statistics`). With `out`, each row is written there as
+    soon as it is scored, so an interrupted evaluation keeps what it did."""
+    import dataclasses
     import itertools
 
     from app.data.formats import iter_problems
     from app.data.prompts import build_messages, prompt_settings_for
-    from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, summarize
+    from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, feedback_message, summarize
+    from app.evaluation.turns import turn_statistics
     from app.models.config import SamplingConfig
+    from app.models.generation import ContextCache
     from app.paths import writable_dir
+    from app.ppo.episode import Episode, Verdict, play, standing_matches
     from app.progress import progress_bar
 
     if out:
@@ -113,39 +144,65 @@ def evaluate_policy(
     loaded, model = load_trained(model_dir, family, adapter, settings.chat_format)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False)
     evaluation = evaluation or EvaluationConfig()
+    if turns > 1:  # the policy reads what the evaluation found (objective, values, infeasible subset)
+        evaluation = dataclasses.replace(evaluation, feedback=True)
     problems = list(itertools.islice(iter_problems(data, fmt), limit))
     if not problems:
         raise UserError(f"{data}: no problems to evaluate")
     rows: list[dict] = []
-    scored = []
+    episodes: list[Episode] = []
     with (EvaluatorPool(evaluation) as pool, open(out or os.devnull, "w") as out_file,
           progress_bar(total=len(problems), desc="eval", unit="problem") as bar):
-        for start in range(0, len(problems), batch_size):
-            batch = problems[start : start + batch_size]
-            prompts = [loaded.chat.encode_prompt(loaded.tokenizer, build_messages(p, system_prompt, instruction)) for p in batch]
-            responses = answer(loaded, model, prompts, sampling)
+
+        def score(answers, batch):
             results = pool.score_many(
-                [(text, Reference.from_answer(p.answer, p.reference_model)) for text, p in zip(responses, batch)]
+                [(a.text, Reference.from_answer(p.answer, p.reference_model)) for a, p in zip(answers, batch)]
             )
-            scored += results
-            for problem, response, result in zip(batch, responses, results):
-                rows.append({"id": problem.id, "response": response, **asdict(result)})
+            verdicts = [Verdict(r.reward, r.matched, r.status, feedback_message(r), result=r) for r in results]
+            return lambda: verdicts
+
+        for start in range(0, len(problems), batch_size):
+            batch = [Episode(p, loaded.chat.encode_prompt(loaded.tokenizer, build_messages(p, system_prompt,
+                                                                                          instruction)))
+                     for p in problems[start : start + batch_size]]
+            cache = ContextCache() if turns > 1 else None
+            play(batch, turns=turns, end=end, max_new_tokens=max_new_tokens, max_context_tokens=None,
+                 sample=lambda contexts: replies(loaded, model, contexts, sampling, context_cache=cache), score=score,
+                 feedback_ids=lambda text, last: loaded.chat.encode_feedback(loaded.tokenizer, text, last))
+            episodes += batch
+            for e in batch:
+                rows.append({"id": e.problem.id, "response": e.turns[-1].text, **asdict(e.final.result)})
+                if turns > 1:
+                    rows[-1]["turns"] = [{"response": t.text, "status": t.verdict.status, "matched": t.verdict.matched,
+                                          "reward": t.verdict.score, "feedback": t.verdict.feedback, "stands": t.stands}
+                                         for t in e.turns]
+                    rows[-1]["ended_by"] = e.end
                 out_file.write(json.dumps(rows[-1]) + "\n")
             out_file.flush()
-            bar.set_postfix(accuracy=f"{sum(r.matched for r in scored) / len(scored):.3f}", refresh=False)
+            bar.set_postfix(accuracy=f"{sum(e.final.matched for e in episodes) / len(episodes):.3f}", refresh=False)
             bar.update(len(batch))
-    return summarize(scored), rows
+    summary: dict = summarize([e.final.result for e in episodes])
+    if turns > 1:
+        summary["first"] = summarize([e.turns[0].verdict.result for e in episodes])
+        summary["turns"] = turn_statistics(standing_matches(episodes, turns), [len(e.turns) for e in episodes])
+    return summary, rows
 
 
 def run(args: argparse.Namespace) -> int:
     from app.evaluation import EvaluationConfig, format_summary_table
     from app.evaluation.config import MatchRule
+    from app.evaluation.turns import format_turn_table
 
     evaluation = EvaluationConfig(match=MatchRule(kind=args.match, tolerance=args.tolerance), workers=args.workers)
     summary, _ = evaluate_policy(
         args.model, args.data, family=args.family, adapter=args.adapter, fmt=args.format, limit=args.limit,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, evaluation=evaluation, out=args.out,
-        system_prompt=args.system_prompt, instruction=args.instruction,
+        system_prompt=args.system_prompt, instruction=args.instruction, turns=args.turns, end=args.end,
     )
-    print(format_summary_table({"pass@1": summary}))
+    if args.turns == 1:
+        print(format_summary_table({"pass@1": summary}))
+        return 0
+    print(format_summary_table({"first answer": summary["first"], f"last answer (up to {args.turns} turns)": summary}))
+    print()
+    print(format_turn_table(summary["turns"]))
     return 0

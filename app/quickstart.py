@@ -8,6 +8,10 @@
 4. The PPO policy is evaluated on the same held-out set.
 5. A table SFT vs SFT + PPO, `logs/quickstart/results.json`, and a PNG of reward, accuracy and
    KL over the PPO steps next to the TensorBoard run.
+
+With `rollout.turns=K` (feedback PPO) both policies are evaluated over K turns, each answer
+followed by the evaluation's feedback: the tables add accuracy after each turn, and results.json
+keeps `accuracy` (the starter: its first answer; the PPO policy: its last) and `accuracy_by_turn`.
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ def plot_curves(run_dir: Path, png: Path, starter_accuracy: float) -> Path:
 def run(args: argparse.Namespace) -> int:
     from app.eval_policy import evaluate_policy
     from app.evaluation import format_summary_table
+    from app.evaluation.turns import format_turn_table
     from app.ppo.train import train
 
     started = time.time()
@@ -107,7 +112,10 @@ def run(args: argparse.Namespace) -> int:
     style = {"system_prompt": cfg.data.system_prompt, "instruction": cfg.data.instruction}
     common = {"max_new_tokens": cfg.sampling.max_new_tokens, "evaluation": cfg.evaluation, "batch_size": 50, **style}
 
-    print(f"[1/3] evaluating the SFT starter {cfg.model.path} on {args.heldout} held-out problems")
+    turns = cfg.rollout.turns
+    common["turns"], common["end"] = turns, cfg.rollout.end
+    print(f"[1/3] evaluating the SFT starter {cfg.model.path} on {args.heldout} held-out problems"
+          + (f" ({turns} turns)" if turns > 1 else ""))
     sft, _ = evaluate_policy(cfg.model.path, str(heldout_path), out=str(out / "sft_heldout.jsonl"), **common)
 
     print(f"[2/3] PPO for {cfg.trainer.max_steps} steps against the solver score")
@@ -120,13 +128,35 @@ def run(args: argparse.Namespace) -> int:
 
     minutes = (time.time() - started) / 60
     keys = ("accuracy", "solved_rate", "format_rate", "graph_distance", "reward")
-    results = {"sft": {k: sft[k] for k in keys}, "ppo": {k: ppo[k] for k in keys}, "minutes": round(minutes, 2),
-               "heldout": args.heldout, "ppo_steps": cfg.trainer.max_steps, "run_dir": str(run_dir)}  # fmt: skip
+    starter = sft["first"] if turns > 1 else sft  # the starter's own accuracy is that of its single answer
+    results = {"sft": {k: starter[k] for k in keys}, "ppo": {k: ppo[k] for k in keys}, "minutes": round(minutes, 2),
+               "heldout": args.heldout, "ppo_steps": cfg.trainer.max_steps, "run_dir": str(run_dir),
+               "turns": turns, "policy_tokens": policy_tokens(run_dir)}  # fmt: skip
+    for name, summary in (("sft", sft), ("ppo", ppo)):
+        by_turn = summary.get("turns", {"acc@1": summary["accuracy"]})
+        results[name]["accuracy_by_turn"] = [by_turn[f"acc@{t}"] for t in range(1, turns + 1)]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    png = plot_curves(run_dir, run_dir / "curves.png", sft["accuracy"])
+    png = plot_curves(run_dir, run_dir / "curves.png", starter["accuracy"])
     print()
     print(f"Held-out problems ({args.heldout}), greedy answers scored by SCIP:")
-    print(format_summary_table({"SFT alone": sft, "SFT + PPO": ppo}))
-    print(f"\naccuracy change: {100 * (ppo['accuracy'] - sft['accuracy']):+.1f} points in {minutes:.1f} minutes")
+    if turns == 1:
+        print(format_summary_table({"SFT alone": sft, "SFT + PPO": ppo}))
+    else:
+        print(format_summary_table({"SFT alone, first answer": sft["first"], f"SFT alone, after {turns} turns": sft,
+                                    "SFT + PPO, first answer": ppo["first"], f"SFT + PPO, after {turns} turns": ppo}))
+        for name, summary in (("SFT alone", sft), ("SFT + PPO", ppo)):
+            print(f"\n{name}, accuracy after each turn:")
+            print(format_turn_table(summary["turns"]))
+    print(f"\naccuracy change: {100 * (ppo['accuracy'] - starter['accuracy']):+.1f} points in {minutes:.1f} minutes")
     print(f"results: {out / 'results.json'}   curves: {png}   TensorBoard: tensorboard --logdir {run_dir.parent}")
     return 0
+
+
+def policy_tokens(run_dir: Path) -> int:
+    """Tokens the policy generated over the PPO run (every turn; per rank under DDP), from its TensorBoard
+    events (train/policy_tokens, logged every step with trainer.log_every_n_steps=1)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return int(sum(p.value for p in events.Scalars("train/policy_tokens")))

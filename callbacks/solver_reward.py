@@ -3,7 +3,9 @@
 `begin` submits the responses to the pool and returns at once, so the module's reference and
 value passes run while SCIP solves; `finish` waits, attaches the scores and logs accuracy,
 solved rate, format rate, graph distance and reward mean/std, reduced across ranks by
-torchmetrics. A pool failure never stops training: every response then scores 0 with the reason.
+torchmetrics. Each score carries the evaluation's feedback on the answer, which a multi-turn
+episode (`rollout.turns`) shows the policy next. A pool failure never stops training: every
+response then scores 0 with the reason.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from lightning.pytorch import LightningModule, Trainer
 from torchmetrics import MeanMetric
 
 from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, ScoreResult
+from app.evaluation.feedback import feedback_message
 from app.evaluation.summary import result_values
+from app.evaluation.turns import turn_statistics
 from app.ppo.scoring import RolloutScorer, RolloutScores
 
 METRICS = ("accuracy", "solved_rate", "format_rate", "graph_distance", "reward", "reward_sq")
@@ -35,6 +39,11 @@ class SolverReward(RolloutScorer):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.pool is None:
             self.pool = EvaluatorPool(self.config)
+        turns = pl_module.cfg.rollout.turns
+        if turns > 1:  # acc@t, fixed@t, broke@t as fractions of the held-out problems, and mean_turns
+            names = ["mean_turns", *(f"acc@{t}" for t in range(1, turns + 1)),
+                     *(f"{kind}@{t}" for t in range(2, turns + 1) for kind in ("fixed", "broke"))]
+            self.val_metrics.update({name: MeanMetric() for name in names if name not in self.val_metrics})
         for metrics in (self.metrics, self.val_metrics):
             for name, metric in metrics.items():
                 metrics[name] = metric.to(pl_module.device)
@@ -65,28 +74,45 @@ class SolverReward(RolloutScorer):
                 scores=[0.0] * self._n_items,
                 breakdowns=[{"reason": reason}] * self._n_items,
                 metrics={"solver/worker_failures": float(self._n_items)},
+                feedback=[reason] * self._n_items,
             )
         _update(self.metrics, results)
         reduced = _reduce(self.metrics)
         module.log_dict({f"solver/{k}": v for k, v in reduced.items()}, rank_zero_only=True)
-        return RolloutScores(
-            scores=[r.reward for r in results],
-            breakdowns=[{**r.breakdown, "status": r.status, "reason": r.reason} for r in results],
-            metrics=reduced,
-        )
+        return _scores(results, reduced)
 
-    def validate(self, responses: list[str], problems: list) -> None:
+    def validate(self, responses: list[str], problems: list) -> RolloutScores:
         items = [(text, Reference.from_answer(p.answer, p.reference_model)) for text, p in zip(responses, problems)]
         try:
             results = self.pool.score_many(items)
         except Exception as err:  # counted as wrong answers, like a failed training rollout
             reason = f"reward worker failure: {type(err).__name__}: {err}"
             results = [ScoreResult(0.0, {}, "worker_failure", reason=reason) for _ in items]
+        return _scores(results, {})
+
+    def record_validation(self, results: list, standing: list[list[bool]], turns_taken: list[int]) -> None:
         _update(self.val_metrics, results)
+        if len(standing[0]) > 1:
+            for row, taken in zip(standing, turns_taken):
+                stats = turn_statistics([row], [taken])
+                for name, value in stats.items():
+                    if name != "n":
+                        self.val_metrics[name].update(torch.tensor(float(value)))
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         reduced = _reduce(self.val_metrics)
         pl_module.log_dict({f"val/{k}": v for k, v in reduced.items()}, rank_zero_only=True)
+
+
+def _scores(results: list[ScoreResult], metrics: dict[str, float]) -> RolloutScores:
+    return RolloutScores(
+        scores=[r.reward for r in results],
+        breakdowns=[{**r.breakdown, "status": r.status, "reason": r.reason} for r in results],
+        metrics=metrics,
+        matched=[r.matched for r in results],
+        feedback=[feedback_message(r) for r in results],
+        results=results,
+    )
 
 
 def _update(metrics: dict[str, MeanMetric], results: list[ScoreResult]) -> None:

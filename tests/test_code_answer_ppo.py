@@ -42,7 +42,7 @@ def forced_generate(tokenizer, items):
     a prompt, wrong in the second."""
     seen: dict[str, int] = {}
 
-    def generate(self, prompts, sampling, generator=None, use_cache=True, keep_logprobs=False):
+    def generate(self, prompts, sampling, generator=None, use_cache=True, keep_logprobs=False, context_cache=None):
         assert not keep_logprobs
         texts = []
         for prompt in prompts:

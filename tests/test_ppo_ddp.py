@@ -52,7 +52,7 @@ SCRIPT = textwrap.dedent(
         def validate(self, responses, problems):
             self.val_items += len(problems)
             responses = [answer_text(p) if self._rank == 0 else "no idea" for p in problems]
-            super().validate(responses, problems)
+            return super().validate(responses, problems)
 
     class MixedAnswers(SolverReward):
         # the first sample of a group right and the others wrong, except in groups whose problem
@@ -67,6 +67,24 @@ SCRIPT = textwrap.dedent(
             right = [self._rank == 0 if same else i % self._k == 0 for i, same in enumerate(alike)]
             super().begin([answer_text(p) if r else "no idea" for p, r in zip(problems, right)], problems)
 
+    class TurnAnswers(SolverReward):
+        # 2-turn episodes that end at a solve: on rank 0 every first answer solves (the reference in
+        # the first sample of a group, a wrong model in the others), so its episodes end after one
+        # turn; on rank 1 no first answer has a model and the second is the reference in the first
+        # sample only, so its episodes take two turns: rank 0 plays the second turn with no episode
+        def setup(self, trainer, pl_module, stage):
+            self._rank, self._k, self._calls, self.val_items = trainer.global_rank, pl_module.cfg.ppo.samples_per_prompt, 0, 0
+            super().setup(trainer, pl_module, stage)
+
+        def begin(self, responses, problems):
+            turn, self._calls = self._calls % 2, self._calls + 1
+            wrong = "```lp\\nmaximize\\n obj: x\\nsubject to\\n c: x <= 1\\nend\\n```"
+            if self._rank == 0:
+                answers = [answer_text(p) if i % self._k == 0 else wrong for i, p in enumerate(problems)]
+            else:
+                answers = [answer_text(p) if turn and i % self._k == 0 else "no idea" for i, p in enumerate(problems)]
+            super().begin(answers, problems)
+
     class Dump(Callback):
         def on_train_end(self, trainer, module):
             rank = trainer.global_rank
@@ -78,6 +96,7 @@ SCRIPT = textwrap.dedent(
                 held = [(p.to_local().numel() if hasattr(p, "to_local") else p.numel(), p.numel())
                         for p in module.policy.causal_lm.parameters()]
                 json.dump({"scores": module.last_rollout.scores.tolist(), "metrics": module.last_solver_metrics,
+                           "turns": [len(e.turns) for e in module.last_rollout.episodes],
                            "world": trainer.world_size, "rank": rank, "val": val, "val_items": getattr(scorer, "val_items", 0),
                            "early_stopped": float(trainer.callback_metrics.get("train/early_stopped", -1.0)),
                            "held_fraction": sum(h for h, _ in held) / sum(n for _, n in held)}, f)
@@ -88,7 +107,7 @@ SCRIPT = textwrap.dedent(
         plain_train = train_mod.train
         train_mod.train = lambda cfg, extra_callbacks=None: plain_train(cfg, extra_callbacks=[Dump()])
         sys.exit(main(["train", *sys.argv[2:]], prog="solver-ppo"))
-    train_mod.SolverReward = MixedAnswers if os.environ.get("MIXED_ANSWERS") else RankAnswers
+    train_mod.SolverReward = {"mixed": MixedAnswers, "turns": TurnAnswers}.get(os.environ.get("ANSWERS"), RankAnswers)
     cfg = load_config(None, sys.argv[2:])
     train_mod.train(cfg, extra_callbacks=[Dump()])
     """
@@ -255,10 +274,37 @@ def test_each_estimator_trains_in_step_on_two_ddp_ranks_and_resumes_exactly(esti
         "trainer.devices=2", "trainer.strategy=ddp", "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
         *ESTIMATORS[estimator],
     ]
-    env = {"MIXED_ANSWERS": "1"}
+    env = {"ANSWERS": "mixed"}
     straight, numbers = run_two_ranks(tmp_path, "straight", [*common, "trainer.max_steps=3"], held_fraction=1.0, env=env)
     assert any(float(v.abs().max()) > 0 for k, v in straight.items() if "lora_B" in k), "no update happened"
     assert len(numbers[0]["scores"]) == len(numbers[1]["scores"]) > 0
+    second = tmp_path / "straight" / "logs" / "ppo" / "version_0" / "checkpoints" / "iter-000002.ckpt"
+    resumed, _ = run_two_ranks(tmp_path, "resumed", [*common, "trainer.max_steps=3", f"resume={second}"],
+                               held_fraction=1.0, env=env)
+    for key in straight:
+        assert torch.equal(resumed[key], straight[key]), key
+
+
+@pytest.mark.slow
+def test_two_turn_episodes_that_end_at_different_turns_per_rank_train_in_step_and_resume_exactly(tiny_chatglm_dir, tmp_path):
+    """rollout.turns=2, rollout.end=solved under DDP: rank 0's episodes all end after one turn,
+    rank 1's after two (TurnAnswers); rank 0 plays the second turn with an empty batch, so the
+    scorer's cross-rank reductions pair up. Both ranks end with the same weights, and 2 steps +
+    resume 1 = the 3 straight steps, bit for bit."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(12, seed=8, infeasible_fraction=0.0)))
+    common = [
+        f"model.path={tiny_chatglm_dir}", f"data.train={data}", "data.system_prompt=", "data.instruction=",
+        "data.max_prompt_tokens=2048", "sampling.max_new_tokens=8", "ppo.prompts_per_step=2", "ppo.samples_per_prompt=2",
+        "ppo.minibatch_size=2", "ppo.lr=1e-2", "evaluation.workers=1", "trainer.checkpoint_every=1",
+        "trainer.devices=2", "trainer.strategy=ddp", "trainer.enable_progress_bar=false", "trainer.cpu_threads=1",
+        "ppo.advantage=grpo", "rollout.turns=2", "rollout.end=solved", "rollout.turn_cost=0.1",
+    ]
+    env = {"ANSWERS": "turns"}
+    straight, numbers = run_two_ranks(tmp_path, "straight", [*common, "trainer.max_steps=3"], held_fraction=1.0, env=env)
+    assert numbers[0]["turns"] == [1, 1, 1, 1] and numbers[1]["turns"] == [2, 2, 2, 2]
+    assert numbers[1]["scores"] == pytest.approx([0.9, -0.1, 0.9, -0.1])
+    assert any(float(v.abs().max()) > 0 for k, v in straight.items() if "lora_B" in k), "no update happened"
     second = tmp_path / "straight" / "logs" / "ppo" / "version_0" / "checkpoints" / "iter-000002.ckpt"
     resumed, _ = run_two_ranks(tmp_path, "resumed", [*common, "trainer.max_steps=3", f"resume={second}"],
                                held_fraction=1.0, env=env)

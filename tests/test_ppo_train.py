@@ -249,7 +249,7 @@ def test_validation_scores_greedy_answers_every_val_every_steps(tiny_chatglm_dir
         def validate(self, responses, problems):
             self.seen.extend(responses)
             swapped = [answer_text(p) if p.id == first_id else r for r, p in zip(responses, problems)]
-            super().validate(swapped, problems)
+            return super().validate(swapped, problems)
 
     val = tmp_path / "val.jsonl"
     val.write_text("".join(problems_file.read_text().splitlines(keepends=True)[:3]))
@@ -349,6 +349,9 @@ class NaNScorer(RolloutScorer):
         return RolloutScores(scores=[float("nan")] * self.n, breakdowns=[{}] * self.n)
 
     def validate(self, responses, problems):
+        raise AssertionError("no data.val in this run")
+
+    def record_validation(self, results, standing, turns_taken):
         raise AssertionError("no data.val in this run")
 
 
@@ -565,6 +568,9 @@ class PatternScorer(RolloutScorer):
         return RolloutScores(scores=self.scores, breakdowns=[{}] * len(self.scores))
 
     def validate(self, responses, problems):
+        raise AssertionError("no data.val in this run")
+
+    def record_validation(self, results, standing, turns_taken):
         raise AssertionError("no data.val in this run")
 
 

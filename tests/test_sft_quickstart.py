@@ -194,7 +194,8 @@ def test_sft_reads_prompt_completion_messages_and_alpaca_records(tiny_chatglm_di
             "(SFT-only records))") in capsys.readouterr().err
 
 
-def test_shortened_quickstart_runs_end_to_end(tiny_chatglm_dir, tmp_path, capsys):
+@pytest.mark.parametrize("turns", [1, 2])
+def test_shortened_quickstart_runs_end_to_end(turns, tiny_chatglm_dir, tmp_path, capsys):
     data = write_problems(tmp_path / "sft.jsonl", 4, seed=13)
     starter = tmp_path / "starter"
     assert main(["sft", *sft_overrides(tiny_chatglm_dir, data, starter, tmp_path / "logs", steps=3)]) == 0
@@ -204,12 +205,17 @@ def test_shortened_quickstart_runs_end_to_end(tiny_chatglm_dir, tmp_path, capsys
         "sampling.max_new_tokens=12", "ppo.prompts_per_step=2", "ppo.samples_per_prompt=2", "ppo.minibatch_size=4",
         "evaluation.workers=1", f"trainer.root_dir={tmp_path / 'logs'}", "trainer.enable_progress_bar=false",
         "trainer.val_every=1", "--heldout", "4", "--train-problems", "8", "--starter-problems", "8", "--out", str(out),
+        f"rollout.turns={turns}", "rollout.end=turns",
     ])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     for side in ("sft", "ppo"):
-        assert set(results[side]) == {"accuracy", "solved_rate", "format_rate", "graph_distance", "reward"}
-        assert 0.0 <= results[side]["reward"] <= 1.0
+        assert set(results[side]) == {"accuracy", "solved_rate", "format_rate", "graph_distance", "reward",
+                                      "accuracy_by_turn"}
+        assert 0.0 <= results[side]["reward"] <= 1.0 and len(results[side]["accuracy_by_turn"]) == turns
+    assert results["sft"]["accuracy"] == results["sft"]["accuracy_by_turn"][0]  # the starter: its first answer
+    assert results["ppo"]["accuracy"] == results["ppo"]["accuracy_by_turn"][-1]  # the PPO policy: its last
+    assert results["policy_tokens"] > 0
     run_dir = Path(results["run_dir"])
     assert (run_dir / "curves.png").stat().st_size > 1000
     events = EventAccumulator(str(run_dir))
@@ -218,8 +224,13 @@ def test_shortened_quickstart_runs_end_to_end(tiny_chatglm_dir, tmp_path, capsys
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     rows = [json.loads(line) for line in open(out / "ppo_heldout.jsonl")]
     assert len(rows) == 4 and all(row["status"] and row["reason"] for row in rows)  # scored by the evaluator
+    assert all(len(row.get("turns", [None])) == turns for row in rows)
+    if turns > 1:
+        assert len(events.Scalars("val/acc@2")) == 2 and len(events.Scalars("turns/acc@2")) == 2
     heldout = {p.id for p in iter_problems(out / "data" / "heldout.jsonl")}
     assert {row["id"] for row in rows} == heldout
+    if turns > 1:
+        return
     # the starter, the run directory and its export, evaluated without prompt flags, answer as the
     # quick start's own evaluation did (the starter was trained on the question alone, not on eval's defaults)
     from app.eval_policy import evaluate_policy
@@ -276,6 +287,39 @@ def test_sft_imitates_the_teachers_demonstration_where_a_record_has_one(tiny_cha
         assert text == (problem.demonstration or answer_text(problem)), problem.id
         if problem.demonstration:
             assert " <= " in text and " >= " not in text
+
+
+def test_sft_revision_demonstrations_put_the_first_answer_and_its_feedback_before_the_target(tiny_chatglm_dir, tmp_path):
+    from app.data.synthetic import revision_demonstrations
+    from app.evaluation import EvaluationConfig, Reference, feedback_message, score_answer
+    from app.sft.module import SFTModule
+
+    items = generate(4, seed=3)
+    flipped = imperfect_teacher(items, seed=3, flip_rate=1.0)
+    teacher = {item.id: item.demonstration for item in items}
+    assert flipped >= 1 and revision_demonstrations(items, seed=3, fraction=1.0, workers=1) == 4
+    data = tmp_path / "train.jsonl"
+    write_jsonl(data, items)
+    cfg = load_config(None, sft_overrides(tiny_chatglm_dir, data, tmp_path / "out", tmp_path / "logs", steps=1,
+                                          **{"sft.max_length": 4096}), schema_cls=SFTConfig)
+    module = SFTModule(cfg, load_model(cfg.model))
+    problems = list(iter_problems(data))
+    input_ids, _, labels = module.encode(problems)
+    for problem, ids, row in zip(problems, input_ids, labels):
+        first = teacher[problem.id] or answer_text(problem)  # the teacher's answer, flawed where it flipped
+        assert problem.revision["answer"] == first and problem.demonstration is None
+        # the feedback is the evaluation's own message on that first answer
+        result = score_answer(first, Reference.from_answer(problem.answer, problem.reference_model),
+                              EvaluationConfig(feedback=True))
+        assert problem.revision["feedback"] == feedback_message(result)
+        # the context ends as a 2-turn rollout's does: first answer, its stop token, the observation message
+        tok, eos = module.tokenizer, module.chat.stop_token_ids[0]
+        turn = tok.encode(first, add_special_tokens=False) + [eos]
+        turn += module.chat.encode_feedback(tok, problem.revision["feedback"], eos)
+        context = ids[row == -100].tolist()
+        assert context[-len(turn) :] == turn
+        assert tok.decode(turn[-3:], skip_special_tokens=False).endswith("<|assistant|>")
+        assert module.tokenizer.decode(row[row != -100].tolist()[:-1]) == answer_text(problem)  # the target: the reference
 
 
 def test_ppo_unlearns_the_starters_teacher_error_on_new_problems(tmp_path):

@@ -4,7 +4,9 @@ Writes DIR/train.jsonl and DIR/heldout.jsonl (no (family, numbers) problem on bo
 prints how many problems of each family, sense and type each split holds. With --teacher-flip,
 some training problems carry an imperfect teacher's SFT demonstration (see `imperfect_teacher`).
 With --answer-format LIBRARY, every problem's demonstration is its model as a program in that
-solver library (see `app.data.code_answers`), so SFT teaches code answers.
+solver library (see `app.data.code_answers`), so SFT teaches code answers. With --revisions,
+some training problems are revision demonstrations: the teacher's first answer, the evaluation's
+real feedback on it, and the reference as the corrected answer (see `revision_demonstrations`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from app.data.code_answers import ANSWER_FORMATS
 from app.data.synthetic import (DIFFICULTIES, Item, check_answer_format, check_fraction, code_demonstrations,
-                                imperfect_teacher, make_splits, write_jsonl)
+                                imperfect_teacher, make_splits, revision_demonstrations, write_jsonl)
 from app.errors import UserError
 
 
@@ -35,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of the training problems with requirements (>= rows) whose SFT demonstration "
                              "writes them as upper bounds (<=): an imperfect teacher's systematic error; the reference "
                              "model and answer stay correct (default 0: demonstrations are the references)")
+    parser.add_argument("--revisions", type=float, default=0.0,
+                        help="fraction of the training problems written as revision demonstrations: the teacher's "
+                             "answer (flawed where --teacher-flip flipped it), the evaluation's feedback on it, then "
+                             "the reference answer as the SFT target (default 0)")
     parser.add_argument("--answer-format", default="lp",
                         help=f"{' | '.join(ANSWER_FORMATS)}: how the SFT demonstrations write the model: lp (default: "
                              "demonstrations left empty, SFT builds an ```lp answer from the reference) or a program in "
@@ -72,11 +78,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} is a file; give a directory")
     families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
     check_fraction("teacher's flip rate", args.teacher_flip)  # before minutes of solving, not after
+    check_fraction("revision fraction", args.revisions)
     check_answer_format(args.answer_format)
     start = time.perf_counter()
     train, heldout = make_splits(args.train, args.heldout, args.seed, _difficulty(args.difficulty),
                                  families, args.infeasible)
     flipped = imperfect_teacher(train, args.seed, args.teacher_flip, args.answer_format)
+    revisions = revision_demonstrations(train, args.seed, args.revisions, args.answer_format)
     for items in (train, heldout):
         code_demonstrations(items, args.answer_format)
     seconds = time.perf_counter() - start
@@ -86,5 +94,7 @@ def run(args: argparse.Namespace) -> int:
     print(_table({"train": train, "heldout": heldout}))
     if flipped:
         print(f"{flipped} of {len(train)} training demonstrations write requirements as upper bounds (--teacher-flip)")
+    if revisions:
+        print(f"{revisions} of {len(train)} training problems are revision demonstrations (--revisions)")
     print(f"wrote {len(train)} train and {len(heldout)} held-out problems to {out} in {seconds:.1f} s")
     return 0

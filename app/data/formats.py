@@ -2,7 +2,9 @@
 
 Formats (keys of one record):
 - project:   id, question, answer, optional reference_model (LP text), optional demonstration
-             (the answer SFT imitates, when it is not the reference: a teacher's, errors included)
+             (the answer SFT imitates, when it is not the reference: a teacher's, errors included),
+             optional revision {answer, feedback}: an earlier answer and the evaluation's feedback
+             on it, which SFT puts before its target (a revision demonstration)
 - sirl:      en_question, en_answer (SIRL / ORLM), optional id
 - mamo:      Question, Answer, id
 - optibench: question, results {label: value}, optional index
@@ -41,6 +43,7 @@ class Problem:
     demonstration: str | None = None  # the SFT target when a teacher wrote it; else built from the reference
     system: str | None = None  # the record's own system prompt (a `messages` system turn)
     as_written: bool = False  # the question is the whole user turn: no instruction is appended
+    revision: dict | None = None  # {"answer", "feedback"}: SFT's target then revises that answer after that feedback
 
     @property
     def scorable(self) -> bool:
@@ -162,9 +165,18 @@ def normalize_record(obj, fmt: str, where: str, default_id: str) -> Problem:
             answer=_text(answer, answer_key),
             reference_model=_text(obj.get("reference_model"), "reference_model") if kind == "project" else None,
             demonstration=_text(obj.get("demonstration"), "demonstration") if kind == "project" else None,
+            revision=_revision(obj.get("revision")) if kind == "project" else None,
         )
     except ValueError as err:
         raise BadRecord(f"{where}: {err}") from None
+
+
+def _revision(value) -> dict | None:
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and isinstance(value.get("answer"), str) and isinstance(value.get("feedback"), str)):
+        raise ValueError("'revision' must be an object with string fields 'answer' and 'feedback'")
+    return {"answer": value["answer"], "feedback": value["feedback"]}
 
 
 Report = Callable[[str], None]

@@ -93,6 +93,7 @@ class Item:
     n_vars: int
     n_cons: int
     demonstration: str | None = None  # the teacher's answer for SFT where it differs from the reference
+    revision: dict | None = None  # {"answer": the teacher's first answer, "feedback": the evaluation's on it}
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -609,3 +610,32 @@ def imperfect_teacher(items: list[Item], seed: int, flip_rate: float, answer_for
             item.demonstration = code_answer(flipped, answer_format, item.family)
         changed += 1
     return changed
+
+
+def revision_demonstrations(items: list[Item], seed: int, fraction: float, answer_format: str = "lp",
+                            workers: int = 2) -> int:
+    """Turn `fraction` of `items` into revision demonstrations: the teacher's answer (flawed where
+    `imperfect_teacher` flipped it) becomes the first answer, the evaluation's real feedback on it
+    follows (`app.evaluation.feedback`: what the solver found, never the reference), and the SFT
+    target is the reference answer. SFT then shows a starter what a revision after feedback looks
+    like (fix a flawed model, restate a sound one). Draws come from their own stream. Returns how
+    many items it changed."""
+    from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, feedback_message
+
+    check_fraction("revision fraction", fraction)
+    check_answer_format(answer_format)
+    rng = random.Random(f"{seed}-revision")
+    chosen = [item for item in items if rng.random() < fraction]
+    if not chosen:
+        return 0
+    firsts = [item.demonstration or (lp_answer(item.reference_model, item.answer) if answer_format == "lp"
+                                     else code_answer(item.reference_model, answer_format, item.family))
+              for item in chosen]
+    # the reference is never read by the feedback; the pool wants one to score against
+    with EvaluatorPool(EvaluationConfig(feedback=True, workers=workers)) as pool:
+        results = pool.score_many([(first, Reference.from_answer(item.answer, item.reference_model))
+                                   for first, item in zip(firsts, chosen)])
+    for item, first, result in zip(chosen, firsts, results):
+        item.revision = {"answer": first, "feedback": feedback_message(result)}
+        item.demonstration = None  # the target: the reference (as code with a code answer format)
+    return len(chosen)

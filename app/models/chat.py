@@ -11,6 +11,9 @@ generation prompt, so the model's next token starts the assistant's reply.
   the text between special tokens as one piece). Stops at <|endoftext|>, <|user|>, <|observation|>.
 - plain:    the tokenizer's own chat_template if it has one, else "User: ...\\nAssistant:" lines.
   Stops at eos.
+
+Multi-turn episodes (`rollout.turns`) append the evaluation's feedback after each answer as an
+<|observation|> message (chatglm3, glm4) or a user message (plain), then <|assistant|>.
 """
 
 from __future__ import annotations
@@ -48,6 +51,22 @@ class ChatFormat:
         ids.append(special["<|assistant|>"])
         return ids
 
+    def encode_feedback(self, tokenizer, content: str, after: int | None = None) -> list[int]:
+        """The tokens that follow an answer with the evaluation's feedback on it and prompt the next
+        answer: an observation message where the format has that role (chatglm3, glm4), a user
+        message in the plain format. `after`: the answer's last token; a ChatGLM answer that ended
+        with <|observation|> already opened the message."""
+        if self.name == "plain":
+            return _plain_followup(tokenizer, content)
+        special = self.special_ids
+        role = special["<|observation|>"]
+        ids = [] if after == role else [role]
+        if self.name == "chatglm3":
+            ids += _encode(tokenizer, "\n") + _encode(tokenizer, content)
+        else:
+            ids += _encode(tokenizer, "\n" + content)
+        return ids + [special["<|assistant|>"]]
+
 
 def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False) if text else []
@@ -75,6 +94,21 @@ def _plain_prompt(tokenizer, messages: list[dict]) -> list[int]:
         return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
     text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
     return tokenizer.encode(text, add_special_tokens=True)
+
+
+def _plain_followup(tokenizer, content: str) -> list[int]:
+    """A user message and the generation prompt after an answer. With a chat template: the text the
+    template adds for them after a conversation that ends with an answer."""
+    if not getattr(tokenizer, "chat_template", None):
+        return _encode(tokenizer, f"\nUser: {content}\nAssistant:")
+    before = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    head = tokenizer.apply_chat_template(before, tokenize=False)
+    full = tokenizer.apply_chat_template([*before, {"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+    if not full.startswith(head):
+        raise UserError(f"the chat template of {type(tokenizer).__name__} renders a conversation differently once it "
+                        "goes on, so feedback cannot follow an answer; use rollout.turns=1 with this tokenizer")
+    return _encode(tokenizer, full[len(head):])
 
 
 def _as_list(ids) -> list[int]:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -35,6 +36,9 @@ class Generation:
     # with `keep_logprobs`: what the sampling pass already knows about each response token
     logprobs: torch.Tensor | None = None  # (B, R) fp32 log p(token) at the sampling temperature, unfiltered
     hidden: torch.Tensor | None = None  # (B, R, H) the LM head's input at the column that predicted the token
+    # the model's cache after the last step: every column of `sequences` but the last (a later call
+    # that continues these rows feeds that column first; see `ContextCache`)
+    past: Any = None
 
     @property
     def responses(self) -> torch.Tensor:
@@ -137,7 +141,7 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
-    prompts: list[list[int]],
+    prompts: list[list[int]] | tuple[torch.Tensor, torch.Tensor],
     *,
     pad_token_id: int,
     stop_token_ids: list[int],
@@ -146,6 +150,7 @@ def generate(
     use_cache: bool = True,
     keep_logprobs: bool = False,
     done: Callable[[torch.Tensor], bool] | None = None,
+    past: tuple[Any, torch.Tensor] | None = None,
 ) -> Generation:
     """Sample up to `sampling.max_new_tokens` tokens per prompt; a row ends at its first stop token.
 
@@ -156,9 +161,16 @@ def generate(
     `done(finished)`: whether to stop before the next step, given the (B,) rows finished so far
     (default: all of them are). A model whose every forward is a collective passes one that asks
     every rank, so that all ranks take the same number of steps.
+    `prompts` may come padded already, as (input_ids, attention_mask) (B, P) each.
+    `past`: (the model's cache, its attention mask (B, C)) of C columns that come before
+    `prompts`, which then hold only each row's new tokens (`ContextCache`); the returned
+    sequences and masks cover the new columns only.
     """
     device = next(model.parameters()).device
-    input_ids, attention_mask = left_pad(prompts, pad_token_id, device)  # (B, P)
+    if isinstance(prompts, tuple):
+        input_ids, attention_mask = (t.to(device) for t in prompts)
+    else:
+        input_ids, attention_mask = left_pad(prompts, pad_token_id, device)  # (B, P)
     B, P = input_ids.shape
     stop = torch.tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
@@ -171,15 +183,17 @@ def generate(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    past = None
+    past, cached_mask = past if past is not None else (None, attention_mask[:, :0])  # (B, C)
+    if past is not None and not use_cache:
+        raise ValueError("a cache to continue from needs use_cache=True")
     step_ids, seq_ids, seq_mask = input_ids, input_ids, attention_mask
     for _ in range(sampling.max_new_tokens):
-        positions = positions_from_mask(seq_mask)  # (B, T)
+        positions = positions_from_mask(torch.cat([cached_mask, seq_mask], dim=1))[:, cached_mask.size(1) :]  # (B, T)
         with head_on_columns(model, -1, None) as kept:  # logits of the last column only
             if use_cache:
                 out = model(
                     input_ids=step_ids,
-                    attention_mask=seq_mask,
+                    attention_mask=torch.cat([cached_mask, seq_mask], dim=1),
                     position_ids=positions[:, -step_ids.size(1) :],
                     past_key_values=past,
                     use_cache=True,
@@ -221,4 +235,71 @@ def generate(
         elapsed_s=elapsed,
         logprobs=torch.stack(logprobs, dim=1) if logprobs else None,  # (B, R)
         hidden=torch.cat(hidden, dim=1) if hidden else None,  # (B, R, H)
+        past=(past, torch.cat([cached_mask, seq_mask[:, :-1]], dim=1)) if use_cache and tokens else None,
     )
+
+
+def select_rows(past: Any, rows: torch.Tensor) -> Any:
+    """The cache of the given batch rows: the native ChatGLM's KVCache, transformers' DynamicCache
+    (reordered in place) or the legacy tuples of (B, ...) tensors."""
+    if isinstance(past, torch.Tensor):
+        return past.index_select(0, rows.to(past.device))
+    if hasattr(past, "index_select"):
+        return past.index_select(rows)
+    if hasattr(past, "reorder_cache"):
+        past.reorder_cache(rows)
+        return past
+    return type(past)(select_rows(p, rows) for p in past)
+
+
+class ContextCache:
+    """Answers to contexts that extend the contexts of the previous call (a multi-turn rollout:
+    context = earlier context + the answer + feedback) without reading the earlier context again.
+
+    The previous call's cache holds every column but the last sampled token; a row that goes on
+    feeds that column and its new tokens (the feedback message), left-padded as a block, and the
+    decode continues. Rows need not be contiguous in the cache: padding columns between two
+    turns are masked out and positions count only real tokens, as in any left-padded batch. Rows
+    of the previous call that are not continued are dropped from the cache. A call whose contexts
+    do not all extend a previous row starts afresh.
+    """
+
+    def __init__(self):
+        self.rows: list[list[int]] = []  # per row of the cache: the context it has read, then its answer
+        self.state: Generation | None = None
+
+    def generate(self, model: torch.nn.Module, contexts: list[list[int]], *, pad_token_id: int, **kwargs) -> Generation:
+        previous = self._continued(contexts)
+        if previous is None:
+            gen = generate(model, contexts, pad_token_id=pad_token_id, **kwargs)
+        else:
+            state, index = self.state, torch.tensor(previous, device=self.state.sequences.device)
+            past, past_mask = state.past
+            last = state.sequences[:, -1:].index_select(0, index)  # (B, 1) the column not yet in the cache
+            last_mask = state.attention_mask[:, -1:].index_select(0, index)
+            new = [context[len(self.rows[j]) :] for context, j in zip(contexts, previous)]
+            ids, mask = left_pad(new, pad_token_id, last.device)  # (B, N) the feedback, left-padded
+            block = (torch.cat([last, ids], dim=1), torch.cat([last_mask, mask], dim=1))  # (B, 1 + N)
+            cached = (select_rows(past, index), past_mask.index_select(0, index))
+            gen = generate(model, block, pad_token_id=pad_token_id, past=cached, **kwargs)
+        self.state = gen
+        self.rows = [context + row[mask].tolist() for context, row, mask in
+                     zip(contexts, gen.responses, gen.response_mask.bool())]
+        return gen
+
+    def _continued(self, contexts: list[list[int]]) -> list[int] | None:
+        """For each context, the previous row it extends (in order), or None if one extends none."""
+        if self.state is None or self.state.past is None:
+            return None
+        out, j = [], 0
+        for context in contexts:
+            while j < len(self.rows) and context[: len(self.rows[j])] != self.rows[j]:
+                j += 1
+            if j == len(self.rows) or len(context) == len(self.rows[j]):
+                return None
+            out.append(j)
+            j += 1
+        return out
+
+    def clear(self) -> None:
+        self.rows, self.state = [], None

@@ -257,10 +257,12 @@ class PolicyWithValue(nn.Module):
 
     def generate(
         self, prompts: list[list[int]], sampling: SamplingConfig, generator: torch.Generator | None = None,
-        use_cache: bool = True, keep_logprobs: bool = False,
+        use_cache: bool = True, keep_logprobs: bool = False, context_cache: ContextCache | None = None,
     ) -> Generation:
         """Sample from the policy (adapter on) with the model's pad and stop tokens.
         `keep_logprobs`: see `generation.generate` (`self.value_head(gen.hidden)` are then the values).
+        `context_cache`: prompts that extend the previous call's prompts and answers (the turns of
+        multi-turn episodes) are read from the end of what the cache holds (`ContextCache`).
 
         With LoRA and `lora.merge_for_sampling` the adapter is folded into the base weights for the
         duration (`merged_lora`): each decoding step then runs one matmul per layer instead of three.
@@ -276,8 +278,9 @@ class PolicyWithValue(nn.Module):
             context = merged_lora(self.model)
         else:
             context = contextlib.nullcontext()
+        run = generate if context_cache is None else context_cache.generate
         with context:
-            return generate(
+            return run(
                 self.causal_lm, prompts, pad_token_id=self.pad_token_id, stop_token_ids=self.stop_token_ids,
                 sampling=sampling, generator=generator, use_cache=use_cache, keep_logprobs=keep_logprobs, done=done,
             )

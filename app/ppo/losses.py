@@ -1,7 +1,8 @@
 """PPO math as pure functions over masked tensors.
 
-Shapes: B rows (responses), T response tokens. `mask` is 1 on real response tokens and 0 on
-padding (responses are right-padded). No state, nothing but torch: every function here is
+Shapes: B rows (responses), T response tokens. `mask` is 1 on the policy's own tokens and 0 on
+padding (responses are right-padded) and, in multi-turn episodes, on the feedback tokens between
+two answers: every term below reads only masked-in positions. No state, nothing but torch: every function here is
 checked against hand-computed numbers in tests/test_ppo_losses.py.
 """
 
@@ -111,21 +112,25 @@ def gae(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized advantage estimation by a reverse scan over T; returns (advantages, returns), (B, T) each.
 
-    Positions past a row's end are terminal: their value counts as 0 and they carry no
-    advantage back, so right padding never leaks into real tokens. returns = advantages + values.
+    The scan steps over masked positions: the next step of a policy token is the row's next
+    masked-in token, so a multi-turn row's feedback tokens (mask 0 between two answers) pass the
+    advantage of the later answer back to the earlier one unchanged. Past a row's end the value
+    counts as 0 and nothing flows back, so right padding never leaks into real tokens.
+    returns = advantages + values.
     """
     mask = mask.to(values.dtype)
     values = values * mask
     rewards = rewards * mask
     B, T = rewards.shape
     advantages = torch.zeros_like(rewards)
-    running = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)  # A_{t+1}
-    next_value = torch.zeros(B, dtype=values.dtype, device=values.device)  # V_{t+1}
+    running = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)  # A at the next policy token
+    next_value = torch.zeros(B, dtype=values.dtype, device=values.device)  # V at the next policy token
     for t in reversed(range(T)):
+        here = mask[:, t] > 0
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = (delta + gamma * lam * running) * mask[:, t]
-        advantages[:, t] = running
-        next_value = values[:, t]
+        running = torch.where(here, delta + gamma * lam * running, running)
+        advantages[:, t] = running * mask[:, t]
+        next_value = torch.where(here, values[:, t], next_value)
     return advantages, (advantages + values) * mask
 
 
@@ -166,13 +171,14 @@ def group_advantages(sequence_rewards: torch.Tensor, group_size: int, scale: str
 
 
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
-    """G_t = r_t + gamma * G_{t+1} over each row's tokens (B, T); padding is 0 and adds nothing."""
+    """G_t = r_t + gamma * G_{t+1} over each row's masked-in tokens (B, T): masked positions (padding,
+    a multi-turn row's feedback tokens) add nothing and are not a step of the discount."""
     mask = mask.to(rewards.dtype)
     rewards = rewards * mask
     returns = torch.zeros_like(rewards)
-    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)  # G_{t+1}
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)  # G at the next token
     for t in reversed(range(rewards.shape[1])):
-        running = rewards[:, t] + gamma * running
+        running = torch.where(mask[:, t] > 0, rewards[:, t] + gamma * running, running)
         returns[:, t] = running
     return returns * mask
 

@@ -3,6 +3,8 @@
 One `training_step` is one PPO iteration:
 
     prompts ─► generate ─► (scorer starts solving) ─► old/ref log-probs, values ─► scores
+            ─► [rollout.turns > 1: each unfinished episode reads the feedback on its answer and
+                answers again, all of a turn in one batch; the passes run during the last turn's scoring]
             ─► [dynamic sampling: drop prompts whose samples all score the same, sample more prompts]
             ─► per-token rewards (score on the last token, −β·KL on each unless the KL is a loss term)
             ─► advantages (GAE, RLOO or GRPO over each prompt's samples, REINFORCE++)
@@ -35,10 +37,13 @@ from app.data.datamodule import PromptDataset
 from app.data.limits import SkipCounter
 from app.data.prompts import build_messages
 from app.errors import UserError
+from app.evaluation.turns import turn_statistics
+from app.models.generation import ContextCache
 from app.models.loading import LoadedModel
 from app.models.policy import PolicyWithValue
 from app.optim import lr_lambda
 from app.ppo import losses
+from app.ppo.episode import Episode, Reply, episode_tensors, play, standing_matches
 from app.ppo.kl import build_kl_controller
 from app.ppo.rollout import Rollout, concat_rollouts, partial_kl_mask, truncated_rows
 from app.ppo.scoring import RolloutScorer
@@ -177,7 +182,8 @@ class PPOModule(pl.LightningModule):
                 "train/kl": kl_per_seq,
                 "train/kl_coef": float(self.kl_ctl.value),
                 "train/score": rollout.scores.mean(),
-                "train/response_length": n_tokens.float().mean(),
+                "train/response_length": n_tokens.float().mean(),  # the policy's tokens, all turns
+                "train/policy_tokens": n_tokens.sum(),
                 "train/generation_tokens_per_s": rollout.tokens_per_second,
                 "train/lr": self.optimizers().param_groups[0]["lr"],
                 **stats,
@@ -186,6 +192,8 @@ class PPOModule(pl.LightningModule):
             },
             sync_dist=True,
         )
+        if self.cfg.rollout.turns > 1:
+            self.log_dict(self._turn_metrics(rollout.episodes), sync_dist=True)
         self.log("reward", rollout.scores.mean(), prog_bar=True, logger=False, sync_dist=True)
         self.log("kl", kl_per_seq, prog_bar=True, logger=False, sync_dist=True)
         self.last_rollout = rollout  # read by the sample logger callback
@@ -235,28 +243,56 @@ class PPOModule(pl.LightningModule):
         return prompts, kept
 
     def sample_and_score(self, problems: list, generator: torch.Generator, timings: dict[str, float]) -> Rollout | None:
-        """A scored rollout of `problems`: the scorer solves while the old/reference log-probs and
-        values are computed. None (on every rank together) when no prompt is usable."""
-        t0 = time.perf_counter()
-        rollout = self.generate_rollout(problems, generator)
-        timings["time/generate"] += time.perf_counter() - t0
-        if rollout is None:
+        """A scored rollout of `problems`, one episode per sample (`rollout.turns` answers at most):
+        the old/reference log-probs and values are computed while the scorer solves the last turn.
+        None (on every rank together) when no prompt is usable."""
+        episodes = self._episodes(problems, self.cfg.ppo.samples_per_prompt)
+        if episodes is None:
             return None
+        scorer, from_sampling = self._scorer(), self.cfg.ppo.logprobs_from_sampling
+        sample = self._sampler(self.cfg.sampling, generator, from_sampling, timings)
+        rollout = None
 
-        scorer = self._scorer()
-        scorer.begin(rollout.responses, rollout.problems)  # SCIP works in its own processes from here on
+        def score(replies: list[Reply], problems: list):
+            scorer.begin([r.text for r in replies], problems)  # SCIP works in its own processes from here on
 
-        t0 = time.perf_counter()
-        self.evaluate_rollout(rollout)  # old log-probs, reference log-probs, values
-        timings["time/forward"] += time.perf_counter() - t0
+            def wait():
+                t0 = time.perf_counter()
+                scored = scorer.finish(self)
+                timings["time/score_wait"] += time.perf_counter() - t0
+                self.last_solver_metrics = scored.metrics
+                return scored.verdicts()
 
-        t0 = time.perf_counter()
-        scored = scorer.finish(self)
-        timings["time/score_wait"] += time.perf_counter() - t0
-        rollout.scores = torch.tensor(scored.scores, dtype=torch.float32, device=self.device)
-        rollout.breakdowns = scored.breakdowns
-        self.last_solver_metrics = scored.metrics
+            return wait
+
+        def passes() -> None:  # every answer is in: old log-probs, reference log-probs, values
+            nonlocal rollout
+            sample.forget()
+            t0 = time.perf_counter()
+            rollout = self._rollout(episodes, sample.tokens_per_second())
+            self.evaluate_rollout(rollout)
+            timings["time/forward"] += time.perf_counter() - t0
+
+        self._play(episodes, sample, score, self._on_any_rank, overlap=passes)
+        if rollout is None:  # every episode ended before the last turn
+            passes()
+        cost = self.cfg.rollout.turn_cost
+        rollout.scores = torch.tensor([e.final.score - cost * (len(e.turns) - 1) for e in episodes],
+                                      dtype=torch.float32, device=self.device)
+        rollout.breakdowns = [e.final.breakdown for e in episodes]
         return rollout
+
+    def _play(self, episodes: list[Episode], sample, score, any_alive, overlap=None) -> None:
+        r = self.cfg.rollout
+        play(episodes, turns=r.turns, end=r.end, max_new_tokens=self.cfg.sampling.max_new_tokens,
+             max_context_tokens=r.max_context_tokens, sample=sample, score=score, any_alive=any_alive,
+             feedback_ids=lambda text, last: self.chat.encode_feedback(self.tokenizer, text, last), overlap=overlap)
+
+    def _turn_metrics(self, episodes: list[Episode]) -> dict[str, float]:
+        """acc@t, fixed@t and broke@t (fractions of the episodes) and the mean number of turns."""
+        stats = turn_statistics(standing_matches(episodes, self.cfg.rollout.turns), [len(e.turns) for e in episodes])
+        n = stats.pop("n")
+        return {f"turns/{k}": v / n if k.startswith(("fixed", "broke")) else v for k, v in stats.items()}
 
     def keep_informative_groups(
         self, rollout: Rollout | None, generator: torch.Generator, timings: dict[str, float]
@@ -305,10 +341,8 @@ class PPOModule(pl.LightningModule):
         self.refill_batches += 1
         return next(self._refill_stream)
 
-    @torch.no_grad()
-    def generate_rollout(self, problems: list, generator: torch.Generator) -> Rollout | None:
-        """Sample `samples_per_prompt` responses per problem and decode them."""
-        copies = self.cfg.ppo.samples_per_prompt
+    def _episodes(self, problems: list, copies: int) -> list[Episode] | None:
+        """`copies` episodes per usable problem, or None (on every rank together) when none is."""
         prompts, kept = self._encode(problems, copies, self.skips)
         # Every rank trains on the same number of rows, or the ranks' gradient all-reduces (DDP,
         # FSDP2) would stop pairing up: a rank that skipped long prompts makes the others leave
@@ -321,35 +355,78 @@ class PPOModule(pl.LightningModule):
             prompts, kept = prompts[: common * copies], kept[: common * copies]
         if not prompts:
             return None
-        self.policy.eval()
-        from_sampling = self.cfg.ppo.logprobs_from_sampling
-        gen = self.policy.generate(prompts, self.cfg.sampling, generator=generator, keep_logprobs=from_sampling)
-        responses = gen.texts(self.tokenizer)
+        return [Episode(problem, ids) for ids, problem in zip(prompts, kept)]
+
+    def _sampler(self, sampling, generator: torch.Generator | None, keep_logprobs: bool, timings: dict[str, float]):
+        """The answers to a batch of contexts, one `policy.generate` call per turn; with several
+        turns the KV cache carries over, so a turn reads only the feedback (`ContextCache`)."""
+        clock = {"tokens": 0, "seconds": 0.0}
+        cache = ContextCache() if self.cfg.rollout.turns > 1 else None
+
+        @torch.no_grad()
+        def sample(contexts: list[list[int]]) -> list[Reply]:
+            t0 = time.perf_counter()
+            if not contexts:
+                if self.policy.sharded:  # each forward of a sharded model is a collective: a stand-in prompt
+                    self.policy.generate([[self.chat.pad_token_id]], sampling)
+                return []
+            self.policy.eval()
+            gen = self.policy.generate(contexts, sampling, generator=generator, keep_logprobs=keep_logprobs,
+                                       context_cache=cache)
+            texts = gen.texts(self.tokenizer)
+            truncated = truncated_rows(gen.responses, gen.response_mask, self.policy.stop_token_ids).tolist()
+            values = self.policy.value_head(gen.hidden) if keep_logprobs else None  # (B, R)
+            replies = []
+            for i, mask in enumerate(gen.response_mask.bool()):
+                replies.append(Reply(gen.responses[i][mask].tolist(), texts[i], truncated[i],
+                                     gen.logprobs[i][mask] if keep_logprobs else None,
+                                     values[i][mask] if keep_logprobs else None))
+            clock["tokens"] += int(gen.response_lengths.sum())
+            clock["seconds"] += gen.elapsed_s
+            timings["time/generate"] += time.perf_counter() - t0
+            return replies
+
+        sample.tokens_per_second = lambda: clock["tokens"] / clock["seconds"] if clock["seconds"] > 0 else 0.0
+        sample.forget = cache.clear if cache is not None else lambda: None  # no turn follows: free the cache
+        return sample
+
+    def _rollout(self, episodes: list[Episode], tokens_per_second: float) -> Rollout:
+        """One row per episode (app/ppo/episode.py), the policy's tokens in `response_mask`."""
+        rows = episode_tensors(episodes, self.policy.pad_token_id, self.device)
         return Rollout(
-            problems=kept,
-            responses=responses,
-            sequences=gen.sequences,
-            attention_mask=gen.attention_mask,
-            prompt_length=gen.prompt_length,
-            response_mask=gen.response_mask.float(),
-            truncated=truncated_rows(gen.responses, gen.response_mask, self.policy.stop_token_ids),
-            tokens_per_second=gen.tokens_per_second,
-            old_logprobs=gen.logprobs,
-            values=self.policy.value_head(gen.hidden) if from_sampling else None,
+            problems=[e.problem for e in episodes],
+            responses=[e.turns[-1].text for e in episodes],
+            truncated=torch.tensor([e.turns[-1].truncated for e in episodes], device=self.device),
+            tokens_per_second=tokens_per_second,
+            episodes=episodes,
+            **rows,
         )
 
     @torch.no_grad()
     def validation_step(self, problems: list, batch_idx: int) -> None:
         """Greedy answers to held-out problems (`data.val`), scored by the solver: what PPO is meant
-        to raise. The scorer logs val/accuracy, val/reward, ... once per validation pass."""
+        to raise. Episodes of `rollout.turns` answers as in training, the last one counts; the
+        scorer logs val/accuracy, val/reward, ... (and val/acc@t per turn) once per validation pass."""
         prompts, kept = self._encode(problems, copies=1)
+        greedy = dataclasses.replace(self.cfg.sampling, do_sample=False)
         if self.policy.sharded and not prompts:
             # each forward of a sharded model is a collective: answer a stand-in prompt, unscored
-            prompts = [[self.chat.pad_token_id]]
-        if prompts:
-            gen = self.policy.generate(prompts, dataclasses.replace(self.cfg.sampling, do_sample=False))
-            if kept:
-                self._scorer().validate(gen.texts(self.tokenizer), kept)
+            self.policy.generate([[self.chat.pad_token_id]], greedy)
+            return
+        episodes = [Episode(problem, ids) for ids, problem in zip(prompts, kept)]
+        scorer = self._scorer()
+        sample = self._sampler(greedy, None, False, {"time/generate": 0.0})
+
+        def score(replies: list[Reply], problems: list):
+            verdicts = scorer.validate([r.text for r in replies], problems).verdicts()
+            return lambda: verdicts
+
+        # no collective: ranks may hold different numbers of validation batches (a sharded model
+        # sees the whole set on every rank, so its ranks play the same turns)
+        self._play(episodes, sample, score, any_alive=bool)
+        if episodes:
+            standing = standing_matches(episodes, self.cfg.rollout.turns)
+            scorer.record_validation([e.final.result for e in episodes], standing, [len(e.turns) for e in episodes])
 
     @torch.no_grad()
     def evaluate_rollout(self, rollout: Rollout) -> None:
@@ -377,9 +454,10 @@ class PPOModule(pl.LightningModule):
             response_ids = rollout.sequences[:, rollout.prompt_length :]
             rollout.kl_mask = partial_kl_mask(response_ids, mask, self.tokenizer).to(mask)
         scores = rollout.scores
-        if ppo.overlong_buffer:
+        if ppo.overlong_buffer:  # on the length of the last answer, the one scored
+            lengths = torch.tensor([e.turns[-1].end - e.turns[-1].start for e in rollout.episodes], device=mask.device)
             scores = scores + losses.overlong_penalty(
-                mask.sum(-1), self.cfg.sampling.max_new_tokens, ppo.overlong_buffer, ppo.overlong_penalty
+                lengths, self.cfg.sampling.max_new_tokens, ppo.overlong_buffer, ppo.overlong_penalty
             )
         beta = self.kl_ctl.value if ppo.kl.placement == "reward" else 0.0  # else a loss term (minibatch_loss)
         rollout.rewards = losses.token_rewards(scores, rollout.kl, mask, beta, rollout.kl_mask)
@@ -454,7 +532,9 @@ class PPOModule(pl.LightningModule):
         ppo, mask = self.cfg.ppo, mb.response_mask
         if ppo.mask_truncated:  # DAPO's overlong filtering: a cut-off answer teaches nothing either way
             mask = mask * (~mb.truncated).to(mask)[:, None]
-        aggregation = {"aggregation": ppo.loss_aggregation, "max_length": self.cfg.sampling.max_new_tokens}
+        # constant_length: the most policy tokens an episode can hold
+        aggregation = {"aggregation": ppo.loss_aggregation,
+                       "max_length": self.cfg.sampling.max_new_tokens * self.cfg.rollout.turns}
         # with no entropy bonus the entropy is only logged: no gradient through a (B, R, V) product
         logprobs, values, entropy = self.policy(
             mb.sequences, mb.attention_mask, mb.prompt_length, self._temperature, entropy_grad=ppo.entropy_coef != 0

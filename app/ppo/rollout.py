@@ -2,6 +2,9 @@
 
 Shapes: B rows, S = P + R columns of `sequences` (left-padded prompts of length P, then
 right-padded responses of length R). Per-token tensors cover the response part only (B, R).
+A row is one episode (app/ppo/episode.py): with `rollout.turns` > 1 its response part holds
+every answer and the feedback messages between them, and `response_mask` is 1 on the policy's
+own tokens only.
 The record is filled in stages: generation, then log-probs/values, then scores, then
 advantages; fields of later stages start as None.
 """
@@ -24,8 +27,8 @@ class Rollout:
     sequences: torch.Tensor  # (B, S) prompt + response token ids
     attention_mask: torch.Tensor  # (B, S)
     prompt_length: int  # P: responses start at this column
-    response_mask: torch.Tensor  # (B, R) 1 on generated tokens up to and including the stop token
-    truncated: torch.Tensor | None = None  # (B,) bool: cut off at sampling.max_new_tokens before a stop token
+    response_mask: torch.Tensor  # (B, R) 1 on the policy's tokens (each answer up to and including its stop token)
+    truncated: torch.Tensor | None = None  # (B,) bool: the last answer was cut off at sampling.max_new_tokens
     tokens_per_second: float = 0.0  # generation throughput of this rollout
     old_logprobs: torch.Tensor | None = None  # (B, R) policy log-probs at sampling time
     ref_logprobs: torch.Tensor | None = None  # (B, R) reference (adapter off) log-probs
@@ -37,6 +40,7 @@ class Rollout:
     rewards: torch.Tensor | None = None  # (B, R) -beta*KL, plus the score on the last token
     advantages: torch.Tensor | None = None  # (B, R)
     returns: torch.Tensor | None = None  # (B, R) GAE targets of the value head; None with the other advantages
+    episodes: list = field(default_factory=list)  # (B,) app.ppo.episode.Episode: turns, verdicts, feedback
 
     def __len__(self) -> int:
         return self.sequences.shape[0]
@@ -139,18 +143,31 @@ def first_token_at(token_ids: list[int], offset: int, tokenizer: Decoder) -> int
     return lo - 1
 
 
-def partial_kl_mask(response_ids: torch.Tensor, response_mask: torch.Tensor, tokenizer: Decoder) -> torch.Tensor:
-    """(B, R) float mask: 1 from the token where the model block starts to the end of each response.
+def answer_spans(mask_row: list[float]) -> list[tuple[int, int]]:
+    """[start, end) of each run of 1s in a row of the response mask: the row's answers."""
+    spans, start = [], None
+    for i, m in enumerate([*mask_row, 0]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
 
-    The reasoning before the block is free of the KL penalty. A response without a model block
+
+def partial_kl_mask(response_ids: torch.Tensor, response_mask: torch.Tensor, tokenizer: Decoder) -> torch.Tensor:
+    """(B, R) float mask: 1 from the token where the model block starts to the end of each answer
+    (each run of the response mask: a multi-turn row has one per turn).
+
+    The reasoning before the block is free of the KL penalty. An answer without a model block
     is penalized on every token: otherwise leaving out the block would be a way to escape the
     KL term.
     """
     out = torch.zeros(response_mask.shape, dtype=torch.float32)
-    lengths = response_mask.bool().sum(-1).tolist()
-    for row, (ids, n) in enumerate(zip(response_ids.tolist(), lengths)):
-        ids = ids[:n]  # responses are right-padded
-        match = MODEL_BLOCK_START.search(tokenizer.decode(ids))
-        start = first_token_at(ids, match.start(), tokenizer) if match else 0
-        out[row, start:n] = 1.0
+    for row, (ids, mask_row) in enumerate(zip(response_ids.tolist(), response_mask.tolist())):
+        for begin, end in answer_spans(mask_row):
+            answer = ids[begin:end]
+            match = MODEL_BLOCK_START.search(tokenizer.decode(answer))
+            start = first_token_at(answer, match.start(), tokenizer) if match else 0
+            out[row, begin + start : end] = 1.0
     return out.to(response_mask.device)

@@ -10,7 +10,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from typing import Any
+
 from lightning.pytorch import Callback, LightningModule
+
+from app.ppo.episode import Verdict
 
 
 @dataclass
@@ -18,6 +22,16 @@ class RolloutScores:
     scores: list[float]  # one per response, in [0, 1]
     breakdowns: list[dict] = field(default_factory=list)  # per response: reward terms, status, reason
     metrics: dict[str, float] = field(default_factory=dict)  # already reduced across ranks
+    matched: list[bool] = field(default_factory=list)  # per response: the objective matches (empty: unknown, no)
+    feedback: list[str] = field(default_factory=list)  # per response: what the policy reads next turn (empty: none)
+    results: list[Any] = field(default_factory=list)  # per response: the evaluation's ScoreResult, where there is one
+
+    def verdicts(self) -> list[Verdict]:
+        n = len(self.scores)
+        matched, feedback = self.matched or [False] * n, self.feedback or [""] * n
+        breakdowns, results = self.breakdowns or [{}] * n, self.results or [None] * n
+        return [Verdict(score=s, matched=m, status=b.get("status", ""), feedback=f, breakdown=b, result=r)
+                for s, m, f, b, r in zip(self.scores, matched, feedback, breakdowns, results)]
 
 
 class RolloutScorer(Callback, ABC):
@@ -32,6 +46,11 @@ class RolloutScorer(Callback, ABC):
         """Wait for the scores of the last `begin`, log the solver metrics on `module`, return them."""
 
     @abstractmethod
-    def validate(self, responses: list[str], problems: list) -> None:
-        """Score greedy answers to held-out problems; the callback logs their metrics at the end of
-        the validation pass (one reduction across ranks, so ranks may see different numbers of batches)."""
+    def validate(self, responses: list[str], problems: list) -> RolloutScores:
+        """Score greedy answers to held-out problems (blocking; nothing is recorded yet)."""
+
+    @abstractmethod
+    def record_validation(self, results: list, standing: list[list[bool]], turns_taken: list[int]) -> None:
+        """Record the final answers of a validation batch (their `RolloutScores.results`) and the
+        accuracy after each turn (`app.evaluation.turns`); the callback logs their metrics at the end
+        of the validation pass (one reduction across ranks, so ranks may see different numbers of batches)."""

@@ -91,6 +91,8 @@ def train(cfg: TrainConfig, extra_callbacks: list | None = None) -> tuple[PPOMod
     if cfg.resume is not None and not zipfile.is_zipfile(cfg.resume):  # what torch.save writes
         raise UserError(f"resume={cfg.resume} is not a checkpoint; pass a .ckpt from logs/RUN/version_N/checkpoints/")
     check_ppo_settings(cfg)
+    if cfg.rollout.turns > 1:  # the policy reads what the evaluation found (objective, values, infeasible subset)
+        cfg.evaluation.feedback = True
     # everything that can reject the settings comes before the model, which may take minutes to load
     datamodule = PromptDataModule(
         cfg.data, prompts_per_step=cfg.ppo.prompts_per_step, seed=cfg.seed,

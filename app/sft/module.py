@@ -3,7 +3,9 @@
 The target is the answer the PPO instruction asks for (a model in a ```lp block, then the
 optimal value; with a code preset such as `data.instruction: gurobipy`, the model as a program in
 that library), so the SFT policy starts PPO already speaking the expected format: the record's
-`demonstration` when it has one (a teacher's answer, errors included), else the reference.
+`demonstration` when it has one (a teacher's answer, errors included), else the reference. A
+revision demonstration (a record's `revision`) puts an earlier answer and the evaluation's
+feedback on it before the target, laid out as a multi-turn rollout lays them out.
 Loss: token cross-entropy on the answer tokens only (prompt and padding are ignored). Examples
 over `sft.max_length` are left out and summarized (`app/data/limits.py`); a step whose examples
 were all left out, on every rank, is no optimizer step (optimization is manual for that), and a run
@@ -85,6 +87,9 @@ class SFTModule(pl.LightningModule):
         eos = self.chat.stop_token_ids[0]
         for problem in problems:
             prompt = self.chat.encode_prompt(self.tokenizer, self._messages(problem))
+            if problem.revision:  # the earlier answer and its feedback laid out as in a multi-turn rollout
+                prompt += self.tokenizer.encode(problem.revision["answer"], add_special_tokens=False) + [eos]
+                prompt += self.chat.encode_feedback(self.tokenizer, problem.revision["feedback"], eos)
             target = self.tokenizer.encode(sft_target(problem, self.cfg.data.instruction), add_special_tokens=False) + [eos]
             length = len(prompt) + len(target)
             if not (skips.fits(problem.id, length) if skips else length <= self.cfg.sft.max_length):
