@@ -22,8 +22,10 @@ import pickle
 import re
 import selectors
 import sys
+import threading
 import time
 import types
+from collections.abc import Callable
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +54,9 @@ def _run_task(kind: str, shared, item):
     if kind == "score":
         answer, reference = item
         return score_answer(answer, reference, shared, solve_reference=False)
+    if kind == "stream":  # a streamed answer: its reference model (if its optimum is unknown) is solved here, once per worker
+        answer, reference = item
+        return score_answer(answer, reference, shared)
     if kind == "solve":
         return _solve_item(item, shared)
     if kind == "code":
@@ -105,7 +110,7 @@ def _worker_main(conn, progress) -> None:
 
 
 def _failure(kind: str, item, status: str, reason: str):
-    if kind == "score":
+    if kind in ("score", "stream"):
         terms = {"format": 0.0, "solved": 0.0, "answer": 0.0}
         if item[1].model_text is not None:
             terms["graph"] = 0.0
@@ -184,7 +189,7 @@ class EvaluatorPool:
         self._workers[index] = self._start()
         self.replaced += 1
 
-    def _run(self, kind: str, shared, items: list) -> list:
+    def _run(self, kind: str, shared, items: list, stream: ScoreStream | None = None) -> list:
         """Run items on the workers in chunks; results in item order.
 
         Each worker runs one chunk with at most one more queued, and answers once per chunk. The
@@ -193,6 +198,10 @@ class EvaluatorPool:
         past that, or when the worker dies, the worker is killed and replaced, that task gets the
         reason, and the worker's other unanswered tasks go back to the front of the queue (the
         finished ones of its chunk are run again: their results died with the worker).
+
+        With a `stream`, items keep arriving while it runs: each result goes to its callback as
+        soon as its chunk comes back (and is then dropped here), cancelled items that no worker
+        has taken are skipped, and it returns once the stream is closed and drained.
         """
         if self._executor is None:
             raise RuntimeError("the evaluator pool is closed")
@@ -201,7 +210,10 @@ class EvaluatorPool:
         base_wall = self.config.limits.wall_limit_s
         # a code answer runs before its solve: its deadline, and the start of the worker's sandbox server
         code_wall = base_wall + self.config.code.wall_s + _SANDBOX_START_S
-        walls = [code_wall if kind == "code" or (kind == "score" and _may_hold_code(item[0])) else base_wall for item in items]
+        def wall(item) -> float:
+            return code_wall if kind == "code" or (kind in ("score", "stream") and _may_hold_code(item[0])) else base_wall
+
+        walls = [wall(item) for item in items]
         per_worker = 2 * len(self._workers)
         selector = selectors.DefaultSelector()
 
@@ -222,22 +234,41 @@ class EvaluatorPool:
                 return running[1] + walls[running[0]], running[0]
             return worker.seen + walls[worker.chunks[0][0]], worker.chunks[0][0]
 
+        def deliver(task: int, result) -> None:
+            if stream is None:
+                results[task] = result
+            else:  # the stream's callback owns it now; nothing of a served item stays here
+                items[task] = None
+                stream.deliver(task, result)
+
         def fail(w: int, task: int, status: str, reason: str) -> None:
             worker = self._workers[w]
-            results[task] = _failure(kind, items[task], status, reason)
+            deliver(task, _failure(kind, items[task], status, reason))
             pending.extendleft(reversed([t for chunk in worker.chunks for t in chunk if t != task]))
             worker.chunks.clear()
             replace(w)
 
         for w in range(len(self._workers)):
             watch(w)
+        if stream is not None:
+            selector.register(stream.wakeup, selectors.EVENT_READ, -1)
         try:
             while True:
+                if stream is not None:
+                    for item in stream.take():
+                        items.append(item)
+                        walls.append(wall(item))
+                        results.append(None)
+                        pending.append(len(items) - 1)
                 for w in range(len(self._workers)):
                     while pending and len(self._workers[w].chunks) < 2:
                         worker = self._workers[w]
                         size = min(_CHUNK, max(1, len(pending) // per_worker))
                         chunk = [pending.popleft() for _ in range(min(size, len(pending)))]
+                        if stream is not None:  # a disconnected client's answers: dropped before any worker runs them
+                            chunk = [t for t in chunk if not stream.dropped(t)]
+                            if not chunk:
+                                continue
                         data, chunk = self._pack(kind, shared, items, chunk, results)
                         if data is None:
                             continue
@@ -256,10 +287,11 @@ class EvaluatorPool:
                             worker.seen = time.monotonic()
                         worker.chunks.append(chunk)
                 busy = [w for w in range(len(self._workers)) if self._workers[w].chunks]
-                if not busy:
+                if not busy and (stream is None or (stream.closed and not pending and not stream.waiting())):
                     return results
-                first_deadline = min(deadline(self._workers[w])[0] for w in busy)
-                events = selector.select(max(0.0, first_deadline - time.monotonic()))
+                first_deadline = min((deadline(self._workers[w])[0] for w in busy), default=None)
+                events = selector.select(None if first_deadline is None else max(0.0, first_deadline - time.monotonic()))
+                events = [(key, mask) for key, mask in events if key.data >= 0]
                 readable = {key.data for key, _ in events if key.fileobj is self._workers[key.data].conn}
                 exited = {key.data for key, _ in events} - readable
                 for w in busy:
@@ -271,7 +303,7 @@ class EvaluatorPool:
                             exited.add(w)
                         else:
                             for t, result in zip(worker.chunks.popleft(), out):
-                                results[t] = result
+                                deliver(t, result)
                             worker.seen = time.monotonic()
                             continue
                     when, task = deadline(worker)
@@ -334,6 +366,22 @@ class EvaluatorPool:
             raise RuntimeError("the evaluator pool is closed")
         return self._executor.submit(self._run, "code", self.config, list(codes)).result()
 
+    def stream(self) -> ScoreStream:
+        """Score answers as they arrive (the reward server): `put` each with a callback; the pool
+        is the stream's until `close`, which lets the answers already put finish first."""
+        if self._executor is None:
+            raise RuntimeError("the evaluator pool is closed")
+        stream = ScoreStream()
+        stream.done = self._executor.submit(self._serve, stream)
+        return stream
+
+    def _serve(self, stream: ScoreStream) -> None:
+        try:
+            self._run("stream", self.config, [], stream)
+        except BaseException as err:
+            stream.fail_all(f"evaluator error: {type(err).__name__}: {err}")
+            raise
+
     def worker_info(self) -> list[dict]:
         """pid of each worker and whether torch / lightning are loaded in it (they must not be)."""
         if self._executor is None:
@@ -370,3 +418,83 @@ class EvaluatorPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ScoreStream:
+    """Answers fed to a running pool one request at a time, each result handed to its callback as
+    soon as its worker answers, so a slow answer holds up no other beyond its own deadline.
+    `put`, `drop` and `close` are thread-safe; callbacks run on the pool's thread."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._new: list[tuple[str, Reference]] = []
+        self._callbacks: dict[int, Callable[[ScoreResult], None]] = {}
+        self._next = 0
+        self.closed = False
+        self.done: Future | None = None  # the pool's serving task: finished once closed and drained
+        self.wakeup, self._wake = os.pipe()  # the pool's selector watches `wakeup`
+        os.set_blocking(self.wakeup, False)
+        os.set_blocking(self._wake, False)
+
+    def put(self, answer: str, reference: Reference, callback: Callable[[ScoreResult], None]) -> int:
+        """Queue one answer; returns its ticket (for `drop`)."""
+        with self._lock:
+            if self.closed:
+                raise RuntimeError("the score stream is closed")
+            ticket = self._next
+            self._next += 1
+            self._new.append((answer, reference))
+            self._callbacks[ticket] = callback
+        self._poke()
+        return ticket
+
+    def drop(self, ticket: int) -> None:
+        """Forget an answer nobody waits for: skipped unless a worker already runs it."""
+        with self._lock:
+            self._callbacks.pop(ticket, None)
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+        self._poke()
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._wake, b"x")
+        except BlockingIOError:  # the pipe is full: the pool has wake-ups waiting already
+            pass
+
+    # pool side -----------------------------------------------------------------------------
+
+    def take(self) -> list[tuple[str, Reference]]:
+        """New answers, in ticket order (a ticket is the answer's index in the pool's run)."""
+        try:
+            while os.read(self.wakeup, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            new, self._new = self._new, []
+        return new
+
+    def waiting(self) -> bool:
+        with self._lock:
+            return bool(self._new)
+
+    def dropped(self, ticket: int) -> bool:
+        with self._lock:
+            return ticket not in self._callbacks
+
+    def deliver(self, ticket: int, result: ScoreResult) -> None:
+        with self._lock:
+            callback = self._callbacks.pop(ticket, None)
+        if callback is not None:
+            callback(result)
+
+    def fail_all(self, reason: str) -> None:
+        """The pool's loop stopped: every waiting answer gets an error result, none hangs."""
+        with self._lock:
+            callbacks, self._callbacks = self._callbacks, {}
+            self.closed = True
+        for callback in callbacks.values():
+            callback(ScoreResult(0.0, {"format": 0.0, "solved": 0.0, "answer": 0.0}, "error", reason=reason))
