@@ -263,7 +263,9 @@ class EvaluatorPool:
                 for w in range(len(self._workers)):
                     while pending and len(self._workers[w].chunks) < 2:
                         worker = self._workers[w]
-                        size = min(_CHUNK, max(1, len(pending) // per_worker))
+                        # streamed answers go one per message, so a worker holds at most two and the rest
+                        # stay here, where a disconnected client's answers can still be dropped
+                        size = 1 if stream is not None else min(_CHUNK, max(1, len(pending) // per_worker))
                         chunk = [pending.popleft() for _ in range(min(size, len(pending)))]
                         if stream is not None:  # a disconnected client's answers: dropped before any worker runs them
                             chunk = [t for t in chunk if not stream.dropped(t)]

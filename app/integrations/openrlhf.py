@@ -14,6 +14,7 @@ Evaluation settings: $SOLVER_PPO_EVAL_CONFIG (OpenRLHF passes no arguments to th
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
@@ -22,14 +23,19 @@ from app.integrations import scorer
 AGENT_TURNS = int(os.environ.get("SOLVER_PPO_AGENT_TURNS", "3"))  # answers scored per agent rollout
 
 
+# end-of-sequence and padding markers that OpenRLHF's decode (skip_special_tokens=False) leaves at the end
+_TRAILING_SPECIAL = re.compile(r"(?:\s*(?:<\|[^|<>\s]{1,40}\|>|</s>|<eos>|<pad>|<\|endoftext\|>))+\s*$")
+
+
 def response_of(query: str, prompt: str) -> str:
-    """The response part of a query (prompt + response)."""
+    """The response part of a query (prompt + response), without trailing special tokens."""
     if query.startswith(prompt):
-        return query[len(prompt):]
-    # detokenizing the prompt's ids may not give its text back exactly: cut after its last line
-    tail = prompt.rstrip().rsplit("\n", 1)[-1]
-    at = query.rfind(tail) if tail else -1
-    return query[at + len(tail):] if at >= 0 else query
+        response = query[len(prompt):]
+    else:  # detokenizing the prompt's ids may not give its text back exactly: cut after its last line
+        tail = prompt.rstrip().rsplit("\n", 1)[-1]
+        at = query.rfind(tail) if tail else -1
+        response = query[at + len(tail):] if at >= 0 else query
+    return _TRAILING_SPECIAL.sub("", response)
 
 
 def rewards_payload(rows: list[dict]) -> dict:

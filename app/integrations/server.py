@@ -81,7 +81,7 @@ class RewardService:
             return list(await asyncio.gather(*futures))
         finally:
             for ticket, future in zip(tickets, futures):
-                if not future.done():
+                if future.cancelled() or not future.done():  # gather cancels its futures when the handler is cancelled
                     self.stream.drop(ticket)
                     self.dropped += 1
             self.queued -= len(answers)
