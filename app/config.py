@@ -206,6 +206,8 @@ RANGES: dict[str, str] = {
     "evaluation.weights.solved": "[0, inf)",
     "evaluation.weights.answer": "[0, inf)",
     "evaluation.weights.graph": "[0, inf)",
+    "evaluation.feedback_seconds": "(0, inf)",
+    "evaluation.feedback_values": "[1, inf)",
     "sft.max_steps": "[1, inf)",
     "sft.batch_size": "[1, inf)",
     "sft.lr": "(0, inf)",

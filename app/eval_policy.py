@@ -1,7 +1,8 @@
 """`python -m app eval --model DIR --data FILE`: pass@1 of a policy with the evaluation system.
 
 Greedy answers for every problem of a dataset (any supported format), each scored by the
-SCIP worker pool; prints the summary table and writes per-item results with their reasons.
+SCIP worker pool; prints the summary table and writes per-item results with their reasons and
+the expected answer each was scored against. On a terminal a progress bar shows the running accuracy.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -86,6 +86,7 @@ def evaluate_policy(
     from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, summarize
     from app.models.config import SamplingConfig
     from app.paths import writable_dir
+    from app.progress import progress_bar
 
     if out:
         writable_dir(Path(out).parent, f"--out {out}")
@@ -97,7 +98,8 @@ def evaluate_policy(
         raise UserError(f"{data}: no problems to evaluate")
     rows: list[dict] = []
     scored = []
-    with EvaluatorPool(evaluation) as pool, open(out or os.devnull, "w") as out_file:
+    with (EvaluatorPool(evaluation) as pool, open(out or os.devnull, "w") as out_file,
+          progress_bar(total=len(problems), desc="eval", unit="problem") as bar):
         for start in range(0, len(problems), batch_size):
             batch = problems[start : start + batch_size]
             prompts = [loaded.chat.encode_prompt(loaded.tokenizer, build_messages(p, system_prompt, instruction)) for p in batch]
@@ -110,7 +112,8 @@ def evaluate_policy(
                 rows.append({"id": problem.id, "response": response, **asdict(result)})
                 out_file.write(json.dumps(rows[-1]) + "\n")
             out_file.flush()
-            print(f"evaluated {len(rows)}/{len(problems)}", file=sys.stderr)
+            bar.update(len(batch))
+            bar.set_postfix(accuracy=f"{sum(r.matched for r in scored) / len(scored):.3f}")
     return summarize(scored), rows
 
 

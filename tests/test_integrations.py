@@ -97,3 +97,45 @@ def test_integrations_import_no_torch():
     code = ("import sys, app.integrations.trl, app.integrations.verl, app.integrations.openrlhf, app.integrations.server; "
             "print(sorted(m for m in ('torch', 'lightning', 'transformers', 'peft') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+@pytest.fixture
+def feedback_on():
+    scorer.shutdown()
+    scorer.configure(feedback=True)
+    yield
+    scorer.shutdown()
+    scorer.configure()
+
+
+INFEASIBLE = "Maximize\n obj: x\nSubject To\n low: x >= 4\n high: x <= 3\nEnd"
+GOOD = "Maximize\n obj: 3 x + 2 y\nSubject To\n c1: x + y <= 4\n c2: x + 3 y <= 6\nBounds\n x <= 3\nEnd"  # optimum 11
+
+
+def test_multi_turn_feedback(feedback_on):
+    """TRL's environment tool, veRL's Interaction and OpenRLHF's agent step: the feedback message,
+    turn scores equal to `score`'s, and the end of the episode once the answer matches."""
+    env = trl.SolverEnvironment()
+    env.reset(prompt="p", answer="11")
+    assert "cannot all hold (an irreducible infeasible subset): low, high" in env.check_model(INFEASIBLE)
+    assert "Objective value: 11." in env.check_model("import pyscipopt\nm = pyscipopt.Model()\nx = m.addVar(ub=3)\ny = m.addVar(ub=1)\n"
+                                                     "m.setObjective(3*x + 2*y, 'maximize')\nm.optimize()")
+
+    interaction = verl.SolverInteraction({"name": "solver", "max_turns": 3})
+
+    async def episode():
+        iid = await interaction.start_interaction(ground_truth="11")
+        first = await interaction.generate_response(iid, [{"role": "user", "content": "q"}, {"role": "assistant", "content": f"```lp\n{INFEASIBLE}\n```"}])
+        second = await interaction.generate_response(iid, [{"role": "assistant", "content": f"```lp\n{GOOD}\n```"}])
+        score = await interaction.calculate_score(iid)
+        await interaction.finalize_interaction(iid)
+        return first, second, score
+
+    first, second, score = asyncio.run(episode())
+    assert first[0] is False and "Solver status: infeasible" in first[1] and first[2] == scorer.score_rows([f"```lp\n{INFEASIBLE}\n```"], [scorer.reference_from_label(11)])[0]["reward"]
+    assert second[0] is True and second[2] == score == 1.0
+
+    step = asyncio.run(openrlhf.agent_func({"label": "11", "action_text": f"```lp\n{INFEASIBLE}\n```", "observation_text": "q"}))
+    assert step["done"] is False and "infeasible" in step["environment_feedback"] and step["rewards"].item() == first[2]
+    step2 = asyncio.run(openrlhf.agent_func({"label": "11", "action_text": f"```lp\n{GOOD}\n```", "turn": 1, "previous_reward": step["scores"]}))
+    assert step2["done"] is True and step["rewards"].item() + step2["rewards"].item() == pytest.approx(1.0)  # the steps sum to the last answer's reward

@@ -514,6 +514,7 @@ def generate(n: int, seed: int, difficulty: str | float = "easy", families: list
     """
     from app.evaluation import read_model, solve_model
     from app.evaluation.config import SolverLimits
+    from app.progress import progress_bar
 
     names = _family_names(families)
     lvl = level(difficulty)
@@ -522,7 +523,7 @@ def generate(n: int, seed: int, difficulty: str | float = "easy", families: list
     limits = SolverLimits()
     seen = set(exclude)
     items = []
-    for i in range(n):
+    for i in progress_bar(range(n), desc=f"make-data {split}", unit="problem"):
         family = names[i % len(names)]
         infeasible = rng.random() < infeasible_fraction
         repeats = 0

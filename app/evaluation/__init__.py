@@ -11,6 +11,7 @@ import importlib
 _EXPORTS = {
     "EvaluationConfig": "config", "MatchRule": "config", "RewardWeights": "config", "SolverLimits": "config",
     "Extraction": "extract", "extract_model": "extract",
+    "feedback_message": "feedback",
     "equivalent": "graph", "graph_distance": "graph", "model_graph": "graph",
     "Constraint": "model", "Model": "model", "ModelReadError": "model", "Variable": "model", "read_model": "model",
     "to_lp_text": "model",
@@ -45,6 +46,7 @@ __all__ = [
     "Variable",
     "equivalent",
     "extract_model",
+    "feedback_message",
     "format_summary_table",
     "graph_distance",
     "model_graph",

@@ -50,6 +50,7 @@ class CaptureOutcome:
     fmt: str | None = None  # 'mps' | 'lp'
     library: str | None = None
     sense_free: bool = False  # scipy: the library only minimizes, see `orient`
+    line: int | None = None  # syntax_error / exception: the line of the answer's code it names
 
 
 class SolveCalled(BaseException):
@@ -450,7 +451,7 @@ def run_captured(code: str, workdir: str, limits: SolverLimits | None = None) ->
         compiled = compile(code, "<answer>", "exec")
     except SyntaxError as err:
         return CaptureOutcome("syntax_error", f"{type(err).__name__}: {_one_line(err.msg)} (answer line {err.lineno})",
-                              library=library)
+                              library=library, line=err.lineno)
     except ValueError as err:  # null bytes
         return CaptureOutcome("syntax_error", f"the code cannot be compiled: {_one_line(err)}", library=library)
     # the imported ones, and every supported library already loaded (an import the parser cannot see)
@@ -466,6 +467,7 @@ def run_captured(code: str, workdir: str, limits: SolverLimits | None = None) ->
             wanted.discard(name)
     cwd = os.getcwd()
     error: str | None = None
+    line: int | None = None
     with hooks(sorted(wanted), cap):
         try:
             os.chdir(workdir)
@@ -484,7 +486,7 @@ def run_captured(code: str, workdir: str, limits: SolverLimits | None = None) ->
         return cap.outcome
     if error is not None:
         status = "no_solve" if error.startswith("the code exited") else "exception"
-        return CaptureOutcome(status, error, library=library)
+        return CaptureOutcome(status, error, library=library, line=line)
     return CaptureOutcome("no_solve", f"no solve call: the code ended without calling {SOLVE_CALLS[library]} ({library})",
                           library=library)
 

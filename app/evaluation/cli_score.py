@@ -3,6 +3,8 @@
 Problems: JSONL with `id`, `question`, `answer` (number or "infeasible"; also `en_answer`,
 `Answer`, or OptiBench's `results` dict) and optional `reference_model` (LP/MPS text). Answers:
 JSONL with `id` and `answer` (or `response` / `output` / `text`), matched by id, else by order.
+With --feedback each row also carries the message a policy would read about its answer
+(app/evaluation/feedback.py) and, for an infeasible model, an irreducible infeasible subset.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import sys
 from collections import Counter
 
 from app.errors import UserError
+from app.progress import progress_bar
 from app.evaluation.cli_common import add_limit_arguments, config_from_args, read_text
+from app.evaluation.feedback import feedback_message
 from app.evaluation.pool import EvaluatorPool
 from app.evaluation.reward import Reference, ScoreResult
 from app.evaluation.summary import summarize
@@ -28,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="write per-item JSON lines here (default: stdout)")
     parser.add_argument("--match", choices=["abs_rel", "relative"], help="matching rule (default abs_rel)")
     parser.add_argument("--tolerance", type=float, help="matching tolerance (default 1e-6)")
+    parser.add_argument("--feedback", action="store_true",
+                        help="add to each row the feedback a policy reads about its answer ('feedback') and, for an "
+                             "infeasible model, 'infeasible_subset' (constraint names as written, or 'row N')")
     add_limit_arguments(parser)
 
 
@@ -72,6 +79,7 @@ def _response(path: str, lineno: int, row: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    config.feedback = args.feedback
     problems = _jsonl(args.data)
     answers = _jsonl(args.answers)
     ids = [str(row.get("id", k)) for k, (_, row) in enumerate(problems)]
@@ -83,12 +91,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise UserError(f"{args.answers}: {len(answers)} answers for {len(problems)} problems, and their ids do not cover the problems")
     items = [(_response(args.answers, a_line, a_row), _reference(args.data, p_line, p_row)) for (p_line, p_row), (a_line, a_row) in zip(problems, paired)]
-    with EvaluatorPool(config) as pool:
-        results = pool.score_many(items)
+    with EvaluatorPool(config) as pool, progress_bar(total=len(items), desc="score", unit="answer") as bar:
+        results = pool.score_many(items, bar.update)
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     try:
-        for item_id, (_, ref), r in zip(ids, items, results):
-            print(json.dumps({"id": item_id, **result_row(r, ref)}), file=out)
+        for item_id, r in zip(ids, results):
+            print(json.dumps({"id": item_id, **result_row(r, args.feedback)}), file=out)
     finally:
         if args.out:
             out.close()
@@ -96,13 +104,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def result_row(r: ScoreResult, ref: Reference) -> dict:
+def result_row(r: ScoreResult, feedback: bool = False) -> dict:
     """One scored answer as `score` writes it (less the id); the engine adapters and the reward
     server give exactly these values."""
-    reference = "infeasible" if ref.infeasible else ref.value
-    return {"reward": round(r.reward, 6), "status": r.status, "objective": r.objective, "reference": reference,
-            "matched": r.matched, "graph_distance": r.graph_distance, "final_answer": r.final_answer,
-            "breakdown": {k: round(v, 6) for k, v in r.breakdown.items()}, "solve_seconds": round(r.solve_seconds, 6), "reason": r.reason}
+    row = {"reward": round(r.reward, 6), "status": r.status, "objective": r.objective, "expected": r.expected,
+           "matched": r.matched, "graph_distance": r.graph_distance, "final_answer": r.final_answer,
+           "breakdown": {k: round(v, 6) for k, v in r.breakdown.items()}, "solve_seconds": round(r.solve_seconds, 6), "reason": r.reason}
+    if feedback:
+        row["feedback"] = feedback_message(r)
+        if r.status == "infeasible":
+            row["infeasible_subset"] = r.infeasible_subset
+    return row
 
 
 def _summary(ids: list[str], results: list) -> str:

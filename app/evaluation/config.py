@@ -64,3 +64,9 @@ class EvaluationConfig:
     # How code answers are isolated: 'strict' (namespaces or refuse to run), 'auto' (namespaces
     # where the kernel allows, else 'audit' with a one-line warning), 'audit' (limits + audit hook).
     sandbox: str = "auto"
+    # What app/evaluation/feedback.py tells a policy about its answer: with it on, scoring also keeps
+    # the nonzero values of a solution, searches an infeasible model for an irreducible infeasible
+    # subset and an unbounded one for a variable that grows without end. Off: no extra SCIP work.
+    feedback: bool = False
+    feedback_seconds: float = 2.0  # SCIP's time per answer for that search (infeasible subset, or unbounded ray)
+    feedback_values: int = 10  # nonzero variables kept (and shown) per solution, in the model's order

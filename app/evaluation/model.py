@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 INF = math.inf
@@ -45,6 +46,11 @@ class Constraint:
     sense: str  # '<=' | '>=' | '='
     rhs: float
     quad: dict[tuple[str, str], float] = field(default_factory=dict)
+    # Where a reader found it, for messages about the text as written (not part of the model):
+    # its number among the text's constraints (1-based; both rows of a ranged constraint share it,
+    # 0 when not read from text) and its name there (None when the text gives none).
+    row: int = field(default=0, compare=False)
+    label: str | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -78,6 +84,26 @@ class Model:
     def objective_is_constant(self) -> bool:
         """True when no variable appears in the objective: solving it only restates obj_constant."""
         return not any(q != 0.0 for q in self.quad_obj.values()) and not any(v.obj != 0.0 for v in self.variables)
+
+
+def row_names(model: Model) -> list[str]:
+    """Each constraint as its text named it, for messages about the answer: its name where the
+    text gives one used by no other constraint, else `row N` (its number in the text); the rows of
+    one ranged constraint add which side they are."""
+    rows = [c.row or i + 1 for i, c in enumerate(model.constraints)]
+    labels = [c.label if c.row else c.name for c in model.constraints]
+    rows_of: dict[str, set[int]] = {}
+    for label, row in zip(labels, rows):
+        if label is not None:
+            rows_of.setdefault(label, set()).add(row)
+    halves = {row for row, n in Counter(rows).items() if n > 1}
+    names = []
+    for c, label, row in zip(model.constraints, labels, rows):
+        name = label if label is not None and len(rows_of[label]) == 1 else f"row {row}"
+        if row in halves:
+            name += " (lower side)" if c.sense == ">=" else " (upper side)"
+        names.append(name)
+    return names
 
 
 def quad_key(a: str, b: str) -> tuple[str, str]:
@@ -190,6 +216,7 @@ class _LPReader:
         self.text = text
         self.vars: dict[str, Variable] = {}
         self.model = Model()
+        self.rows = 0  # constraints read so far, as written (a ranged one counts once)
 
     def var(self, name: str) -> Variable:
         v = self.vars.get(name)
@@ -386,16 +413,17 @@ class _LPReader:
             if i < len(toks) and toks[i].kind not in ("name", "op", "num", "inf", "bracket"):
                 raise ModelReadError(_unexpected(toks[i]), toks[i].line)
             label = name or f"R{len(self.model.constraints) + 1}"
+            self.rows += 1
             if len(senses) == 1:
-                self._add_row(label, sides[0], senses[0], sides[1])
+                self._add_row(label, sides[0], senses[0], sides[1], name)
             elif len(senses) == 2 and senses[0] == senses[1] != "=" and not sides[0].has_vars and not sides[2].has_vars:
                 # ranged row `lo <= expr <= hi`: two rows
-                self._add_row(f"{label}_lo", sides[0], senses[0], sides[1])
-                self._add_row(f"{label}_hi", sides[1], senses[1], sides[2])
+                self._add_row(f"{label}_lo", sides[0], senses[0], sides[1], name)
+                self._add_row(f"{label}_hi", sides[1], senses[1], sides[2], name)
             else:
                 raise ModelReadError("a chained constraint must read 'constant <= expression <= constant'", start.line)
 
-    def _add_row(self, name: str, left: _Side, sense: str, right: _Side) -> None:
+    def _add_row(self, name: str, left: _Side, sense: str, right: _Side, label: str | None) -> None:
         if not left.has_vars and right.has_vars:  # `3 <= y + 2 z` reads as `y + 2 z >= 3`
             left, right, sense = right, left, _FLIP[sense]
         coefs = dict(left.coefs)
@@ -406,7 +434,7 @@ class _LPReader:
             quad[k] = quad.get(k, 0.0) - c
         coefs = {v: c for v, c in coefs.items() if c != 0.0}
         quad = {k: c for k, c in quad.items() if c != 0.0}
-        self.model.constraints.append(Constraint(name, coefs, sense, right.const - left.const, quad))
+        self.model.constraints.append(Constraint(name, coefs, sense, right.const - left.const, quad, self.rows, label))
 
     def _bounds(self, toks: list[_Tok]) -> None:
         lines: dict[int, list[_Tok]] = {}
@@ -562,7 +590,7 @@ def _read_mps(text: str) -> Model:
                         obj_row = name
                     rows[name] = ("N", None)
                 elif kind in ("L", "G", "E"):
-                    con = Constraint(name, {}, {"L": "<=", "G": ">=", "E": "="}[kind], 0.0)
+                    con = Constraint(name, {}, {"L": "<=", "G": ">=", "E": "="}[kind], 0.0, row=len(model.constraints) + 1, label=name)
                     rows[name] = (kind, con)
                     model.constraints.append(con)
                 else:
@@ -643,7 +671,7 @@ def _read_mps(text: str) -> Model:
         lo, hi = _range(con.sense, con.rhs, r)
         # a ranged row becomes two rows
         con.sense, con.rhs = ">=", lo
-        model.constraints.append(Constraint(f"{name}_range", dict(con.coefs), "<=", hi, dict(con.quad)))
+        model.constraints.append(Constraint(f"{name}_range", dict(con.coefs), "<=", hi, dict(con.quad), con.row, con.label))
     return model
 
 

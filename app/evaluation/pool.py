@@ -25,8 +25,8 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -114,7 +114,7 @@ def _failure(kind: str, item, status: str, reason: str):
         terms = {"format": 0.0, "solved": 0.0, "answer": 0.0}
         if item[1].model_text is not None:
             terms["graph"] = 0.0
-        return ScoreResult(0.0, terms, status, reason=reason)
+        return ScoreResult(0.0, terms, status, reason=reason, expected=item[1].expected, verdict=reason)
     return SolveResult(status, reason=reason)
 
 
@@ -189,8 +189,9 @@ class EvaluatorPool:
         self._workers[index] = self._start()
         self.replaced += 1
 
-    def _run(self, kind: str, shared, items: list, stream: ScoreStream | None = None) -> list:
-        """Run items on the workers in chunks; results in item order.
+    def _run(self, kind: str, shared, items: list, progress: Callable[[int], None] | None = None, stream: ScoreStream | None = None) -> list:
+        """Run items on the workers in chunks; results in item order; `progress(n)` hears of every
+        n results that arrive (a chunk, or a task that failed).
 
         Each worker runs one chunk with at most one more queued, and answers once per chunk. The
         running task (read from the worker's progress record) gets `wall_limit_s` from its start
@@ -208,6 +209,8 @@ class EvaluatorPool:
         results: list = [None] * len(items)
         pending = deque(range(len(items)))
         base_wall = self.config.limits.wall_limit_s
+        if kind in ("score", "stream") and self.config.feedback:  # an infeasible or unbounded answer's search comes after its solve
+            base_wall += self.config.feedback_seconds
         # a code answer runs before its solve: its deadline, and the start of the worker's sandbox server
         code_wall = base_wall + self.config.code.wall_s + _SANDBOX_START_S
         def wall(item) -> float:
@@ -244,6 +247,8 @@ class EvaluatorPool:
         def fail(w: int, task: int, status: str, reason: str) -> None:
             worker = self._workers[w]
             deliver(task, _failure(kind, items[task], status, reason))
+            if progress is not None:
+                progress(1)
             pending.extendleft(reversed([t for chunk in worker.chunks for t in chunk if t != task]))
             worker.chunks.clear()
             replace(w)
@@ -271,7 +276,12 @@ class EvaluatorPool:
                             chunk = [t for t in chunk if not stream.dropped(t)]
                             if not chunk:
                                 continue
-                        data, chunk = self._pack(kind, shared, items, chunk, results)
+                        data, sent = self._pack(kind, shared, items, chunk, results)
+                        for t in set(chunk) - set(sent):  # those that do not pickle have their results
+                            deliver(t, results[t])
+                        if progress is not None and len(sent) < len(chunk):
+                            progress(len(chunk) - len(sent))
+                        chunk = sent
                         if data is None:
                             continue
                         if worker.chunks and len(data) > _QUEUED_CHUNK_BYTES:  # too big to queue: wait until idle
@@ -307,6 +317,8 @@ class EvaluatorPool:
                             for t, result in zip(worker.chunks.popleft(), out):
                                 deliver(t, result)
                             worker.seen = time.monotonic()
+                            if progress is not None:
+                                progress(len(out))
                             continue
                     when, task = deadline(worker)
                     if w in exited:
@@ -336,7 +348,7 @@ class EvaluatorPool:
                 return None, good
             return pickle.dumps((kind, shared, [(t, items[t]) for t in good]), pickle.HIGHEST_PROTOCOL), good
 
-    def _score_batch(self, items: list[tuple[str, Reference]]) -> list[ScoreResult]:
+    def _score_batch(self, items: list[tuple[str, Reference]], progress: Callable[[int], None] | None = None) -> list[ScoreResult]:
         # Reference models without a known optimum: solved once per text hash, on the workers, and cached.
         keys = [ref.key if ref.value is None and not ref.infeasible else None for _, ref in items]
         todo = {key: ref for key, (_, ref) in zip(keys, items) if key is not None and key not in self._references}
@@ -345,16 +357,17 @@ class EvaluatorPool:
             for (key, ref), result in zip(todo.items(), solved):
                 self._references[key] = (reference_from_solve(ref, result), result.reason)
         tasks = [(answer, ref if key is None else self._references[key][0]) for key, (answer, ref) in zip(keys, items)]
-        return self._run("score", self.config, tasks)
+        return self._run("score", self.config, tasks, progress)
 
-    def submit(self, items: list[tuple[str, Reference]]) -> Future:
-        """Score in the background; `.result()` gives list[ScoreResult] in order."""
+    def submit(self, items: list[tuple[str, Reference]], progress: Callable[[int], None] | None = None) -> Future:
+        """Score in the background; `.result()` gives list[ScoreResult] in order. `progress(n)` is
+        called (from the pool's thread) as every n answers are scored, e.g. a progress bar's update."""
         if self._executor is None:
             raise RuntimeError("the evaluator pool is closed")
-        return self._executor.submit(self._score_batch, list(items))
+        return self._executor.submit(self._score_batch, list(items), progress)
 
-    def score_many(self, items: list[tuple[str, Reference]]) -> list[ScoreResult]:
-        return self.submit(items).result()
+    def score_many(self, items: list[tuple[str, Reference]], progress: Callable[[int], None] | None = None) -> list[ScoreResult]:
+        return self.submit(items, progress).result()
 
     def solve_many(self, models_or_texts: list[Model | str]) -> list[SolveResult]:
         limits = self.config.limits
@@ -379,7 +392,7 @@ class EvaluatorPool:
 
     def _serve(self, stream: ScoreStream) -> None:
         try:
-            self._run("stream", self.config, [], stream)
+            self._run("stream", self.config, [], stream=stream)
         except BaseException as err:
             stream.fail_all(f"evaluator error: {type(err).__name__}: {err}")
             raise

@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.evaluation.config import EvaluationConfig, MatchRule, SolverLimits
 from app.evaluation.capture import SUPPORTED, CaptureOutcome, orient
 from app.evaluation.extract import extract_model
 from app.evaluation.graph import graph_distance
 from app.evaluation.model import Model, ModelReadError, read_model
-from app.evaluation.solve import SolveResult, solve_model
+from app.evaluation.solve import SolveResult, growing_variable, infeasible_subset, solve_model
 
 _INFEASIBLE_WORDS = ("infeasible", "no best solution", "no feasible solution", "no solution")
 
@@ -47,6 +47,11 @@ class Reference:
         return cls(value, False, model_text)
 
     @property
+    def expected(self) -> float | str | None:
+        """The answer to match, as result rows show it: the optimum, "infeasible", or None (unknown)."""
+        return "infeasible" if self.infeasible else self.value
+
+    @property
     def key(self) -> str | None:
         """Cache key of the reference model (hash of its text)."""
         return None if self.model_text is None else hashlib.sha256(self.model_text.encode()).hexdigest()
@@ -65,6 +70,17 @@ class ScoreResult:
     solve_seconds: float = 0.0
     n_vars: int = 0
     n_cons: int = 0
+    expected: float | str | None = None  # the reference answer it was scored against: its optimum, "infeasible", or None (unknown)
+    # The answer's own verdict, the same whatever the reference (all that app/evaluation/feedback.py reads):
+    verdict: str = ""  # why it has its status, about the answer alone (`reason` adds the comparison with the reference)
+    error_line: int | None = None  # the line a syntax error, exception or read error names (of the code, or of the model text)
+    model_objective: float | None = None  # the optimum (or best found) of the model in the sense it was written
+    # ... and with evaluation.feedback only:
+    nonzero_values: list[tuple[str, float]] = field(default_factory=list)  # the first evaluation.feedback_values, in the model's order
+    n_nonzero: int | None = None  # nonzero variables in the solution (nonzero_values may hold fewer); None: not counted
+    infeasible_subset: list[str] | None = None  # infeasible: an irreducible infeasible subset as named in the answer; [] when none was found in evaluation.feedback_seconds
+    unbounded_variable: str | None = None  # unbounded: a variable that grows (unbounded_direction 1) or falls (-1) without end
+    unbounded_direction: int = 0
 
 
 def objective_matches(pred: SolveResult, ref_value: float | None, ref_infeasible: bool, rule: MatchRule) -> bool:
@@ -153,14 +169,18 @@ def score_answer(answer: str | bytes, reference: Reference, config: EvaluationCo
     if has_graph:
         terms["graph"] = 0.0
 
-    def done(status: str, reason: str, **kw) -> ScoreResult:
+    def done(status: str, verdict: str, reason: str | None = None, **kw) -> ScoreResult:
+        """`verdict` says why the answer has its status; `reason` (default: the verdict) also
+        says how it compares with the reference."""
         w = config.weights
         weights = {k: getattr(w, k) for k in terms}
         total = sum(weights.values())
         reward = sum(weights[k] * terms[k] for k in terms) / total if total > 0 else 0.0
+        reason = verdict if reason is None else reason
         if ref_error:
             reason = f"{reason}; {ref_error}" if reason else ref_error
-        return ScoreResult(min(max(reward, 0.0), 1.0), dict(terms), status, reason=reason, **kw)
+        return ScoreResult(min(max(reward, 0.0), 1.0), dict(terms), status, reason=reason, expected=reference.expected,
+                           verdict=verdict, **kw)
 
     if len(answer) > limits.max_answer_chars:
         return done("rejected", f"answer has {len(answer)} characters, over the limit of {limits.max_answer_chars}")
@@ -173,12 +193,15 @@ def score_answer(answer: str | bytes, reference: Reference, config: EvaluationCo
     if ext.fmt == "python":  # code answer: run in the sandbox, the model it builds is what counts
         outcome = run_code(ext.text, ext.library, config)
         if outcome.status != "captured":
-            return done(outcome.status, f"{outcome.library or ext.library}: {outcome.reason}", final_answer=ext.final_answer)
+            return done(outcome.status, f"{outcome.library or ext.library}: {outcome.reason}", final_answer=ext.final_answer,
+                        error_line=outcome.line)
         text, fmt, sense_free = outcome.model_text, outcome.fmt, outcome.sense_free
     try:
         model = read_model(text, fmt)
-    except ModelReadError as err:
-        return done("parse_error", f"model not readable: {err}", final_answer=ext.final_answer)
+    except ModelReadError as err:  # a captured model's lines are not the answer's
+        return done("parse_error", f"model not readable: {err}", final_answer=ext.final_answer,
+                    error_line=err.line if ext.fmt != "python" else None)
+    written_sense = model.sense
     if sense_free:
         model = orient(model, ref_model.sense if ref_model is not None else None)
     terms["format"] = 1.0
@@ -201,8 +224,10 @@ def score_answer(answer: str | bytes, reference: Reference, config: EvaluationCo
             reason = f"objective {result.objective:g}, but the reference optimum is unknown"
         else:
             reason = f"objective {result.objective:g} does not match the reference {reference.value:g}"
+    flipped = model.sense != written_sense  # oriented to the reference: the answer's own objective has the other sign
     return done(
         result.status,
+        result.reason,
         reason,
         objective=result.objective,
         matched=matched,
@@ -211,4 +236,20 @@ def score_answer(answer: str | bytes, reference: Reference, config: EvaluationCo
         solve_seconds=result.solve_seconds,
         n_vars=result.n_vars,
         n_cons=result.n_cons,
+        model_objective=-result.objective if flipped and result.objective is not None else result.objective,
+        **(solver_feedback(model, result, config) if config.feedback else {}),
     )
+
+
+def solver_feedback(model: Model, result: SolveResult, config: EvaluationConfig) -> dict:
+    """The ScoreResult fields that only feedback needs: the solution's nonzero values, an
+    infeasible subset, a variable that grows without end (the last two cost more SCIP work)."""
+    if result.status in ("optimal", "timelimit"):
+        nonzero = [(v.name, result.values[v.name]) for v in model.variables if abs(result.values.get(v.name, 0.0)) > 1e-9]
+        return {"nonzero_values": nonzero[: config.feedback_values], "n_nonzero": len(nonzero)}
+    if result.status == "infeasible":
+        return {"infeasible_subset": infeasible_subset(model, config.limits, config.feedback_seconds) or []}
+    if result.status == "unbounded":
+        found = growing_variable(model, result, config.limits, config.feedback_seconds)
+        return {} if found is None else {"unbounded_variable": found[0], "unbounded_direction": found[1]}
+    return {}

@@ -852,6 +852,8 @@ def _outcome(reply: dict) -> CaptureOutcome:
     for key in ("reason", "model_text", "fmt", "library"):
         if fields[key] is not None and not isinstance(fields[key], str):
             fields[key] = None
+    line = reply.get("line")
+    fields["line"] = line if isinstance(line, int) and not isinstance(line, bool) else None
     return CaptureOutcome(**fields)
 
 

@@ -15,12 +15,15 @@ them), so the instance is replaced after `_RECYCLE_OBJECTS` of them, and after a
 
 from __future__ import annotations
 
+import math
 import threading
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 
 from app.evaluation.config import SolverLimits
-from app.evaluation.model import Model, Variable
+from app.evaluation.model import INF, Model, Variable, row_names
 
+_ROW, _SEMI = "row:", "semi:"  # SCIP names of a model's row i and of a semi-continuous variable's rows
 STATUSES = ("optimal", "infeasible", "unbounded", "inf_or_unbd", "timelimit", "error", "rejected")
 
 
@@ -33,6 +36,7 @@ class SolveResult:
     reason: str = ""
     n_vars: int = 0
     n_cons: int = 0
+    ray: dict[str, float] = field(default_factory=dict)  # unbounded: SCIP's primal ray, nonzero entries, where it kept one
 
 
 def size_problem(model: Model, limits: SolverLimits) -> str | None:
@@ -111,17 +115,17 @@ def _build(model: Model, with_objective: bool):
     for name, rows in semi.items():  # x = 0 when the switch is off, lb <= x <= ub when it is on
         x, on = svars[name], scip.addVar(name=f"{name}_on", vtype="B")
         for active, sense, bound in rows:
-            scip.addConsIndicator(x <= bound if sense == "<=" else -x <= -bound, binvar=on, activeone=active, name=f"{name}_semi")
-    for c in model.constraints:
+            scip.addConsIndicator(x <= bound if sense == "<=" else -x <= -bound, binvar=on, activeone=active, name=f"{_SEMI}{name}")
+    for i, c in enumerate(model.constraints):  # named by position: the model's names may repeat
         expr = quicksum(coef * svars[name] for name, coef in c.coefs.items())
         if c.quad:
             expr += quicksum(coef * svars[a] * svars[b] for (a, b), coef in c.quad.items())
         if c.sense == "<=":
-            scip.addCons(expr <= c.rhs, name=c.name)
+            scip.addCons(expr <= c.rhs, name=f"{_ROW}{i}")
         elif c.sense == ">=":
-            scip.addCons(expr >= c.rhs, name=c.name)
+            scip.addCons(expr >= c.rhs, name=f"{_ROW}{i}")
         else:
-            scip.addCons(expr == c.rhs, name=c.name)
+            scip.addCons(expr == c.rhs, name=f"{_ROW}{i}")
     if quad_obj:
         t = scip.addVar(name="quadratic_objective", vtype="C", lb=None, ub=None, obj=1.0)
         q = quicksum(coef * svars[a] * svars[b] for (a, b), coef in model.quad_obj.items())
@@ -148,10 +152,11 @@ def _semi_rows(v: Variable) -> list[tuple[bool, str, float]]:
     return rows
 
 
-def _solve(model: Model, limits: SolverLimits, time_limit: float, with_objective: bool = True) -> SolveResult:
+def _solve(model: Model, limits: SolverLimits, time_limit: float, with_objective: bool = True, presolve: bool = True) -> SolveResult:
     scip, svars = _build(model, with_objective)
     scip.setParam("limits/time", max(time_limit, 0.01))  # set on every solve: the instance is reused
     scip.setParam("limits/memory", float(limits.memory_limit_mb))
+    scip.setParam("presolving/maxrounds", -1 if presolve else 0)
     scip.optimize()
     status = scip.getStatus()
     seconds = scip.getSolvingTime()
@@ -162,6 +167,8 @@ def _solve(model: Model, limits: SolverLimits, time_limit: float, with_objective
         if status != "unbounded":
             result.objective = scip.getSolObjVal(sol) + model.obj_constant
         result.values = {name: scip.getSolVal(sol, var) for name, var in svars.items()}
+    if status == "unbounded" and scip.hasPrimalRay():
+        result.ray = {name: ray for name, var in svars.items() if abs(ray := scip.getPrimalRayVal(var)) > 1e-9}
     result.reason = {
         "optimal": "",
         "infeasible": "SCIP proved the model infeasible",
@@ -184,3 +191,105 @@ def _resolve_inf_or_unbd(model: Model, limits: SolverLimits, first: SolveResult)
     if check.status == "infeasible":
         return SolveResult("infeasible", solve_seconds=seconds, reason="SCIP proved the model infeasible")
     return first
+
+
+# ----------------------------------------------------------------------------- what feedback shows
+
+
+def growing_variable(model: Model, result: SolveResult, limits: SolverLimits, seconds: float) -> tuple[str, int] | None:
+    """(name, +1 or -1): a variable that grows or falls without end in an unbounded model, the
+    largest entry of SCIP's primal ray (ties: one in the objective, then the first). When presolving
+    proved it unbounded no ray is kept; a solve without presolving (in `seconds`) finds one from
+    the LP."""
+    ray = result.ray
+    if not ray:
+        try:
+            ray = _solve(model, limits, seconds, presolve=False).ray
+        except Exception:
+            reset_scip()
+            return None
+    if not ray:
+        return None
+    in_objective = {v.name for v in model.variables if v.obj != 0.0} | {n for key in model.quad_obj for n in key}
+    order = {name: i for i, name in enumerate(ray)}
+    name = max(ray, key=lambda n: (abs(ray[n]), n in in_objective, -order[n]))
+    return name, 1 if ray[name] > 0 else -1
+
+
+def infeasible_subset(model: Model, limits: SolverLimits, seconds: float) -> list[str] | None:
+    """An irreducible infeasible subset of an infeasible model's constraints and bounds, named as its
+    text names them (model.row_names; bounds as `x >= 0`), or None when none is found in `seconds`.
+
+    SCIP's IIS finder reduces the constraints with every bound kept (with `iis/removebounds` it also
+    drops bounds, but then returns wrong subsets: 2x - 2y = 1 over integers loses its only row);
+    the bounds of the variables in those rows are then dropped one at a time while the rows and the
+    bounds left stay infeasible (each drop a small solve)."""
+    deadline = time.monotonic() + seconds
+    try:
+        scip, _ = _build(model, with_objective=False)
+        scip.setParam("limits/time", max(seconds, 0.01))
+        scip.setParam("limits/memory", float(limits.memory_limit_mb))
+        scip.setParam("iis/time", max(seconds, 0.01))
+        scip.setParam("iis/removebounds", False)
+        iis = scip.generateIIS()
+        if not (iis.isSubscipInfeasible() and iis.isSubscipIrreducible()):
+            return None
+        names = [c.name for c in iis.getSubscip().getConss(transformed=False)]
+    except Exception:
+        reset_scip()
+        return None
+    rows = sorted(int(n[len(_ROW):]) for n in names if n.startswith(_ROW))
+    semi = sorted({n[len(_SEMI):] for n in names if n.startswith(_SEMI)})
+    bounds = _needed_bounds(model, rows, semi, limits, deadline)
+    if bounds is None:
+        return None
+    shown = row_names(model)
+    return [shown[i] for i in rows] + [f"{name} semi-continuous" for name in semi] + bounds
+
+
+def _needed_bounds(model: Model, rows: list[int], semi: list[str], limits: SolverLimits, deadline: float) -> list[str] | None:
+    """The finite bounds of the variables in `rows` that the rows need to stay infeasible (a deletion
+    filter: drop a bound, keep it dropped while the rest is still infeasible); None past the deadline.
+    Without rows the conflict is in single variables' own bounds (and integrality)."""
+    by_name = {v.name: v for v in model.variables}
+    if not rows:
+        alone = [v for v in model.variables if not v.semi and _empty_domain(v)]
+        return None if not alone else [text for v in alone[:1] for text in _bound_texts(v.name, v.lb, v.ub)]
+    used = {n for i in rows for n in (*model.constraints[i].coefs, *(x for key in model.constraints[i].quad for x in key))}
+    variables = []
+    for v in model.variables:
+        if v.name in used or v.name in semi:
+            if v.semi and v.name not in semi:  # its switch rows are not in the subset: only its SCIP bounds count
+                v = replace(v, semi=False, lb=min(v.lb, 0.0), ub=max(v.ub, 0.0))
+            variables.append(replace(v, vtype="I" if v.vtype == "B" else v.vtype))
+    sub = Model(variables, [model.constraints[i] for i in rows])
+    kept = []
+    for v in variables:
+        if v.semi:  # kept whole: "x semi-continuous" names its bounds' role
+            kept += _bound_texts(v.name, min(v.lb, 0.0), max(v.ub, 0.0))
+            continue
+        for side in ("lb", "ub"):
+            bound = getattr(v, side)
+            if math.isinf(bound):
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            setattr(v, side, -INF if side == "lb" else INF)
+            if _solve(sub, limits, left, with_objective=False).status != "infeasible":
+                setattr(v, side, bound)
+                kept += _bound_texts(v.name, bound if side == "lb" else -INF, bound if side == "ub" else INF)
+    return kept
+
+
+def _empty_domain(v: Variable) -> bool:
+    """No value satisfies the variable's own bounds (and integrality)."""
+    if v.lb > v.ub:
+        return True
+    return v.vtype != "C" and math.isfinite(v.lb) and math.isfinite(v.ub) and math.floor(v.ub + 1e-9) < math.ceil(v.lb - 1e-9)
+
+
+def _bound_texts(name: str, lb: float, ub: float) -> list[str]:
+    if math.isfinite(lb) and lb == ub:
+        return [f"{name} = {lb:g}"]
+    return ([f"{name} >= {lb:g}"] if math.isfinite(lb) else []) + ([f"{name} <= {ub:g}"] if math.isfinite(ub) else [])

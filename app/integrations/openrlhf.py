@@ -18,6 +18,7 @@ import re
 
 import numpy as np
 
+from app.evaluation.feedback import feedback_message
 from app.integrations import scorer
 
 AGENT_TURNS = int(os.environ.get("SOLVER_PPO_AGENT_TURNS", "3"))  # answers scored per agent rollout
@@ -66,11 +67,9 @@ async def agent_func(states: dict) -> dict:
     """One agent step: score the turn's answer, reply with the solver's feedback, stop once it
     matches or after AGENT_TURNS answers. Step rewards are differences of successive scores, so
     OpenRLHF's sum over the steps is the last answer's reward (exactly `score`'s)."""
-    from app.evaluation.feedback import feedback_message
-
     reference = scorer.reference_from_label(states["label"])
     [result] = await scorer.score_results_async([states["action_text"]], [reference])
-    row = scorer.result_row(result, reference)
+    row = scorer.result_row(result)
     turn = states.get("turn", 0) + 1
     done = row["matched"] or turn >= AGENT_TURNS
     feedback = "" if done else f"\n{feedback_message(result)}\n"
@@ -93,6 +92,7 @@ def __getattr__(name: str):
 
     class SolverAgent(AgentInstanceBase):
         def __init__(self, *args, **kwargs):
+            scorer.require_feedback()
             self.turn = 0
             self.reward = 0.0
 

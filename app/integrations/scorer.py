@@ -14,7 +14,7 @@ import atexit
 import json
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -101,6 +101,19 @@ def settings() -> EvaluationConfig:
         return _config
 
 
+def require_feedback() -> None:
+    """The multi-turn adapters show the solver's feedback, which needs `evaluation.feedback` on
+    while scoring: turned on here, before the pool starts (the rewards stay the same)."""
+    global _config
+    config = settings()
+    with _lock:
+        if config.feedback:
+            return
+        if _pool is not None:
+            raise UserError("the evaluator pool already runs without evaluation.feedback; configure(feedback=True) before the first reward")
+        _config = replace(config, feedback=True)
+
+
 def pool() -> EvaluatorPool:
     """The process's evaluator pool, started on first use and closed at exit."""
     global _pool
@@ -154,8 +167,8 @@ async def score_results_async(answers: list[str], references: list[Reference]) -
 
 def score_rows(answers: list[str], references: list[Reference]) -> list[dict]:
     """The rows `score` writes for these answers (less the id)."""
-    return [result_row(r, ref) for r, ref in zip(score_results(answers, references), references)]
+    return [result_row(r) for r in score_results(answers, references)]
 
 
 async def score_rows_async(answers: list[str], references: list[Reference]) -> list[dict]:
-    return [result_row(r, ref) for r, ref in zip(await score_results_async(answers, references), references)]
+    return [result_row(r) for r in await score_results_async(answers, references)]

@@ -3,7 +3,7 @@
     POST /get_reward   OpenRLHF's remote reward: {"query": [...], "prompts": [...], "labels": [...]}
                        -> {"rewards": [...], "scores": [...], "extra_logs": {...}}
     POST /score        {"items": [{"id": ..., "answer": TEXT, "label": ANSWER_OR_JSON,
-                       "reference_model": LP}], "feedback": false} -> {"rows": [the rows `score` writes]}
+                       "reference_model": LP}]} -> {"rows": [the rows `score` writes]}
     GET  /health       {"status": "ok", ...}, never behind the scoring
     GET  /metrics      Prometheus text: answers, requests by status code, latency, queue
 
@@ -47,12 +47,11 @@ class RequestError(Exception):
 class RewardService:
     """The pool's stream plus the request limits and counters behind the HTTP routes."""
 
-    def __init__(self, config: EvaluationConfig, max_items: int, max_answer_chars: int, max_queued: int, feedback: bool):
+    def __init__(self, config: EvaluationConfig, max_items: int, max_answer_chars: int, max_queued: int):
         self.config = config
         self.max_items = max_items
         self.max_answer_chars = max_answer_chars
         self.max_queued = max_queued
-        self.feedback = feedback
         self.pool = EvaluatorPool(config)
         self.stream = self.pool.stream()
         self.queued = 0  # answers put and not yet answered (or dropped)
@@ -156,7 +155,7 @@ async def get_reward(request: web.Request) -> web.Response:
     t0 = time.monotonic()
     results = await service.score(answers, refs)
     service.count(results, time.monotonic() - t0)
-    return web.json_response(rewards_payload([result_row(r, ref) for r, ref in zip(results, refs)]))
+    return web.json_response(rewards_payload([result_row(r) for r in results]))
 
 
 async def score(request: web.Request) -> web.Response:
@@ -165,9 +164,6 @@ async def score(request: web.Request) -> web.Response:
     items = _list(body, "items")
     if len(items) > service.max_items:
         raise RequestError(413, f"{len(items)} items in one request, over the limit of {service.max_items}; split the batch")
-    feedback = body.get("feedback", service.feedback)
-    if not isinstance(feedback, bool):
-        raise RequestError(422, f"'feedback' must be true or false, got {feedback!r}")
     for k, item in enumerate(items):
         if not isinstance(item, dict) or "answer" not in item:
             raise RequestError(422, f"item {k} must be an object with 'answer' and 'label' (or 'reference_model')")
@@ -177,14 +173,7 @@ async def score(request: web.Request) -> web.Response:
     t0 = time.monotonic()
     results = await service.score(answers, refs)
     service.count(results, time.monotonic() - t0)
-    rows = []
-    for k, (item, r, ref) in enumerate(zip(items, results, refs)):
-        row = {"id": item.get("id", k), **result_row(r, ref)}
-        if feedback:
-            from app.evaluation.feedback import feedback_message
-
-            row["feedback"] = feedback_message(r)
-        rows.append(row)
+    rows = [{"id": item.get("id", k), **result_row(r, service.config.feedback)} for k, (item, r) in enumerate(zip(items, results))]
     return web.json_response({"rows": rows})
 
 
@@ -274,7 +263,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs a token)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--token-file", help=f"file holding the bearer token (or set ${TOKEN_ENV}); required off loopback")
-    parser.add_argument("--feedback", action="store_true", help="add the solver's feedback message to every /score row")
+    parser.add_argument("--feedback", action="store_true", help="add the solver's feedback (and an infeasible model's infeasible subset) to every /score row, as `score --feedback`")
     parser.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default 16 MiB; 413 past it)")
     parser.add_argument("--max-items", type=int, default=1024, help="answers per request (default 1024; 413 past it)")
     parser.add_argument("--max-answer-chars", type=int, help="characters per answer (default evaluation.limits.max_answer_chars; 413 past it)")
@@ -284,13 +273,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = {"workers": args.workers} if args.workers is not None else {}
+    if args.feedback:
+        overrides["feedback"] = True
     config = load_evaluation_config(args.config, **overrides)
     token = _token(args)
     for name in ("max_body_mb", "max_items", "max_queued", "drain_s"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     max_answer = args.max_answer_chars or config.limits.max_answer_chars
-    service = RewardService(config, args.max_items, max_answer, args.max_queued, args.feedback)
+    service = RewardService(config, args.max_items, max_answer, args.max_queued)
     app = make_app(service, token, int(args.max_body_mb * 1024 * 1024))
 
     def ready(message: str) -> None:  # aiohttp prints where it listens once the socket is bound

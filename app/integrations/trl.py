@@ -7,12 +7,21 @@ text or conversational (the last assistant message is the answer). A row without
 reference model gets None: TRL leaves this reward out for it. The reward is exactly the `reward`
 that `solver-ppo score` writes for the same answer; the breakdown goes to TRL's logs through
 `log_metric` (means per batch) and `log_extra` (status and reason per completion).
+
+`SolverEnvironment` is for `GRPOTrainer(environment_factory=SolverEnvironment)`: its tool
+`check_model` gives the model the solver's feedback on a draft (as the tool's result) before its
+final answer, which `solver_reward` scores.
 """
 
 from __future__ import annotations
 
-from app.integrations import scorer
+import re
+
+from app.evaluation.feedback import feedback_message
 from app.evaluation.reward import Reference
+from app.integrations import scorer
+
+_PYTHON = re.compile(r"^\s*(?:import|from)\s+\w", re.M)
 
 
 def _text(completion) -> str:
@@ -66,3 +75,32 @@ async def solver_reward_async(prompts, completions, answer=None, reference_model
     keep = [k for k, ref in enumerate(refs) if ref is not None]
     rows = await scorer.score_rows_async([_text(completions[k]) for k in keep], [refs[k] for k in keep]) if keep else []
     return _finish(rows, keep, len(completions), log_metric, log_extra)
+
+
+class SolverEnvironment:
+    """One rollout's solver: TRL calls `reset` with the dataset row, then exposes `check_model` as a tool."""
+
+    def __init__(self):
+        scorer.require_feedback()
+        self.reference = Reference()
+        self.checks = 0
+
+    def reset(self, answer=None, reference_model=None, **kwargs) -> None:
+        has_reference = not ((answer is None or answer == "") and not reference_model)
+        self.reference = scorer.reference_from_label(answer, reference_model or None) if has_reference else Reference()
+        self.checks = 0
+
+    def check_model(self, model: str) -> str:
+        """Solve an optimization model with the solver and report what it finds.
+
+        Args:
+            model: The model, as LP-format text or as Python code that builds it with a solver library (pyscipopt, gurobipy, coptpy, pulp, pyomo or scipy).
+
+        Returns:
+            The solver's status, the objective value and nonzero variables of a solution, or constraints that cannot all hold.
+        """
+        self.checks += 1
+        if "```" not in model:  # a tool argument is the bare model: fence it as the answer extractor expects
+            model = f"```{'python' if _PYTHON.search(model) else 'lp'}\n{model}\n```"
+        [result] = scorer.score_results([model], [self.reference])
+        return feedback_message(result)

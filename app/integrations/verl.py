@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import uuid4
 
+from app.evaluation.feedback import feedback_message
 from app.integrations import scorer
 
 try:  # veRL's base class where veRL is installed; the methods below are all its rollout calls
@@ -82,6 +83,7 @@ class SolverInteraction(BaseInteraction):
         if self.max_turns < 1:
             raise ValueError(f"SolverInteraction: max_turns must be at least 1, got {self.max_turns}")
         _configure(config.get("eval_config"))
+        scorer.require_feedback()
         self._instances: dict[str, dict[str, Any]] = {}
 
     async def start_interaction(self, instance_id: str | None = None, ground_truth=None, reference_model: str | None = None, **kwargs) -> str:
@@ -90,12 +92,10 @@ class SolverInteraction(BaseInteraction):
         return instance_id
 
     async def generate_response(self, instance_id: str, messages: list[dict[str, Any]], **kwargs) -> tuple[bool, str, float, dict[str, Any]]:
-        from app.evaluation.feedback import feedback_message
-
         state = self._instances[instance_id]
         answer = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "assistant"), "")
         [result] = await scorer.score_results_async([answer], [state["reference"]])
-        row = scorer.result_row(result, state["reference"])
+        row = scorer.result_row(result)
         state["turns"] += 1
         state["reward"] = row["reward"]
         terminate = row["matched"] or state["turns"] >= self.max_turns
