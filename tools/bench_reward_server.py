@@ -1,0 +1,153 @@
+"""Reward server against in-process scoring, same answers, same machine, same run.
+
+    .venv/bin/python tools/bench_reward_server.py [--answers 320] [--clients 16] [--workers 2]
+
+1. In process: the honest answers through one EvaluatorPool's score_many (what `score` does).
+2. Server: the same answers through `serve-reward`'s /score, one answer per request from
+   --clients threads at once; answers/s, and each request's latency.
+3. Server with hostile answers: the same honest answers plus 10 % hostile ones (code that loops
+   until its deadline, code that prints without end, garbage), latency of the honest ones.
+Throughout 2 and 3 a thread polls /health every 0.2 s; its slowest reply is reported.
+Last line: one JSON object (server_vs_in_process, health_max_latency_s, answers_per_s, p99_s_with_hostile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.evaluation import EvaluationConfig, EvaluatorPool  # noqa: E402
+from app.evaluation.config import CodeLimits  # noqa: E402
+from app.integrations.scorer import reference_from_label  # noqa: E402
+
+HOSTILE = [
+    "```python\nimport pyscipopt\nwhile True:\n    pass\n```",
+    "```python\nimport pyscipopt\nwhile True:\n    print('x' * 4096)\n```",
+    "\x00\x01 garbage ```lp\nMaximize obj: x +\n``` ```lp\n",
+]
+
+
+def _samples() -> list[tuple[str, object, str | None]]:
+    samples = ROOT / "app" / "evaluation" / "samples"
+    problems = [json.loads(line) for line in (samples / "problems.jsonl").read_text().splitlines()]
+    answers = [json.loads(line)["answer"] for line in (samples / "answers.jsonl").read_text().splitlines()]
+    return [(a, p.get("answer"), p.get("reference_model")) for p, a in zip(problems, answers)]
+
+
+def _post(port: int, item: dict) -> float:
+    t0 = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    conn.request("POST", "/score", body=json.dumps({"items": [item]}), headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    if response.status != 200:
+        raise RuntimeError(f"/score answered {response.status}: {body[:200]!r}")
+    return time.perf_counter() - t0
+
+
+def _through_server(port: int, items: list[dict], clients: int) -> tuple[float, list[float]]:
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as ex:
+        latencies = list(ex.map(lambda item: _post(port, item), items))
+    return time.perf_counter() - t0, latencies
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--answers", type=int, default=320, help="honest answers (default 320)")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--code-wall", type=float, default=2.0, help="evaluation.code.wall_s: a looping answer's deadline (default 2 s)")
+    args = p.parse_args()
+
+    base = _samples()
+    honest = [base[k % len(base)] for k in range(args.answers)]
+    n_hostile = max(1, args.answers // 9)  # 10 % of all answers
+    config = EvaluationConfig(workers=args.workers, code=CodeLimits(wall_s=args.code_wall))
+
+    with EvaluatorPool(config) as pool:
+        pool.score_many([(a, reference_from_label(label, model)) for a, label, model in base])  # warm: sandbox servers, caches
+        t0 = time.perf_counter()
+        pool.score_many([(a, reference_from_label(label, model)) for a, label, model in honest])
+        in_process_s = time.perf_counter() - t0
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "eval.yaml"
+        cfg.write_text(f"evaluation:\n  workers: {args.workers}\n  code: {{wall_s: {args.code_wall}}}\n")
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        server = subprocess.Popen([sys.executable, "-m", "app", "serve-reward", "--port", str(port), "--config", str(cfg)],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        health: list[float] = []
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.is_set():
+                t = time.perf_counter()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("GET", "/health")
+                conn.getresponse().read()
+                conn.close()
+                health.append(time.perf_counter() - t)
+                stop.wait(0.2)
+
+        try:
+            for _ in range(300):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            items = [{"answer": a, "label": label, "reference_model": model} for a, label, model in honest]
+            _through_server(port, items[: len(base)], args.clients)  # warm, as in process
+            poller = threading.Thread(target=poll, daemon=True)
+            poller.start()
+            server_s, lat = _through_server(port, items, args.clients)
+            hostile = [{"answer": HOSTILE[k % len(HOSTILE)], "label": 1} for k in range(n_hostile)]
+            mixed = items + hostile
+            order = sorted(range(len(mixed)), key=lambda k: (k * 7919) % len(mixed))  # hostile ones spread through the run
+            mixed_s, mixed_lat = _through_server(port, [mixed[k] for k in order], args.clients)
+            honest_lat = [lat_k for k, lat_k in zip(order, mixed_lat) if k < len(items)]
+            stop.set()
+            poller.join()
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=120)
+
+    in_rate, server_rate = len(honest) / in_process_s, len(honest) / server_s
+    print(f"{'':34} {'answers/s':>10} {'p50 s':>8} {'p99 s':>8}")
+    print(f"{'in process (score_many)':34} {in_rate:>10.1f} {'':>8} {'':>8}")
+    print(f"{'server, honest':34} {server_rate:>10.1f} {statistics.median(lat):>8.3f} {_pct(lat, 0.99):>8.3f}")
+    print(f"{f'server, + {n_hostile} hostile (honest only)':34} {len(mixed) / mixed_s:>10.1f} {statistics.median(honest_lat):>8.3f} {_pct(honest_lat, 0.99):>8.3f}")
+    print(f"health: {len(health)} polls, slowest {max(health):.3f} s; {args.clients} clients, {args.workers} workers, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(json.dumps({"server_vs_in_process": round(server_rate / in_rate, 3), "health_max_latency_s": round(max(health), 4),
+                      "answers_per_s": round(server_rate, 1), "p99_s_with_hostile": round(_pct(honest_lat, 0.99), 3)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
