@@ -1,4 +1,4 @@
-"""The one evaluator pool of a process, shared by every engine adapter.
+"""The one evaluator pool of a process, shared by every engine adapter and the reward server.
 
 An engine calls its reward function thousands of times; forking workers or re-reading settings per
 call would cost more than scoring. The pool starts on the first call, with the settings given to
@@ -14,6 +14,7 @@ import atexit
 import json
 import os
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from app.errors import UserError
 from app.evaluation.cli_score import result_row
 from app.evaluation.config import EvaluationConfig
-from app.evaluation.pool import EvaluatorPool
+from app.evaluation.pool import EvaluatorPool, ScoreStream
 from app.evaluation.reward import Reference, ScoreResult
 
 CONFIG_ENV = "SOLVER_PPO_EVAL_CONFIG"  # a YAML file with the `evaluation:` settings, for engines that load the reward by path
@@ -31,6 +32,7 @@ CONFIG_ENV = "SOLVER_PPO_EVAL_CONFIG"  # a YAML file with the `evaluation:` sett
 _lock = threading.Lock()
 _config: EvaluationConfig | None = None
 _pool: EvaluatorPool | None = None
+_stream: ScoreStream | None = None
 
 
 @dataclass
@@ -85,7 +87,7 @@ def configure(config: str | Path | EvaluationConfig | None = None, **overrides) 
     else:
         wanted = load_evaluation_config(config, **overrides)
     with _lock:
-        if _pool is not None and wanted != _config:
+        if _stream is not None and wanted != _config:
             raise UserError("configure: the evaluator pool already runs with other settings; configure before the first reward")
         _config = wanted
     return wanted
@@ -109,29 +111,40 @@ def require_feedback() -> None:
     with _lock:
         if config.feedback:
             return
-        if _pool is not None:
+        if _stream is not None:
             raise UserError("the evaluator pool already runs without evaluation.feedback; configure(feedback=True) before the first reward")
         _config = replace(config, feedback=True)
 
 
-def pool() -> EvaluatorPool:
-    """The process's evaluator pool, started on first use and closed at exit."""
-    global _pool
+def stream() -> ScoreStream:
+    """The process's stream into its evaluator pool, both started on first use and stopped at
+    exit. Every call of every adapter (and every request of the reward server) puts its answers
+    here, so concurrent callers (veRL's reward loop, OpenRLHF's threads) share all the workers."""
+    global _pool, _stream
     config = settings()
     with _lock:
-        if _pool is None:
+        if _stream is None:
             _pool = EvaluatorPool(config)
+            _stream = _pool.stream()
             atexit.register(shutdown)
-        return _pool
+        return _stream
+
+
+def workers_replaced() -> int:
+    """Workers the pool killed (past a deadline) or found dead, and replaced."""
+    return _pool.replaced if _pool is not None else 0
 
 
 def shutdown() -> None:
-    """Stop the pool (a later reward starts a new one)."""
-    global _pool
+    """Let the answers already put finish, then stop the pool (a later reward starts a new one)."""
+    global _pool, _stream
     with _lock:
-        current, _pool = _pool, None
+        pool, current, _pool, _stream = _pool, _stream, None, None
     if current is not None:
         current.close()
+        current.done.result()
+    if pool is not None:
+        pool.close()
 
 
 def reference_from_label(label, reference_model: str | None = None) -> Reference:
@@ -156,13 +169,23 @@ def reference_from_label(label, reference_model: str | None = None) -> Reference
         raise UserError(f"label: {err}") from None
 
 
+def _put(answers: list[str], references: list[Reference]) -> list[Future]:
+    if len(answers) != len(references):
+        raise ValueError(f"{len(answers)} answers but {len(references)} references")
+    into = stream()
+    futures = [Future() for _ in answers]
+    for answer, reference, future in zip(answers, references, futures):
+        into.put(answer, reference, future.set_result)
+    return futures
+
+
 def score_results(answers: list[str], references: list[Reference]) -> list[ScoreResult]:
     """Blocking; the answers go to the pool's workers in parallel."""
-    return pool().score_many(list(zip(answers, references)))
+    return [future.result() for future in _put(answers, references)]
 
 
 async def score_results_async(answers: list[str], references: list[Reference]) -> list[ScoreResult]:
-    return await asyncio.wrap_future(pool().submit(list(zip(answers, references))))
+    return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in _put(answers, references))))
 
 
 def score_rows(answers: list[str], references: list[Reference]) -> list[dict]:

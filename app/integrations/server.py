@@ -30,9 +30,9 @@ from aiohttp import web
 from app.errors import UserError
 from app.evaluation.cli_score import result_row
 from app.evaluation.config import EvaluationConfig
-from app.evaluation.pool import EvaluatorPool
 from app.evaluation.reward import Reference, ScoreResult
 from app.integrations.openrlhf import response_of, rewards_payload
+from app.integrations import scorer
 from app.integrations.scorer import load_evaluation_config, reference_from_label
 
 TOKEN_ENV = "SOLVER_PPO_REWARD_TOKEN"
@@ -52,8 +52,8 @@ class RewardService:
         self.max_items = max_items
         self.max_answer_chars = max_answer_chars
         self.max_queued = max_queued
-        self.pool = EvaluatorPool(config)
-        self.stream = self.pool.stream()
+        scorer.configure(config)
+        self.stream = scorer.stream()
         self.queued = 0  # answers put and not yet answered (or dropped)
         self.answers = Counter()  # statuses of answers scored
         self.responses = Counter()  # HTTP status codes
@@ -91,9 +91,7 @@ class RewardService:
         self.latency_count += 1
 
     def close(self) -> None:
-        self.stream.close()
-        self.stream.done.result()
-        self.pool.close()
+        scorer.shutdown()
 
 
 def _resolve(future: asyncio.Future, result: ScoreResult) -> None:
@@ -180,7 +178,7 @@ async def score(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     service: RewardService = request.app["service"]
     return web.json_response({"status": "ok", "queued": service.queued, "workers": service.config.workers,
-                              "workers_replaced": service.pool.replaced, "uptime_s": round(time.monotonic() - service.started, 3)})
+                              "workers_replaced": scorer.workers_replaced(), "uptime_s": round(time.monotonic() - service.started, 3)})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -192,7 +190,7 @@ async def metrics(request: web.Request) -> web.Response:
     lines += [
         "# TYPE solver_answers_dropped_total counter", f"solver_answers_dropped_total {s.dropped}",
         "# TYPE solver_answers_queued gauge", f"solver_answers_queued {s.queued}",
-        "# TYPE solver_workers_replaced_total counter", f"solver_workers_replaced_total {s.pool.replaced}",
+        "# TYPE solver_workers_replaced_total counter", f"solver_workers_replaced_total {scorer.workers_replaced()}",
         "# TYPE solver_request_seconds summary", f"solver_request_seconds_sum {s.latency_sum:.6f}", f"solver_request_seconds_count {s.latency_count}",
     ]
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")

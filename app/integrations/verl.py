@@ -1,8 +1,9 @@
 """veRL: the solver reward as `custom_reward_function` (naive or batch reward manager) and an
 Interaction for multi-turn rollouts.
 
-    custom_reward_function.path=app/integrations/verl.py  custom_reward_function.name=compute_score
-    (reward_model.reward_manager=batch with name=compute_score_batch)
+    reward.custom_reward_function.path=$(python -c 'import app.integrations.verl as m; print(m.__file__)')
+    reward.custom_reward_function.name=compute_score_async     (veRL 0.9's reward loop; or compute_score)
+    (compute_score_batch: the batch reward manager's form)
 
 A row's `reward_model.ground_truth` is the answer (a number, "infeasible") or a JSON object with
 `answer` and optionally `reference_model`; `extra_info.reference_model` is read too. Evaluation
@@ -53,6 +54,14 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, eval
     """One answer (veRL's naive reward manager calls this once per response)."""
     _configure(eval_config)
     [row] = scorer.score_rows([solution_str], [_reference(ground_truth, extra_info)])
+    return _entry(row)
+
+
+async def compute_score_async(data_source, solution_str, ground_truth, extra_info=None, eval_config=None, **kwargs) -> dict[str, Any]:
+    """`compute_score` for veRL's reward loop, which awaits a coroutine function instead of
+    running it in a thread: concurrent rows share the pool's workers."""
+    _configure(eval_config)
+    [row] = await scorer.score_rows_async([solution_str], [_reference(ground_truth, extra_info)])
     return _entry(row)
 
 
