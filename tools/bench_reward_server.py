@@ -3,7 +3,7 @@
     .venv/bin/python tools/bench_reward_server.py [--answers 320] [--clients 16] [--workers 2]
 
 1. In process: the honest answers through one EvaluatorPool's score_many (what `score` does).
-2. Server: the same answers through `serve-reward`'s /score, one answer per request from
+2. Server: the same answers (1 and 2 alternate for --rounds rounds; medians are reported) through `serve-reward`'s /score, one answer per request from
    --clients threads at once; answers/s, and each request's latency.
 3. Server with hostile answers: the same honest answers plus 10 % hostile ones (code that loops
    until its deadline, code that prints without end, garbage), latency of the honest ones.
@@ -49,13 +49,18 @@ def _samples() -> list[tuple[str, object, str | None]]:
     return [(a, p.get("answer"), p.get("reference_model")) for p, a in zip(problems, answers)]
 
 
+_local = threading.local()
+
+
 def _post(port: int, item: dict) -> float:
+    """One answer per request, on the client thread's kept-alive connection (as an engine's HTTP client pool does)."""
     t0 = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    conn = getattr(_local, "conn", None)
+    if conn is None:
+        conn = _local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     conn.request("POST", "/score", body=json.dumps({"items": [item]}), headers={"Content-Type": "application/json"})
     response = conn.getresponse()
     body = response.read()
-    conn.close()
     if response.status != 200:
         raise RuntimeError(f"/score answered {response.status}: {body[:200]!r}")
     return time.perf_counter() - t0
@@ -78,6 +83,7 @@ def main() -> int:
     p.add_argument("--answers", type=int, default=320, help="honest answers (default 320)")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="in-process and server runs, alternated; medians reported (default 3)")
     p.add_argument("--code-wall", type=float, default=2.0, help="evaluation.code.wall_s: a looping answer's deadline (default 2 s)")
     args = p.parse_args()
 
@@ -86,15 +92,14 @@ def main() -> int:
     n_hostile = max(1, args.answers // 9)  # 10 % of all answers
     config = EvaluationConfig(workers=args.workers, code=CodeLimits(wall_s=args.code_wall))
 
-    with EvaluatorPool(config) as pool:
-        pool.score_many([(a, reference_from_label(label, model)) for a, label, model in base])  # warm: sandbox servers, caches
-        t0 = time.perf_counter()
-        pool.score_many([(a, reference_from_label(label, model)) for a, label, model in honest])
-        in_process_s = time.perf_counter() - t0
+    in_process = EvaluatorPool(config)
+    refs = [(a, reference_from_label(label, model)) for a, label, model in honest]
+    in_process.score_many(refs[: len(base)])  # warm: sandbox servers, caches
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    in_times, server_times, lat = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "eval.yaml"
         cfg.write_text(f"evaluation:\n  workers: {args.workers}\n  code: {{wall_s: {args.code_wall}}}\n")
@@ -125,7 +130,13 @@ def main() -> int:
             _through_server(port, items[: len(base)], args.clients)  # warm, as in process
             poller = threading.Thread(target=poll, daemon=True)
             poller.start()
-            server_s, lat = _through_server(port, items, args.clients)
+            for _ in range(args.rounds):  # alternated, so a change in the machine's load hits both sides alike
+                t0 = time.perf_counter()
+                in_process.score_many(refs)
+                in_times.append(time.perf_counter() - t0)
+                server_s, round_lat = _through_server(port, items, args.clients)
+                server_times.append(server_s)
+                lat += round_lat
             hostile = [{"answer": HOSTILE[k % len(HOSTILE)], "label": 1} for k in range(n_hostile)]
             mixed = items + hostile
             order = sorted(range(len(mixed)), key=lambda k: (k * 7919) % len(mixed))  # hostile ones spread through the run
@@ -136,11 +147,12 @@ def main() -> int:
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=120)
+            in_process.close()
 
-    in_rate, server_rate = len(honest) / in_process_s, len(honest) / server_s
+    in_rate, server_rate = len(honest) / statistics.median(in_times), len(honest) / statistics.median(server_times)
     print(f"{'':34} {'answers/s':>10} {'p50 s':>8} {'p99 s':>8}")
-    print(f"{'in process (score_many)':34} {in_rate:>10.1f} {'':>8} {'':>8}")
-    print(f"{'server, honest':34} {server_rate:>10.1f} {statistics.median(lat):>8.3f} {_pct(lat, 0.99):>8.3f}")
+    print(f"{'in process (score_many), median':34} {in_rate:>10.1f} {'':>8} {'':>8}")
+    print(f"{'server, honest, median':34} {server_rate:>10.1f} {statistics.median(lat):>8.3f} {_pct(lat, 0.99):>8.3f}")
     print(f"{f'server, + {n_hostile} hostile (honest only)':34} {len(mixed) / mixed_s:>10.1f} {statistics.median(honest_lat):>8.3f} {_pct(honest_lat, 0.99):>8.3f}")
     print(f"health: {len(health)} polls, slowest {max(health):.3f} s; {args.clients} clients, {args.workers} workers, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}")
