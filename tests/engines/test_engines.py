@@ -186,3 +186,20 @@ def test_verl_reward_manager_calls():
                                 extra_infos=[{"rollout_reward_scores": {}}, {"rollout_reward_scores": {}}])
     assert one["score"] == batch[0]["score"] == 1.0 and batch[1]["score"] == 0.0
     assert set(one) == set(batch[1])
+
+
+def test_trl_environment_tool_renders_for_the_chat_template():
+    """TRL hands the environment's methods to `apply_chat_template(tools=...)`, which reads each
+    one's JSON schema from its signature and docstring; the tool answers with the solver's feedback."""
+    from transformers.utils import get_json_schema
+
+    from app.integrations import scorer
+    from app.integrations.trl import SolverEnvironment
+
+    scorer.shutdown()
+    scorer.configure(feedback=True)
+    env = SolverEnvironment()
+    schema = get_json_schema(env.check_model)["function"]
+    assert schema["name"] == "check_model" and schema["parameters"]["required"] == ["model"]
+    env.reset(prompt=PROMPT, answer="11")
+    assert "Objective value: 11." in env.check_model(GOOD.strip("`").removeprefix("lp\n"))
