@@ -139,3 +139,11 @@ def test_multi_turn_feedback(feedback_on):
     assert step["done"] is False and "infeasible" in step["environment_feedback"] and step["rewards"].item() == first[2]
     step2 = asyncio.run(openrlhf.agent_func({"label": "11", "action_text": f"```lp\n{GOOD}\n```", "turn": 1, "previous_reward": step["scores"]}))
     assert step2["done"] is True and step["rewards"].item() + step2["rewards"].item() == pytest.approx(1.0)  # the steps sum to the last answer's reward
+
+
+def test_a_process_that_never_shuts_the_pool_down_still_exits():
+    """The pool's stream loop must not hold the interpreter at exit (an executor thread would)."""
+    code = ("from app.integrations.trl import solver_reward; "
+            "print(solver_reward(prompts=['q'], completions=['```lp\\nMaximize\\n obj: x\\nSubject To\\n c: x <= 2\\nEnd\\n```'], answer=['2']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout.strip()) == (0, "[1.0]"), out.stderr[-500:]

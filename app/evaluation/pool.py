@@ -164,6 +164,7 @@ class EvaluatorPool:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluator-pool")
         self._references: dict[str, tuple[Reference, str]] = {}  # model text hash -> (solved reference, reason)
         self.replaced = 0  # workers killed or found dead and replaced
+        self._stream: ScoreStream | None = None
 
     def _start(self) -> _Worker:
         parent, child = self._ctx.Pipe()
@@ -362,8 +363,7 @@ class EvaluatorPool:
     def submit(self, items: list[tuple[str, Reference]], progress: Callable[[int], None] | None = None) -> Future:
         """Score in the background; `.result()` gives list[ScoreResult] in order. `progress(n)` is
         called (from the pool's thread) as every n answers are scored, e.g. a progress bar's update."""
-        if self._executor is None:
-            raise RuntimeError("the evaluator pool is closed")
+        self._check_free()
         return self._executor.submit(self._score_batch, list(items), progress)
 
     def score_many(self, items: list[tuple[str, Reference]], progress: Callable[[int], None] | None = None) -> list[ScoreResult]:
@@ -371,23 +371,23 @@ class EvaluatorPool:
 
     def solve_many(self, models_or_texts: list[Model | str]) -> list[SolveResult]:
         limits = self.config.limits
-        if self._executor is None:
-            raise RuntimeError("the evaluator pool is closed")
+        self._check_free()
         return self._executor.submit(self._run, "solve", limits, list(models_or_texts)).result()
 
     def solve_code_many(self, codes: list[str]) -> list[SolveResult]:
         """Solver-library programs (Python source): each one's captured model solved by SCIP."""
-        if self._executor is None:
-            raise RuntimeError("the evaluator pool is closed")
+        self._check_free()
         return self._executor.submit(self._run, "code", self.config, list(codes)).result()
 
     def stream(self) -> ScoreStream:
-        """Score answers as they arrive (the reward server): `put` each with a callback; the pool
-        is the stream's until `close`, which lets the answers already put finish first."""
-        if self._executor is None:
-            raise RuntimeError("the evaluator pool is closed")
-        stream = ScoreStream()
-        stream.done = self._executor.submit(self._serve, stream)
+        """Score answers as they arrive (the reward server, the engine adapters): `put` each with a
+        callback. The pool is the stream's until the stream is closed, which lets the answers
+        already put finish first. Its loop runs on a daemon thread, so a process that never
+        closes it still exits (an executor thread would be joined before atexit handlers run)."""
+        self._check_free()
+        stream = self._stream = ScoreStream()
+        stream.done = Future()
+        threading.Thread(target=self._serve, args=(stream,), name="evaluator-stream", daemon=True).start()
         return stream
 
     def _serve(self, stream: ScoreStream) -> None:
@@ -395,12 +395,19 @@ class EvaluatorPool:
             self._run("stream", self.config, [], stream=stream)
         except BaseException as err:
             stream.fail_all(f"evaluator error: {type(err).__name__}: {err}")
-            raise
+            stream.done.set_exception(err)
+        else:
+            stream.done.set_result(None)
+
+    def _check_free(self) -> None:
+        if self._executor is None:
+            raise RuntimeError("the evaluator pool is closed")
+        if self._stream is not None and not self._stream.done.done():
+            raise RuntimeError("the evaluator pool serves a stream: score through it, or close it first")
 
     def worker_info(self) -> list[dict]:
         """pid of each worker and whether torch / lightning are loaded in it (they must not be)."""
-        if self._executor is None:
-            raise RuntimeError("the evaluator pool is closed")
+        self._check_free()
         return self._executor.submit(self._info).result()
 
     def _info(self) -> list[dict]:
@@ -414,6 +421,9 @@ class EvaluatorPool:
     def close(self) -> None:
         if self._executor is None:
             return
+        if self._stream is not None:  # its answers already put finish first
+            self._stream.close()
+            self._stream.done.exception()
         self._executor.shutdown(wait=True)
         self._executor = None
         for worker in self._workers:

@@ -139,12 +139,9 @@ def shutdown() -> None:
     """Let the answers already put finish, then stop the pool (a later reward starts a new one)."""
     global _pool, _stream
     with _lock:
-        pool, current, _pool, _stream = _pool, _stream, None, None
-    if current is not None:
-        current.close()
-        current.done.result()
+        pool, _pool, _stream = _pool, None, None
     if pool is not None:
-        pool.close()
+        pool.close()  # closes its stream first, letting the answers already put finish
 
 
 def reference_from_label(label, reference_model: str | None = None) -> Reference:
