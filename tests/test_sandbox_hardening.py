@@ -142,7 +142,7 @@ def _fake_server(tmp_path, monkeypatch, behaviour: str) -> None:
         frame({{"level": "audit", "problem": "fake", "seccomp": False}})
         os.read(0, 1 << 20)
         frame(b"{{not json" if behaviour == "garbage" else [1, 2])
-        time.sleep(60)
+        os.read(0, 1)  # until the client closes the pipe
     """))
     wrapper = tmp_path / "python"
     wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {script}\n")
