@@ -150,7 +150,6 @@ def test_openrlhf_agent_executor(tmp_path):
     answer gets the solver's feedback, the second matches and ends the episode with reward 1."""
     import importlib.util
 
-    from transformers import AutoTokenizer  # noqa: F401  (OpenRLHF's executor tokenizes with the HF tokenizer)
     from openrlhf.utils.agent import AgentExecutorBase
 
     spec = importlib.util.spec_from_file_location("agent_module", ROOT / "app" / "integrations" / "openrlhf.py")
