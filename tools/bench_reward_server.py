@@ -3,8 +3,8 @@
     .venv/bin/python tools/bench_reward_server.py [--answers 320] [--clients 16] [--workers 2]
 
 1. In process: the honest answers through one EvaluatorPool's score_many (what `score` does).
-2. Server: the same answers (1 and 2 alternate for --rounds rounds; medians are reported) through `serve-reward`'s /score, one answer per request from
-   --clients threads at once; answers/s, and each request's latency.
+2. Server: the same answers (1 and 2 alternate for --rounds rounds; medians are reported) through `serve-reward`'s /score, --batch answers per request
+   (default 1) from --clients threads at once; answers/s, and each answer's latency (its request's).
 3. Server with hostile answers: the same honest answers plus 10 % hostile ones (code that loops
    until its deadline, code that prints without end, garbage), latency of the honest ones.
 Throughout 2 and 3 a thread polls /health every 0.2 s; its slowest reply is reported.
@@ -52,13 +52,13 @@ def _samples() -> list[tuple[str, object, str | None]]:
 _local = threading.local()
 
 
-def _post(port: int, item: dict) -> float:
-    """One answer per request, on the client thread's kept-alive connection (as an engine's HTTP client pool does)."""
+def _post(port: int, items: list[dict]) -> float:
+    """One request, on the client thread's kept-alive connection (as an engine's HTTP client pool does)."""
     t0 = time.perf_counter()
     conn = getattr(_local, "conn", None)
     if conn is None:
         conn = _local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    conn.request("POST", "/score", body=json.dumps({"items": [item]}), headers={"Content-Type": "application/json"})
+    conn.request("POST", "/score", body=json.dumps({"items": items}), headers={"Content-Type": "application/json"})
     response = conn.getresponse()
     body = response.read()
     if response.status != 200:
@@ -66,11 +66,13 @@ def _post(port: int, item: dict) -> float:
     return time.perf_counter() - t0
 
 
-def _through_server(port: int, items: list[dict], clients: int) -> tuple[float, list[float]]:
+def _through_server(port: int, items: list[dict], clients: int, batch: int) -> tuple[float, list[float]]:
+    """Wall seconds, and each answer's latency (its request's)."""
+    requests = [items[k : k + batch] for k in range(0, len(items), batch)]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as ex:
-        latencies = list(ex.map(lambda item: _post(port, item), items))
-    return time.perf_counter() - t0, latencies
+        latencies = list(ex.map(lambda request: _post(port, request), requests))
+    return time.perf_counter() - t0, [lat for request, lat in zip(requests, latencies) for _ in request]
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -82,6 +84,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--answers", type=int, default=320, help="honest answers (default 320)")
     p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--batch", type=int, default=1, help="answers per request (default 1; OpenRLHF's agent path sends 1, its batch path more)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="in-process and server runs, alternated; medians reported (default 3)")
     p.add_argument("--code-wall", type=float, default=2.0, help="evaluation.code.wall_s: a looping answer's deadline (default 2 s)")
@@ -127,20 +130,20 @@ def main() -> int:
                 except OSError:
                     time.sleep(0.1)
             items = [{"answer": a, "label": label, "reference_model": model} for a, label, model in honest]
-            _through_server(port, items[: len(base)], args.clients)  # warm, as in process
+            _through_server(port, items[: len(base)], args.clients, args.batch)  # warm, as in process
             poller = threading.Thread(target=poll, daemon=True)
             poller.start()
             for _ in range(args.rounds):  # alternated, so a change in the machine's load hits both sides alike
                 t0 = time.perf_counter()
                 in_process.score_many(refs)
                 in_times.append(time.perf_counter() - t0)
-                server_s, round_lat = _through_server(port, items, args.clients)
+                server_s, round_lat = _through_server(port, items, args.clients, args.batch)
                 server_times.append(server_s)
                 lat += round_lat
             hostile = [{"answer": HOSTILE[k % len(HOSTILE)], "label": 1} for k in range(n_hostile)]
             mixed = items + hostile
             order = sorted(range(len(mixed)), key=lambda k: (k * 7919) % len(mixed))  # hostile ones spread through the run
-            mixed_s, mixed_lat = _through_server(port, [mixed[k] for k in order], args.clients)
+            mixed_s, mixed_lat = _through_server(port, [mixed[k] for k in order], args.clients, args.batch)
             honest_lat = [lat_k for k, lat_k in zip(order, mixed_lat) if k < len(items)]
             stop.set()
             poller.join()
@@ -154,7 +157,8 @@ def main() -> int:
     print(f"{'in process (score_many), median':34} {in_rate:>10.1f} {'':>8} {'':>8}")
     print(f"{'server, honest, median':34} {server_rate:>10.1f} {statistics.median(lat):>8.3f} {_pct(lat, 0.99):>8.3f}")
     print(f"{f'server, + {n_hostile} hostile (honest only)':34} {len(mixed) / mixed_s:>10.1f} {statistics.median(honest_lat):>8.3f} {_pct(honest_lat, 0.99):>8.3f}")
-    print(f"health: {len(health)} polls, slowest {max(health):.3f} s; {args.clients} clients, {args.workers} workers, {os.cpu_count()} CPUs, "
+    print(f"health: {len(health)} polls, slowest {max(health):.3f} s; {args.clients} clients, {args.batch} answers per request, "
+          f"{args.workers} workers, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}")
     print(json.dumps({"server_vs_in_process": round(server_rate / in_rate, 3), "health_max_latency_s": round(max(health), 4),
                       "answers_per_s": round(server_rate, 1), "p99_s_with_hostile": round(_pct(honest_lat, 0.99), 3)}))
