@@ -7,7 +7,7 @@ Interaction for multi-turn rollouts.
 
 A row's `reward_model.ground_truth` is the answer (a number, "infeasible") or a JSON object with
 `answer` and optionally `reference_model`; `extra_info.reference_model` is read too. Evaluation
-settings: `custom_reward_function.reward_kwargs.eval_config=PATH` (a YAML file with an
+settings: `reward.custom_reward_function.reward_kwargs.eval_config=PATH` (a YAML file with an
 `evaluation:` section) or $SOLVER_PPO_EVAL_CONFIG. `score` is exactly the `reward` of the row
 `solver-ppo score` writes; the other keys are the same for every row so veRL can average them.
 """
@@ -31,9 +31,13 @@ def _reference(ground_truth, extra_info):
     return scorer.reference_from_label(ground_truth, model)
 
 
+_applied: set[str] = set()  # eval_config files already given to the scorer: read once, not per call
+
+
 def _configure(eval_config) -> None:
-    if eval_config is not None:
+    if eval_config is not None and str(eval_config) not in _applied:
         scorer.configure(eval_config)
+        _applied.add(str(eval_config))
 
 
 def _entry(row: dict) -> dict[str, Any]:
