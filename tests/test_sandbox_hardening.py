@@ -2,8 +2,10 @@
 branches of the server and runner that only odd answers or a broken server reach."""
 
 import glob
+import json
 import os
 import platform
+import signal
 import stat
 import sys
 import textwrap
@@ -162,3 +164,30 @@ def test_a_broken_server_becomes_an_outcome(tmp_path, monkeypatch, behaviour, re
     with Sandbox("audit", CodeLimits(wall_s=1)) as box:
         outcome = box.run(MODEL)
     assert (outcome.status, outcome.reason) == ("sandbox_error", reason)
+
+
+def test_a_killed_sandbox_server_leaves_no_files_once_its_pool_closes():
+    """A SIGKILLed server cannot remove its own directory; its worker does, when the pool closes."""
+    from app.evaluation import EvaluationConfig, EvaluatorPool, Reference
+
+    pool = EvaluatorPool(EvaluationConfig(workers=1))
+    try:
+        [result] = pool.score_many([(f"```python\n{MODEL}```", Reference(21.0))])
+        assert result.status == "optimal"
+        [worker] = [info["pid"] for info in pool.worker_info()]
+        servers = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and _parent(int(pid)) == worker
+                   and b"sandbox import serve" in open(f"/proc/{pid}/cmdline", "rb").read()]
+        [server] = servers
+        home = json.loads(open(f"/proc/{server}/cmdline", "rb").read().split(b"\0")[-2])["home"]
+        assert os.path.isdir(home)
+        os.kill(server, signal.SIGKILL)
+    finally:
+        pool.close()
+    assert not os.path.exists(home)
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1

@@ -232,16 +232,21 @@ def main() -> int:
         for at, what in ((1 / 3, "worker"), (2 / 3, "sandbox")):
             while not stop.is_set() and done[0] < at * len(plan):
                 stop.wait(0.2)
-            procs = tree(server.pid)
-            if what == "worker":  # forked by the pool's forkserver: a child of the process running multiprocessing.forkserver
-                servers = [pid for pid, cmd in procs.items() if "forkserver" in cmd]
-                targets = [pid for pid in procs if servers and _parent(pid) in servers]
-            else:
-                # a sandbox server, not one of its runners (forked from it, with its command line)
-                targets = [pid for pid, cmd in procs.items() if "sandbox import serve" in cmd and "sandbox import serve" not in procs.get(_parent(pid), "")]
-            if targets:
-                os.kill(targets[0], signal.SIGKILL)
+            for _ in range(50):  # the process found may exit before the signal (a sandbox server being replaced): look again
+                procs = tree(server.pid)
+                if what == "worker":  # forked by the pool's forkserver: a child of the process running multiprocessing.forkserver
+                    servers = [pid for pid, cmd in procs.items() if "forkserver" in cmd]
+                    targets = [pid for pid in procs if servers and _parent(pid) in servers]
+                else:
+                    # a sandbox server, not one of its runners (forked from it, with its command line)
+                    targets = [pid for pid, cmd in procs.items() if "sandbox import serve" in cmd and "sandbox import serve" not in procs.get(_parent(pid), "")]
+                try:
+                    os.kill(targets[0], signal.SIGKILL)
+                except (IndexError, ProcessLookupError):
+                    stop.wait(0.1)
+                    continue
                 kills.append(f"{what} {targets[0]} at {done[0]} answers")
+                break
             else:
                 kills.append(f"{what}: none found")
 
@@ -292,7 +297,7 @@ def main() -> int:
         "server_fds": [fds0, fds1], "server_rss_mb": [round(rss0, 1), round(rss1, 1)], "unstable_in_process": unstable,
         "request_failures": failures[:5],
     }
-    ok = (not missing and not duplicated and not wrong and not failures and not health_fail and max(health) < 1.0 and chaos_ok
+    ok = (not any("none found" in k for k in kills) and not missing and not duplicated and not wrong and not failures and not health_fail and max(health) < 1.0 and chaos_ok
           and code == 0 and not left and not dirs_left and fds1 <= fds0 + 2)
     print(f"{len(plan)} answers ({figures['hostile']} hostile) in {wall:.1f} s: {figures['answers_per_s']} answers/s, request p50 "
           f"{figures['p50_request_s']} s, p99 {figures['p99_request_s']} s; {args.clients} clients, {args.workers} workers, load average {os.getloadavg()[0]:.2f}")

@@ -34,7 +34,7 @@ from app.evaluation.capture import SUPPORTED, detect_library
 from app.evaluation.config import EvaluationConfig
 from app.evaluation.model import Model, ModelReadError, read_model
 from app.evaluation.reward import Reference, ScoreResult, reference_from_solve, run_code, score_answer
-from app.evaluation.sandbox import check_level
+from app.evaluation.sandbox import check_level, close_all
 from app.evaluation.solve import SolveResult, solve_model
 
 
@@ -93,8 +93,9 @@ def _worker_main(conn, progress) -> None:
         try:
             msg = conn.recv()
         except (EOFError, OSError):
-            return
-        if msg is None:
+            msg = None
+        if msg is None:  # its sandbox servers stop with it; the files of one that was killed are removed here
+            close_all()
             return
         kind, shared, chunk = msg
         out = []
