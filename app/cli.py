@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("app.sft.cli", "supervised warm start on question -> reference model pairs: sft [CONFIG] key=value ..."),
     "export": ("app.models.cli_export", "merge LoRA into the base and write an official-format checkpoint"),
     "make-data": ("app.data.cli_make_data", "generate synthetic modeling problems with reference models and optima"),
+    "serve-reward": ("app.integrations.server", "the evaluation system as an HTTP reward (OpenRLHF's /get_reward, /score, /health, /metrics)"),
     "config-reference": ("app.config_reference", "every config key with its default, allowed values and meaning (Markdown)"),
 }
 
@@ -56,6 +57,9 @@ EXAMPLES: dict[str, str] = {
     "make-data": """\
   {prog} make-data --out data/synthetic --train 2000 --heldout 200 --seed 0
   {prog} make-data --out data/flipped --train 9000 --teacher-flip 0.6   # SFT demonstrations with a teacher's error""",
+    "serve-reward": """\
+  {prog} serve-reward --port 8000 --workers 4      # OpenRLHF: --remote_rm_url http://127.0.0.1:8000/get_reward
+  {prog} serve-reward --host 0.0.0.0 --token-file token.txt --config configs/quickstart.yaml   # the evaluation: section""",
     "config-reference": """\
   {prog} config-reference > docs/config.md""",
 }

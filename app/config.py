@@ -230,6 +230,7 @@ RANGES: dict[str, str] = {
     "evaluation.code.output_kb": "[1, inf)",
     "evaluation.code.open_files": "[16, inf)",
     "evaluation.code.processes": "[1, inf)",
+    "evaluation.code.total_memory_mb": "[256, inf)",
     "evaluation.weights.format": "[0, inf)",
     "evaluation.weights.solved": "[0, inf)",
     "evaluation.weights.answer": "[0, inf)",

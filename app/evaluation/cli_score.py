@@ -19,7 +19,7 @@ from app.progress import progress_bar
 from app.evaluation.cli_common import add_limit_arguments, config_from_args, read_text
 from app.evaluation.feedback import feedback_message
 from app.evaluation.pool import EvaluatorPool
-from app.evaluation.reward import Reference
+from app.evaluation.reward import Reference, ScoreResult
 from app.evaluation.summary import summarize
 
 _ANSWER_KEYS = ("answer", "en_answer", "Answer")
@@ -96,19 +96,25 @@ def run(args: argparse.Namespace) -> int:
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     try:
         for item_id, r in zip(ids, results):
-            row = {"id": item_id, "reward": round(r.reward, 6), "status": r.status, "objective": r.objective, "expected": r.expected,
-                   "matched": r.matched, "graph_distance": r.graph_distance, "final_answer": r.final_answer,
-                   "breakdown": {k: round(v, 6) for k, v in r.breakdown.items()}, "solve_seconds": round(r.solve_seconds, 6), "reason": r.reason}
-            if args.feedback:
-                row["feedback"] = feedback_message(r)
-                if r.status == "infeasible":
-                    row["infeasible_subset"] = r.infeasible_subset
-            print(json.dumps(row), file=out)
+            print(json.dumps({"id": item_id, **result_row(r, args.feedback)}), file=out)
     finally:
         if args.out:
             out.close()
     print(_summary(ids, results), file=sys.stdout if args.out else sys.stderr)
     return 0
+
+
+def result_row(r: ScoreResult, feedback: bool = False) -> dict:
+    """One scored answer as `score` writes it (less the id); the engine adapters and the reward
+    server give exactly these values."""
+    row = {"reward": round(r.reward, 6), "status": r.status, "objective": r.objective, "expected": r.expected,
+           "matched": r.matched, "graph_distance": r.graph_distance, "final_answer": r.final_answer,
+           "breakdown": {k: round(v, 6) for k, v in r.breakdown.items()}, "solve_seconds": round(r.solve_seconds, 6), "reason": r.reason}
+    if feedback:
+        row["feedback"] = feedback_message(r)
+        if r.status == "infeasible":
+            row["infeasible_subset"] = r.infeasible_subset
+    return row
 
 
 def _summary(ids: list[str], results: list) -> str:

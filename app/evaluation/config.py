@@ -52,6 +52,7 @@ class CodeLimits:
     output_kb: int = 1024  # stdout + stderr (discarded); the process is killed past this
     open_files: int = 256  # file descriptors the process may hold open (RLIMIT_NOFILE)
     processes: int = 128  # processes and threads (pids cgroup where available, else RLIMIT_NPROC)
+    total_memory_mb: int = 8192  # memory of a sandbox server and all its runners together (memory cgroup where the kernel allows)
 
 
 @dataclass

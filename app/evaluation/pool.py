@@ -22,6 +22,7 @@ import pickle
 import re
 import selectors
 import sys
+import threading
 import time
 import types
 from collections import deque
@@ -33,7 +34,7 @@ from app.evaluation.capture import SUPPORTED, detect_library
 from app.evaluation.config import EvaluationConfig
 from app.evaluation.model import Model, ModelReadError, read_model
 from app.evaluation.reward import Reference, ScoreResult, reference_from_solve, run_code, score_answer
-from app.evaluation.sandbox import check_level
+from app.evaluation.sandbox import check_level, close_all
 from app.evaluation.solve import SolveResult, solve_model
 
 
@@ -53,6 +54,9 @@ def _run_task(kind: str, shared, item):
     if kind == "score":
         answer, reference = item
         return score_answer(answer, reference, shared, solve_reference=False)
+    if kind == "stream":  # a streamed answer: its reference model (if its optimum is unknown) is solved here, once per worker
+        answer, reference = item
+        return score_answer(answer, reference, shared)
     if kind == "solve":
         return _solve_item(item, shared)
     if kind == "code":
@@ -89,8 +93,9 @@ def _worker_main(conn, progress) -> None:
         try:
             msg = conn.recv()
         except (EOFError, OSError):
-            return
-        if msg is None:
+            msg = None
+        if msg is None:  # its sandbox servers stop with it; the files of one that was killed are removed here
+            close_all()
             return
         kind, shared, chunk = msg
         out = []
@@ -106,7 +111,7 @@ def _worker_main(conn, progress) -> None:
 
 
 def _failure(kind: str, item, status: str, reason: str):
-    if kind == "score":
+    if kind in ("score", "stream"):
         terms = {"format": 0.0, "solved": 0.0, "answer": 0.0}
         if item[1].model_text is not None:
             terms["graph"] = 0.0
@@ -160,6 +165,7 @@ class EvaluatorPool:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluator-pool")
         self._references: dict[str, tuple[Reference, str]] = {}  # model text hash -> (solved reference, reason)
         self.replaced = 0  # workers killed or found dead and replaced
+        self._stream: ScoreStream | None = None
 
     def _start(self) -> _Worker:
         parent, child = self._ctx.Pipe()
@@ -185,7 +191,7 @@ class EvaluatorPool:
         self._workers[index] = self._start()
         self.replaced += 1
 
-    def _run(self, kind: str, shared, items: list, progress: Callable[[int], None] | None = None) -> list:
+    def _run(self, kind: str, shared, items: list, progress: Callable[[int], None] | None = None, stream: ScoreStream | None = None) -> list:
         """Run items on the workers in chunks; results in item order; `progress(n)` hears of every
         n results that arrive (a chunk, or a task that failed).
 
@@ -195,17 +201,24 @@ class EvaluatorPool:
         past that, or when the worker dies, the worker is killed and replaced, that task gets the
         reason, and the worker's other unanswered tasks go back to the front of the queue (the
         finished ones of its chunk are run again: their results died with the worker).
+
+        With a `stream`, items keep arriving while it runs: each result goes to its callback as
+        soon as its chunk comes back (and is then dropped here), cancelled items that no worker
+        has taken are skipped, and it returns once the stream is closed and drained.
         """
         if self._executor is None:
             raise RuntimeError("the evaluator pool is closed")
         results: list = [None] * len(items)
         pending = deque(range(len(items)))
         base_wall = self.config.limits.wall_limit_s
-        if kind == "score" and self.config.feedback:  # an infeasible or unbounded answer's search comes after its solve
+        if kind in ("score", "stream") and self.config.feedback:  # an infeasible or unbounded answer's search comes after its solve
             base_wall += self.config.feedback_seconds
         # a code answer runs before its solve: its deadline, and the start of the worker's sandbox server
         code_wall = base_wall + self.config.code.wall_s + _SANDBOX_START_S
-        walls = [code_wall if kind == "code" or (kind == "score" and _may_hold_code(item[0])) else base_wall for item in items]
+        def wall(item) -> float:
+            return code_wall if kind == "code" or (kind in ("score", "stream") and _may_hold_code(item[0])) else base_wall
+
+        walls = [wall(item) for item in items]
         per_worker = 2 * len(self._workers)
         selector = selectors.DefaultSelector()
 
@@ -226,9 +239,16 @@ class EvaluatorPool:
                 return running[1] + walls[running[0]], running[0]
             return worker.seen + walls[worker.chunks[0][0]], worker.chunks[0][0]
 
+        def deliver(task: int, result) -> None:
+            if stream is None:
+                results[task] = result
+            else:  # the stream's callback owns it now; nothing of a served item stays here
+                items[task] = None
+                stream.deliver(task, result)
+
         def fail(w: int, task: int, status: str, reason: str) -> None:
             worker = self._workers[w]
-            results[task] = _failure(kind, items[task], status, reason)
+            deliver(task, _failure(kind, items[task], status, reason))
             if progress is not None:
                 progress(1)
             pending.extendleft(reversed([t for chunk in worker.chunks for t in chunk if t != task]))
@@ -237,15 +257,31 @@ class EvaluatorPool:
 
         for w in range(len(self._workers)):
             watch(w)
+        if stream is not None:
+            selector.register(stream.wakeup, selectors.EVENT_READ, -1)
         try:
             while True:
+                if stream is not None:
+                    for item in stream.take():
+                        items.append(item)
+                        walls.append(wall(item))
+                        results.append(None)
+                        pending.append(len(items) - 1)
                 for w in range(len(self._workers)):
                     while pending and len(self._workers[w].chunks) < 2:
                         worker = self._workers[w]
-                        size = min(_CHUNK, max(1, len(pending) // per_worker))
+                        # streamed answers go one per message, so a worker holds at most two and the rest
+                        # stay here, where a disconnected client's answers can still be dropped
+                        size = 1 if stream is not None else min(_CHUNK, max(1, len(pending) // per_worker))
                         chunk = [pending.popleft() for _ in range(min(size, len(pending)))]
+                        if stream is not None:  # a disconnected client's answers: dropped before any worker runs them
+                            chunk = [t for t in chunk if not stream.dropped(t)]
+                            if not chunk:
+                                continue
                         data, sent = self._pack(kind, shared, items, chunk, results)
-                        if progress is not None and len(sent) < len(chunk):  # those that do not pickle have their results
+                        for t in set(chunk) - set(sent):  # those that do not pickle have their results
+                            deliver(t, results[t])
+                        if progress is not None and len(sent) < len(chunk):
                             progress(len(chunk) - len(sent))
                         chunk = sent
                         if data is None:
@@ -265,10 +301,11 @@ class EvaluatorPool:
                             worker.seen = time.monotonic()
                         worker.chunks.append(chunk)
                 busy = [w for w in range(len(self._workers)) if self._workers[w].chunks]
-                if not busy:
+                if not busy and (stream is None or (stream.closed and not pending and not stream.waiting())):
                     return results
-                first_deadline = min(deadline(self._workers[w])[0] for w in busy)
-                events = selector.select(max(0.0, first_deadline - time.monotonic()))
+                first_deadline = min((deadline(self._workers[w])[0] for w in busy), default=None)
+                events = selector.select(None if first_deadline is None else max(0.0, first_deadline - time.monotonic()))
+                events = [(key, mask) for key, mask in events if key.data >= 0]
                 readable = {key.data for key, _ in events if key.fileobj is self._workers[key.data].conn}
                 exited = {key.data for key, _ in events} - readable
                 for w in busy:
@@ -280,7 +317,7 @@ class EvaluatorPool:
                             exited.add(w)
                         else:
                             for t, result in zip(worker.chunks.popleft(), out):
-                                results[t] = result
+                                deliver(t, result)
                             worker.seen = time.monotonic()
                             if progress is not None:
                                 progress(len(out))
@@ -327,8 +364,7 @@ class EvaluatorPool:
     def submit(self, items: list[tuple[str, Reference]], progress: Callable[[int], None] | None = None) -> Future:
         """Score in the background; `.result()` gives list[ScoreResult] in order. `progress(n)` is
         called (from the pool's thread) as every n answers are scored, e.g. a progress bar's update."""
-        if self._executor is None:
-            raise RuntimeError("the evaluator pool is closed")
+        self._check_free()
         return self._executor.submit(self._score_batch, list(items), progress)
 
     def score_many(self, items: list[tuple[str, Reference]], progress: Callable[[int], None] | None = None) -> list[ScoreResult]:
@@ -336,20 +372,43 @@ class EvaluatorPool:
 
     def solve_many(self, models_or_texts: list[Model | str]) -> list[SolveResult]:
         limits = self.config.limits
-        if self._executor is None:
-            raise RuntimeError("the evaluator pool is closed")
+        self._check_free()
         return self._executor.submit(self._run, "solve", limits, list(models_or_texts)).result()
 
     def solve_code_many(self, codes: list[str]) -> list[SolveResult]:
         """Solver-library programs (Python source): each one's captured model solved by SCIP."""
+        self._check_free()
+        return self._executor.submit(self._run, "code", self.config, list(codes)).result()
+
+    def stream(self) -> ScoreStream:
+        """Score answers as they arrive (the reward server, the engine adapters): `put` each with a
+        callback. The pool is the stream's until the stream is closed, which lets the answers
+        already put finish first. Its loop runs on a daemon thread, so a process that never
+        closes it still exits (an executor thread would be joined before atexit handlers run)."""
+        self._check_free()
+        stream = self._stream = ScoreStream()
+        stream.done = Future()
+        threading.Thread(target=self._serve, args=(stream,), name="evaluator-stream", daemon=True).start()
+        return stream
+
+    def _serve(self, stream: ScoreStream) -> None:
+        try:
+            self._run("stream", self.config, [], stream=stream)
+        except BaseException as err:
+            stream.fail_all(f"evaluator error: {type(err).__name__}: {err}")
+            stream.done.set_exception(err)
+        else:
+            stream.done.set_result(None)
+
+    def _check_free(self) -> None:
         if self._executor is None:
             raise RuntimeError("the evaluator pool is closed")
-        return self._executor.submit(self._run, "code", self.config, list(codes)).result()
+        if self._stream is not None and not self._stream.done.done():
+            raise RuntimeError("the evaluator pool serves a stream: score through it, or close it first")
 
     def worker_info(self) -> list[dict]:
         """pid of each worker and whether torch / lightning are loaded in it (they must not be)."""
-        if self._executor is None:
-            raise RuntimeError("the evaluator pool is closed")
+        self._check_free()
         return self._executor.submit(self._info).result()
 
     def _info(self) -> list[dict]:
@@ -363,6 +422,9 @@ class EvaluatorPool:
     def close(self) -> None:
         if self._executor is None:
             return
+        if self._stream is not None:  # its answers already put finish first
+            self._stream.close()
+            self._stream.done.exception()
         self._executor.shutdown(wait=True)
         self._executor = None
         for worker in self._workers:
@@ -382,3 +444,83 @@ class EvaluatorPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ScoreStream:
+    """Answers fed to a running pool one request at a time, each result handed to its callback as
+    soon as its worker answers, so a slow answer holds up no other beyond its own deadline.
+    `put`, `drop` and `close` are thread-safe; callbacks run on the pool's thread."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._new: list[tuple[str, Reference]] = []
+        self._callbacks: dict[int, Callable[[ScoreResult], None]] = {}
+        self._next = 0
+        self.closed = False
+        self.done: Future | None = None  # the pool's serving task: finished once closed and drained
+        self.wakeup, self._wake = os.pipe()  # the pool's selector watches `wakeup`
+        os.set_blocking(self.wakeup, False)
+        os.set_blocking(self._wake, False)
+
+    def put(self, answer: str, reference: Reference, callback: Callable[[ScoreResult], None]) -> int:
+        """Queue one answer; returns its ticket (for `drop`)."""
+        with self._lock:
+            if self.closed:
+                raise RuntimeError("the score stream is closed")
+            ticket = self._next
+            self._next += 1
+            self._new.append((answer, reference))
+            self._callbacks[ticket] = callback
+        self._poke()
+        return ticket
+
+    def drop(self, ticket: int) -> None:
+        """Forget an answer nobody waits for: skipped unless a worker already runs it."""
+        with self._lock:
+            self._callbacks.pop(ticket, None)
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+        self._poke()
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._wake, b"x")
+        except BlockingIOError:  # the pipe is full: the pool has wake-ups waiting already
+            pass
+
+    # pool side -----------------------------------------------------------------------------
+
+    def take(self) -> list[tuple[str, Reference]]:
+        """New answers, in ticket order (a ticket is the answer's index in the pool's run)."""
+        try:
+            while os.read(self.wakeup, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            new, self._new = self._new, []
+        return new
+
+    def waiting(self) -> bool:
+        with self._lock:
+            return bool(self._new)
+
+    def dropped(self, ticket: int) -> bool:
+        with self._lock:
+            return ticket not in self._callbacks
+
+    def deliver(self, ticket: int, result: ScoreResult) -> None:
+        with self._lock:
+            callback = self._callbacks.pop(ticket, None)
+        if callback is not None:
+            callback(result)
+
+    def fail_all(self, reason: str) -> None:
+        """The pool's loop stopped: every waiting answer gets an error result, none hangs."""
+        with self._lock:
+            callbacks, self._callbacks = self._callbacks, {}
+            self.closed = True
+        for callback in callbacks.values():
+            callback(ScoreResult(0.0, {"format": 0.0, "solved": 0.0, "answer": 0.0}, "error", reason=reason))

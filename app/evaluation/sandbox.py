@@ -36,6 +36,7 @@ Messages are length-prefixed JSON: nothing the answer writes is ever unpickled.
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import gc
 import json
@@ -205,6 +206,44 @@ def _drop_capabilities() -> None:
     _check(_prctl(_PR_SET_NO_NEW_PRIVS, 1), "prctl(NO_NEW_PRIVS)")
 
 
+# System calls an answer never needs, refused (EPERM) at the 'namespaces' level once the runner
+# has built its world: debugging and reading other processes, kernel keyrings, BPF, perf events,
+# userfaultfd and io_uring (frequent kernel exploit surfaces), kernel images and modules, and
+# every mount and namespace call. clone is refused with any namespace flag; clone3 passes its
+# flags in memory that a filter cannot read, so it gets ENOSYS and glibc falls back to clone.
+_REFUSED_SYSCALLS = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "bpf", "keyctl", "add_key", "request_key",
+    "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+    "mount", "umount2", "pivot_root", "chroot", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick",
+    "mount_setattr", "unshare", "setns", "swapon", "swapoff", "reboot", "acct", "quotactl",
+)
+_CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)  # NEWNS, NEWCGROUP .. NEWNET
+_seccomp = None  # the pyseccomp module, loaded by a 'namespaces' server before it forks runners
+
+
+def _load_seccomp():
+    """pyseccomp (ctypes over the system's libseccomp.so.2), or None where either is missing."""
+    try:
+        import pyseccomp
+    except (ImportError, RuntimeError, OSError):
+        return None
+    return pyseccomp
+
+
+def _refuse_syscalls(seccomp) -> None:
+    rules = seccomp.SyscallFilter(seccomp.ALLOW)
+    for name in _REFUSED_SYSCALLS:
+        try:
+            rules.add_rule(seccomp.ERRNO(errno.EPERM), name)
+        except (RuntimeError, OSError, ValueError):  # not a system call of this architecture (or libseccomp version)
+            pass
+    for flag in _CLONE_NAMESPACE_FLAGS:
+        rules.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
+    rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    rules.load()
+
+
 # ----------------------------------------------------------------------------- the runner's world
 
 
@@ -343,6 +382,11 @@ def _runner(level: str, limits: CodeLimits, solver_limits: SolverLimits, root: s
     reporter = os.getpid()  # processes the code forks end here too, but only the runner reports
     try:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        try:  # the kernel's first choice when memory runs out (inherited by its forks)
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("1000")
+        except OSError:  # no /proc: the memory limits still hold
+            pass
         os.setsid()  # its own session and process group: a kill(0) from the answer reaches nothing else
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
@@ -357,6 +401,8 @@ def _runner(level: str, limits: CodeLimits, solver_limits: SolverLimits, root: s
             _build_root(root, limits.file_mb)
             workdir = _WORKDIR
             _drop_capabilities()
+            if _seccomp is not None:
+                _refuse_syscalls(_seccomp)
         os.chdir(workdir)
         os.environ["HOME"] = os.environ["TMPDIR"] = workdir  # libraries' temporary files go there too
         tempfile.tempdir = None
@@ -575,13 +621,69 @@ def _enter_pids_cgroup(limit: int) -> str | None:
         return None
 
 
-def _remove_cgroup(path: str, root: str, wait_s: float) -> None:
+def _own_cgroup(controller: str) -> tuple[str, str] | None:
+    """(directory of this process's cgroup for `controller`, its version "1" or "2"), when writable."""
+    try:
+        lines = open("/proc/self/cgroup").read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            where = os.path.join(f"/sys/fs/cgroup/{controller}", path.lstrip("/"))
+            return (where, "1") if os.access(os.path.join(where, "cgroup.procs"), os.W_OK) else None
+    for line in lines:
+        if line.startswith("0::"):
+            where = os.path.join("/sys/fs/cgroup", line[3:].lstrip("/"))
+            try:
+                enabled = controller in open(os.path.join(where, "cgroup.subtree_control")).read().split()
+            except OSError:
+                return None
+            return (where, "2") if enabled and os.access(where, os.W_OK) else None
+    return None
+
+
+def _enter_memory_cgroup(limit_mb: int) -> tuple[str, str] | None:
+    """Move this server into a new memory cgroup below its own, limited to `limit_mb` for itself
+    and every runner (a memory bomb spread over many processes is stopped there; the kernel's OOM
+    killer then takes a runner first: oom_score_adj 1000). Returns (path, parent) or None."""
+    own = _own_cgroup("memory")
+    if own is None:
+        return None
+    parent, version = own
+    try:
+        for name in os.listdir(parent):
+            if name.startswith("solver-ppo-sandbox-") and not os.path.exists(f"/proc/{name.rsplit('-', 1)[1]}"):
+                _remove_cgroup(os.path.join(parent, name), parent, wait_s=0.0, leave=False)
+        path = os.path.join(parent, f"solver-ppo-sandbox-{os.getpid()}")
+        os.mkdir(path)
+    except OSError:
+        return None
+    memory, swap = ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes") if version == "1" else ("memory.max", "memory.swap.max")
+    try:
+        with open(os.path.join(path, memory), "w") as f:
+            f.write(str(limit_mb << 20))
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    except OSError:
+        _remove_cgroup(path, parent, wait_s=0.0, leave=False)
+        return None
+    try:  # swap must not stretch the limit (absent where the kernel does not account swap)
+        with open(os.path.join(path, swap), "w") as f:
+            f.write(str(limit_mb << 20) if version == "1" else "0")
+    except OSError:
+        pass
+    return path, parent
+
+
+def _remove_cgroup(path: str, root: str, wait_s: float, leave: bool = True) -> None:
     """Leave the cgroup (when in it) and remove it once empty: a PID namespace keeps its cgroup
     busy for up to about a second after its last process was reaped (the kernel frees the
     namespace's network asynchronously)."""
     try:
-        with open(os.path.join(root, "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))
+        if leave:
+            with open(os.path.join(root, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
     except OSError:
         pass
     end = time.monotonic() + wait_s
@@ -680,17 +782,20 @@ def serve(settings: dict) -> None:
     from app.evaluation.capture import preload
 
     preload(settings["library"])
+    global _seccomp
+    _seccomp = _load_seccomp() if level == "namespaces" else None
     base = tempfile.mkdtemp(prefix="solver-ppo-sandbox-")
     _warm_up(base, settings["library"])
     _exposed_paths()  # computed once here, inherited by every runner
     gc.freeze()  # the runners' garbage collections then leave the server's objects (and their pages) alone
     os.makedirs(os.path.join(base, "root"))
-    _write_frame(stdout, {"level": level, "problem": problem})
+    _write_frame(stdout, {"level": level, "problem": problem, "seccomp": _seccomp is not None})
     if wanted == "strict" and level != "namespaces":
         return
     spares: deque[_Spare] = deque()  # prepared runners, oldest first
     retired: list[_Spare] = []  # runners that answered and were killed, to reap
     cgroup = _enter_pids_cgroup(limits.processes)
+    memory = _enter_memory_cgroup(limits.total_memory_mb)
     prepared = 0
     try:
         while True:
@@ -715,6 +820,8 @@ def serve(settings: dict) -> None:
             _reap(retired, block=True)
         if cgroup is not None:
             _remove_cgroup(cgroup, _pids_cgroup_root(), wait_s=3.0)
+        if memory is not None:
+            _remove_cgroup(*memory, wait_s=3.0)
         _remove_tree(settings["home"])  # holds `base`; the client made it for this server alone
 
 
@@ -759,6 +866,7 @@ class Sandbox:
         self.limits = limits or CodeLimits()
         self.solver_limits = solver_limits or SolverLimits()
         self.level: str | None = None  # 'namespaces' | 'audit' once the server runs
+        self.seccomp = False  # whether its runners get the system-call filter (namespaces level, pyseccomp and libseccomp present)
         self._process: subprocess.Popen | None = None
         self._home: str | None = None  # the server's HOME and TMPDIR
         self._lock = threading.Lock()
@@ -779,11 +887,15 @@ class Sandbox:
                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=home, close_fds=True,
                                          start_new_session=True)
         ready, _, _ = select.select([self._process.stdout], [], [], _START_TIMEOUT_S)
-        hello = _read_frame(self._process.stdout.fileno()) if ready else None
-        if hello is None:
+        try:
+            hello = _read_frame(self._process.stdout.fileno()) if ready else None
+        except ValueError:  # not JSON
+            hello = None
+        if not isinstance(hello, dict) or not isinstance(hello.get("level"), str):
             self._stop(kill=True)
             raise OSError("the sandbox server did not start")
         self.level = hello["level"]
+        self.seccomp = bool(hello.get("seccomp"))
         if self.level_setting == "strict" and self.level != "namespaces":
             self._stop()
             raise SandboxUnavailable(_strict_message(hello["problem"]))
@@ -808,8 +920,8 @@ class Sandbox:
                 ready, _, _ = select.select([self._process.stdout], [], [], self.limits.wall_s + 20.0)
                 if ready:
                     reply = _read_frame(self._process.stdout.fileno())
-            except OSError:
-                pass
+            except (OSError, ValueError):  # ValueError: a reply that is not JSON
+                reply = None
             if reply is None:  # dead or hung: the next call starts a fresh server
                 self._stop(kill=True)
                 return CaptureOutcome("sandbox_error", "the sandbox server failed; it is restarted for the next answer")
@@ -844,7 +956,9 @@ class Sandbox:
         self.close()
 
 
-def _outcome(reply: dict) -> CaptureOutcome:
+def _outcome(reply) -> CaptureOutcome:
+    if not isinstance(reply, dict):
+        return CaptureOutcome("sandbox_error", f"the sandbox replied with a JSON {type(reply).__name__}, not an object")
     fields = {k: reply.get(k) for k in ("status", "reason", "model_text", "fmt", "library")}
     fields["sense_free"] = bool(reply.get("sense_free", False))
     if not isinstance(fields["status"], str):

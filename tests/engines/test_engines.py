@@ -1,0 +1,204 @@
+"""The adapters driven by the engines' own code, on CPU, inside .venv-engines:
+
+- TRL 1.16's GRPOTrainer trains a tiny model for a few steps with `solver_reward` as its only
+  reward; the rewards it logs equal `solver-ppo score`'s for the completions it logged.
+- OpenRLHF 0.11's single-turn executor fetches rewards from `serve-reward` (its HTTP client) and
+  from `app/integrations/openrlhf.py` (its `.py` loader); its multi-turn executor runs our
+  AgentExecutor, loaded by its own loader, with a scripted LLM engine.
+- veRL 0.9 is not installed (its reward managers import ray and tensordict built for another
+  torch): the veRL adapters are called here with the keyword arguments its naive and batch reward
+  managers pass (verl/workers/reward_manager/naive.py, batch.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = "```lp\nMaximize\n obj: 3 x + 2 y\nSubject To\n c1: x + y <= 4\n c2: x + 3 y <= 6\nBounds\n x <= 3\nEnd\n```"  # optimum 11
+PROMPT = "Maximize 3x + 2y with x + y <= 4, x + 3y <= 6, x <= 3. Answer:"
+
+
+def _score(tmp: Path, answers: list[str], labels: list) -> list[dict]:
+    problems = tmp / "problems.jsonl"
+    problems.write_text("".join(json.dumps({"id": str(k), "answer": a}) + "\n" for k, a in enumerate(labels)))
+    given = tmp / "answers.jsonl"
+    given.write_text("".join(json.dumps({"id": str(k), "answer": a}) + "\n" for k, a in enumerate(answers)))
+    out = subprocess.run([sys.executable, "-m", "app", "score", "--data", str(problems), "--answers", str(given)],
+                         capture_output=True, text=True, check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_installed_copy_is_used_and_imports_no_torch(tmp_path):
+    """`pip install .` put solver-ppo in the venv (setup_engine_venv.sh checked torch and transformers did not move)."""
+    code = ("import sys, app, app.evaluation, app.integrations.trl, app.integrations.verl, app.integrations.openrlhf, app.integrations.server; "
+            "print(app.__file__); print(sorted(m for m in ('torch', 'transformers', 'lightning', 'peft') if m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path, env=env).stdout.split("\n")
+    assert "site-packages" in out[0] and out[1] == "[]"
+
+
+def _tokenizer():
+    """A byte-level BPE tokenizer trained here on the prompt and the answer (no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator([PROMPT + GOOD] * 20, trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>", "<pad>"],
+                                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>", pad_token="<pad>", padding_side="left")
+
+
+def _tiny_model():
+    """A 2-layer Llama taught by a short supervised run to write the LP answer after the prompt,
+    so sampling gives a mix of right and broken answers."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None))
+    ids = torch.tensor([tok(PROMPT)["input_ids"] + tok(GOOD)["input_ids"] + [tok.eos_token_id]])  # TRL tokenizes the prompt alone
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05, f"the tiny model did not learn the answer (loss {loss.item():.3f})"
+    return tok, model, len(tok(GOOD)["input_ids"]) + 2
+
+
+def test_trl_grpo_trains_with_solver_reward(tmp_path):
+    import torch
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from app.integrations.trl import solver_reward
+
+    torch.set_num_threads(2)
+    tok, model, n = _tiny_model()
+    dataset = Dataset.from_list([{"prompt": PROMPT, "answer": "11"}, {"prompt": PROMPT, "answer": '{"answer": 11}'}] * 2)
+    config = GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, seed=0, per_device_train_batch_size=4,
+                        num_generations=4, max_completion_length=n, temperature=1.2, learning_rate=1e-4, max_steps=2,
+                        logging_steps=1, report_to="none", save_strategy="no", shuffle_dataset=False, dataloader_num_workers=0)
+    trainer = GRPOTrainer(model=model, reward_funcs=[solver_reward], args=config, train_dataset=dataset, processing_class=tok)
+    trainer.train()
+    completions = list(trainer._logs["completion"])
+    logged = list(trainer._logs["rewards"]["solver_reward"])
+    assert len(completions) == len(logged) == 4  # TRL keeps the completions of the last generation batch
+    rows = _score(tmp_path, completions, [11] * len(completions))
+    assert logged == pytest.approx([r["reward"] for r in rows], abs=1e-6)  # TRL keeps them as float32
+    assert any(r["reward"] == 1.0 for r in rows) and any(r["reward"] < 1.0 for r in rows), completions
+    metrics = [h for h in trainer.state.log_history if "solver/format" in h]
+    assert len(metrics) == 2 and all(0.0 <= h["solver/format"] <= 1.0 for h in metrics)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_openrlhf_reward_paths(tmp_path):
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+
+    answers = [GOOD, "no model here", GOOD.replace("<= 4", "<= 5")]
+    labels = ["11", "11", json.dumps({"answer": 11})]
+    want = [r["reward"] for r in _score(tmp_path, answers, [11, 11, 11])]
+    queries, prompts = [PROMPT + a + "<eos>" for a in answers], [PROMPT] * 3
+
+    by_file = SingleTurnAgentExecutor(str(ROOT / "app" / "integrations" / "openrlhf.py"))
+    got = asyncio.run(by_file._fetch_rewards_via_func(queries, prompts, labels))
+    assert [g["rewards"][0] for g in got] == want
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "app", "serve-reward", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        by_http = SingleTurnAgentExecutor(f"http://127.0.0.1:{port}/get_reward")
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        [got] = asyncio.run(by_http._fetch_rewards_via_http(queries, prompts, labels))
+        assert got["rewards"] == got["scores"] == want
+        assert set(got["extra_logs"]) == {"solver_format", "solver_solved", "solver_answer", "solver_accuracy"}
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+
+
+def test_openrlhf_agent_executor(tmp_path):
+    """OpenRLHF's own loader and multi-turn loop run our AgentExecutor: the first (infeasible)
+    answer gets the solver's feedback, the second matches and ends the episode with reward 1."""
+    import importlib.util
+
+    from openrlhf.utils.agent import AgentExecutorBase
+
+    spec = importlib.util.spec_from_file_location("agent_module", ROOT / "app" / "integrations" / "openrlhf.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    executor = module.AgentExecutor()
+    assert isinstance(executor, AgentExecutorBase)
+
+    from app.integrations import scorer
+
+    scorer.shutdown()  # the agent needs evaluation.feedback: a pool of its own
+    scorer.configure(feedback=True)
+    tok = _tokenizer()
+    turns = iter(["```lp\nMaximize\n obj: x\nSubject To\n a: x >= 4\n b: x <= 3\nEnd\n```", GOOD])
+
+    class Engine:  # answers with the scripted turns, as vLLM's engine would with sampled ones
+        async def generate(self, ids, params, multi_modal_data=None):
+            text = next(turns)
+            return SimpleNamespace(outputs=[SimpleNamespace(token_ids=tok(text)["input_ids"], text=text, logprobs=None)])
+
+    params = SimpleNamespace(max_tokens=None, logprobs=None)
+    out = asyncio.run(executor.execute(PROMPT, "11", params, 4096, tok, Engine()))
+    assert out["reward"] == pytest.approx(1.0) and out["scores"] == 1.0 and len(out["action_ranges"]) == 2
+    assert "irreducible infeasible subset" in tok.decode(out["observation_tokens"])
+
+
+def test_verl_reward_manager_calls():
+    """The calls veRL's naive (one row) and batch reward managers make, by keyword."""
+    from app.integrations.verl import compute_score, compute_score_batch
+
+    one = compute_score(data_source="optimization", solution_str=GOOD, ground_truth="11", extra_info={"index": 0})
+    batch = compute_score_batch(data_sources=["optimization"] * 2, solution_strs=[GOOD, "none"], ground_truths=["11", "11"],
+                                extra_infos=[{"rollout_reward_scores": {}}, {"rollout_reward_scores": {}}])
+    assert one["score"] == batch[0]["score"] == 1.0 and batch[1]["score"] == 0.0
+    assert set(one) == set(batch[1])
+
+
+def test_trl_environment_tool_renders_for_the_chat_template():
+    """TRL hands the environment's methods to `apply_chat_template(tools=...)`, which reads each
+    one's JSON schema from its signature and docstring; the tool answers with the solver's feedback."""
+    from transformers.utils import get_json_schema
+
+    from app.integrations import scorer
+    from app.integrations.trl import SolverEnvironment
+
+    scorer.shutdown()
+    scorer.configure(feedback=True)
+    env = SolverEnvironment()
+    schema = get_json_schema(env.check_model)["function"]
+    assert schema["name"] == "check_model" and schema["parameters"]["required"] == ["model"]
+    env.reset(prompt=PROMPT, answer="11")
+    assert "Objective value: 11." in env.check_model(GOOD.strip("`").removeprefix("lp\n"))

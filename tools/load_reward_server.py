@@ -1,0 +1,325 @@
+"""Load and faults against `serve-reward` on localhost; exits 1 if any check fails.
+
+    .venv/bin/python tools/load_reward_server.py [--answers 20000] [--clients 16] [--workers 2]
+
+Clients send the answers in requests of 1 to 8 (honest LP and code answers mixed with a hostile
+catalogue: infinite loops, memory and fork bombs, endless output, garbage), each answer once,
+while a chaos thread sends malformed, oversized and wrong-token requests and requests it abandons
+mid-way, and one pool worker and one sandbox server are killed with SIGKILL (at a third and at two
+thirds of the run). Checks: every answer gets exactly one row, equal to what in-process scoring
+gives it (less solve_seconds), except the answers that were running in a killed process (status
+error or sandbox_error, counted); every chaos request gets its 4xx; /health answers every poll
+within 1 s; after SIGTERM no process of the server's tree, sandbox directory or growth of its file
+descriptors is left, and its memory at the end is reported beside its memory after warm-up.
+Last line: one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.evaluation import EvaluationConfig, EvaluatorPool  # noqa: E402
+from app.evaluation.cli_score import result_row  # noqa: E402
+from app.evaluation.config import CodeLimits  # noqa: E402
+from app.integrations.scorer import reference_from_label  # noqa: E402
+
+SCIP_CODE = """```python
+import pyscipopt
+m = pyscipopt.Model()
+x = m.addVar(ub=3)
+y = m.addVar()
+m.addCons(x + y <= 4)
+m.addCons(x + 3 * y <= 6)
+m.setObjective(3 * x + 2 * y, "maximize")
+m.optimize()
+```"""
+HOSTILE = {
+    "loop": "```python\nimport pyscipopt\nwhile True:\n    pass\n```",
+    "memory": "```python\nimport pyscipopt\nblocks = []\nwhile True:\n    blocks.append(bytearray(64 * 2**20))\n```",
+    "fork": "```python\nimport pyscipopt, os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n```",
+    "output": "```python\nimport pyscipopt\nwhile True:\n    print('x' * 65536)\n```",
+    "garbage": "\x00\xff```lp\nMaximize obj: x +\n```\n```lp\nMinimize\n",
+}
+
+
+def catalogue() -> list[tuple[str, str, object, str | None]]:
+    """(kind, answer, label, reference_model): the samples' answers, a solver-code answer, the hostile ones."""
+    samples = ROOT / "app" / "evaluation" / "samples"
+    problems = [json.loads(line) for line in (samples / "problems.jsonl").read_text().splitlines()]
+    answers = [json.loads(line)["answer"] for line in (samples / "answers.jsonl").read_text().splitlines()]
+    out = [("honest", a, p.get("answer"), p.get("reference_model")) for p, a in zip(problems, answers)]
+    out.append(("honest", SCIP_CODE, 11, None))
+    out += [(kind, text, 1, None) for kind, text in HOSTILE.items()]
+    return out
+
+
+class Client:
+    def __init__(self, port: int, token: str):
+        self.port, self.token = port, token
+
+    def post(self, path: str, body: bytes, token: str | None = None, timeout: float = 300.0) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request("POST", path, body=body, headers={"Content-Type": "application/json", "Authorization": f"Bearer {token or self.token}"})
+            response = conn.getresponse()
+            return response.status, json.loads(response.read() or b"{}")
+        finally:
+            conn.close()
+
+
+def tree(root: int) -> dict[int, str]:
+    """pid -> command line of `root` and all its descendants (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        kids = [c for c, p in parents.items() if p == pid and c not in found]
+        found.update(kids)
+        frontier += kids
+    out = {}
+    for pid in found:
+        try:
+            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            pass
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--answers", type=int, default=20000)
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--hostile", type=float, default=0.02, help="share of hostile answers (default 2 %%; each holds a worker up to --code-wall)")
+    p.add_argument("--code-wall", type=float, default=1.0, help="evaluation.code.wall_s (default 1 s)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    rng = random.Random(args.seed)
+    cat = catalogue()
+    honest = [c for c in cat if c[0] == "honest"]
+    hostile = [c for c in cat if c[0] != "honest"]
+    plan = [rng.choice(hostile) if rng.random() < args.hostile else rng.choice(honest) for _ in range(args.answers)]
+    config = EvaluationConfig(workers=args.workers, code=CodeLimits(wall_s=args.code_wall))
+
+    with EvaluatorPool(config) as pool:  # what each catalogue entry scores in process (hostile ones twice: they must be stable)
+        expected = [result_row(r) for r in pool.score_many([(a, reference_from_label(label, m)) for _, a, label, m in cat])]
+        again = [result_row(r) for r in pool.score_many([(a, reference_from_label(label, m)) for _, a, label, m in cat])]
+    strip = lambda row: {k: v for k, v in row.items() if k not in ("solve_seconds", "id")}  # noqa: E731
+    unstable = [cat[k][0] for k in range(len(cat)) if strip(expected[k]) != strip(again[k])]
+    index = {a: k for k, (_, a, _, _) in enumerate(cat)}
+
+    token = secrets.token_urlsafe(24)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tempfile.mkdtemp()
+    server_tmp = Path(tmp) / "tmp"  # the server's TMPDIR: what its sandboxes leave behind shows here alone
+    server_tmp.mkdir()
+    cfg = Path(tmp) / "eval.yaml"
+    cfg.write_text(f"evaluation:\n  workers: {args.workers}\n  code: {{wall_s: {args.code_wall}}}\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SOLVER_PPO_REWARD_TOKEN": token, "TMPDIR": str(server_tmp)}
+    server = subprocess.Popen([sys.executable, "-m", "app", "serve-reward", "--port", str(port), "--config", str(cfg), "--max-items", "64"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = Client(port, token)
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    client.post("/score", json.dumps({"items": [{"answer": a, "label": label, "reference_model": m} for _, a, label, m in cat]}).encode())  # warm
+    fds0, rss0 = len(os.listdir(f"/proc/{server.pid}/fd")), rss_mb(server.pid)
+
+    rows: dict[int, list[dict]] = {}
+    lock = threading.Lock()
+    latencies: list[float] = []
+    failures: list[str] = []
+    done = [0]
+    batches, k = [], 0
+    while k < len(plan):
+        n = rng.randint(1, 8)
+        batches.append(list(range(k, min(k + n, len(plan)))))
+        k += n
+
+    def send(batch: list[int]) -> None:
+        items = [{"id": i, "answer": plan[i][1], "label": plan[i][2], "reference_model": plan[i][3]} for i in batch]
+        t0 = time.perf_counter()
+        status, body = client.post("/score", json.dumps({"items": items}).encode())
+        latency = time.perf_counter() - t0
+        with lock:
+            if status != 200:
+                failures.append(f"batch {batch[0]}: HTTP {status} {body}")
+                return
+            latencies.append(latency)
+            for row in body["rows"]:
+                rows.setdefault(row["id"], []).append(row)
+            done[0] += len(batch)
+
+    health: list[float] = []
+    health_fail: list[str] = []
+    chaos: dict[str, list[int]] = {}
+    kills: list[str] = []
+    stop = threading.Event()
+
+    def poll_health() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/health")
+                ok = conn.getresponse().status == 200
+                conn.close()
+                health.append(time.perf_counter() - t)
+                if not ok:
+                    health_fail.append("status")
+            except OSError as err:
+                health_fail.append(str(err))
+            stop.wait(0.2)
+
+    def run_chaos() -> None:
+        item = {"answer": cat[0][1], "label": cat[0][2], "reference_model": cat[0][3]}
+        while not stop.is_set():
+            for name, body, token_used in (("malformed", b"{not json", None), ("oversized", json.dumps({"items": [item] * 65}).encode(), None),
+                                           ("wrong_token", json.dumps({"items": [item]}).encode(), "x" * 24),
+                                           ("bad_label", json.dumps({"items": [{"answer": "a", "label": "twelve"}]}).encode(), None)):
+                try:
+                    chaos.setdefault(name, []).append(client.post("/score", body, token=token_used, timeout=30)[0])
+                except OSError as err:
+                    chaos.setdefault(name, []).append(-1)
+                    failures.append(f"{name}: {err}")
+            conn = socket.create_connection(("127.0.0.1", port))  # a client that goes away mid-request
+            payload = json.dumps({"items": [{"answer": HOSTILE["loop"], "label": 1}] * 4}).encode()
+            conn.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer " + token.encode()
+                         + b"\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+            stop.wait(0.3)
+            conn.close()
+            chaos.setdefault("abandoned", []).append(0)
+            stop.wait(1.0)
+
+    def killer() -> None:
+        for at, what in ((1 / 3, "worker"), (2 / 3, "sandbox")):
+            while not stop.is_set() and done[0] < at * len(plan):
+                stop.wait(0.2)
+            for _ in range(50):  # the process found may exit before the signal (a sandbox server being replaced): look again
+                procs = tree(server.pid)
+                if what == "worker":  # forked by the pool's forkserver: a child of the process running multiprocessing.forkserver
+                    servers = [pid for pid, cmd in procs.items() if "forkserver" in cmd]
+                    targets = [pid for pid in procs if servers and _parent(pid) in servers]
+                else:
+                    # a sandbox server, not one of its runners (forked from it, with its command line)
+                    targets = [pid for pid, cmd in procs.items() if "sandbox import serve" in cmd and "sandbox import serve" not in procs.get(_parent(pid), "")]
+                try:
+                    os.kill(targets[0], signal.SIGKILL)
+                except (IndexError, ProcessLookupError):
+                    stop.wait(0.1)
+                    continue
+                kills.append(f"{what} {targets[0]} at {done[0]} answers")
+                break
+            else:
+                kills.append(f"{what}: none found")
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (poll_health, run_chaos, killer)]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(args.clients) as ex:
+        list(ex.map(send, batches))
+    wall = time.perf_counter() - t0
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    time.sleep(2.0)  # abandoned requests' answers finish or are dropped
+    fds1, rss1 = len(os.listdir(f"/proc/{server.pid}/fd")), rss_mb(server.pid)
+    procs = tree(server.pid)
+    server.send_signal(signal.SIGTERM)
+    code = server.wait(timeout=300)
+    for _ in range(100):  # the forkserver and resource tracker exit once they see the server gone
+        left = [pid for pid in procs if Path(f"/proc/{pid}").exists() and pid != server.pid]
+        if not left:
+            break
+        time.sleep(0.1)
+    dirs_left = [p.name for p in server_tmp.iterdir()]
+
+    missing = [i for i in range(len(plan)) if i not in rows]
+    duplicated = [i for i, r in rows.items() if len(r) > 1]
+    killed, wrong = 0, []
+    for i, got in rows.items():
+        want = expected[index[plan[i][1]]]
+        if strip(got[0]) == strip(want):
+            continue
+        if got[0]["status"] in ("error", "sandbox_error") and ("died" in got[0]["reason"] or "sandbox server failed" in got[0]["reason"]):
+            killed += 1
+        elif plan[i][0] != "honest" and plan[i][0] in unstable:
+            continue
+        else:
+            wrong.append((i, plan[i][0], got[0]["status"], want["status"]))
+    chaos_ok = (all(c == 400 for c in chaos.get("malformed", [])) and all(c == 413 for c in chaos.get("oversized", []))
+                and all(c == 401 for c in chaos.get("wrong_token", [])) and all(c == 422 for c in chaos.get("bad_label", [])))
+    figures = {
+        "answers": len(plan), "hostile": sum(c[0] != "honest" for c in plan), "answers_per_s": round(len(plan) / wall, 1),
+        "p50_request_s": round(statistics.median(latencies), 3), "p99_request_s": round(sorted(latencies)[int(0.99 * len(latencies))], 3),
+        "missing": len(missing), "duplicated": len(duplicated), "wrong": len(wrong), "hit_by_kills": killed,
+        "health_polls": len(health), "health_max_latency_s": round(max(health), 4), "health_failures": len(health_fail),
+        "chaos_requests": {k: len(v) for k, v in chaos.items()}, "chaos_codes_ok": chaos_ok, "kills": kills,
+        "exit_code": code, "processes_left": len(left), "sandbox_dirs_left": len(dirs_left),
+        "server_fds": [fds0, fds1], "server_rss_mb": [round(rss0, 1), round(rss1, 1)], "unstable_in_process": unstable,
+        "request_failures": failures[:5],
+    }
+    ok = (not any("none found" in k for k in kills) and not missing and not duplicated and not wrong and not failures and not health_fail and max(health) < 1.0 and chaos_ok
+          and code == 0 and not left and not dirs_left and fds1 <= fds0 + 2)
+    print(f"{len(plan)} answers ({figures['hostile']} hostile) in {wall:.1f} s: {figures['answers_per_s']} answers/s, request p50 "
+          f"{figures['p50_request_s']} s, p99 {figures['p99_request_s']} s; {args.clients} clients, {args.workers} workers, load average {os.getloadavg()[0]:.2f}")
+    print(f"rows: {len(missing)} missing, {len(duplicated)} duplicated, {len(wrong)} different from in-process, {killed} hit by the kills ({'; '.join(kills)})")
+    print(f"health: {len(health)} polls, slowest {max(health):.3f} s, {len(health_fail)} failed; chaos: {figures['chaos_requests']}, codes as expected: {chaos_ok}")
+    print(f"after SIGTERM: exit {code}, {len(left)} processes left, {len(dirs_left)} sandbox directories left; server fds {fds0} -> {fds1}, RSS {rss0:.0f} -> {rss1:.0f} MB")
+    if wrong:
+        print("different:", wrong[:5])
+    for pid in left:
+        print(f"left: {pid} {procs[pid][:120]}")
+    for name in dirs_left:
+        print(f"left: {server_tmp / name}")
+    print(json.dumps(figures))
+    return 0 if ok else 1
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
