@@ -111,7 +111,8 @@ def test_the_ppo_reward_scores_code_answers_through_its_pool():
 
     from callbacks.solver_reward import SolverReward
 
-    module = SimpleNamespace(device=torch.device("cpu"), log_dict=lambda *a, **k: None, print=lambda *a: None)
+    module = SimpleNamespace(device=torch.device("cpu"), log_dict=lambda *a, **k: None, print=lambda *a: None,
+                             cfg=SimpleNamespace(rollout=SimpleNamespace(turns=1)))
     reward = SolverReward(EvaluationConfig(workers=1))
     reward.setup(None, module, "fit")
     try:
