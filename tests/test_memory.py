@@ -1,15 +1,20 @@
 """The memory model's exact terms (app/models/memory.py) against the tensors of a real policy and cache."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
-from app.models.chatglm import CHATGLM3_6B, KVCache
+from app.models.chatglm import CHATGLM3_6B, GLM4_9B_CHAT, KVCache
 from app.models.config import LoraSettings, ModelConfig
 from app.models.loading import load_model
-from app.models.memory import ModelShape, StepSettings, estimate, kv_capacity
+from app.config import load_config
+from app.models.memory import USABLE, ModelShape, StepSettings, estimate, fits, kv_capacity, step_settings
 from app.models.policy import build_policy
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tensor_bytes(tensors) -> int:
@@ -68,3 +73,14 @@ def test_chatglm3_6b_figures():
     without_merge = estimate(shape, StepSettings(rows=32, prompt_tokens=1024, response_tokens=768, minibatch=4,
                                                  merge_for_sampling=False))  # fmt: skip
     assert e.peak - without_merge.peak == e.sampling["merged weights"] and e.peak_phase == "sampling"
+
+
+@pytest.mark.parametrize("path, config", [("configs/chatglm3_6b_lora.yaml", CHATGLM3_6B),
+                                          ("configs/chatglm3_6b_lora_4gpu.yaml", CHATGLM3_6B),
+                                          ("configs/glm4_9b_lora.yaml", GLM4_9B_CHAT)])  # fmt: skip
+def test_gpu_configs_fit_the_card_they_name(path, config):
+    """Each GPU config names its card in its first line ("one 40 GB GPU"); its defaults must fit it."""
+    card = int(re.search(r"(\d+) GB GPU", (ROOT / path).read_text().splitlines()[0]).group(1))
+    cfg = load_config(ROOT / path, ["model.path=x", "data.train=x"])
+    e = estimate(ModelShape.from_config(config), step_settings(cfg))
+    assert fits(e.peak, card), f"{path}: {e.peak / 1e9:.1f} GB by the memory model, more than {USABLE:.0%} of {card} GB"

@@ -56,6 +56,16 @@ CPU_OVERRIDES = {
     "evaluation.workers": 1,
     "model.lora.merge_for_sampling": False,  # the merged copy is another 11 GB (chatglm3-6b)
 }
+# On a GPU (`--device gpu`, tools/gpu_check.sh): the config's own settings, 2 steps of 256 new tokens
+GPU_OVERRIDES = {
+    "trainer.max_steps": 2,
+    "trainer.checkpoint_every": 1,
+    "trainer.enable_progress_bar": False,
+    "trainer.sample_log_every": 0,
+    "sampling.max_new_tokens": 256,
+    "data.shuffle_buffer": 0,
+    "evaluation.workers": 4,
+}
 PHASES = ("layout", "load", "train", "resume", "export", "compare")
 MIN_AVAILABLE = 1 << 30  # a phase that leaves the machine less than this is stopped
 GiB = 1 << 30
@@ -92,7 +102,8 @@ def train_config(model: str, work: Path, layers: int | None, **extra):
     from app.config import load_config
 
     p = paths(work)
-    overrides = CPU_OVERRIDES | {"model.path": p["layout"], "data.train": p["data"], "trainer.root_dir": p["logs"]}
+    device_overrides = GPU_OVERRIDES if os.environ.get("REAL_SIZE_DEVICE") == "gpu" else CPU_OVERRIDES
+    overrides = device_overrides | {"model.path": p["layout"], "data.train": p["data"], "trainer.root_dir": p["logs"]}
     cfg = load_config(ROOT / CONFIGS[model], [f"{k}={v}" for k, v in (overrides | extra).items()])
     return cfg
 
@@ -130,7 +141,7 @@ def phase_layout(model: str, work: Path, layers: int | None) -> dict:
 
     p = paths(work)
     with open(p["data"], "w") as f:
-        for item in generate(16, seed=0):
+        for item in generate(64, seed=0):
             f.write(json.dumps(item.to_json()) + "\n")
     write_published_layout(p["layout"], model, overrides={"num_layers": layers} if layers else None,
                            progress=lambda line: print(f"  {line}", flush=True))  # fmt: skip
@@ -165,9 +176,18 @@ def phase_train(model: str, work: Path, layers: int | None) -> dict:
     cfg = train_config(model, work, layers)
     module, trainer = train(cfg)
     measured = measured_resident_bytes(module, trainer.optimizers[0])
-    e = estimate(ModelShape.from_config(model_config(model, layers)),
-                 StepSettings(rows=4, prompt_tokens=1, response_tokens=1, minibatch=4, lora_r=cfg.model.lora.r))  # fmt: skip
+    ppo, rollout = cfg.ppo, module.last_rollout
+    settings = StepSettings(rows=ppo.prompts_per_step * ppo.samples_per_prompt, prompt_tokens=rollout.prompt_length,
+                            response_tokens=cfg.sampling.max_new_tokens, minibatch=ppo.minibatch_size,
+                            lora_r=cfg.model.lora.r, merge_for_sampling=cfg.model.lora.merge_for_sampling)  # fmt: skip
+    e = estimate(ModelShape.from_config(model_config(model, layers)), settings)
     formula = e.resident_without_gradients()
+    gpu = {}
+    if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto"):
+        peak = torch.cuda.max_memory_allocated()
+        gpu = {"gpu": torch.cuda.get_device_name(), "gpu_peak_allocated_gb": peak / 1e9,
+               "gpu_formula_peak_gb": e.peak / 1e9, "gpu_formula_peak_phase": e.peak_phase,
+               "gpu_memory_formula_error": abs(e.peak - peak) / peak}  # fmt: skip
     ids = module.chat.encode_prompt(module.tokenizer, module._messages(module.last_rollout.problems[0]))
     policy = module.policy.eval()
     with torch.no_grad():
@@ -176,7 +196,7 @@ def phase_train(model: str, work: Path, layers: int | None) -> dict:
     torch.save({"ids": ids, "logits": logits}, out / "policy_logits.pt")
     run = Path(trainer.log_dir)
     timings = {k: round(float(v), 1) for k, v in trainer.callback_metrics.items() if k.startswith("time/")}
-    return {"run": str(run), "iteration": module.iteration, "last_step_seconds": timings, "measured_resident_gb": measured / 1e9,
+    return gpu | {"run": str(run), "iteration": module.iteration, "last_step_seconds": timings, "measured_resident_gb": measured / 1e9,
             "formula_resident_gb": formula / 1e9, "memory_formula_error": abs(formula - measured) / measured,
             "checkpoint_mb": (run / "checkpoints" / "iter-000001.ckpt").stat().st_size / 1e6}  # fmt: skip
 
@@ -249,7 +269,8 @@ def run_phase(args, phase: str, extra: list[str]) -> dict:
     work = Path(args.work)
     result_file = paths(work)["results"] / f"{phase}.json"
     result_file.unlink(missing_ok=True)
-    command = [sys.executable, __file__, args.model, "--work", str(work), "--phase", phase, *extra]
+    command = [sys.executable, __file__, args.model, "--work", str(work), "--device", args.device, "--phase", phase,
+               *extra]
     if args.layers:
         command += ["--layers", str(args.layers)]
     start, lowest = time.perf_counter(), available_bytes()
@@ -292,10 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=None, help="working directory (default /work/scratch/real_size/MODEL)")
     parser.add_argument("--layers", type=int, default=None, help="published widths, this many layers")
     parser.add_argument("--keep", action="store_true", help="keep the layout, logs and export")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                        help="cpu: CPU_OVERRIDES; gpu: the config's accelerator with GPU_OVERRIDES (tools/gpu_check.sh)")
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     parser.add_argument("--first-run", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.work = str(Path(args.work or f"/work/scratch/real_size/{args.model}").resolve())
+    os.environ["REAL_SIZE_DEVICE"] = args.device  # read by train_config in every phase's process
     if args.phase:
         return child_main(args)
 
@@ -347,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         "export_logits_equal": results.get("compare", {}).get("export_logits_equal"),
         "memory_formula_error": results.get("train", {}).get("memory_formula_error"),
     }
+    if "gpu" in results.get("train", {}):
+        summary |= {k: v for k, v in results["train"].items() if k.startswith("gpu")}
     if not args.keep:
         for key in ("layout", "export", "logs"):
             shutil.rmtree(paths(work)[key], ignore_errors=True)

@@ -95,6 +95,16 @@ class StepSettings:
     fused_attention: bool = False
 
 
+def step_settings(cfg, prompt_tokens: int | None = None) -> StepSettings:
+    """A training config's (TrainConfig) PPO step; the prompt is data.max_prompt_tokens unless given."""
+    return StepSettings(rows=cfg.ppo.prompts_per_step * cfg.ppo.samples_per_prompt,
+                        prompt_tokens=prompt_tokens or cfg.data.max_prompt_tokens,
+                        response_tokens=cfg.sampling.max_new_tokens, minibatch=cfg.ppo.minibatch_size,
+                        lora_r=cfg.model.lora.r, dtype=cfg.model.dtype,
+                        merge_for_sampling=cfg.model.lora.merge_for_sampling,
+                        gradient_checkpointing=cfg.model.gradient_checkpointing)  # fmt: skip
+
+
 def kv_capacity(prompt_tokens: int, response_tokens: int) -> int:
     """Columns `KVCache` holds after a prompt and `response_tokens` sampled tokens (the last one is
     never fed back): the prompt rounded up to 256 columns, doubled whenever it is full."""
