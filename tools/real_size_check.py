@@ -22,7 +22,8 @@ It prints a table (peak RSS and seconds per phase, checkpoint and export sizes) 
 line. A phase whose memory the model predicts will not fit the memory available is not started
 (the table says how much it needs); a phase that brings the machine under 1 GiB available is
 stopped. `--layers N` keeps the published widths with N layers (a quick run of the same code).
-The big directories are deleted at the end unless --keep.
+The big directories are deleted at the end unless --keep; --reuse-layout starts from a layout
+already in the working directory (the layout phase is then not run).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ CPU_OVERRIDES = {
     "trainer.enable_progress_bar": False,
     "trainer.sample_log_every": 0,
     "sampling.max_new_tokens": 8,
-    "ppo.prompts_per_step": 2,
+    "ppo.prompts_per_step": 1,  # x the config's 2 samples: 2 rollouts
     "data.system_prompt": "",  # short prompts: the rollout's length is the CPU's cost
     "data.instruction": "",
     "data.shuffle_buffer": 0,
@@ -313,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=None, help="working directory (default /work/scratch/real_size/MODEL)")
     parser.add_argument("--layers", type=int, default=None, help="published widths, this many layers")
     parser.add_argument("--keep", action="store_true", help="keep the layout, logs and export")
+    parser.add_argument("--reuse-layout", action="store_true",
+                        help="use the layout a --keep run (or a stopped one) left in the working directory")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
                         help="cpu: CPU_OVERRIDES; gpu: the config's accelerator with GPU_OVERRIDES (tools/gpu_check.sh)")
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
@@ -324,12 +327,16 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args)
 
     work = Path(args.work)
-    if work.exists():
+    p = paths(work)
+    reuse = args.reuse_layout and (p["layout"] / "config.json").is_file() and p["data"].is_file()
+    for key in ("logs", "export", "results") if reuse else ():
+        shutil.rmtree(p[key], ignore_errors=True)
+    if work.exists() and not reuse:
         shutil.rmtree(work)
-    paths(work)["results"].mkdir(parents=True)
+    p["results"].mkdir(parents=True)
     results: dict[str, dict] = {}
     first_run = None
-    for phase in PHASES:
+    for phase in PHASES[1:] if reuse else PHASES:
         need, have = predicted_need(args.model, phase, args.layers), available_bytes()
         if need > have:
             results[phase] = {"error": f"not started: needs {need / GiB:.1f} GiB by the memory model, "
@@ -362,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         note = r["error"] if "error" in r else notes[phase](r)
         print(f"| {phase} | {r.get('peak_rss_gb', float('nan')):.2f} | {r.get('seconds', 0):.0f} | "
               f"{r.get('lowest_available_gib', float('nan')):.1f} | {note} |")
-    completed = len(results) == len(PHASES) and not any("error" in r for r in results.values())
+    completed = len(results) == len(PHASES) - reuse and not any("error" in r for r in results.values())
     summary = {
         "model": args.model if not args.layers else f"{args.model}[{args.layers} layers]",
         "completed": completed,
