@@ -125,7 +125,8 @@ def predicted_need(model: str, phase: str, layers: int | None) -> int:
     if phase == "layout":
         return overhead + checkpoint_bytes(config) // 5  # one shard and its fp32 draws
     shape = ModelShape.from_config(config)
-    settings = StepSettings(rows=2 * 2, prompt_tokens=128, response_tokens=CPU_OVERRIDES["sampling.max_new_tokens"],
+    rows = CPU_OVERRIDES["ppo.prompts_per_step"] * 2  # the configs' 2 samples per prompt
+    settings = StepSettings(rows=rows, prompt_tokens=256, response_tokens=CPU_OVERRIDES["sampling.max_new_tokens"],
                             minibatch=4, merge_for_sampling=False)  # fmt: skip
     e = estimate(shape, settings)
     if phase == "load":
