@@ -198,9 +198,10 @@ def phase_train(model: str, work: Path, layers: int | None) -> dict:
     torch.save({"ids": ids, "logits": logits}, out / "policy_logits.pt")
     run = Path(trainer.log_dir)
     timings = {k: round(float(v), 1) for k, v in trainer.callback_metrics.items() if k.startswith("time/")}
-    return gpu | {"run": str(run), "iteration": module.iteration, "last_step_seconds": timings, "measured_resident_gb": measured / 1e9,
-            "formula_resident_gb": formula / 1e9, "memory_formula_error": abs(formula - measured) / measured,
-            "checkpoint_mb": (run / "checkpoints" / "iter-000001.ckpt").stat().st_size / 1e6}  # fmt: skip
+    return gpu | {"run": str(run), "iteration": module.iteration, "last_step_seconds": timings,
+                  "measured_resident_gb": measured / 1e9, "formula_resident_gb": formula / 1e9,
+                  "memory_formula_error": abs(formula - measured) / measured,
+                  "checkpoint_mb": (run / "checkpoints" / "iter-000001.ckpt").stat().st_size / 1e6}  # fmt: skip
 
 
 def phase_resume(model: str, work: Path, layers: int | None, first_run: str) -> dict:
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-layout", action="store_true",
                         help="use the layout a --keep run (or a stopped one) left in the working directory")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
-                        help="cpu: CPU_OVERRIDES; gpu: the config's accelerator with GPU_OVERRIDES (tools/gpu_check.sh)")
+                        help="cpu: CPU_OVERRIDES; gpu: the config's accelerator, GPU_OVERRIDES (tools/gpu_check.sh)")
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     parser.add_argument("--first-run", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -352,14 +353,15 @@ def main(argv: list[str] | None = None) -> int:
         if phase == "train":
             first_run = results[phase]["run"]
 
-    print(f"\n{args.model}{f' ({args.layers} layers)' if args.layers else ''}: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    name = f"{args.model} ({args.layers} layers)" if args.layers else args.model
+    print(f"\n{name}: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("| phase | peak RSS GB | seconds | lowest available GiB | notes |")
     print("|---|---|---|---|---|")
     notes = {
         "layout": lambda r: f"{r.get('layout_gb', 0):.2f} GB on disk",
         "load": lambda r: f"model {r.get('model_gb', 0):.2f} GB",
-        "train": lambda r: (f"checkpoint {r.get('checkpoint_mb', 0):.0f} MB; resident tensors {r.get('measured_resident_gb', 0):.3f} GB, "
-                            f"memory model {r.get('formula_resident_gb', 0):.3f} GB"),
+        "train": lambda r: (f"checkpoint {r.get('checkpoint_mb', 0):.0f} MB; resident tensors "
+                            f"{r.get('measured_resident_gb', 0):.3f} GB, memory model {r.get('formula_resident_gb', 0):.3f} GB"),
         "resume": lambda r: f"weights equal {r.get('weights_equal')}, optimizer equal {r.get('optimizer_equal')}",
         "export": lambda r: f"{r.get('export_gb', 0):.2f} GB exported",
         "compare": lambda r: (f"equal to the merged policy: {r.get('export_logits_equal')}; largest difference from "
