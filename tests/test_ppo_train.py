@@ -435,11 +435,12 @@ def test_broken_reward_pool_scores_zero_and_training_goes_on(tiny_chatglm_dir, p
 def test_resume_after_kill_9_reproduces_the_uninterrupted_run(tiny_chatglm_dir, problems_file, tmp_path):
     straight_root, killed_root = tmp_path / "straight", tmp_path / "killed"
     cmd = [sys.executable, "-m", "app", "train"]
+    dropout = {"model.lora.dropout": 0.1}  # as the real-model configs: dropout masks must replay too
     # The uninterrupted run: 3 iterations.
-    args = overrides(tiny_chatglm_dir, problems_file, straight_root, **{"trainer.max_steps": 3})
+    args = overrides(tiny_chatglm_dir, problems_file, straight_root, **{"trainer.max_steps": 3}, **dropout)
     subprocess.run([*cmd, *args], check=True, cwd=ROOT, capture_output=True)
     # The killed run: meant to go on for 50 iterations, killed once iteration 2 is on disk.
-    args = overrides(tiny_chatglm_dir, problems_file, killed_root, **{"trainer.max_steps": 50})
+    args = overrides(tiny_chatglm_dir, problems_file, killed_root, **{"trainer.max_steps": 50}, **dropout)
     proc = subprocess.Popen([*cmd, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     target = None
@@ -456,7 +457,8 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_run(tiny_chatglm_dir, 
     for ckpt in target.parent.glob("*.ckpt"):  # a write cut by the kill may leave a .tmp, never a bad .ckpt
         torch.load(ckpt, weights_only=False)
     # Resume to 3 iterations (max_steps counts iterations in all, like the straight run).
-    args = overrides(tiny_chatglm_dir, problems_file, killed_root, **{"trainer.max_steps": 3, "resume": target})
+    args = overrides(tiny_chatglm_dir, problems_file, killed_root, **{"trainer.max_steps": 3, "resume": target},
+                     **dropout)
     subprocess.run([*cmd, *args], check=True, cwd=ROOT, capture_output=True)
 
     straight = torch.load(run_dir(straight_root) / "trainable.pt", weights_only=True)["state_dict"]

@@ -16,7 +16,9 @@ not sampled, so it is exact and deterministic; printed for the bench model and f
 chatglm3-6b shapes (built on the meta device, no memory used).
 
 With CUDA: a chatglm3-6b-sized model with random bf16 weights, batch 16, 256 new tokens, cached:
-tokens/s and peak GPU memory, next to transformers' generate on a Llama of the same shapes.
+tokens/s and peak GPU memory, next to transformers' generate on a Llama of the same shapes, and
+the decode rate as a fraction of the memory-bandwidth bound (each step reads every weight and the
+KV cache once, at the bandwidth a device-to-device copy reaches).
 
 Prints a table; the last line is one JSON object.
 """
@@ -124,6 +126,26 @@ def row(name: str, value: str, note: str = "") -> None:
     print(f"{name:<44} {value:>14}  {note}")
 
 
+def copy_bandwidth(device: torch.device, n_bytes: int = 2 << 30, repeats: int = 5) -> float:
+    """Bytes/s the device moves in a copy of `n_bytes` (each byte read once and written once), best of `repeats`."""
+    src = torch.empty(n_bytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n_bytes / best
+
+
+def decode_bytes_per_step(weights: int, rows: int, mean_keys: float, layers: int, kv_heads: int, head_dim: int,
+                          itemsize: int) -> float:
+    """What one decoding step must read at least: every weight once and each row's cached keys and values."""
+    return weights + layers * 2 * rows * kv_heads * mean_keys * head_dim * itemsize
+
+
 def gpu_run(args) -> dict:
     device = torch.device("cuda")
     shapes = dict(layers=CHATGLM3_6B["num_layers"], hidden=CHATGLM3_6B["hidden_size"],
@@ -139,6 +161,10 @@ def gpu_run(args) -> dict:
     peak = torch.cuda.max_memory_allocated(device)
     llama_tps = hf(llama, prompts, 256)
     weights = distinct_bytes(glm)
+    bandwidth = copy_bandwidth(device)
+    per_step = decode_bytes_per_step(weights, 16, args.prompt + 128, shapes["layers"], shapes["kv_heads"],
+                                     shapes["hidden"] // shapes["heads"], 2)  # fmt: skip
+    bound_tps = 16 * bandwidth / per_step  # tokens/s if each step only moved its bytes at copy speed
     return {
         "gpu": torch.cuda.get_device_name(device),
         "gpu_chatglm3_6b_bf16_tokens_per_s": round(glm_tps, 1),
@@ -146,6 +172,9 @@ def gpu_run(args) -> dict:
         "gpu_peak_memory_gib": round(peak / 2**30, 2),
         "gpu_chatglm_weights_gib": round(weights / 2**30, 2),
         "gpu_generation_extra_gib": round((peak - base) / 2**30, 2),
+        "gpu_copy_bandwidth_gb_s": round(bandwidth / 1e9, 1),
+        "gpu_bandwidth_bound_tokens_per_s": round(bound_tps, 1),
+        "gpu_decode_fraction_of_bandwidth_bound": round(glm_tps / bound_tps, 3),
     }
 
 
@@ -211,6 +240,9 @@ def main() -> int:
         print(f"GPU {gpu['gpu']}: chatglm3-6b shapes, random bf16 weights, batch 16, prompt {args.prompt}, 256 new tokens")
         row("native ChatGLM, KV cache (ours)", f"{gpu['gpu_chatglm3_6b_bf16_tokens_per_s']:.1f} tok/s")
         row("HF Llama generate, same shapes", f"{gpu['gpu_hf_llama_same_shapes_tokens_per_s']:.1f} tok/s")
+        row("decode rate / memory-bandwidth bound", f"{gpu['gpu_decode_fraction_of_bandwidth_bound']:.3f}",
+            f"bound {gpu['gpu_bandwidth_bound_tokens_per_s']:.0f} tok/s: weights + KV cache per step at "
+            f"{gpu['gpu_copy_bandwidth_gb_s']:.0f} GB/s (device copy)")
         row("peak GPU memory (ChatGLM run)", f"{gpu['gpu_peak_memory_gib']:.2f} GiB",
             f"ChatGLM weights {gpu['gpu_chatglm_weights_gib']:.2f} GiB (+ the Llama's, resident)")
         result.update(gpu)

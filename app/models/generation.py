@@ -74,7 +74,9 @@ def head_on_columns(model: torch.nn.Module, start: int, stop: int | None, seq_le
         h = args[0]
         if seq_len is not None and h.shape[1] != seq_len:
             raise ValueError(f"LM head input has shape {tuple(h.shape)}, expected batch-first (B, {seq_len}, hidden)")
-        kept["hidden"] = h[:, start:stop]
+        # contiguous: on the CPU, bf16 F.linear of a strided (B, R, H) slice takes a path ~200x slower
+        # (30 s instead of 0.12 s for 4 rows at chatglm3-6b's 65,024 x 4,096 head)
+        kept["hidden"] = h[:, start:stop].contiguous()
         return (kept["hidden"], *args[1:])
 
     handle = model.get_output_embeddings().register_forward_pre_hook(slice_input)

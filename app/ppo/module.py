@@ -486,6 +486,8 @@ class PPOModule(pl.LightningModule):
         n_minibatches, n_skipped, stopped_early = 0, 0, False
         per_epoch = math.ceil(len(rollout) / ppo.minibatch_size)
         generator = torch.Generator().manual_seed(self._seed(salt=2))
+        # LoRA dropout draws from the global generator: seeded per iteration, a resumed run draws the same masks
+        torch.manual_seed(self._seed(salt=3))
         for _ in range(ppo.epochs):
             # Every decision below is taken by all ranks together (same rows per rank, see
             # generate_rollout): a backward on one rank only would leave DDP's all-reduce waiting.
