@@ -21,11 +21,11 @@ from app.models.memory import ModelShape, StepSettings, card_table, step_setting
 
 CONFIGS = [("configs/chatglm3_6b_lora.yaml", CHATGLM3_6B), ("configs/chatglm3_6b_lora_4gpu.yaml", CHATGLM3_6B),
            ("configs/glm4_9b_lora.yaml", GLM4_9B_CHAT)]  # fmt: skip
-VARIANTS = [  # overrides of each config's settings
+VARIANTS = [  # overrides of each config's settings; one that leaves the defaults as they are is not shown
     [],
-    ["sampling.max_new_tokens=1536"],
+    ["sampling.max_new_tokens=768"],
+    ["model.lora.merge_for_sampling=true"],
     ["model.lora.merge_for_sampling=false"],
-    ["model.lora.merge_for_sampling=false", "sampling.max_new_tokens=1536"],
     ["model.lora.merge_for_sampling=false", "ppo.prompts_per_step=8", "ppo.minibatch_size=2"],
 ]
 
@@ -37,9 +37,13 @@ def settings_of(path: str, overrides: list[str], prompt_tokens: int | None = Non
 def rows(prompt_tokens: int | None) -> list[tuple[str, ModelShape, StepSettings]]:
     out = []
     for path, config in CONFIGS:
+        defaults = settings_of(path, [], prompt_tokens)
         for overrides in VARIANTS:
+            settings = settings_of(path, overrides, prompt_tokens)
+            if overrides and settings == defaults:
+                continue
             label = f"`{Path(path).stem}` " + (" ".join(o.split(".")[-1] for o in overrides) or "(defaults)")
-            out.append((label, ModelShape.from_config(config), settings_of(path, overrides, prompt_tokens)))
+            out.append((label, ModelShape.from_config(config), settings))
     return out
 
 
