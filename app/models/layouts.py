@@ -32,7 +32,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from sentencepiece import sentencepiece_model_pb2
 
 from app.models.chatglm import CHATGLM3_6B, GLM4_9B_CHAT, ChatGLMConfig, ChatGLMForCausalLM, RotaryEmbedding
 from app.models.tiny import default_corpus, train_bpe, train_sentencepiece
@@ -226,6 +225,11 @@ def write_tokenizer(out: Path, layout: PublishedLayout, seed: int = 0, trained_t
 
 def pad_sentencepiece(model: bytes, size: int) -> bytes:
     """A SentencePiece model grown to `size` pieces with UNUSED pieces (never produced by encoding)."""
+    # transformers' copy of the proto module: sentencepiece's own registers the same proto file name,
+    # and one process cannot hold both (the tokenizer loaders use transformers')
+    from transformers.convert_slow_tokenizer import import_protobuf
+
+    sentencepiece_model_pb2 = import_protobuf()
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(model)
     if len(proto.pieces) > size:
