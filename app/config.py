@@ -331,18 +331,23 @@ def _first_line(err: Exception) -> str:
     return str(getattr(err, "msg", None) or err).strip().splitlines()[0]
 
 
+def read_yaml(path: Path, what: str = "config file"):
+    """The YAML file at `path` (an OmegaConf node), or a UserError naming what is wrong with it."""
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return OmegaConf.load(path)
+    except Exception as err:  # YAML syntax errors come in several types
+        raise UserError(f"{path}: not valid YAML: {err}") from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), schema_cls=TrainConfig):
     """Schema defaults <- YAML file <- key=value overrides; returns a typed, validated object."""
     schema = OmegaConf.structured(schema_cls)
     merged = schema
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as err:  # YAML syntax errors come in several types
-            raise UserError(f"{path}: not valid YAML: {err}") from None
+        loaded = read_yaml(path)
         try:
             merged = OmegaConf.merge(merged, loaded)
         except OmegaConfBaseException as err:

@@ -44,18 +44,13 @@ def load_evaluation_config(path: str | Path | None = None, **overrides) -> Evalu
     """Defaults <- the `evaluation:` section of a YAML file (a training config, or a file holding
     only that section) <- keyword overrides (`workers=4`, `match={"kind": "relative"}`), checked
     against the same ranges as training."""
-    from app.config import check_values  # the training config's ranges (app.config imports no torch)
+    from app.config import check_values, read_yaml  # the training config's ranges (app.config imports no torch)
 
     schema = OmegaConf.structured(_Section)
     merged = schema
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"evaluation config file not found: {path}")
-        try:
-            loaded = OmegaConf.to_container(OmegaConf.load(path))
-        except Exception as err:  # YAML syntax errors come in several types
-            raise UserError(f"{path}: not valid YAML: {err}") from None
+        loaded = OmegaConf.to_container(read_yaml(path, "evaluation config file"))
         section = loaded.get("evaluation", loaded) if isinstance(loaded, dict) else loaded
         merged = _merge(schema, merged, section, str(path))
     if overrides:
