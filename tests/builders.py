@@ -75,3 +75,22 @@ def renamed_shuffled(m: Model, seed: int, negate: bool = True, scale: bool = Tru
     rng.shuffle(rows)
     quad_obj = {quad_key(names[a], names[b]): q for (a, b), q in m.quad_obj.items()}
     return Model(variables, rows, m.sense, m.obj_constant, quad_obj)
+
+
+def scripted_generation(policy, tokenizer, prompts: list[list[int]], texts: list[str], elapsed_s: float = 0.0):
+    """What `policy.generate` returns when its answers to `prompts` are `texts` (each ended by the
+    stop token): for tests that script a policy's answers."""
+    from app.models.generation import Generation, left_pad
+
+    responses = [tokenizer.encode(t, add_special_tokens=False) + [policy.stop_token_ids[0]] for t in texts]
+    prompt_ids, prompt_mask = left_pad(prompts, policy.pad_token_id)  # (B, P)
+    R = max(len(r) for r in responses)
+    response_ids = torch.full((len(prompts), R), policy.pad_token_id, dtype=torch.long)  # (B, R)
+    response_mask = torch.zeros((len(prompts), R), dtype=torch.bool)
+    for row, ids in enumerate(responses):
+        response_ids[row, : len(ids)] = torch.tensor(ids)
+        response_mask[row, : len(ids)] = True
+    return Generation(sequences=torch.cat([prompt_ids, response_ids], dim=1),
+                      attention_mask=torch.cat([prompt_mask, response_mask.long()], dim=1),
+                      prompt_length=prompt_ids.shape[1], response_mask=response_mask,
+                      response_lengths=response_mask.sum(-1), tokens_per_second=0.0, elapsed_s=elapsed_s)

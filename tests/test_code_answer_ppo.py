@@ -20,9 +20,9 @@ import torch
 from app.config import load_config
 from app.data.code_answers import code_answer
 from app.data.synthetic import generate
-from app.models.generation import Generation, left_pad
 from app.models.loading import load_tokenizer
 
+from builders import scripted_generation
 from test_ppo_train import overrides, run_dir, scalars
 
 pytestmark = pytest.mark.slow
@@ -51,23 +51,7 @@ def forced_generate(tokenizer, items):
             copy = seen[item.id] = seen.get(item.id, -1) + 1
             program = code_answer(item.reference_model, "pulp") if copy % 2 == 0 else wrong_program(item.reference_model)
             texts.append(LEAD + program)
-        responses = [tokenizer.encode(t, add_special_tokens=False) + [self.stop_token_ids[0]] for t in texts]
-        prompt_ids, prompt_mask = left_pad(prompts, self.pad_token_id)  # (B, P)
-        R = max(len(r) for r in responses)
-        response_ids = torch.full((len(prompts), R), self.pad_token_id, dtype=torch.long)  # (B, R)
-        response_mask = torch.zeros((len(prompts), R), dtype=torch.bool)
-        for row, ids in enumerate(responses):
-            response_ids[row, : len(ids)] = torch.tensor(ids)
-            response_mask[row, : len(ids)] = True
-        return Generation(
-            sequences=torch.cat([prompt_ids, response_ids], dim=1),
-            attention_mask=torch.cat([prompt_mask, response_mask.long()], dim=1),
-            prompt_length=prompt_ids.shape[1],
-            response_mask=response_mask,
-            response_lengths=response_mask.sum(-1),
-            tokens_per_second=0.0,
-            elapsed_s=0.0,
-        )
+        return scripted_generation(self, tokenizer, prompts, texts)
 
     return generate
 

@@ -19,12 +19,12 @@ from app.data.code_answers import code_answer
 from app.data.prompts import answer_text
 from app.data.synthetic import generate
 from app.evaluation.turns import turn_statistics
-from app.models.generation import Generation, left_pad
 from app.ppo import losses
 from app.ppo.episode import Episode, Reply, Verdict, play, standing_matches
 from app.ppo.rollout import Rollout
 from app.ppo.scoring import RolloutScorer, RolloutScores
 
+from builders import scripted_generation
 from test_ppo_train import overrides, run_dir, scalars
 
 
@@ -267,18 +267,7 @@ def forced_turns(tokenizer, items):
                 texts.append("I am not sure yet.")
             else:
                 texts.append(code_answer(item.reference_model, "pulp") if copy == 0 else answer_text(item))
-        responses = [tokenizer.encode(t, add_special_tokens=False) + [self.stop_token_ids[0]] for t in texts]
-        prompt_ids, prompt_mask = left_pad(prompts, self.pad_token_id)  # (B, P)
-        R = max(len(r) for r in responses)
-        response_ids = torch.full((len(prompts), R), self.pad_token_id, dtype=torch.long)  # (B, R)
-        response_mask = torch.zeros((len(prompts), R), dtype=torch.bool)
-        for row, ids in enumerate(responses):
-            response_ids[row, : len(ids)] = torch.tensor(ids)
-            response_mask[row, : len(ids)] = True
-        return Generation(sequences=torch.cat([prompt_ids, response_ids], dim=1),
-                          attention_mask=torch.cat([prompt_mask, response_mask.long()], dim=1),
-                          prompt_length=prompt_ids.shape[1], response_mask=response_mask,
-                          response_lengths=response_mask.sum(-1), tokens_per_second=0.0, elapsed_s=1.0)
+        return scripted_generation(self, tokenizer, prompts, texts, elapsed_s=1.0)
 
     return generate
 
