@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from app.errors import UserError, user_message
+from app.errors import LaunchError, UserError, user_message
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m app") -> int:
     try:
         code = int(module.run(args) or 0)
     except UserError as err:
-        print(f"error: {user_message(err)}", file=sys.stderr)
+        from app.data.prompts import first_process
+
+        if first_process() or not isinstance(err, LaunchError):
+            print(f"error: {user_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -14,7 +14,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from app.config import TrainerSettings
-from app.errors import UserError
+from app.errors import LaunchError, UserError
 
 # Lightning strategies (by name prefix) whose sharding the app's modules cannot work with, and why.
 UNSUPPORTED_STRATEGIES = {
@@ -70,7 +70,7 @@ def check_launcher(t: TrainerSettings) -> None:
     if world != t.devices * t.num_nodes:
         local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or world)
         configured = t.devices * t.num_nodes
-        raise UserError(
+        raise LaunchError(
             f"{launcher} started {world} processes, but trainer.devices x trainer.num_nodes = {t.devices} x "
             f"{t.num_nodes} = {configured}: set trainer.devices={local} trainer.num_nodes={max(1, world // local)} "
             f"(and trainer.strategy=ddp or fsdp2), or launch as many processes as the config's {configured}"

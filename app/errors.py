@@ -11,6 +11,11 @@ class UserError(Exception):
     """
 
 
+class LaunchError(UserError):
+    """A refusal that every process of a launched run (torchrun, fabric run, SLURM) raises alike:
+    the first process says it, the others exit with the same code in silence."""
+
+
 def user_message(err: UserError) -> str:
     """The error's own one-line message.
 

@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="auto", help="dataset format: auto | project | sirl | mamo | optibench")
     parser.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N problems")
     parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--max-new-tokens", type=positive_int, default=512)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=1536,
+                        help="longest answer (default 1536, as the GPU configs sample: the field's code answers run to "
+                             "1,100-1,500 tokens); generation stops earlier once every answer has ended")
     parser.add_argument("--match", default="abs_rel", choices=["abs_rel", "relative"])
     parser.add_argument("--tolerance", type=float, default=1e-6)
     parser.add_argument("--workers", type=positive_int, default=2, help="SCIP worker processes")
@@ -113,7 +115,7 @@ def replies(loaded, model, prompts: list[list[int]], sampling, generator=None, c
 
 def evaluate_policy(
     model_dir: str, data: str, *, family: str = "chatglm", adapter: str | None = None, fmt: str = "auto",
-    limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 512, evaluation=None,
+    limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 1536, evaluation=None,
     out: str | None = None, system_prompt: str | None = None, instruction: str | None = None,
     turns: int = 1, end: str = "solved",
 ) -> tuple[dict, list[dict]]:
