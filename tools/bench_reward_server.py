@@ -13,8 +13,8 @@
    until its deadline, code that prints without end, garbage), latency of the honest ones.
 Throughout 2 and 3 a thread polls /health every 0.2 s; its slowest reply is reported.
 CPU per answer in 1 and 2 (from /proc): this process (the in-process pool's thread; the client
-threads), the server process, the workers (and their sandboxes), so the cost of HTTP shows beside
-the cost of scoring.
+threads), the server process (and its event loop thread: the rest is the pool's thread), the
+workers (and their sandboxes), so the cost of HTTP shows beside the cost of scoring.
 Last line: one JSON object (server_vs_in_process, health_max_latency_s, answers_per_s, p99_s_with_hostile).
 """
 
@@ -118,12 +118,12 @@ def _tree(root: int) -> set[int]:
     return found
 
 
-def _cpu_s(pids: set[int]) -> float:
+def _cpu_s(pids: set[int], stat: str = "/proc/{}/stat") -> float:
     """User + system CPU seconds of these processes (all their threads), those still alive."""
     total = 0.0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(stat.format(pid)).read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         total += (int(fields[11]) + int(fields[12])) / _TICK
@@ -135,12 +135,13 @@ class _CpuSplit:
 
     def __init__(self, server_pid: int):
         self.server_pid = server_pid
-        self.spent = {"this": 0.0, "server": 0.0, "server_workers": 0.0, "workers": 0.0}
+        self.spent = {"this": 0.0, "server": 0.0, "server_loop": 0.0, "server_workers": 0.0, "workers": 0.0}
 
     def _now(self) -> dict[str, float]:
         server_tree = _tree(self.server_pid)
         mine = _tree(os.getpid()) - server_tree - {os.getpid()}
         return {"this": _cpu_s({os.getpid()}), "server": _cpu_s({self.server_pid}),
+                "server_loop": _cpu_s({self.server_pid}, "/proc/{0}/task/{0}/stat"),  # its main thread: aiohttp's event loop
                 "server_workers": _cpu_s(server_tree - {self.server_pid}), "workers": _cpu_s(mine)}
 
     def measure(self, run):
@@ -239,7 +240,7 @@ def main() -> int:
     per = 1000 / (len(honest) * args.rounds)
     cin, cserver = {k: v * per for k, v in cpu_in.spent.items()}, {k: v * per for k, v in cpu_server.spent.items()}
     print(f"CPU ms per answer, in process: pool thread {cin['this']:.3f}, workers {cin['workers']:.3f}; through the server: "
-          f"client threads {cserver['this']:.3f}, server process {cserver['server']:.3f}, workers {cserver['server_workers']:.3f}")
+          f"client threads {cserver['this']:.3f}, server process {cserver['server']:.3f} (event loop thread {cserver['server_loop']:.3f}), workers {cserver['server_workers']:.3f}")
     print(f"health: {len(health)} polls, slowest {max(health):.3f} s; {args.clients} clients, {args.batch} answers per request"
           f"{' (OpenRLHF client: /get_reward, a new connection each)' if args.openrlhf else ''}, "
           f"{args.workers} workers, {os.cpu_count()} CPUs, "
