@@ -10,8 +10,9 @@ thirds of the run). Checks: every answer gets exactly one row, equal to what in-
 gives it (less solve_seconds), except the answers that were running in a killed process (status
 error or sandbox_error, counted); every chaos request gets its 4xx; /health answers every poll
 within 1 s; after SIGTERM no process of the server's tree, sandbox directory or growth of its file
-descriptors is left, and its memory at the end is reported beside its memory after warm-up.
-Last line: one JSON object with the figures.
+descriptors is left, and the server's memory grew by at most --rss-growth-mb over the run. A run
+past --timeout-s kills the server's processes and fails. CI runs it (.ci/run).
+Last lines: the checks that failed, if any, then one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -125,6 +127,8 @@ def main() -> int:
     p.add_argument("--hostile", type=float, default=0.02, help="share of hostile answers (default 2 %%; each holds a worker up to --code-wall)")
     p.add_argument("--code-wall", type=float, default=1.0, help="evaluation.code.wall_s (default 1 s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rss-growth-mb", type=float, default=20.0, help="most the server's RSS may grow from warm-up to the end (default 20 MB)")
+    p.add_argument("--timeout-s", type=float, default=1500.0, help="past this the server's processes are killed and the run fails (default 1500 s)")
     args = p.parse_args()
     rng = random.Random(args.seed)
     cat = catalogue()
@@ -136,22 +140,51 @@ def main() -> int:
     with EvaluatorPool(config) as pool:  # what each catalogue entry scores in process (hostile ones twice: they must be stable)
         expected = [result_row(r) for r in pool.score_many([(a, reference_from_label(label, m)) for _, a, label, m in cat])]
         again = [result_row(r) for r in pool.score_many([(a, reference_from_label(label, m)) for _, a, label, m in cat])]
-    strip = lambda row: {k: v for k, v in row.items() if k not in ("solve_seconds", "id")}  # noqa: E731
-    unstable = [cat[k][0] for k in range(len(cat)) if strip(expected[k]) != strip(again[k])]
-    index = {a: k for k, (_, a, _, _) in enumerate(cat)}
+    unstable = [cat[k][0] for k in range(len(cat)) if _strip(expected[k]) != _strip(again[k])]
 
     token = secrets.token_urlsafe(24)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    tmp = tempfile.mkdtemp()
-    server_tmp = Path(tmp) / "tmp"  # the server's TMPDIR: what its sandboxes leave behind shows here alone
+    tmp = Path(tempfile.mkdtemp())
+    server_tmp = tmp / "tmp"  # the server's TMPDIR: what its sandboxes leave behind shows here alone
     server_tmp.mkdir()
-    cfg = Path(tmp) / "eval.yaml"
+    cfg = tmp / "eval.yaml"
     cfg.write_text(f"evaluation:\n  workers: {args.workers}\n  code: {{wall_s: {args.code_wall}}}\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SOLVER_PPO_REWARD_TOKEN": token, "TMPDIR": str(server_tmp)}
+    log = open(tmp / "server.log", "wb")
     server = subprocess.Popen([sys.executable, "-m", "app", "serve-reward", "--port", str(port), "--config", str(cfg), "--max-items", "64"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              env=env, stdout=log, stderr=subprocess.STDOUT)
+    code = 1
+    try:
+        code = _drive(args, rng, server, port, token, plan, cat, expected, unstable, server_tmp)
+    finally:  # whatever failed above: nothing of the server stays running
+        if server.poll() is None:
+            _kill_tree(server.pid)
+        server.wait()
+        log.close()
+        if code != 0:
+            print("server's output (its last 2,000 characters):", (tmp / "server.log").read_text(errors="replace")[-2000:], sep="\n")
+        shutil.rmtree(tmp, ignore_errors=True)
+    return code
+
+
+def _strip(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("solve_seconds", "id")}
+
+
+def _kill_tree(root: int) -> None:
+    for pid in tree(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _drive(args, rng: random.Random, server: subprocess.Popen, port: int, token: str, plan: list, cat: list, expected: list[dict],
+           unstable: list[str], server_tmp: Path) -> int:
+    """The run against the started server, and its checks: 0 if all pass."""
+    index = {a: k for k, (_, a, _, _) in enumerate(cat)}
     client = Client(port, token)
     for _ in range(600):
         try:
@@ -176,11 +209,14 @@ def main() -> int:
     def send(batch: list[int]) -> None:
         items = [{"id": i, "answer": plan[i][1], "label": plan[i][2], "reference_model": plan[i][3]} for i in batch]
         t0 = time.perf_counter()
-        status, body = client.post("/score", json.dumps({"items": items}).encode())
+        try:
+            status, body = client.post("/score", json.dumps({"items": items}).encode())
+        except (OSError, http.client.HTTPException, ValueError) as err:  # refused, reset, timed out, not JSON
+            status, body = -1, f"{type(err).__name__}: {err}"
         latency = time.perf_counter() - t0
         with lock:
             if status != 200:
-                failures.append(f"batch {batch[0]}: HTTP {status} {body}")
+                failures.append(f"batch {batch[0]}: HTTP {status} {body}"[:300])
                 return
             latencies.append(latency)
             for row in body["rows"]:
@@ -250,7 +286,12 @@ def main() -> int:
             else:
                 kills.append(f"{what}: none found")
 
-    threads = [threading.Thread(target=f, daemon=True) for f in (poll_health, run_chaos, killer)]
+    def watchdog() -> None:  # a hung server fails the run instead of hanging it: its clients then get errors at once
+        if not stop.wait(args.timeout_s):
+            failures.append(f"the run passed --timeout-s {args.timeout_s:g} s at {done[0]} answers; the server's processes were killed")
+            _kill_tree(server.pid)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (poll_health, run_chaos, killer, watchdog)]
     for t in threads:
         t.start()
     t0 = time.perf_counter()
@@ -258,6 +299,9 @@ def main() -> int:
         list(ex.map(send, batches))
     wall = time.perf_counter() - t0
     stop.set()
+    if server.poll() is not None:
+        print(f"checks failed: the server exited during the run (code {server.returncode}); {'; '.join(failures[:3])}")
+        return 1
     for t in threads:
         t.join(timeout=60)
     time.sleep(2.0)  # abandoned requests' answers finish or are dropped
@@ -277,7 +321,7 @@ def main() -> int:
     killed, wrong = 0, []
     for i, got in rows.items():
         want = expected[index[plan[i][1]]]
-        if strip(got[0]) == strip(want):
+        if _strip(got[0]) == _strip(want):
             continue
         if got[0]["status"] in ("error", "sandbox_error") and ("died" in got[0]["reason"] or "sandbox server failed" in got[0]["reason"]):
             killed += 1
@@ -285,33 +329,48 @@ def main() -> int:
             continue
         else:
             wrong.append((i, plan[i][0], got[0]["status"], want["status"]))
-    chaos_ok = (all(c == 400 for c in chaos.get("malformed", [])) and all(c == 413 for c in chaos.get("oversized", []))
-                and all(c == 401 for c in chaos.get("wrong_token", [])) and all(c == 422 for c in chaos.get("bad_label", [])))
+    want_codes = {"malformed": 400, "oversized": 413, "wrong_token": 401, "bad_label": 422, "abandoned": 0}
+    chaos_ok = all(chaos.get(name) and all(c == want for c in chaos[name]) for name, want in want_codes.items())
+    health_max = max(health, default=float("inf"))
     figures = {
         "answers": len(plan), "hostile": sum(c[0] != "honest" for c in plan), "answers_per_s": round(len(plan) / wall, 1),
-        "p50_request_s": round(statistics.median(latencies), 3), "p99_request_s": round(sorted(latencies)[int(0.99 * len(latencies))], 3),
+        "p50_request_s": round(statistics.median(latencies or [0.0]), 3), "p99_request_s": round(sorted(latencies or [0.0])[int(0.99 * len(latencies))], 3),
         "missing": len(missing), "duplicated": len(duplicated), "wrong": len(wrong), "hit_by_kills": killed,
-        "health_polls": len(health), "health_max_latency_s": round(max(health), 4), "health_failures": len(health_fail),
+        "health_polls": len(health), "health_max_latency_s": round(health_max, 4), "health_failures": len(health_fail),
         "chaos_requests": {k: len(v) for k, v in chaos.items()}, "chaos_codes_ok": chaos_ok, "kills": kills,
         "exit_code": code, "processes_left": len(left), "sandbox_dirs_left": len(dirs_left),
         "server_fds": [fds0, fds1], "server_rss_mb": [round(rss0, 1), round(rss1, 1)], "unstable_in_process": unstable,
         "request_failures": failures[:5],
     }
-    ok = (not any("none found" in k for k in kills) and not missing and not duplicated and not wrong and not failures and not health_fail and max(health) < 1.0 and chaos_ok
-          and code == 0 and not left and not dirs_left and fds1 <= fds0 + 2)
+    checks = {
+        "a pool worker and a sandbox server were killed": len(kills) == 2 and not any("none found" in k for k in kills),
+        "every answer has a row": not missing, "no answer has two rows": not duplicated,
+        "every row equals in-process scoring's": not wrong,
+        "the kills hit at most the answer running in each killed process": killed <= len(kills),
+        "every request of the clients got its 200": not failures,
+        "health answered every poll within 1 s": health and not health_fail and health_max < 1.0,
+        "every chaos request got its 4xx": chaos_ok,
+        "SIGTERM: exit code 0": code == 0, "no process left": not left, "no sandbox directory left": not dirs_left,
+        "the server's file descriptors did not grow": fds1 <= fds0 + 2,
+        f"the server's RSS grew by at most {args.rss_growth_mb:g} MB": rss1 - rss0 <= args.rss_growth_mb,
+    }
+    failed = [name for name, good in checks.items() if not good]
     print(f"{len(plan)} answers ({figures['hostile']} hostile) in {wall:.1f} s: {figures['answers_per_s']} answers/s, request p50 "
           f"{figures['p50_request_s']} s, p99 {figures['p99_request_s']} s; {args.clients} clients, {args.workers} workers, load average {os.getloadavg()[0]:.2f}")
     print(f"rows: {len(missing)} missing, {len(duplicated)} duplicated, {len(wrong)} different from in-process, {killed} hit by the kills ({'; '.join(kills)})")
-    print(f"health: {len(health)} polls, slowest {max(health):.3f} s, {len(health_fail)} failed; chaos: {figures['chaos_requests']}, codes as expected: {chaos_ok}")
+    print(f"health: {len(health)} polls, slowest {health_max:.3f} s, {len(health_fail)} failed; chaos: {figures['chaos_requests']}, codes as expected: {chaos_ok}")
     print(f"after SIGTERM: exit {code}, {len(left)} processes left, {len(dirs_left)} sandbox directories left; server fds {fds0} -> {fds1}, RSS {rss0:.0f} -> {rss1:.0f} MB")
     if wrong:
         print("different:", wrong[:5])
+    for failure in failures[:5]:
+        print("request failed:", failure)
     for pid in left:
         print(f"left: {pid} {procs[pid][:120]}")
     for name in dirs_left:
         print(f"left: {server_tmp / name}")
+    print(f"checks failed: {'; '.join(failed)}" if failed else f"all {len(checks)} checks passed")
     print(json.dumps(figures))
-    return 0 if ok else 1
+    return 1 if failed else 0
 
 
 def _parent(pid: int) -> int:

@@ -86,9 +86,12 @@ def _solve_item(item: Model | str, limits) -> SolveResult:
 
 
 def _worker_main(conn, progress) -> None:
-    """Messages are chunks `(kind, shared, [(task_id, item), ...])`; the answer is the chunk's list
-    of results, one message per chunk. Meanwhile `progress` (shared memory) says which task runs
-    and since when, so the parent can enforce each task's deadline without a message per task."""
+    """Messages are chunks `(kind, shared, [(task_id, item), ...])`, or `(kind, [(task_id, item),
+    ...])` for the same `shared` as the last (the settings are sent to a worker once per run, not
+    with every streamed answer); the answer is the chunk's list of results, one message per chunk.
+    Meanwhile `progress` (shared memory) says which task runs and since when, so the parent can
+    enforce each task's deadline without a message per task."""
+    shared = None
     while True:
         try:
             msg = conn.recv()
@@ -97,7 +100,10 @@ def _worker_main(conn, progress) -> None:
         if msg is None:  # its sandbox servers stop with it; the files of one that was killed are removed here
             close_all()
             return
-        kind, shared, chunk = msg
+        if len(msg) == 3:
+            kind, shared, chunk = msg
+        else:
+            kind, chunk = msg
         out = []
         for task_id, item in chunk:
             progress[_STARTED] = time.monotonic()  # CLOCK_MONOTONIC: the same clock in every process
@@ -220,6 +226,7 @@ class EvaluatorPool:
 
         walls = [wall(item) for item in items]
         per_worker = 2 * len(self._workers)
+        told: set[int] = set()  # the workers sent `shared` in this run (a replacement has not been)
         selector = selectors.DefaultSelector()
 
         def watch(w: int) -> None:
@@ -230,6 +237,7 @@ class EvaluatorPool:
             selector.unregister(self._workers[w].conn)
             selector.unregister(self._workers[w].process.sentinel)
             self._replace(w)
+            told.discard(w)
             watch(w)
 
         def deadline(worker: _Worker) -> tuple[float, int]:
@@ -278,7 +286,7 @@ class EvaluatorPool:
                             chunk = [t for t in chunk if not stream.dropped(t)]
                             if not chunk:
                                 continue
-                        data, sent = self._pack(kind, shared, items, chunk, results)
+                        data, sent = self._pack(kind, shared, w not in told, items, chunk, results)
                         for t in set(chunk) - set(sent):  # those that do not pickle have their results
                             deliver(t, results[t])
                         if progress is not None and len(sent) < len(chunk):
@@ -297,6 +305,7 @@ class EvaluatorPool:
                                 break
                             replace(w)
                             continue
+                        told.add(w)
                         if not worker.chunks:
                             worker.seen = time.monotonic()
                         worker.chunks.append(chunk)
@@ -334,10 +343,12 @@ class EvaluatorPool:
             selector.close()
 
     @staticmethod
-    def _pack(kind: str, shared, items: list, chunk: list[int], results: list) -> tuple[bytes | None, list[int]]:
-        """The pickled message for a chunk; items that do not pickle get an error result instead."""
+    def _pack(kind: str, shared, with_shared: bool, items: list, chunk: list[int], results: list) -> tuple[bytes | None, list[int]]:
+        """The pickled message for a chunk (`shared` left out unless `with_shared`: the worker keeps
+        the last it got); items that do not pickle get an error result instead."""
+        head = (kind, shared) if with_shared else (kind,)
         try:
-            return pickle.dumps((kind, shared, [(t, items[t]) for t in chunk]), pickle.HIGHEST_PROTOCOL), chunk
+            return pickle.dumps((*head, [(t, items[t]) for t in chunk]), pickle.HIGHEST_PROTOCOL), chunk
         except Exception:
             good = []
             for t in chunk:
@@ -348,7 +359,7 @@ class EvaluatorPool:
                     results[t] = _failure(kind, items[t], "error", f"cannot send the task to a worker: {err}")
             if not good:
                 return None, good
-            return pickle.dumps((kind, shared, [(t, items[t]) for t in good]), pickle.HIGHEST_PROTOCOL), good
+            return pickle.dumps((*head, [(t, items[t]) for t in good]), pickle.HIGHEST_PROTOCOL), good
 
     def _score_batch(self, items: list[tuple[str, Reference]], progress: Callable[[int], None] | None = None) -> list[ScoreResult]:
         # Reference models without a known optimum: solved once per text hash, on the workers, and cached.
@@ -456,6 +467,7 @@ class ScoreStream:
         self._new: list[tuple[str, Reference]] = []
         self._callbacks: dict[int, Callable[[ScoreResult], None]] = {}
         self._next = 0
+        self._poked = False  # a wake-up is in the pipe that the pool has not taken yet
         self.closed = False
         self.done: Future | None = None  # the pool's serving task: finished once closed and drained
         self.wakeup, self._wake = os.pipe()  # the pool's selector watches `wakeup`
@@ -471,7 +483,9 @@ class ScoreStream:
             self._next += 1
             self._new.append((answer, reference))
             self._callbacks[ticket] = callback
-        self._poke()
+            poke, self._poked = not self._poked, True
+        if poke:  # one wake-up serves every answer put before the pool takes them
+            self._poke()
         return ticket
 
     def drop(self, ticket: int) -> None:
@@ -501,6 +515,7 @@ class ScoreStream:
             pass
         with self._lock:
             new, self._new = self._new, []
+            self._poked = False
         return new
 
     def waiting(self) -> bool:

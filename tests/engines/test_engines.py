@@ -1,7 +1,9 @@
 """The adapters driven by the engines' own code, on CPU, inside .venv-engines:
 
 - TRL 1.16's GRPOTrainer trains a tiny model for a few steps with `solver_reward` as its only
-  reward; the rewards it logs equal `solver-ppo score`'s for the completions it logged.
+  reward; the rewards it logs equal `solver-ppo score`'s for the completions it logged. With
+  `environment_factory=SolverEnvironment` its tool-calling loop calls `check_model`, whose results
+  are `score --feedback`'s feedback on the drafts, and the final answers' rewards are `score`'s.
 - OpenRLHF 0.11's single-turn executor fetches rewards from `serve-reward` (its HTTP client) and
   from `app/integrations/openrlhf.py` (its `.py` loader); its multi-turn executor runs our
   AgentExecutor, loaded by its own loader, with a scripted LLM engine.
@@ -30,12 +32,12 @@ GOOD = "```lp\nMaximize\n obj: 3 x + 2 y\nSubject To\n c1: x + y <= 4\n c2: x + 
 PROMPT = "Maximize 3x + 2y with x + y <= 4, x + 3y <= 6, x <= 3. Answer:"
 
 
-def _score(tmp: Path, answers: list[str], labels: list) -> list[dict]:
+def _score(tmp: Path, answers: list[str], labels: list, *flags: str) -> list[dict]:
     problems = tmp / "problems.jsonl"
     problems.write_text("".join(json.dumps({"id": str(k), "answer": a}) + "\n" for k, a in enumerate(labels)))
     given = tmp / "answers.jsonl"
     given.write_text("".join(json.dumps({"id": str(k), "answer": a}) + "\n" for k, a in enumerate(answers)))
-    out = subprocess.run([sys.executable, "-m", "app", "score", "--data", str(problems), "--answers", str(given)],
+    out = subprocess.run([sys.executable, "-m", "app", "score", "--data", str(problems), "--answers", str(given), *flags],
                          capture_output=True, text=True, check=True).stdout
     return [json.loads(line) for line in out.splitlines()]
 
@@ -107,6 +109,103 @@ def test_trl_grpo_trains_with_solver_reward(tmp_path):
     assert any(r["reward"] == 1.0 for r in rows) and any(r["reward"] < 1.0 for r in rows), completions
     metrics = [h for h in trainer.state.log_history if "solver/format" in h]
     assert len(metrics) == 2 and all(0.0 <= h["solver/format"] <= 1.0 for h in metrics)
+
+
+def _tool_model(env, prompt: list[dict]):
+    """A byte-level BPE tokenizer with Qwen2.5's chat template (one TRL parses tool calls for) and
+    a 2-layer Llama taught by a short supervised run the whole exchange: call `check_model` on the
+    LP model, read the solver's feedback, answer with the model. Returns them and the exchange's
+    completion length in tokens."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from trl.chat_template_utils import qwen2_5_chat_template
+
+    lp = GOOD.strip("`").removeprefix("lp\n")
+    call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "check_model", "arguments": {"model": lp}}}]}
+    exchange = prompt + [call, {"role": "tool", "name": "check_model", "content": env.check_model(lp)}, {"role": "assistant", "content": GOOD}]
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw)
+    tok.chat_template = qwen2_5_chat_template
+    text = tok.apply_chat_template(exchange, tools=[env.check_model], tokenize=False)
+    special = ["<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<pad>"]
+    raw.train_from_iterator([text] * 20, trainers.BpeTrainer(vocab_size=600, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<pad>", padding_side="left")
+    tok.chat_template = qwen2_5_chat_template
+    ids = tok.apply_chat_template(exchange, tools=[env.check_model], return_dict=False)
+    n_prompt = len(tok.apply_chat_template(prompt, tools=[env.check_model], add_generation_prompt=True, return_dict=False))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                         num_key_value_heads=2, max_position_embeddings=1024, eos_token_id=tok.eos_token_id,
+                                         pad_token_id=tok.pad_token_id, bos_token_id=None))
+    x = torch.tensor([ids])
+    labels = x.clone()
+    labels[0, :n_prompt] = -100  # the completion only: the call, the tool's reply (as TRL appends it), the answer
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = model(input_ids=x, labels=labels).loss
+        if loss.item() < 0.01:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.01, f"the tiny model did not learn the exchange (loss {loss.item():.3f})"
+    return tok, model, len(ids) - n_prompt
+
+
+def test_trl_grpo_calls_the_solver_environment_as_a_tool(tmp_path):
+    """GRPOTrainer(environment_factory=SolverEnvironment): TRL's tool loop calls `check_model` on
+    the drafts the model writes, gives it the solver's feedback, and `solver_reward` scores the
+    final answers; run through TRL's own generation, parsing and tool execution, on CPU."""
+    from app.integrations import scorer
+
+    scorer.shutdown()
+    scorer.configure(feedback=True)
+    try:
+        _grpo_with_environment(tmp_path)
+    finally:  # the later tests score with the default settings
+        scorer.shutdown()
+        scorer.configure()
+
+
+def _grpo_with_environment(tmp_path: Path) -> None:
+    import torch
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from app.integrations.trl import SolverEnvironment, solver_reward
+
+    torch.set_num_threads(2)
+    prompt = [{"role": "user", "content": PROMPT}]
+    probe = SolverEnvironment()
+    probe.reset(answer="11")
+    tok, model, n = _tool_model(probe, prompt)
+    dataset = Dataset.from_list([{"prompt": prompt, "answer": "11"}] * 4)
+    config = GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, seed=0, per_device_train_batch_size=4,
+                        num_generations=4, max_completion_length=n + 8, temperature=0.5, learning_rate=1e-4, max_steps=2,
+                        logging_steps=1, report_to="none", save_strategy="no", shuffle_dataset=False, dataloader_num_workers=0,
+                        max_tool_calling_iterations=2)
+    trainer = GRPOTrainer(model=model, reward_funcs=[solver_reward], args=config, train_dataset=dataset, processing_class=tok,
+                          environment_factory=SolverEnvironment)
+    trainer.train()
+    history = [h for h in trainer.state.log_history if "tools/call_frequency" in h]
+    assert len(history) == 2 and history[0]["tools/call_frequency"] > 0 and all(h["tools/failure_frequency"] == 0 for h in history)
+
+    completions = list(trainer._logs["completion"])  # the last batch's conversations: assistant, tool, assistant ...
+    logged = list(trainer._logs["rewards"]["solver_reward"])
+    calls = [(turn["tool_calls"][0]["function"]["arguments"]["model"], reply["content"])
+             for c in completions for turn, reply in zip(c, c[1:]) if turn.get("tool_calls") and reply["role"] == "tool"]
+    assert calls, completions
+    checked = _score(tmp_path, [f"```lp\n{model_text}\n```" for model_text, _ in calls], [11] * len(calls), "--feedback")
+    assert [reply for _, reply in calls] == [row["feedback"] for row in checked]  # the tool's result is the solver's feedback
+    assert "Objective value: 11." in calls[0][1]
+    finals = [[m for m in c if m["role"] == "assistant"][-1]["content"] for c in completions]
+    rows = _score(tmp_path, finals, [11] * len(finals))
+    assert logged == pytest.approx([r["reward"] for r in rows], abs=1e-6)
+    assert any(r == 1.0 for r in logged), (logged, completions)
+    assert sum(env.checks for env in trainer._environment_pool[None]) == len(calls)
 
 
 def _free_port() -> int:
