@@ -61,6 +61,19 @@ def test_a_repeated_or_missing_name_is_the_rows_number():
     assert result.infeasible_subset == ["row 1", "row 3", "y >= 0"]
 
 
+def test_a_model_with_two_infeasible_subsets_gets_the_same_one_every_time():
+    """assembly + demand and labor + demand each conflict; between the subset searches the thread's
+    SCIP instance solves other models (as a pool worker's does): the same subset every time, so
+    make-data --revisions writes the same feedback on every rebuild."""
+    two = lp("Maximize\n obj: 3 s + 8 b\nSubject To\n assembly: 3 s + 3 b <= 15\n labor: 7 s + 4 b <= 20\n"
+             " demand: b >= 12\nGeneral\n s b\nEnd")
+    subsets = set()
+    for _ in range(10):
+        score_answer(OPTIMAL, Reference(None, True), FEEDBACK)
+        subsets.add(tuple(score_answer(two, Reference(None, True), FEEDBACK).infeasible_subset))
+    assert len(subsets) == 1 and next(iter(subsets))[-1] == "s >= 0", subsets
+
+
 def test_no_subset_within_the_budget_is_said():
     # 400 rows x_i - x_{i+1} >= 1 around a cycle: infeasible, and a minimal subset holds all of them
     n = 400

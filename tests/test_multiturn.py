@@ -9,6 +9,7 @@ and an LP) is scored through the real pool and sandbox, and `eval --turns 2` on 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -247,6 +248,50 @@ def test_each_estimator_trains_on_two_turn_episodes(name, tiny_chatglm_dir, prob
     logged = scalars(run_dir(tmp_path))
     assert logged["turns/acc@1"] == [0.0] and logged["turns/acc@2"] == [0.5] and logged["turns/fixed@2"] == [0.5]
     assert logged["turns/mean_turns"] == [2.0] and logged["train/policy_tokens"] == [float(mask.sum())]
+    assert any(float(v.abs().max()) > 0 for k, v in module.policy.trainable_state_dict().items() if "lora_B" in k)
+
+
+def test_a_training_run_whose_episodes_reach_the_context_limit_ends_them_cleanly(tiny_chatglm_dir, tmp_path):
+    """rollout.turns=3 under rollout.max_context_tokens set so that a second answer always fits and a
+    third never does: every episode ends by the context limit after two answers, within the limit,
+    without feedback after its last answer, and the run trains on those rows and logs it."""
+    from app.data.formats import iter_problems
+    from app.data.prompts import build_messages
+    from app.models.chat import chat_format_for
+    from app.models.loading import load_tokenizer
+
+    item = generate(1, seed=3)[0].to_json()  # one problem four times: every prompt has the same length
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({**item, "id": f"p{i}"}) + "\n" for i in range(4)))
+    tokenizer = load_tokenizer(Path(tiny_chatglm_dir), trust_remote_code=False)
+    chat = chat_format_for("auto", tokenizer)
+    problem = next(iter_problems(data))
+    settings = {"rollout.turns": 3, "rollout.end": "turns", "sampling.max_new_tokens": 8, "trainer.checkpoint_every": 0,
+                "ppo.epochs": 1}
+    d = load_config(None, overrides(tiny_chatglm_dir, data, tmp_path, **settings)).data
+    P = len(chat.encode_prompt(tokenizer, build_messages(problem, d.system_prompt, d.instruction)))
+    F = len(chat.encode_feedback(tokenizer, "Solver status: infeasible."))  # TurnScorer's first-turn feedback
+    N = 8  # sampling.max_new_tokens
+    # An answer is 1 to N tokens (a stop token included); a feedback message F, or F - 1 after an
+    # answer that wrote its <|observation|> role token itself. A second answer always fits:
+    # P + N + F + N <= limit; a third never does: P + 1 + (F - 1) + 1 + (F - 1) + N > limit.
+    limit = P + 2 * F + N - 2
+    assert F >= N + 2
+    cfg = load_config(None, overrides(tiny_chatglm_dir, data, tmp_path, **settings, **{"rollout.max_context_tokens": limit}))
+    module, _ = train_with(cfg, TurnScorer(cfg.ppo.samples_per_prompt))
+    assert module.iteration == 2
+    rollout = module.last_rollout
+    for row, episode in enumerate(rollout.episodes):
+        assert len(episode.prompt) == P and episode.end == "context" and len(episode.turns) == 2
+        assert len(episode.context) <= limit
+        assert episode.turns[-1].end == len(episode.tokens)  # the last answer closes the row: no feedback after it
+        assert rollout.response_mask[row].sum() == episode.turns[0].end - episode.turns[0].start + (
+            episode.turns[1].end - episode.turns[1].start)
+    assert rollout.scores.tolist() == [1.0, 0.0, 1.0, 0.0]  # the second answer's score stands
+    logged = scalars(run_dir(tmp_path))
+    assert logged["turns/mean_turns"] == [2.0, 2.0] and logged["turns/context_ends"] == [1.0, 1.0]
+    assert logged["turns/acc@3"] == logged["turns/acc@2"] == [0.5, 0.5]
+    assert len(logged["train/policy_loss"]) == 2 and all(math.isfinite(v) for v in logged["train/policy_loss"])
     assert any(float(v.abs().max()) > 0 for k, v in module.policy.trainable_state_dict().items() if "lora_B" in k)
 
 

@@ -313,6 +313,23 @@ def test_two_turn_episodes_that_end_at_different_turns_per_rank_train_in_step_an
 
 
 @pytest.mark.slow
+def test_two_turn_episodes_under_fsdp2_sampling_block_by_block(tiny_chatglm_dir, tmp_path):
+    """The episodes of the DDP test above under fsdp2 with trainer.fsdp2_gather_for_sampling=false,
+    where every decoding step is a collective: rank 0, whose episodes all ended after one turn,
+    answers a stand-in prompt while rank 1 plays the second turn. Both ranks hold half of the LM
+    and end with the same weights."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(8, seed=8, infeasible_fraction=0.0)))
+    args = [*fsdp2_args(tiny_chatglm_dir, data, lora=True, checkpoint_every=0), "ppo.samples_per_prompt=2",
+            "trainer.max_steps=2", "trainer.fsdp2_gather_for_sampling=false", "ppo.advantage=grpo", "rollout.turns=2",
+            "rollout.end=solved", "rollout.turn_cost=0.1"]
+    trained, numbers = run_two_ranks(tmp_path, "fsdp2_turns", args, env={"ANSWERS": "turns"})
+    assert numbers[0]["turns"] == [1, 1, 1, 1] and numbers[1]["turns"] == [2, 2, 2, 2]
+    assert numbers[1]["scores"] == pytest.approx([0.9, -0.1, 0.9, -0.1])
+    assert any(float(v.abs().max()) > 0 for k, v in trained.items() if "lora_B" in k), "no update happened"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("gather", [True, False], ids=["gather-once", "block-by-block"])
 def test_fsdp2_full_fine_tuning_with_validation(gather, tiny_chatglm_dir, tmp_path):
     """Full fine-tuning (the frozen reference copy sharded too) trains in step on both ranks.

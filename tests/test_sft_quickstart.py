@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from app.cli import main
 from app.config import SFTConfig, load_config
 from app.data.formats import iter_problems
-from app.data.prompts import answer_text, build_messages
+from app.data.prompts import answer_text, build_messages, sft_target
 from app.data.synthetic import generate, imperfect_teacher, write_jsonl
 from app.errors import UserError
 from app.models.config import ModelConfig
@@ -320,6 +320,31 @@ def test_sft_revision_demonstrations_put_the_first_answer_and_its_feedback_befor
         assert context[-len(turn) :] == turn
         assert tok.decode(turn[-3:], skip_special_tokens=False).endswith("<|assistant|>")
         assert module.tokenizer.decode(row[row != -100].tolist()[:-1]) == answer_text(problem)  # the target: the reference
+
+
+def test_revision_demonstrations_with_done_answer_a_sound_first_model_with_the_done_reply(tmp_path, capsys):
+    """make-data --revisions 1 --revisions-done: a revision of a flipped (flawed) first answer
+    targets the reference, one of a sound first answer the done reply, which the evaluation reads
+    as an answer without a model (what rollout.end=done ends an episode on); SFT's target is it."""
+    from app.data.synthetic import DONE_REPLY
+    from app.evaluation import EvaluationConfig, Reference, score_answer
+
+    out = tmp_path / "data"
+    args = ["make-data", "--out", str(out), "--train", "12", "--heldout", "0", "--seed", "3", "--teacher-flip", "0.6",
+            "--revisions", "1"]
+    assert main([*args, "--revisions-done"]) == 0
+    problems = list(iter_problems(out / "train.jsonl"))
+    flawed = [p for p in problems if p.revision["answer"] != answer_text(p)]  # the teacher flipped it
+    sound = [p for p in problems if p not in flawed]
+    assert flawed and sound and all(p.revision for p in problems)
+    assert all(p.demonstration is None for p in flawed) and all(p.demonstration == DONE_REPLY for p in sound)
+    done = score_answer(DONE_REPLY, Reference.from_answer(sound[0].answer, sound[0].reference_model), EvaluationConfig())
+    assert done.status == "no_model"
+    assert sft_target(sound[0]) == DONE_REPLY and sft_target(flawed[0]) == answer_text(flawed[0])
+    assert all(" <= " in p.revision["answer"] and " >= " not in p.revision["answer"] for p in flawed)
+    capsys.readouterr()
+    assert main(["make-data", "--out", str(tmp_path / "none"), "--train", "2", "--heldout", "0", "--revisions-done"]) == 2
+    assert "--revisions is 0: give --revisions F too" in capsys.readouterr().err
 
 
 def test_ppo_unlearns_the_starters_teacher_error_on_new_problems(tmp_path):

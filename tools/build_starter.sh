@@ -13,9 +13,10 @@ work=logs/starter
   --layers 4 --hidden 128 --heads 4 --kv-groups 2 --ffn 352 --vocab-size 1024 --seed 0
 .venv/bin/python -m app sft configs/quickstart_sft.yaml
 # --revisions: then the starter taught revisions after feedback (checkpoints/quickstart-sft-revisions):
-# SFT continued on 4,000 of the same problems, half of them revision demonstrations
+# SFT continued on 4,000 of the same problems, half of them revision demonstrations (a sound first answer
+# followed by the done reply, a flipped one by the reference)
 if [[ "${1:-}" == "--revisions" ]]; then
   .venv/bin/python -m app make-data --out "$work/revisions" --train 4000 --heldout 200 --seed 0 --teacher-flip 0.6 \
-    --revisions 0.5
+    --revisions 0.5 --revisions-done
   .venv/bin/python -m app sft configs/quickstart_sft_revisions.yaml
 fi

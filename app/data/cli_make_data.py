@@ -17,8 +17,9 @@ from collections import Counter
 from pathlib import Path
 
 from app.data.code_answers import ANSWER_FORMATS
-from app.data.synthetic import (DIFFICULTIES, Item, check_answer_format, check_fraction, code_demonstrations,
-                                imperfect_teacher, make_splits, revision_demonstrations, write_jsonl)
+from app.data.synthetic import (DIFFICULTIES, DONE_REPLY, Item, check_answer_format, check_fraction,
+                                code_demonstrations, imperfect_teacher, make_splits, revision_demonstrations,
+                                write_jsonl)
 from app.errors import UserError
 
 
@@ -41,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of the training problems written as revision demonstrations: the teacher's "
                              "answer (flawed where --teacher-flip flipped it), the evaluation's feedback on it, then "
                              "the reference answer as the SFT target (default 0)")
+    parser.add_argument("--revisions-done", action="store_true",
+                        help="in revision demonstrations whose first answer is sound (not flipped by --teacher-flip), "
+                             f"the target is the done reply '{DONE_REPLY}' (no model: with rollout.end=done the first "
+                             "model stands) instead of the model restated")
     parser.add_argument("--answer-format", default="lp",
                         help=f"{' | '.join(ANSWER_FORMATS)}: how the SFT demonstrations write the model: lp (default: "
                              "demonstrations left empty, SFT builds an ```lp answer from the reference) or a program in "
@@ -79,12 +84,14 @@ def run(args: argparse.Namespace) -> int:
     families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
     check_fraction("teacher's flip rate", args.teacher_flip)  # before minutes of solving, not after
     check_fraction("revision fraction", args.revisions)
+    if args.revisions_done and not args.revisions:
+        raise UserError("--revisions-done changes revision demonstrations, and --revisions is 0: give --revisions F too")
     check_answer_format(args.answer_format)
     start = time.perf_counter()
     train, heldout = make_splits(args.train, args.heldout, args.seed, _difficulty(args.difficulty),
                                  families, args.infeasible)
     flipped = imperfect_teacher(train, args.seed, args.teacher_flip, args.answer_format)
-    revisions = revision_demonstrations(train, args.seed, args.revisions, args.answer_format)
+    revisions = revision_demonstrations(train, args.seed, args.revisions, args.answer_format, done=args.revisions_done)
     for items in (train, heldout):
         code_demonstrations(items, args.answer_format)
     seconds = time.perf_counter() - start

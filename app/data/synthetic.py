@@ -612,14 +612,20 @@ def imperfect_teacher(items: list[Item], seed: int, flip_rate: float, answer_for
     return changed
 
 
+# A second answer without a model: with rollout.end=done the policy says its previous model stands.
+DONE_REPLY = "The model above stands."
+
+
 def revision_demonstrations(items: list[Item], seed: int, fraction: float, answer_format: str = "lp",
-                            workers: int = 2) -> int:
+                            workers: int = 2, done: bool = False) -> int:
     """Turn `fraction` of `items` into revision demonstrations: the teacher's answer (flawed where
     `imperfect_teacher` flipped it) becomes the first answer, the evaluation's real feedback on it
     follows (`app.evaluation.feedback`: what the solver found, never the reference), and the SFT
     target is the reference answer. SFT then shows a starter what a revision after feedback looks
-    like (fix a flawed model, restate a sound one). Draws come from their own stream. Returns how
-    many items it changed."""
+    like (fix a flawed model, restate a sound one). With `done`, a sound first answer (the
+    teacher's, unflipped) is followed by DONE_REPLY instead of a restatement, which teaches the
+    `rollout.end: done` episode end: revise only what is flawed. Draws come from their own stream.
+    Returns how many items it changed."""
     from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, feedback_message
 
     check_fraction("revision fraction", fraction)
@@ -631,11 +637,15 @@ def revision_demonstrations(items: list[Item], seed: int, fraction: float, answe
     firsts = [item.demonstration or (lp_answer(item.reference_model, item.answer) if answer_format == "lp"
                                      else code_answer(item.reference_model, answer_format, item.family))
               for item in chosen]
-    # the reference is never read by the feedback; the pool wants one to score against
-    with EvaluatorPool(EvaluationConfig(feedback=True, workers=workers)) as pool:
+    # the reference is never read by the feedback; the pool wants one to score against. A budget
+    # that no search of these small models reaches, even on a loaded machine (at 2 s and load ~50, 3
+    # of 2,008 infeasible subsets came out different), so that rebuilt data are the same
+    with EvaluatorPool(EvaluationConfig(feedback=True, workers=workers, feedback_seconds=60.0)) as pool:
         results = pool.score_many([(first, Reference.from_answer(item.answer, item.reference_model))
                                    for first, item in zip(firsts, chosen)])
     for item, first, result in zip(chosen, firsts, results):
+        sound = item.demonstration is None  # the teacher's answer is the reference
         item.revision = {"answer": first, "feedback": feedback_message(result)}
-        item.demonstration = None  # the target: the reference (as code with a code answer format)
+        # the target: the done reply, or the reference (as code with a code answer format)
+        item.demonstration = DONE_REPLY if done and sound else None
     return len(chosen)

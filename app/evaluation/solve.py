@@ -225,6 +225,7 @@ def infeasible_subset(model: Model, limits: SolverLimits, seconds: float) -> lis
     the bounds of the variables in those rows are then dropped one at a time while the rows and the
     bounds left stay infeasible (each drop a small solve)."""
     deadline = time.monotonic() + seconds
+    reset_scip()  # a fresh instance: on a reused one SCIP's IIS search picks different subsets from run to run
     try:
         scip, _ = _build(model, with_objective=False)
         scip.setParam("limits/time", max(seconds, 0.01))

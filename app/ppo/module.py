@@ -289,10 +289,13 @@ class PPOModule(pl.LightningModule):
              feedback_ids=lambda text, last: self.chat.encode_feedback(self.tokenizer, text, last), overlap=overlap)
 
     def _turn_metrics(self, episodes: list[Episode]) -> dict[str, float]:
-        """acc@t, fixed@t and broke@t (fractions of the episodes) and the mean number of turns."""
+        """acc@t, fixed@t and broke@t (fractions of the episodes), the mean number of turns, and the
+        fraction of episodes that rollout.max_context_tokens ended."""
         stats = turn_statistics(standing_matches(episodes, self.cfg.rollout.turns), [len(e.turns) for e in episodes])
         n = stats.pop("n")
-        return {f"turns/{k}": v / n if k.startswith(("fixed", "broke")) else v for k, v in stats.items()}
+        metrics = {f"turns/{k}": v / n if k.startswith(("fixed", "broke")) else v for k, v in stats.items()}
+        metrics["turns/context_ends"] = sum(e.end == "context" for e in episodes) / n
+        return metrics
 
     def keep_informative_groups(
         self, rollout: Rollout | None, generator: torch.Generator, timings: dict[str, float]
