@@ -12,6 +12,11 @@
 With `rollout.turns=K` (feedback PPO) both policies are evaluated over K turns, each answer
 followed by the evaluation's feedback: the tables add accuracy after each turn, and results.json
 keeps `accuracy` (the starter: its first answer; the PPO policy: its last) and `accuracy_by_turn`.
+
+With `--answer-format pyscipopt` the same steps run on code answers: the starter
+`checkpoints/quickstart-sft-pyscipopt` writes pyscipopt programs (configs/quickstart_pyscipopt.yaml),
+every answer runs in the sandbox and is scored on the model it built, and the results go to
+`logs/quickstart-pyscipopt`.
 """
 
 from __future__ import annotations
@@ -25,13 +30,18 @@ from pathlib import Path
 from app.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = ROOT / "configs" / "quickstart.yaml"
-OUT = Path("logs") / "quickstart"
+# answer format -> (its PPO config, its output directory); each config names its own starter
+FORMATS = {
+    "lp": (ROOT / "configs" / "quickstart.yaml", Path("logs") / "quickstart"),
+    "pyscipopt": (ROOT / "configs" / "quickstart_pyscipopt.yaml", Path("logs") / "quickstart-pyscipopt"),
+}
 STARTER_PROBLEMS = 9000  # `make-data --train 9000` in tools/build_starter.sh
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG), help="PPO config (default: configs/quickstart.yaml)")
+    parser.add_argument("config", nargs="?", default=None,
+                        help="PPO config (default: configs/quickstart.yaml, or configs/quickstart_pyscipopt.yaml "
+                             "with --answer-format pyscipopt)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the PPO config")
     parser.add_argument("--heldout", type=int, default=200, help="held-out problems to evaluate on")
     parser.add_argument("--train-problems", type=int, default=800,
@@ -39,7 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "has not seen run out at about 900)")
     parser.add_argument("--starter-problems", type=int, default=STARTER_PROBLEMS,
                         help="how many problems the starter was fine-tuned on (tools/build_starter.sh): PPO prompts avoid them")
-    parser.add_argument("--out", default=str(OUT), help="where data, results.json and the plot go")
+    parser.add_argument("--answer-format", choices=sorted(FORMATS), default="lp",
+                        help="how the starter answers: LP model text (default) or pyscipopt programs, run in the "
+                             "sandbox and scored on the model they build")
+    parser.add_argument("--out", default=None,
+                        help="where data, results.json and the plot go (default: logs/quickstart, or "
+                             "logs/quickstart-pyscipopt with --answer-format pyscipopt)")
 
 
 def make_data(out: Path, n_train: int, n_heldout: int, seed: int, difficulty: str, starter_problems: int) -> tuple[Path, Path]:
@@ -100,10 +115,11 @@ def run(args: argparse.Namespace) -> int:
     from app.ppo.train import train
 
     started = time.time()
-    out = Path(args.out)
+    default_config, default_out = FORMATS[args.answer_format]
+    out = Path(args.out or default_out)
     config, overrides = args.config, [*args.overrides]
-    if "=" in config:  # only overrides were given
-        config, overrides = str(DEFAULT_CONFIG), [config, *overrides]
+    if config is None or "=" in config:  # no config, or only overrides were given
+        config, overrides = str(default_config), [c for c in (config, *overrides) if c is not None]
     cfg = load_config(config, overrides)
     data_dir = out / "data"
     train_path, heldout_path = make_data(data_dir, args.train_problems, args.heldout, cfg.seed, "easy", args.starter_problems)

@@ -355,13 +355,13 @@ def test_ppo_unlearns_the_starters_teacher_error_on_new_problems(tmp_path):
     from app.eval_policy import answer, load_trained
     from app.models.config import SamplingConfig
     from app.ppo.train import train
-    from app.quickstart import DEFAULT_CONFIG
+    from app.quickstart import FORMATS
 
     train_path, heldout_path = tmp_path / "train.jsonl", tmp_path / "heldout.jsonl"
     write_jsonl(train_path, generate(160, seed=5, families=["staffing"], split="ppo"))
     write_jsonl(heldout_path, generate(16, seed=5, families=["staffing"], split="heldout"))
     starter = str(ROOT / "checkpoints" / "quickstart-sft")
-    cfg = load_config(DEFAULT_CONFIG, [
+    cfg = load_config(FORMATS["lp"][0], [
         f"model.path={starter}", f"data.train={train_path}", "trainer.max_steps=20",
         "trainer.val_every=0", "trainer.checkpoint_every=0", "trainer.sample_log_every=0",
         f"trainer.root_dir={tmp_path / 'logs'}", "trainer.enable_progress_bar=false",
@@ -380,3 +380,24 @@ def test_ppo_unlearns_the_starters_teacher_error_on_new_problems(tmp_path):
     before = requirements_written_as_lower_bounds(None)
     after = requirements_written_as_lower_bounds(str(Path(trainer.log_dir) / "trainable.pt"))
     assert before <= 4 and after >= 12, (before, after)
+
+
+def test_code_answer_quickstart_runs_its_programs_through_the_sandbox(tmp_path):
+    """`quickstart --answer-format pyscipopt`, shortened: the committed code starter answers with
+    pyscipopt programs; each runs in the sandbox, and the model it built is solved and compared."""
+    out = tmp_path / "quickstart"
+    code = main([
+        "quickstart", "--answer-format", "pyscipopt", "trainer.max_steps=2", "trainer.checkpoint_every=0",
+        "ppo.prompts_per_step=2", "ppo.samples_per_prompt=2", "ppo.minibatch_size=4", "evaluation.workers=1",
+        f"trainer.root_dir={tmp_path / 'logs'}", "trainer.enable_progress_bar=false", "trainer.val_every=0",
+        "--heldout", "6", "--train-problems", "8", "--out", str(out),
+    ])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert Path(results["run_dir"]).parent.name == "quickstart_pyscipopt"  # configs/quickstart_pyscipopt.yaml ran
+    for side in ("sft", "ppo"):
+        rows = [json.loads(line) for line in open(out / f"{side}_heldout.jsonl")]
+        assert len(rows) == 6 and all("```python" in r["response"] and "pyscipopt" in r["response"] for r in rows)
+        built = [r for r in rows if r["status"] in ("optimal", "infeasible")]  # captured from the program, solved
+        assert len(built) >= 4 and all(r["n_vars"] > 0 and r["graph_distance"] is not None for r in built), rows
+        assert results[side]["format_rate"] == pytest.approx(sum(r["breakdown"]["format"] for r in rows) / 6)
