@@ -355,8 +355,6 @@ def load_config(path: str | Path | None, overrides: list[str] = (), schema_cls=T
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override '{item}' is not of the form key=value")
-        if item.endswith("="):  # `data.system_prompt=` means the empty string (OmegaConf would read null)
-            item += '""'
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as err:

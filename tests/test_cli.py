@@ -146,12 +146,3 @@ def test_field_meanings_come_from_the_comments_beside_them():
     with pytest.raises(UserError, match="config key 'bare' has no comment"):
         list(schema_keys(_Commented))
 
-
-def test_an_override_with_nothing_after_the_equals_sign_is_the_empty_string():
-    """`data.system_prompt=` asks for no system prompt (OmegaConf alone would read null: the built-in one);
-    `key=null` still means unset."""
-    cfg = load_config("configs/chatglm3_6b_lora.yaml", ["model.path=/m", "data.train=t", "data.system_prompt=",
-                                                         "data.instruction=null"])
-    assert cfg.data.system_prompt == "" and cfg.data.instruction is None
-    with pytest.raises(UserError, match="trainer.max_steps"):
-        load_config("configs/quickstart.yaml", ["trainer.max_steps="])
