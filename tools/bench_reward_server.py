@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from app.evaluation import EvaluationConfig, EvaluatorPool  # noqa: E402
 from app.evaluation.config import CodeLimits  # noqa: E402
 from app.integrations.scorer import reference_from_label  # noqa: E402
+from load_reward_server import tree, wait_for_port  # noqa: E402  (this folder: tools/)
 
 HOSTILE = [
     "```python\nimport pyscipopt\nwhile True:\n    pass\n```",
@@ -100,24 +101,6 @@ def _through_server(port: int, items: list[dict], clients: int, batch: int, open
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _tree(root: int) -> set[int]:
-    """`root` and all its descendants (from /proc)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    found, frontier = {root}, [root]
-    while frontier:
-        pid = frontier.pop()
-        kids = [c for c, parent in parents.items() if parent == pid and c not in found]
-        found.update(kids)
-        frontier += kids
-    return found
-
-
 def _cpu_s(pids: set[int], stat: str = "/proc/{}/stat") -> float:
     """User + system CPU seconds of these processes (all their threads), those still alive."""
     total = 0.0
@@ -138,8 +121,8 @@ class _CpuSplit:
         self.spent = {"this": 0.0, "server": 0.0, "server_loop": 0.0, "server_workers": 0.0, "workers": 0.0}
 
     def _now(self) -> dict[str, float]:
-        server_tree = _tree(self.server_pid)
-        mine = _tree(os.getpid()) - server_tree - {os.getpid()}
+        server_tree = set(tree(self.server_pid))
+        mine = set(tree(os.getpid())) - server_tree - {os.getpid()}
         return {"this": _cpu_s({os.getpid()}), "server": _cpu_s({self.server_pid}),
                 "server_loop": _cpu_s({self.server_pid}, "/proc/{0}/task/{0}/stat"),  # its main thread: aiohttp's event loop
                 "server_workers": _cpu_s(server_tree - {self.server_pid}), "workers": _cpu_s(mine)}
@@ -202,12 +185,7 @@ def main() -> int:
                 stop.wait(0.2)
 
         try:
-            for _ in range(300):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            wait_for_port(port, 300)
             items = [{"answer": a, "label": label, "reference_model": model} for a, label, model in honest]
             _through_server(port, items[: len(base)], args.clients, args.batch, args.openrlhf)  # warm, as in process
             poller = threading.Thread(target=poll, daemon=True)

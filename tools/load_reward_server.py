@@ -112,6 +112,16 @@ def tree(root: int) -> dict[int, str]:
     return out
 
 
+def wait_for_port(port: int, tries: int, pause_s: float = 0.1) -> None:
+    """Until the server at 127.0.0.1:`port` accepts a connection (at most `tries` attempts)."""
+    for _ in range(tries):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(pause_s)
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -186,12 +196,7 @@ def _drive(args, rng: random.Random, server: subprocess.Popen, port: int, token:
     """The run against the started server, and its checks: 0 if all pass."""
     index = {a: k for k, (_, a, _, _) in enumerate(cat)}
     client = Client(port, token)
-    for _ in range(600):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
+    wait_for_port(port, 600)
     client.post("/score", json.dumps({"items": [{"answer": a, "label": label, "reference_model": m} for _, a, label, m in cat]}).encode())  # warm
     fds0, rss0 = len(os.listdir(f"/proc/{server.pid}/fd")), rss_mb(server.pid)
 
