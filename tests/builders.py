@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -94,3 +95,11 @@ def scripted_generation(policy, tokenizer, prompts: list[list[int]], texts: list
                       attention_mask=torch.cat([prompt_mask, response_mask.long()], dim=1),
                       prompt_length=prompt_ids.shape[1], response_mask=response_mask,
                       response_lengths=response_mask.sum(-1), tokens_per_second=0.0, elapsed_s=elapsed_s)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for launchers that would otherwise take a fixed one
+    (torchrun 29500, fabric run 29400) and collide with a run in the other pytest worker."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -7,12 +7,13 @@ is refused before anything loads."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.builders import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,9 +41,7 @@ print("left")
 """
 
 def test_a_rank_with_collectives_in_flight_leaves_after_its_command_and_exits_cleanly():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PYTHONPATH": str(ROOT)}
     ranks = [subprocess.Popen([sys.executable, "-c", CHILD, str(rank)], env=env, cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for rank in (0, 1)]

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from app.data.synthetic import generate
-from tests.builders import answer_token_loss
+from tests.builders import answer_token_loss, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -419,8 +419,8 @@ def test_the_readmes_launch_lines_train_on_two_cpu_processes(launcher, tiny_chat
     out.mkdir()
     bin_dir = Path(sys.executable).parent
     launch = {
-        "torchrun": [str(bin_dir / "torchrun"), "--nproc_per_node", "2"],
-        "fabric": [str(bin_dir / "fabric"), "run", "--accelerator", "cpu", "--devices", "2"],
+        "torchrun": [str(bin_dir / "torchrun"), "--nproc_per_node", "2", "--master-port", str(free_port())],
+        "fabric": [str(bin_dir / "fabric"), "run", "--accelerator", "cpu", "--devices", "2", "--main-port", str(free_port())],
     }[launcher]
     proc = subprocess.run([*launch, str(script), str(out), *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "VIA_CLI": "1"})
@@ -450,8 +450,10 @@ def test_a_launcher_that_started_more_processes_than_the_config_says_is_refused(
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(4, seed=5)))
     bin_dir = Path(sys.executable).parent
-    launch = {"torchrun": [str(bin_dir / "torchrun"), "--nproc_per_node", "2", "-m", "app"],
-              "fabric run": [str(bin_dir / "fabric"), "run", "--accelerator", "cpu", "--devices", "2", "app/__main__.py"]}
+    port = str(free_port())
+    launch = {"torchrun": [str(bin_dir / "torchrun"), "--nproc_per_node", "2", "--master-port", port, "-m", "app"],
+              "fabric run": [str(bin_dir / "fabric"), "run", "--accelerator", "cpu", "--devices", "2", "--main-port", port,
+                             "app/__main__.py"]}
     proc = subprocess.run(
         [*launch[launcher], "train", str(ROOT / "configs" / "quickstart.yaml"), f"model.path={tiny_chatglm_dir}",
          f"data.train={data}", f"trainer.root_dir={tmp_path / 'logs'}"],

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from app.distributed import leave_process_group
 from app.models.config import LoraSettings, ModelConfig, SamplingConfig
 from app.models.loading import load_model
 from app.models.policy import build_policy, transformer_blocks
+from tests.builders import free_port
 
 PROMPTS = [[[5, 6, 7, 8], [9, 4]], [[11, 12], [13, 14, 15, 16, 17]]]  # rank 0's, rank 1's
 GREEDY = SamplingConfig(max_new_tokens=6, do_sample=False)
@@ -53,12 +53,6 @@ def sample_on_rank(rank: int, port: int, model_dir: str, lora: bool, gather: boo
         json.dump({"gathers": len(gathers), "blocks": len(transformer_blocks(policy.causal_lm)),
                    "steps": [g.shape[1] - len(max(PROMPTS[rank], key=len)) for g in got], "same": same}, f)
     leave_process_group()  # else the process may abort on exit, as it did in CI
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
