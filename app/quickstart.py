@@ -53,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how the starter answers: LP model text (default) or pyscipopt programs, run in the "
                              "sandbox and scored on the model they build")
     parser.add_argument("--out", default=None,
-                        help="where data, results.json and the plot go (default: logs/quickstart, or "
-                             "logs/quickstart-pyscipopt with --answer-format pyscipopt)")
+                        help="where the data, the evaluation rows and results.json go (default: logs/quickstart, or "
+                             "logs/quickstart-pyscipopt with --answer-format pyscipopt); the PPO run itself "
+                             "(TensorBoard, checkpoints, curves.png) goes to trainer.root_dir/run_name/version_N")
 
 
 def make_data(out: Path, n_train: int, n_heldout: int, seed: int, difficulty: str, starter_problems: int) -> tuple[Path, Path]:

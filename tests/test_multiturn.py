@@ -391,6 +391,58 @@ def test_eval_turns_reports_accuracy_after_each_turn(tiny_chatglm_dir, tmp_path,
     assert all(len(second) > len(first) for first, second in zip(*calls))
 
 
+
+def test_revision_headroom_sorts_first_answers_by_what_their_feedback_shows(tiny_chatglm_dir, tmp_path, monkeypatch, capsys):
+    """tools/revision_headroom.py on real `eval --turns 2` rows: first answers right, with every
+    requirement flipped (every variable 0), with one right-hand side miscopied (a nonzero optimum)
+    and without a model; all revised to the reference. Only the flipped and the model-less ones
+    count as exposed, and the miscopied one is told apart from the reference by a number."""
+    import importlib.util
+
+    from app import eval_policy
+    from app.cli import main
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "revision_headroom.py"
+    spec = importlib.util.spec_from_file_location("revision_headroom", tool)
+    headroom = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(headroom)
+    items = [i for i in generate(40, seed=5, infeasible_fraction=0.0) if i.family == "diet"][:4]
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(json.dumps(item.to_json()) + "\n" for item in items))
+
+    def miscopied(model: str) -> str:
+        head, rhs = model.split(" >= ", 1)[0], model.split(" >= ", 1)[1].split("\n", 1)
+        return f"{head} >= {float(rhs[0]) + 50:g}\n{rhs[1]}"
+
+    first = [items[0].reference_model, items[1].reference_model.replace(" >= ", " <= "), miscopied(items[2].reference_model),
+             None]
+    real, calls = eval_policy.replies, []
+
+    def scripted(loaded, model, prompts, sampling, generator=None, context_cache=None):
+        out = real(loaded, model, prompts, sampling, generator, context_cache)
+        turn = len(calls)
+        calls.append(prompts)
+        for reply, item, text in zip(out, items, first):
+            text = item.reference_model if turn else text
+            reply.text = "no idea" if text is None else f"```lp\n{text}\n```"
+        return out
+
+    monkeypatch.setattr(eval_policy, "replies", scripted)
+    rows = tmp_path / "rows.jsonl"
+    assert main(["eval", "--model", str(tiny_chatglm_dir), "--data", str(data), "--turns", "2", "--end", "turns",
+                 "--max-new-tokens", "4", "--workers", "1", "--system-prompt", "", "--instruction", "",
+                 "--out", str(rows)]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("sys.argv", ["revision_headroom.py", str(rows), "--data", str(data)])
+    assert headroom.main() == 0
+    out = capsys.readouterr().out
+    assert json.loads(out.splitlines()[-1]) == {"problems": 4, "accuracy_first": 0.25, "exposed_wrong": 2,
+                                                "revision_ceiling_points": 50.0, "fixed": 3, "unexposed_wrong": 1}
+    assert "| wrong, every variable 0 | 1 | 0.250 | 0 | 1 | 0 | 0 |" in out
+    assert "| wrong, nonzero optimum | 1 | 0.250 | 0 | 1 | 0 | 0 |" in out
+    assert "| a number differs (objective, coefficient or right-hand side) | 1 |" in out
+    assert "not compared" not in out
+
 # ---- the KV cache carries over between turns ----------------------------------------------------
 
 
