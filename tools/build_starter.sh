@@ -10,7 +10,8 @@
 # Took 14 minutes on the quiet 2-core CPU machine (1500 steps x batch 32, 2 torch threads); rebuilds are
 # bit-identical (the same model.safetensors).
 # pyscipopt: the tokenizer also learns from the programs (a real model's tokenizer knows Python), which
-# keeps a program at about 240 tokens instead of 500. Took 22 minutes (1500 steps x batch 32).
+# keeps a program at about 240 tokens instead of 500. Took 22 to 27 minutes (1500 steps x batch 32); rebuilds
+# are bit-identical too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 format=lp revisions=0
