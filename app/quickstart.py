@@ -54,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "sandbox and scored on the model they build")
     parser.add_argument("--out", default=None,
                         help="where the data, the evaluation rows and results.json go (default: logs/quickstart, or "
-                             "logs/quickstart-pyscipopt with --answer-format pyscipopt); the PPO run itself "
-                             "(TensorBoard, checkpoints, curves.png) goes to trainer.root_dir/run_name/version_N")
+                             "logs/quickstart-pyscipopt with --answer-format pyscipopt); when given, the PPO run "
+                             "(TensorBoard, checkpoints, curves.png) goes there too, to OUT/run_name/version_N, "
+                             "unless trainer.root_dir is set; else to logs/run_name/version_N")
 
 
 def make_data(out: Path, n_train: int, n_heldout: int, seed: int, difficulty: str, starter_problems: int) -> tuple[Path, Path]:
@@ -122,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     if config is None or "=" in config:  # no config, or only overrides were given
         config, overrides = str(default_config), [c for c in (config, *overrides) if c is not None]
     cfg = load_config(config, overrides)
+    if args.out and not any(o.startswith("trainer.root_dir=") for o in overrides):
+        cfg.trainer.root_dir = str(out)  # one comparison's run beside its data and results
     data_dir = out / "data"
     train_path, heldout_path = make_data(data_dir, args.train_problems, args.heldout, cfg.seed, "easy", args.starter_problems)
     cfg.data.train = str(train_path)

@@ -203,7 +203,7 @@ def test_shortened_quickstart_runs_end_to_end(turns, tiny_chatglm_dir, tmp_path,
     code = main([
         "quickstart", f"model.path={starter}", "trainer.max_steps=2", "trainer.checkpoint_every=1",
         "sampling.max_new_tokens=12", "ppo.prompts_per_step=2", "ppo.samples_per_prompt=2", "ppo.minibatch_size=4",
-        "evaluation.workers=1", f"trainer.root_dir={tmp_path / 'logs'}", "trainer.enable_progress_bar=false",
+        "evaluation.workers=1", "trainer.enable_progress_bar=false",
         "trainer.val_every=1", "--heldout", "4", "--train-problems", "8", "--starter-problems", "8", "--out", str(out),
         f"rollout.turns={turns}", "rollout.end=turns",
     ])
@@ -217,6 +217,7 @@ def test_shortened_quickstart_runs_end_to_end(turns, tiny_chatglm_dir, tmp_path,
     assert results["ppo"]["accuracy"] == results["ppo"]["accuracy_by_turn"][-1]  # the PPO policy: its last
     assert results["policy_tokens"] > 0
     run_dir = Path(results["run_dir"])
+    assert run_dir.parent == out / "quickstart"  # --out holds the run too: OUT/run_name/version_N
     assert (run_dir / "curves.png").stat().st_size > 1000
     events = EventAccumulator(str(run_dir))
     events.Reload()
