@@ -7,4 +7,3 @@ def tiny_chatglm_dir(tmp_path_factory):
     from app.models.tiny import make_tiny_chatglm
 
     return make_tiny_chatglm(tmp_path_factory.mktemp("tiny_chatglm"))
-
