@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 
 from app.errors import LaunchError, UserError, user_message
+
+LAUNCH_REFUSAL_GRACE_S = 10  # how long the other processes of a refused launch wait for the first to speak
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -124,6 +127,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m app") -> int:
 
         if first_process() or not isinstance(err, LaunchError):
             print(f"error: {user_message(err)}", file=sys.stderr)
+        else:  # a launcher stops every process once one exits: leaving first could cut the first one off
+            time.sleep(LAUNCH_REFUSAL_GRACE_S)  # before it says why; bounded for launchers that wait instead
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
