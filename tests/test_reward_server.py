@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.builders import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "app" / "evaluation" / "samples"
 TOKEN = "t" * 24
@@ -24,16 +26,10 @@ LOOP = "```python\nimport pyscipopt\nwhile True:\n    pass\n```"  # hostile: run
 LP = "```lp\nMaximize\n obj: 3 x + 2 y\nSubject To\n c1: x + y <= 4\n c2: x + 3 y <= 6\nBounds\n x <= 3\nEnd\n```"  # optimum 11
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(tmp_path, *args, token: str | None = TOKEN):
     config = tmp_path / "eval.yaml"
     config.write_text("evaluation:\n  workers: 2\n  code: {wall_s: 2.0}\n")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("SOLVER_PPO_REWARD_TOKEN", None)
     if token:
