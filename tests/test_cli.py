@@ -145,4 +145,3 @@ def test_field_meanings_come_from_the_comments_beside_them():
     assert field_comments(_Commented) == {"trailing": "the comment after the field", "above": "the lines above a field, joined"}
     with pytest.raises(UserError, match="config key 'bare' has no comment"):
         list(schema_keys(_Commented))
-

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.data.formats import iter_problems  # noqa: E402
 from app.evaluation.extract import extract_model  # noqa: E402
+from app.evaluation.feedback import ALL_ZERO  # noqa: E402
 from app.evaluation.model import Model, ModelReadError, read_model  # noqa: E402
 
 CLASSES = ("right", "wrong, no error-free solve", "wrong, every variable 0", "wrong, nonzero optimum")
@@ -36,7 +37,7 @@ def first_answer_class(turn: dict) -> str:
         return CLASSES[0]
     if turn["status"] != "optimal":
         return CLASSES[1]
-    if "Every variable is 0" in turn["feedback"]:
+    if ALL_ZERO in turn["feedback"]:
         return CLASSES[2]
     return CLASSES[3]
 

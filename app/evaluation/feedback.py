@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from app.evaluation.reward import ScoreResult
 
+ALL_ZERO = "Every variable is 0 in this solution."  # what a solved model whose variables are all 0 is told
+
 
 def feedback_message(result: ScoreResult) -> str:
     """What the evaluation found: status and why; for a solved model its objective and nonzero
@@ -24,7 +26,7 @@ def feedback_message(result: ScoreResult) -> str:
         best = "Objective value" if result.status == "optimal" else "Best objective value found"
         lines.append(f"{best}: {result.model_objective:.10g}.")
         if result.n_nonzero == 0:
-            lines.append("Every variable is 0 in this solution.")
+            lines.append(ALL_ZERO)
         elif result.n_nonzero is not None:
             values = ", ".join(f"{name} = {value:.10g}" for name, value in result.nonzero_values)
             more = result.n_nonzero - len(result.nonzero_values)
