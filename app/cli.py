@@ -12,23 +12,23 @@ import importlib
 import sys
 import time
 
-from app.errors import LaunchError, UserError, user_message
+from solver_ppo.errors import LaunchError, UserError, user_message
 
 LAUNCH_REFUSAL_GRACE_S = 10  # how long the other processes of a refused launch wait for the first to speak
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "evaluate-model": ("app.evaluation.cli_evaluate_model", "solve LP/MPS model files with SCIP, one JSON line each"),
-    "graph-distance": ("app.evaluation.cli_graph_distance", "structural distance between two models (or pairs from a TSV)"),
-    "score": ("app.evaluation.cli_score", "score a file of answers against a file of problems"),
-    "quickstart": ("app.quickstart", "the CPU demo: PPO from the SFT starter, then SFT vs SFT + PPO on held-out problems"),
-    "train": ("app.ppo.cli_train", "PPO against the solver score: train [CONFIG] key=value ..."),
-    "eval": ("app.eval_policy", "pass@1 of a model on a dataset, scored by the evaluation system"),
-    "sft": ("app.sft.cli", "supervised warm start on question -> reference model pairs: sft [CONFIG] key=value ..."),
-    "export": ("app.models.cli_export", "merge LoRA into the base and write an official-format checkpoint"),
-    "make-data": ("app.data.cli_make_data", "generate synthetic modeling problems with reference models and optima"),
-    "serve-reward": ("app.integrations.server", "the evaluation system as an HTTP reward (OpenRLHF's /get_reward, /score, /health, /metrics)"),
-    "config-reference": ("app.config_reference", "every config key with its default, allowed values and meaning (Markdown)"),
+    "evaluate-model": ("solver_ppo.evaluation.cli_evaluate_model", "solve LP/MPS model files with SCIP, one JSON line each"),
+    "graph-distance": ("solver_ppo.evaluation.cli_graph_distance", "structural distance between two models (or pairs from a TSV)"),
+    "score": ("solver_ppo.evaluation.cli_score", "score a file of answers against a file of problems"),
+    "quickstart": ("solver_ppo.quickstart", "the CPU demo: PPO from the SFT starter, then SFT vs SFT + PPO on held-out problems"),
+    "train": ("solver_ppo.ppo.cli_train", "PPO against the solver score: train [CONFIG] key=value ..."),
+    "eval": ("solver_ppo.eval_policy", "pass@1 of a model on a dataset, scored by the evaluation system"),
+    "sft": ("solver_ppo.sft.cli", "supervised warm start on question -> reference model pairs: sft [CONFIG] key=value ..."),
+    "export": ("solver_ppo.models.cli_export", "merge LoRA into the base and write an official-format checkpoint"),
+    "make-data": ("solver_ppo.data.cli_make_data", "generate synthetic modeling problems with reference models and optima"),
+    "serve-reward": ("solver_ppo.integrations.server", "the evaluation system as an HTTP reward (OpenRLHF's /get_reward, /score, /health, /metrics)"),
+    "config-reference": ("solver_ppo.config_reference", "every config key with its default, allowed values and meaning (Markdown)"),
 }
 
 # name -> examples shown at the end of the command's --help ({prog}: how the program was invoked)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m app") -> int:
     try:
         code = int(module.run(args) or 0)
     except UserError as err:
-        from app.data.prompts import first_process
+        from solver_ppo.data.prompts import first_process
 
         if first_process() or not isinstance(err, LaunchError):
             print(f"error: {user_message(err)}", file=sys.stderr)
@@ -150,7 +150,7 @@ def config_from_args(args: argparse.Namespace, schema_cls):
     --print-config it is printed as YAML instead and None is returned (no model or data file is read)."""
     from omegaconf import OmegaConf
 
-    from app.config import check_values, load_config
+    from solver_ppo.config import check_values, load_config
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # only overrides were given
@@ -170,10 +170,10 @@ def entry() -> None:
 
 def leave_process_group() -> None:
     """After a command that ran as one rank of several (`train`, `sft` under torchrun, `fabric run`
-    or the Trainer's launcher), leave the group before exiting (`app.distributed`). Only checked
+    or the Trainer's launcher), leave the group before exiting (`solver_ppo.distributed`). Only checked
     when the command imported torch: the evaluation commands never do."""
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
-        from app.distributed import leave_process_group as leave
+        from solver_ppo.distributed import leave_process_group as leave
 
         leave()

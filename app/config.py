@@ -13,10 +13,10 @@ from pathlib import Path
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
-from app.errors import UserError
-from app.evaluation.config import EvaluationConfig
-from app.models.config import ModelConfig, SamplingConfig
-from app.optim import SCHEDULES
+from solver_ppo.errors import UserError
+from solver_ppo.evaluation.config import EvaluationConfig
+from solver_ppo.models.config import ModelConfig, SamplingConfig
+from solver_ppo.optim import SCHEDULES
 
 
 @dataclass

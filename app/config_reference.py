@@ -2,7 +2,7 @@
 
 The meaning of a key is the comment written beside its field in the schema dataclasses (the
 trailing `# comment`, else the comment lines right above the field), so it lives in one place;
-the allowed values come from `app.config.RANGES` and `CHOICES`. docs/config.md is this command's
+the allowed values come from `solver_ppo.config.RANGES` and `CHOICES`. docs/config.md is this command's
 output, and a test fails when the two differ.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
-from app.config import CHOICES, RANGES, SFTConfig, TrainConfig
-from app.errors import UserError
+from solver_ppo.config import CHOICES, RANGES, SFTConfig, TrainConfig
+from solver_ppo.errors import UserError
 
 COMMAND = ".venv/bin/python -m app config-reference > docs/config.md"
 

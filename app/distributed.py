@@ -13,8 +13,8 @@ import torch.distributed as dist
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from app.config import TrainerSettings
-from app.errors import LaunchError, UserError
+from solver_ppo.config import TrainerSettings
+from solver_ppo.errors import LaunchError, UserError
 
 # Lightning strategies (by name prefix) whose sharding the app's modules cannot work with, and why.
 UNSUPPORTED_STRATEGIES = {

@@ -26,6 +26,6 @@ def user_message(err: UserError) -> str:
     text = str(err).strip()
     if "Original Traceback" not in text:
         return text
-    last = text.splitlines()[-1]  # "app.data.formats.BadRecord: data.jsonl:2: not valid JSON ..."
+    last = text.splitlines()[-1]  # "solver_ppo.data.formats.BadRecord: data.jsonl:2: not valid JSON ..."
     match = re.fullmatch(r"[\w.]+: (.*)", last)
     return match.group(1) if match else last

@@ -18,7 +18,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from app.errors import UserError
+from solver_ppo.errors import UserError
 
 
 def positive_int(text: str) -> int:
@@ -61,9 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_trained(model_dir: str, family: str = "chatglm", adapter: str | None = None, chat_format: str = "auto"):
     """(LoadedModel, the causal LM in eval mode): the base model, or with `adapter` (a run's
     trainable.pt) the policy as trained, with the LoRA shape recorded in that file."""
-    from app.models.config import LoraSettings, ModelConfig
-    from app.models.loading import load_model
-    from app.models.policy import build_policy, read_trainable
+    from solver_ppo.models.config import LoraSettings, ModelConfig
+    from solver_ppo.models.loading import load_model
+    from solver_ppo.models.policy import build_policy, read_trainable
 
     cfg = ModelConfig(family=family, path=model_dir, chat_format=chat_format)
     loaded = load_model(cfg)
@@ -80,7 +80,7 @@ def load_trained(model_dir: str, family: str = "chatglm", adapter: str | None = 
 def trained_prompt_settings(model_dir: str, adapter: str | None = None):
     """The prompt settings stored with what is evaluated: beside `adapter` (a run directory or its
     trainable.pt) when given and there, else in the model directory; None if neither has them."""
-    from app.data.prompts import read_prompt_settings
+    from solver_ppo.data.prompts import read_prompt_settings
 
     if adapter is not None:
         run_dir = Path(adapter) if Path(adapter).is_dir() else Path(adapter).parent
@@ -95,13 +95,13 @@ def answer(loaded, model, prompts: list[list[int]], sampling, generator=None) ->
 
 
 def replies(loaded, model, prompts: list[list[int]], sampling, generator=None, context_cache=None):
-    """The model's answers to encoded prompts (app.ppo.episode.Reply: tokens, text, truncated);
+    """The model's answers to encoded prompts (solver_ppo.ppo.episode.Reply: tokens, text, truncated);
     with a `ContextCache`, prompts that extend its previous call's are read from where it stopped."""
     import torch
 
-    from app.models.generation import generate
-    from app.ppo.episode import Reply
-    from app.ppo.rollout import truncated_rows
+    from solver_ppo.models.generation import generate
+    from solver_ppo.ppo.episode import Reply
+    from solver_ppo.ppo.rollout import truncated_rows
 
     run = generate if context_cache is None else context_cache.generate
     with torch.no_grad():
@@ -121,20 +121,20 @@ def evaluate_policy(
 ) -> tuple[dict, list[dict]]:
     """Greedy answers on `data`, `turns` per problem at most; returns (summary of the last answers,
     per-item rows). With turns > 1 the summary has "first" (the summary of the first answers) and
-    "turns" (`app.evaluation.turns.turn_statistics`). With `out`, each row is written there as
+    "turns" (`solver_ppo.evaluation.turns.turn_statistics`). With `out`, each row is written there as
     soon as it is scored, so an interrupted evaluation keeps what it did."""
     import dataclasses
     import itertools
 
-    from app.data.formats import iter_problems
-    from app.data.prompts import build_messages, prompt_settings_for
-    from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, feedback_message, summarize
-    from app.evaluation.turns import turn_statistics
-    from app.models.config import SamplingConfig
-    from app.models.generation import ContextCache
-    from app.paths import writable_dir
-    from app.ppo.episode import Episode, Verdict, play, standing_matches
-    from app.progress import progress_bar
+    from solver_ppo.data.formats import iter_problems
+    from solver_ppo.data.prompts import build_messages, prompt_settings_for
+    from solver_ppo.evaluation import EvaluationConfig, EvaluatorPool, Reference, feedback_message, summarize
+    from solver_ppo.evaluation.turns import turn_statistics
+    from solver_ppo.models.config import SamplingConfig
+    from solver_ppo.models.generation import ContextCache
+    from solver_ppo.paths import writable_dir
+    from solver_ppo.ppo.episode import Episode, Verdict, play, standing_matches
+    from solver_ppo.progress import progress_bar
 
     if out:
         writable_dir(Path(out).parent, f"--out {out}")
@@ -191,9 +191,9 @@ def evaluate_policy(
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.evaluation import EvaluationConfig, format_summary_table
-    from app.evaluation.config import MatchRule
-    from app.evaluation.turns import format_turn_table
+    from solver_ppo.evaluation import EvaluationConfig, format_summary_table
+    from solver_ppo.evaluation.config import MatchRule
+    from solver_ppo.evaluation.turns import format_turn_table
 
     evaluation = EvaluationConfig(match=MatchRule(kind=args.match, tolerance=args.tolerance), workers=args.workers)
     summary, _ = evaluate_policy(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from app.errors import UserError
+from solver_ppo.errors import UserError
 
 
 def writable_dir(path: str | Path, setting: str) -> Path:

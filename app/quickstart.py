@@ -27,7 +27,7 @@ import statistics
 import time
 from pathlib import Path
 
-from app.config import load_config
+from solver_ppo.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # answer format -> (its PPO config, its output directory); each config names its own starter
@@ -64,7 +64,7 @@ def make_data(out: Path, n_train: int, n_heldout: int, seed: int, difficulty: st
     The PPO prompts come from their own stream and leave out the starter's SFT problems, which are
     rebuilt from the same seed (`make_splits`, as `make-data` draws them): PPO practises on
     problems new to the starter, as the held-out ones are."""
-    from app.data.synthetic import generate, make_splits, signature, write_jsonl
+    from solver_ppo.data.synthetic import generate, make_splits, signature, write_jsonl
 
     out.mkdir(parents=True, exist_ok=True)
     starter, heldout = make_splits(starter_problems, n_heldout, seed, difficulty)
@@ -111,10 +111,10 @@ def plot_curves(run_dir: Path, png: Path, starter_accuracy: float) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.eval_policy import evaluate_policy
-    from app.evaluation import format_summary_table
-    from app.evaluation.turns import format_turn_table
-    from app.ppo.train import train
+    from solver_ppo.eval_policy import evaluate_policy
+    from solver_ppo.evaluation import format_summary_table
+    from solver_ppo.evaluation.turns import format_turn_table
+    from solver_ppo.ppo.train import train
 
     started = time.time()
     default_config, default_out = FORMATS[args.answer_format]

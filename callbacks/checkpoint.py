@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from app.data.prompts import PromptSettings, write_prompt_settings
+from solver_ppo.data.prompts import PromptSettings, write_prompt_settings
 
 
 class IterationCheckpoint(Callback):

@@ -14,11 +14,11 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torchmetrics import MeanMetric
 
-from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, ScoreResult
-from app.evaluation.feedback import feedback_message
-from app.evaluation.summary import result_values
-from app.evaluation.turns import turn_statistics
-from app.ppo.scoring import RolloutScorer, RolloutScores
+from solver_ppo.evaluation import EvaluationConfig, EvaluatorPool, Reference, ScoreResult
+from solver_ppo.evaluation.feedback import feedback_message
+from solver_ppo.evaluation.summary import result_values
+from solver_ppo.evaluation.turns import turn_statistics
+from solver_ppo.ppo.scoring import RolloutScorer, RolloutScores
 
 METRICS = ("accuracy", "solved_rate", "format_rate", "graph_distance", "reward", "reward_sq")
 

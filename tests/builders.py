@@ -8,8 +8,8 @@ import socket
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from app.evaluation import Constraint, Model, Variable
-from app.evaluation.model import quad_key
+from solver_ppo.evaluation import Constraint, Model, Variable
+from solver_ppo.evaluation.model import quad_key
 
 PAD = 0
 
@@ -39,10 +39,10 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
 def answer_token_loss(model_dir, problems_path, system_prompt: str | None, instruction: str | None) -> float:
     """Token-mean cross-entropy of the reference answers and their stop token, given the prompts
     (`build_messages`: None is the default text): what SFT's sft/val_loss reports."""
-    from app.data.formats import iter_problems
-    from app.data.prompts import answer_text, build_messages
-    from app.models.config import ModelConfig
-    from app.models.loading import load_model
+    from solver_ppo.data.formats import iter_problems
+    from solver_ppo.data.prompts import answer_text, build_messages
+    from solver_ppo.models.config import ModelConfig
+    from solver_ppo.models.loading import load_model
 
     loaded = load_model(ModelConfig(family="chatglm", path=str(model_dir)))
     total, tokens = 0.0, 0
@@ -81,7 +81,7 @@ def renamed_shuffled(m: Model, seed: int, negate: bool = True, scale: bool = Tru
 def scripted_generation(policy, tokenizer, prompts: list[list[int]], texts: list[str], elapsed_s: float = 0.0):
     """What `policy.generate` returns when its answers to `prompts` are `texts` (each ended by the
     stop token): for tests that script a policy's answers."""
-    from app.models.generation import Generation, left_pad
+    from solver_ppo.models.generation import Generation, left_pad
 
     responses = [tokenizer.encode(t, add_special_tokens=False) + [policy.stop_token_ids[0]] for t in texts]
     prompt_ids, prompt_mask = left_pad(prompts, policy.pad_token_id)  # (B, P)

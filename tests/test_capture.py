@@ -1,4 +1,4 @@
-"""Capturing the model a solver-library program builds (app.evaluation.capture), with the real
+"""Capturing the model a solver-library program builds (solver_ppo.evaluation.capture), with the real
 libraries: each idiom's captured model equals the same model written in LP (graph distance 0,
 same SCIP optimum), and broken code ends with a status and a one-line reason.
 
@@ -12,11 +12,11 @@ import sys
 
 import pytest
 
-from app.evaluation.capture import CaptureOutcome, detect_library, orient, run_captured
-from app.evaluation.config import SolverLimits
-from app.evaluation.graph import graph_distance
-from app.evaluation.model import read_model
-from app.evaluation.solve import solve_model
+from solver_ppo.evaluation.capture import CaptureOutcome, detect_library, orient, run_captured
+from solver_ppo.evaluation.config import SolverLimits
+from solver_ppo.evaluation.graph import graph_distance
+from solver_ppo.evaluation.model import read_model
+from solver_ppo.evaluation.solve import solve_model
 
 
 def _child(conn, code, workdir, limits, blocked):
@@ -359,7 +359,7 @@ def test_an_integer_in_zero_one_is_a_binary_for_the_graph():
 
 @pytest.fixture(scope="module")
 def sandbox():
-    from app.evaluation.sandbox import Sandbox
+    from solver_ppo.evaluation.sandbox import Sandbox
 
     with Sandbox("auto") as box:
         yield box

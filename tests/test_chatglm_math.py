@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from app.models.chatglm import (
+from solver_ppo.models.chatglm import (
     MLP,
     ChatGLMConfig,
     ChatGLMForCausalLM,
@@ -243,7 +243,7 @@ def test_left_padded_row_equals_unpadded_row():
     assert torch.isfinite(batched).all()
     torch.testing.assert_close(batched[0, 3:], alone, atol=1e-5, rtol=1e-5)
     # and the positions the model derived are 0.. for the real tokens
-    from app.models.chatglm import position_ids_from_mask
+    from solver_ppo.models.chatglm import position_ids_from_mask
 
     assert position_ids_from_mask(mask, 8)[0].tolist() == [0, 0, 0, 0, 1, 2, 3, 4]
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from app.models.chatglm import CHATGLM3_6B, GLM4_9B_CHAT, ChatGLMConfig, ChatGLMForCausalLM
+from solver_ppo.models.chatglm import CHATGLM3_6B, GLM4_9B_CHAT, ChatGLMConfig, ChatGLMForCausalLM
 
 
 def expected_shapes(layers: int, vocab: int) -> dict[str, tuple[int, ...]]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.models.config import ModelConfig
-from app.models.loading import load_model
+from solver_ppo.models.config import ModelConfig
+from solver_ppo.models.loading import load_model
 
 _spec = importlib.util.spec_from_file_location(
     "make_tiny_chatglm", Path(__file__).resolve().parents[1] / "tools" / "make_tiny_chatglm.py"

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from app.cli import COMMANDS, EXAMPLES, command_parser, main
-from app.config import SFTConfig, TrainConfig, load_config
-from app.config_reference import COMMAND, field_comments, render, schema_keys
-from app.errors import UserError
+from solver_ppo.cli import COMMANDS, EXAMPLES, command_parser, main
+from solver_ppo.config import SFTConfig, TrainConfig, load_config
+from solver_ppo.config_reference import COMMAND, field_comments, render, schema_keys
+from solver_ppo.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "solver-ppo"

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.config import load_config
-from app.data.code_answers import code_answer
-from app.data.synthetic import generate
-from app.models.loading import load_tokenizer
+from solver_ppo.config import load_config
+from solver_ppo.data.code_answers import code_answer
+from solver_ppo.data.synthetic import generate
+from solver_ppo.models.loading import load_tokenizer
 
 from builders import scripted_generation
 from test_ppo_train import overrides, run_dir, scalars
@@ -57,8 +57,8 @@ def forced_generate(tokenizer, items):
 
 
 def test_ppo_trains_on_code_answers_scored_in_the_sandbox(tiny_chatglm_dir, tmp_path, monkeypatch):
-    from app.models.policy import PolicyWithValue
-    from app.ppo.train import train
+    from solver_ppo.models.policy import PolicyWithValue
+    from solver_ppo.ppo.train import train
 
     items = [item for item in generate(8, seed=11, infeasible_fraction=0.0) if item.sense == "maximize"][:2]
     data = tmp_path / "train.jsonl"

@@ -1,4 +1,4 @@
-"""Reference answers as solver-library code (app.data.code_answers, make-data --answer-format) and
+"""Reference answers as solver-library code (solver_ppo.data.code_answers, make-data --answer-format) and
 the code-answer instruction presets: every family's program, captured at its solve call, is the
 reference model (graph distance 0, same optimum)."""
 
@@ -10,17 +10,17 @@ import re
 
 import pytest
 
-from app.cli import main
-from app.data.code_answers import CODE_FORMATS, code_answer, render_code
-from app.data.formats import Problem
-from app.data.prompts import INSTRUCTION, answer_text, build_messages, code_instruction, instruction_text, sft_target
-from app.data.synthetic import FAMILIES, code_demonstrations, generate, imperfect_teacher
-from app.errors import UserError
-from app.evaluation.capture import orient, run_captured
-from app.evaluation.config import SolverLimits
-from app.evaluation.graph import graph_distance
-from app.evaluation.model import read_model
-from app.evaluation.solve import solve_model
+from solver_ppo.cli import main
+from solver_ppo.data.code_answers import CODE_FORMATS, code_answer, render_code
+from solver_ppo.data.formats import Problem
+from solver_ppo.data.prompts import INSTRUCTION, answer_text, build_messages, code_instruction, instruction_text, sft_target
+from solver_ppo.data.synthetic import FAMILIES, code_demonstrations, generate, imperfect_teacher
+from solver_ppo.errors import UserError
+from solver_ppo.evaluation.capture import orient, run_captured
+from solver_ppo.evaluation.config import SolverLimits
+from solver_ppo.evaluation.graph import graph_distance
+from solver_ppo.evaluation.model import read_model
+from solver_ppo.evaluation.solve import solve_model
 
 
 def _capture_all(conn, programs, workdir):
@@ -195,7 +195,7 @@ class _Pieces:
 def test_partial_kl_starts_at_the_python_block():
     import torch
 
-    from app.ppo.rollout import partial_kl_mask
+    from solver_ppo.ppo.rollout import partial_kl_mask
 
     rows = [["The model:\n", "``", "`python\n", "import pulp\n", "```"],  # fence split over tokens 1 and 2
             ["Code:", "<python>", "import gurobipy", "</python>"],

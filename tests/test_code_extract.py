@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.evaluation import EvaluationConfig, Reference, extract_model, score_answer
-from app.evaluation.config import CodeLimits
+from solver_ppo.evaluation import EvaluationConfig, Reference, extract_model, score_answer
+from solver_ppo.evaluation.config import CodeLimits
 
 LP = "Maximize\n obj: 3 x + 2 y\nSubject To\n c1: x + 2 y <= 7\nBounds\n 0 <= x <= 10\n 0 <= y <= 4\nGeneral\n x\nEnd\n"
 PULP = """import pulp
@@ -104,12 +104,12 @@ def test_evaluate_model_runs_python_files_next_to_lp_files(tmp_path):
 
 
 def test_the_ppo_reward_scores_code_answers_through_its_pool():
-    """callbacks.solver_reward with no new setting: code rollouts get the sandbox's scores."""
+    """solver_ppo.callbacks.solver_reward with no new setting: code rollouts get the sandbox's scores."""
     from types import SimpleNamespace
 
     import torch
 
-    from callbacks.solver_reward import SolverReward
+    from solver_ppo.callbacks.solver_reward import SolverReward
 
     module = SimpleNamespace(device=torch.device("cpu"), log_dict=lambda *a, **k: None, print=lambda *a: None,
                              cfg=SimpleNamespace(rollout=SimpleNamespace(turns=1)))

@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from app.config import DataSettings
-from app.data.datamodule import PromptDataModule, PromptDataset, _as_is, shuffle_buffer
-from app.data.formats import BadRecord, Problem, iter_problems, iter_records, normalize_record
-from app.data.prompts import INSTRUCTION, build_messages
-from app.errors import UserError
+from solver_ppo.config import DataSettings
+from solver_ppo.data.datamodule import PromptDataModule, PromptDataset, _as_is, shuffle_buffer
+from solver_ppo.data.formats import BadRecord, Problem, iter_problems, iter_records, normalize_record
+from solver_ppo.data.prompts import INSTRUCTION, build_messages
+from solver_ppo.errors import UserError
 
 
 def write_jsonl(path: Path, records) -> Path:
@@ -324,7 +324,7 @@ def test_datamodule_batches_and_exact_resume_through_lightning(tmp_path):
 
 
 def test_bad_line_in_a_dataloader_worker_still_reads_as_one_line(tmp_path):
-    from app.errors import user_message
+    from solver_ppo.errors import user_message
 
     path = write_jsonl(tmp_path / "bad.jsonl", BAD_FILE)
     settings = DataSettings(train=str(path), on_bad_line="error", num_workers=1, shuffle_buffer=0)
@@ -395,7 +395,7 @@ def test_sft_formats_are_detected_per_record_and_bad_ones_name_the_line(tmp_path
 
 
 def test_a_run_that_leaves_out_too_much_stops_and_skips_are_summarized(capsys):
-    from app.data.limits import MIN_RECORDS_FOR_SHARE, SkipCounter
+    from solver_ppo.data.limits import MIN_RECORDS_FOR_SHARE, SkipCounter
 
     counter = SkipCounter("data.max_prompt_tokens", 100, max_fraction=0.25, every=2, what="prompt")
     for step in (1, 2):
@@ -415,8 +415,8 @@ def test_a_run_that_leaves_out_too_much_stops_and_skips_are_summarized(capsys):
 
 
 def test_train_and_sft_take_the_prompt_settings_their_model_was_trained_with(tmp_path, capsys):
-    from app.config import SFTConfig, load_config
-    from app.data.prompts import PromptSettings, use_trained_prompt_settings, write_prompt_settings
+    from solver_ppo.config import SFTConfig, load_config
+    from solver_ppo.data.prompts import PromptSettings, use_trained_prompt_settings, write_prompt_settings
 
     write_prompt_settings(tmp_path, PromptSettings("", "pyscipopt", "chatglm3"))
     cfg = load_config(None, [f"model.path={tmp_path}", "data.train=x", "output_dir=y"], schema_cls=SFTConfig)

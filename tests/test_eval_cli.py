@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
-from app.data.synthetic import generate
-from app.evaluation import Reference
+from solver_ppo.cli import main
+from solver_ppo.data.synthetic import generate
+from solver_ppo.evaluation import Reference
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTER = ROOT / "checkpoints" / "quickstart-sft"  # the quick start's SFT starter, trained on empty prompts

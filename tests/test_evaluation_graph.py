@@ -9,8 +9,8 @@ import networkx as nx
 import pytest
 from scipy.stats import spearmanr
 
-from app.evaluation import Constraint, Model, Variable, equivalent, graph_distance, model_graph, read_model
-from app.evaluation.graph import edit_costs, graph_size
+from solver_ppo.evaluation import Constraint, Model, Variable, equivalent, graph_distance, model_graph, read_model
+from solver_ppo.evaluation.graph import edit_costs, graph_size
 from builders import renamed_shuffled
 
 BASE = """Maximize

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from builders import market_split
-from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, SolverLimits, read_model, score_answer
+from solver_ppo.evaluation import EvaluationConfig, EvaluatorPool, Reference, SolverLimits, read_model, score_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 LP = "Maximize\n obj: 3 x + 2 y\nSubject To\n c1: x + y <= 4\n c2: x + 3 y <= {b}\nBounds\n x <= 3\nEnd"
@@ -197,7 +197,7 @@ def test_workers_do_not_load_torch_when_the_main_script_does(tmp_path):
             import sys
             sys.path.insert(0, {str(ROOT)!r})
             import torch  # the caller has torch loaded; its workers must not
-            from app.evaluation import EvaluationConfig, EvaluatorPool, Reference
+            from solver_ppo.evaluation import EvaluationConfig, EvaluatorPool, Reference
 
             if __name__ == "__main__":
                 with EvaluatorPool(EvaluationConfig(workers=1)) as pool:

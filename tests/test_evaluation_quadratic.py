@@ -11,9 +11,9 @@ import networkx as nx
 import pytest
 from scipy.stats import spearmanr
 
-from app.evaluation import Constraint, Model, SolverLimits, Variable, equivalent, graph_distance, model_graph, read_model, solve_model, to_lp_text
-from app.evaluation.graph import edit_costs, graph_size
-from app.evaluation.model import quad_key
+from solver_ppo.evaluation import Constraint, Model, SolverLimits, Variable, equivalent, graph_distance, model_graph, read_model, solve_model, to_lp_text
+from solver_ppo.evaluation.graph import edit_costs, graph_size
+from solver_ppo.evaluation.model import quad_key
 from builders import renamed_shuffled
 
 # The test model, nonconvex (x² - 3xy is indefinite) with an integer y:
@@ -374,7 +374,7 @@ pe.SolverFactory("scip").solve(m)
 
 
 def _capture_in_child(conn, programs, workdir):
-    from app.evaluation.capture import run_captured
+    from solver_ppo.evaluation.capture import run_captured
 
     conn.send([run_captured(code, workdir) for code in programs])
     conn.close()
@@ -407,7 +407,7 @@ def test_quadratic_code_models_are_read_and_solved(tmp_path):
 
 
 def test_a_code_model_that_only_restates_a_number(tmp_path):
-    from app.evaluation.reward import restates_a_number
+    from solver_ppo.evaluation.reward import restates_a_number
 
     code = "import gurobipy as gp\nm = gp.Model()\nx = m.addVar(ub=3, name='x')\nm.addConstr(x <= 2)\nm.setObjective(11, gp.GRB.MAXIMIZE)\nm.optimize()\n"
     (outcome,) = capture([code], tmp_path)

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from app.evaluation import Constraint, Model, ModelReadError, Variable, extract_model, read_model, solve_model, to_lp_text
-from app.evaluation.config import SolverLimits
+from solver_ppo.evaluation import Constraint, Model, ModelReadError, Variable, extract_model, read_model, solve_model, to_lp_text
+from solver_ppo.evaluation.config import SolverLimits
 
 GUROBI_LP = r"""\ Model assignment
 \ LP format - for model browsing. Use MPS format to capture full model detail.
@@ -180,7 +180,7 @@ def test_extraction_forms():
 
 
 def test_importing_the_package_does_not_load_torch_or_lightning():
-    code = "import sys, app.evaluation, app.evaluation.pool; bad = [m for m in ('torch', 'lightning') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    code = "import sys, solver_ppo.evaluation, solver_ppo.evaluation.pool; bad = [m for m in ('torch', 'lightning') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -206,7 +206,7 @@ def test_repeated_row_names_are_labels():
     r = solve_model(m, SolverLimits())
     assert (r.status, r.objective) == ("optimal", pytest.approx(11.0))
     renamed = read_model(REPEATED_LP.replace("availability_0_0: x + 3", "other: x + 3"))
-    from app.evaluation import graph_distance
+    from solver_ppo.evaluation import graph_distance
 
     assert graph_distance(m, renamed) == 0.0  # names are not part of the model
 

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from builders import market_split
-from app.evaluation import (
+from solver_ppo.evaluation import (
     EvaluationConfig,
     MatchRule,
     Reference,

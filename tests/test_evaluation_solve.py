@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from builders import market_split
-from app.evaluation import Constraint, Model, SolverLimits, Variable, read_model, solve_model
-from app.evaluation import solve as solve_module
+from solver_ppo.evaluation import Constraint, Model, SolverLimits, Variable, read_model, solve_model
+from solver_ppo.evaluation import solve as solve_module
 
 
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from app.cli import main
-from app.models.config import LoraSettings, ModelConfig
-from app.models.generation import positions_from_mask
-from app.models.loading import load_model
-from app.models.policy import build_policy
+from solver_ppo.cli import main
+from solver_ppo.models.config import LoraSettings, ModelConfig
+from solver_ppo.models.generation import positions_from_mask
+from solver_ppo.models.loading import load_model
+from solver_ppo.models.policy import build_policy
 
 IDS = torch.tensor([[0, 0, 5, 17, 33, 80, 9], [12, 40, 41, 42, 43, 44, 45]])
 MASK = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
@@ -96,7 +96,7 @@ def test_export_errors(tiny_chatglm_dir, tmp_path, capsys):
     assert "adapter file not found" in export(tmp_path / "missing.pt")
 
     # an adapter trained on a differently shaped base: the key and both shapes are named
-    from app.models.tiny import make_tiny_chatglm
+    from solver_ppo.models.tiny import make_tiny_chatglm
 
     other = make_tiny_chatglm(tmp_path / "other", hidden_size=32, num_heads=4, ffn_hidden_size=64)
     trained_policy(other, LoraSettings(r=4, alpha=8)).save_trainable(tmp_path / "other.pt")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
-from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, feedback_message, score_answer
+from solver_ppo.cli import main
+from solver_ppo.evaluation import EvaluationConfig, EvaluatorPool, Reference, feedback_message, score_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 FEEDBACK = EvaluationConfig(feedback=True)
@@ -158,8 +158,8 @@ def test_scipy_objective_is_stated_in_the_sense_the_answer_wrote():
 
 
 def test_row_names_follow_the_text():
-    from app.evaluation import read_model
-    from app.evaluation.model import row_names
+    from solver_ppo.evaluation import read_model
+    from solver_ppo.evaluation.model import row_names
 
     text = "Minimize\n obj: x\nSubject To\n a: x >= 1\n a: y >= 1\n x + y <= 9\n r[2]: 1 <= x - y <= 4\n b: x <= 3\nEnd"
     assert row_names(read_model(text)) == ["row 1", "row 2", "row 3", "r[2] (lower side)", "r[2] (upper side)", "b"]

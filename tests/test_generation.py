@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from builders import PAD, tiny_llama
-from app.models.chatglm import ChatGLMConfig, ChatGLMForCausalLM
-from app.models.config import SamplingConfig
-from app.models.generation import (
+from solver_ppo.models.chatglm import ChatGLMConfig, ChatGLMForCausalLM
+from solver_ppo.models.config import SamplingConfig
+from solver_ppo.models.generation import (
     filter_logits, generate, head_on_columns, left_pad, positions_from_mask, sample_categorical,
 )
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import UserError
-from app.integrations import openrlhf, scorer, trl, verl
+from solver_ppo.errors import UserError
+from solver_ppo.integrations import openrlhf, scorer, trl, verl
 
 SAMPLES = Path(__file__).resolve().parents[1] / "app" / "evaluation" / "samples"
 
@@ -94,7 +94,7 @@ def test_settings_from_yaml_and_kwargs(tmp_path):
 
 
 def test_integrations_import_no_torch():
-    code = ("import sys, app.integrations.trl, app.integrations.verl, app.integrations.openrlhf, app.integrations.server; "
+    code = ("import sys, solver_ppo.integrations.trl, solver_ppo.integrations.verl, solver_ppo.integrations.openrlhf, solver_ppo.integrations.server; "
             "print(sorted(m for m in ('torch', 'lightning', 'transformers', 'peft') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
@@ -143,7 +143,7 @@ def test_multi_turn_feedback(feedback_on):
 
 def test_a_process_that_never_shuts_the_pool_down_still_exits():
     """The pool's stream loop must not hold the interpreter at exit (an executor thread would)."""
-    code = ("from app.integrations.trl import solver_reward; "
+    code = ("from solver_ppo.integrations.trl import solver_reward; "
             "print(solver_reward(prompts=['q'], completions=['```lp\\nMaximize\\n obj: x\\nSubject To\\n c: x <= 2\\nEnd\\n```'], answer=['2']))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stdout.strip()) == (0, "[1.0]"), out.stderr[-500:]

@@ -2,9 +2,9 @@
 
 import pytest
 
-from app.config import KLSettings
-from app.errors import UserError
-from app.ppo.kl import AdaptiveKLController, FixedKLController, build_kl_controller
+from solver_ppo.config import KLSettings
+from solver_ppo.errors import UserError
+from solver_ppo.ppo.kl import AdaptiveKLController, FixedKLController, build_kl_controller
 
 
 def test_fixed_controller_never_moves():

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from app.models.config import ModelConfig
-from app.models.layouts import LAYOUTS, DTYPES, plan_shards, weight_shapes, write_published_layout
-from app.models.loading import load_model
+from solver_ppo.models.config import ModelConfig
+from solver_ppo.models.layouts import LAYOUTS, DTYPES, plan_shards, weight_shapes, write_published_layout
+from solver_ppo.models.loading import load_model
 
 TINY = dict(num_layers=2, hidden_size=32, num_attention_heads=4, kv_channels=8, ffn_hidden_size=64)
 LAYER_NAMES = ["input_layernorm.weight", "self_attention.query_key_value.weight", "self_attention.query_key_value.bias",

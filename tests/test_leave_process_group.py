@@ -21,7 +21,7 @@ CHILD = """
 import sys, types
 import torch
 import torch.distributed as dist
-from app import cli
+from solver_ppo import cli
 
 def run(args):  # a command that runs as one of two ranks and ends with collectives in flight
     dist.init_process_group("gloo", rank=args.rank, world_size=2)
@@ -51,9 +51,9 @@ def test_a_rank_with_collectives_in_flight_leaves_after_its_command_and_exits_cl
 
 
 def test_a_launchers_process_count_must_be_the_configs_devices_times_nodes(monkeypatch):
-    from app.config import TrainerSettings
-    from app.distributed import check_launcher, launcher_world_size
-    from app.errors import UserError
+    from solver_ppo.config import TrainerSettings
+    from solver_ppo.distributed import check_launcher, launcher_world_size
+    from solver_ppo.errors import UserError
 
     for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID", "LT_CLI_USED", "SLURM_NTASKS",
                  "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NAME"):

@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
-from app.errors import UserError
-from app.models.chatglm import ChatGLMForCausalLM
-from app.models.config import ModelConfig
-from app.models.loading import RemoteChatGLM, load_model
-from app.models.tokenizers import ChatGLM3Tokenizer, GLM4Tokenizer
+from solver_ppo.errors import UserError
+from solver_ppo.models.chatglm import ChatGLMForCausalLM
+from solver_ppo.models.config import ModelConfig
+from solver_ppo.models.loading import RemoteChatGLM, load_model
+from solver_ppo.models.tokenizers import ChatGLM3Tokenizer, GLM4Tokenizer
 
 IDS = torch.tensor([[5, 9, 30, 41, 7], [0, 0, 12, 13, 14]])
 MASK = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
@@ -46,7 +46,7 @@ def test_tiny_checkpoint_loads_through_the_native_path(tiny_chatglm_dir):
 
 
 def test_glm4_variant_and_seeded_weights(tmp_path):
-    from app.models.tiny import make_tiny_chatglm
+    from solver_ppo.models.tiny import make_tiny_chatglm
 
     a = make_tiny_chatglm(tmp_path / "a", variant="glm4", seed=1)
     b = make_tiny_chatglm(tmp_path / "b", variant="glm4", seed=1)

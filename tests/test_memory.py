@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.models.chatglm import CHATGLM3_6B, GLM4_9B_CHAT, KVCache
-from app.models.config import LoraSettings, ModelConfig
-from app.models.loading import load_model
-from app.config import load_config
-from app.models.memory import USABLE, ModelShape, StepSettings, estimate, fits, kv_capacity, step_settings
-from app.models.policy import build_policy
+from solver_ppo.models.chatglm import CHATGLM3_6B, GLM4_9B_CHAT, KVCache
+from solver_ppo.models.config import LoraSettings, ModelConfig
+from solver_ppo.models.loading import load_model
+from solver_ppo.config import load_config
+from solver_ppo.models.memory import USABLE, ModelShape, StepSettings, estimate, fits, kv_capacity, step_settings
+from solver_ppo.models.policy import build_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.config import load_config
-from app.data.code_answers import code_answer
-from app.data.prompts import answer_text
-from app.data.synthetic import generate
-from app.evaluation.turns import turn_statistics
-from app.ppo import losses
-from app.ppo.episode import Episode, Reply, Verdict, play, standing_matches
-from app.ppo.rollout import Rollout
-from app.ppo.scoring import RolloutScorer, RolloutScores
+from solver_ppo.config import load_config
+from solver_ppo.data.code_answers import code_answer
+from solver_ppo.data.prompts import answer_text
+from solver_ppo.data.synthetic import generate
+from solver_ppo.evaluation.turns import turn_statistics
+from solver_ppo.ppo import losses
+from solver_ppo.ppo.episode import Episode, Reply, Verdict, play, standing_matches
+from solver_ppo.ppo.rollout import Rollout
+from solver_ppo.ppo.scoring import RolloutScorer, RolloutScores
 
 from builders import scripted_generation
 from test_ppo_train import overrides, run_dir, scalars
@@ -111,9 +111,9 @@ def test_gae_and_returns_step_over_feedback_tokens():
 def test_feedback_tokens_change_neither_the_loss_nor_a_gradient(tiny_chatglm_dir, tmp_path):
     """Policy loss (token ratios), entropy bonus, KL loss term and value loss over a 2-turn row:
     noise on the logits and values of its feedback tokens changes nothing; on a policy token it does."""
-    from app.models.loading import load_model
-    from app.models.policy import build_policy
-    from app.ppo.module import PPOModule
+    from solver_ppo.models.loading import load_model
+    from solver_ppo.models.policy import build_policy
+    from solver_ppo.ppo.module import PPOModule
 
     cfg = load_config(None, overrides(tiny_chatglm_dir, tmp_path / "unused.jsonl", tmp_path, **{
         "ppo.entropy_coef": 0.1, "ppo.kl.placement": "loss", "ppo.kl.estimator": "k3", "ppo.kl.coef": 0.5}))
@@ -193,7 +193,7 @@ class TurnScorer(RolloutScorer):
 
 
 def train_with(cfg, scorer):
-    from app.ppo import train as train_mod
+    from solver_ppo.ppo import train as train_mod
 
     original = train_mod.SolverReward
     train_mod.SolverReward = lambda config: scorer
@@ -255,10 +255,10 @@ def test_a_training_run_whose_episodes_reach_the_context_limit_ends_them_cleanly
     """rollout.turns=3 under rollout.max_context_tokens set so that a second answer always fits and a
     third never does: every episode ends by the context limit after two answers, within the limit,
     without feedback after its last answer, and the run trains on those rows and logs it."""
-    from app.data.formats import iter_problems
-    from app.data.prompts import build_messages
-    from app.models.chat import chat_format_for
-    from app.models.loading import load_tokenizer
+    from solver_ppo.data.formats import iter_problems
+    from solver_ppo.data.prompts import build_messages
+    from solver_ppo.models.chat import chat_format_for
+    from solver_ppo.models.loading import load_tokenizer
 
     item = generate(1, seed=3)[0].to_json()  # one problem four times: every prompt has the same length
     data = tmp_path / "train.jsonl"
@@ -319,9 +319,9 @@ def forced_turns(tokenizer, items):
 
 @pytest.mark.slow
 def test_second_turn_scored_through_the_real_pool_and_sandbox(tiny_chatglm_dir, tmp_path, monkeypatch):
-    from app.models.loading import load_tokenizer
-    from app.models.policy import PolicyWithValue
-    from app.ppo.train import train
+    from solver_ppo.models.loading import load_tokenizer
+    from solver_ppo.models.policy import PolicyWithValue
+    from solver_ppo.ppo.train import train
 
     items = [item for item in generate(8, seed=11, infeasible_fraction=0.0) if item.sense == "maximize"][:2]
     data = tmp_path / "train.jsonl"
@@ -355,8 +355,8 @@ def test_eval_turns_reports_accuracy_after_each_turn(tiny_chatglm_dir, tmp_path,
     """The tiny model answers for real (no model: every turn no_model, its feedback in the next
     context); then with its answers replaced by a flipped model at turn 1 and the reference at
     turn 2, acc@1 = 0, acc@2 = 1 and turn 2 fixed every answer."""
-    from app import eval_policy
-    from app.cli import main
+    from solver_ppo import eval_policy
+    from solver_ppo.cli import main
 
     items = [item for item in generate(12, seed=5, infeasible_fraction=0.0) if " >= " in item.reference_model][:3]
     data = tmp_path / "problems.jsonl"
@@ -399,8 +399,8 @@ def test_revision_headroom_sorts_first_answers_by_what_their_feedback_shows(tiny
     count as exposed, and the miscopied one is told apart from the reference by a number."""
     import importlib.util
 
-    from app import eval_policy
-    from app.cli import main
+    from solver_ppo import eval_policy
+    from solver_ppo.cli import main
 
     tool = Path(__file__).resolve().parents[1] / "tools" / "revision_headroom.py"
     spec = importlib.util.spec_from_file_location("revision_headroom", tool)
@@ -450,9 +450,9 @@ def test_revision_headroom_sorts_first_answers_by_what_their_feedback_shows(tiny
 def test_a_turn_continues_from_the_cache_as_a_fresh_pass_over_the_whole_context(family, tiny_chatglm_dir):
     """ContextCache reads only each row's new tokens (its feedback), for the rows that go on; the
     answers and their log-probs are those of a fresh generate over the whole context."""
-    from app.models.config import ModelConfig, SamplingConfig
-    from app.models.generation import ContextCache, generate as fresh
-    from app.models.loading import load_model
+    from solver_ppo.models.config import ModelConfig, SamplingConfig
+    from solver_ppo.models.generation import ContextCache, generate as fresh
+    from solver_ppo.models.loading import load_model
     from tests.builders import tiny_llama
 
     if family == "chatglm":
@@ -488,9 +488,9 @@ def test_feedback_message_tokens_in_each_chat_format(tiny_chatglm_dir):
     then the generation prompt; plain: a user message, through the chat template where there is one."""
     from transformers import LlamaTokenizer
 
-    from app.errors import UserError
-    from app.models.chat import chat_format_for
-    from app.models.loading import load_tokenizer
+    from solver_ppo.errors import UserError
+    from solver_ppo.models.chat import chat_format_for
+    from solver_ppo.models.loading import load_tokenizer
 
     glm = load_tokenizer(Path(tiny_chatglm_dir), trust_remote_code=False)
     chat = chat_format_for("chatglm3", glm)

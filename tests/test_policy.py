@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from builders import PAD, tiny_llama
-from app.errors import UserError
-from app.models.chatglm import ChatGLMConfig, ChatGLMForCausalLM
-from app.models.config import LoraSettings, SamplingConfig
-from app.models.generation import left_pad, positions_from_mask
-from app.models.policy import (
+from solver_ppo.errors import UserError
+from solver_ppo.models.chatglm import ChatGLMConfig, ChatGLMForCausalLM
+from solver_ppo.models.config import LoraSettings, SamplingConfig
+from solver_ppo.models.generation import left_pad, positions_from_mask
+from solver_ppo.models.policy import (
     PolicyWithValue, ValueHead, entropy_from_logsumexp, merged_lora, read_trainable, token_logprobs,
 )
 

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from app.data.synthetic import generate
+from solver_ppo.data.synthetic import generate
 from tests.builders import answer_token_loss, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +30,10 @@ SCRIPT = textwrap.dedent(
     import json, os, sys
     import torch
     from lightning.pytorch import Callback
-    from app.config import load_config
-    from app.data.prompts import answer_text
-    from app.ppo import train as train_mod
-    from callbacks.solver_reward import SolverReward
+    from solver_ppo.config import load_config
+    from solver_ppo.data.prompts import answer_text
+    from solver_ppo.ppo import train as train_mod
+    from solver_ppo.callbacks.solver_reward import SolverReward
 
     out = sys.argv[1]
 
@@ -102,7 +102,7 @@ SCRIPT = textwrap.dedent(
                            "held_fraction": sum(h for h, _ in held) / sum(n for _, n in held)}, f)
 
     if os.environ.get("VIA_CLI"):  # the command line's own path (`-m app train ...`), each rank's results dumped
-        from app.cli import main
+        from solver_ppo.cli import main
 
         plain_train = train_mod.train
         train_mod.train = lambda cfg, extra_callbacks=None: plain_train(cfg, extra_callbacks=[Dump()])
@@ -372,7 +372,7 @@ def test_sft_on_two_ranks_survives_a_rank_without_usable_problems_and_reduces_va
     out, logs = tmp_path / "sft_model", tmp_path / "logs"
     script = tmp_path / "sft_run.py"
     script.write_text(
-        "import sys\nfrom app.config import SFTConfig, load_config\nfrom app.sft.cli import train_sft\n"
+        "import sys\nfrom solver_ppo.config import SFTConfig, load_config\nfrom solver_ppo.sft.cli import train_sft\n"
         "train_sft(load_config(None, sys.argv[1:], schema_cls=SFTConfig))\n"
     )
     args = [

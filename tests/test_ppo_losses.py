@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from app.ppo import losses
+from solver_ppo.ppo import losses
 
 # Two rows, the second right-padded after 2 tokens. The padded entries hold junk that must not matter.
 X = torch.tensor([[1.0, 2.0, 3.0], [4.0, 6.0, 100.0]])

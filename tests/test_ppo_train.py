@@ -23,10 +23,10 @@ import torch
 from lightning.pytorch import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from app.config import load_config
-from app.errors import UserError
-from app.data.synthetic import generate
-from app.ppo.scoring import RolloutScorer, RolloutScores
+from solver_ppo.config import load_config
+from solver_ppo.errors import UserError
+from solver_ppo.data.synthetic import generate
+from solver_ppo.ppo.scoring import RolloutScorer, RolloutScores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def scalars(run: Path) -> dict[str, list[float]]:
 
 
 def test_train_logs_metrics_and_checkpoints_only_trainable_weights(tiny_chatglm_dir, problems_file, tmp_path):
-    from app.ppo.train import train
+    from solver_ppo.ppo.train import train
 
     cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path))
     module, trainer = train(cfg)
@@ -105,7 +105,7 @@ def test_train_logs_metrics_and_checkpoints_only_trainable_weights(tiny_chatglm_
 
 
 def test_rloo_advantages_train_the_policy_and_leave_the_value_head_alone(tiny_chatglm_dir, problems_file, tmp_path):
-    from app.ppo.train import train
+    from solver_ppo.ppo.train import train
 
     cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **{"ppo.advantage": "rloo"}))
     module, _ = train(cfg)
@@ -115,7 +115,7 @@ def test_rloo_advantages_train_the_policy_and_leave_the_value_head_alone(tiny_ch
     per_row = rollout.advantages.sum(-1) / rollout.response_mask.sum(-1)
     assert torch.allclose(rollout.advantages, per_row[:, None] * rollout.response_mask, atol=1e-6)
     # each row: its reward (score - beta * KL) minus its partner's, then whitened over the batch's tokens
-    from app.ppo import losses
+    from solver_ppo.ppo import losses
 
     total = rollout.scores - module.kl_ctl.value * rollout.kl.sum(-1)
     pairs = total.view(-1, 2)
@@ -131,7 +131,7 @@ def test_rloo_advantages_train_the_policy_and_leave_the_value_head_alone(tiny_ch
 def test_logprobs_from_sampling_train_like_a_separate_policy_pass(tiny_chatglm_dir, problems_file, tmp_path):
     """The same seeds sample the same answers; the kept old log-probs and values equal a scoring
     pass's, so the two runs end with the same weights (fp32 rounding apart)."""
-    from app.ppo.train import train
+    from solver_ppo.ppo.train import train
 
     modules = {}
     for keep in (False, True):
@@ -154,7 +154,7 @@ def test_logprobs_from_sampling_train_like_a_separate_policy_pass(tiny_chatglm_d
 def test_bf16_true_precision_trains_lora_and_value_head(tiny_chatglm_dir, problems_file, tmp_path):
     """trainer.precision=bf16-true (what the real-model configs use) casts the whole module, value
     head included; PPO with GAE still trains both, and values come out as fp32."""
-    from app.cli import main
+    from solver_ppo.cli import main
 
     args = overrides(tiny_chatglm_dir, problems_file, tmp_path, **{
         "model.dtype": "bfloat16", "trainer.precision": "bf16-true", "ppo.advantage": "gae"})  # fmt: skip
@@ -174,7 +174,7 @@ def test_each_shipped_gpu_config_trains_on_the_tiny_model(name, tiny_chatglm_dir
     """Every setting of the real-model configs (bf16-true, gradient checkpointing, LoRA dropout,
     grad accumulation, value_lr, partial and adaptive KL) on the CPU, each seen to take effect:
     only the model, the device, the sizes and the run length are overridden."""
-    from app.ppo.train import train
+    from solver_ppo.ppo.train import train
 
     assert sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if not p.stem.startswith("quickstart")) == GPU_CONFIGS
     args = [
@@ -205,7 +205,7 @@ def test_each_shipped_gpu_config_trains_on_the_tiny_model(name, tiny_chatglm_dir
 def test_the_approx_kl_stop_ends_the_ppo_epochs_at_an_optimizer_step(tiny_chatglm_dir, problems_file, tmp_path):
     """ppo.max_approx_kl: once the policy has moved past it, the step's remaining epochs are left
     out; the check comes where an optimizer step was due (never dropping accumulated gradients)."""
-    from app.ppo.train import train
+    from solver_ppo.ppo.train import train
 
     cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **{
         "ppo.max_approx_kl": 1e-9, "ppo.minibatch_size": 1, "ppo.grad_accum": 2, "trainer.checkpoint_every": 0}))
@@ -228,18 +228,18 @@ def test_the_approx_kl_stop_ends_the_ppo_epochs_at_an_optimizer_step(tiny_chatgl
 ])
 def test_settings_the_estimators_cannot_work_with_are_refused(settings, message, tiny_chatglm_dir, problems_file,
                                                               tmp_path, capsys):
-    from app.cli import main
+    from solver_ppo.cli import main
 
     assert main(["train", *overrides(tiny_chatglm_dir, problems_file, tmp_path), *settings]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_validation_scores_greedy_answers_every_val_every_steps(tiny_chatglm_dir, problems_file, tmp_path):
-    from app.ppo.train import train
+    from solver_ppo.ppo.train import train
 
-    from app.data.prompts import answer_text
-    from app.ppo import train as train_mod
-    from callbacks.solver_reward import SolverReward
+    from solver_ppo.data.prompts import answer_text
+    from solver_ppo.ppo import train as train_mod
+    from solver_ppo.callbacks.solver_reward import SolverReward
 
     class FirstAnswerRight(SolverReward):
         """Records the greedy answers it is handed; the first val problem's is swapped for the reference model."""
@@ -270,7 +270,7 @@ def test_validation_scores_greedy_answers_every_val_every_steps(tiny_chatglm_dir
     # what was scored after the last step is the final policy's greedy answer to each val problem
     assert len(FirstAnswerRight.seen) == 2 * 3  # two passes over the 3 val problems
     problems = [json.loads(line) for line in val.read_text().splitlines()]
-    from app.data.formats import Problem
+    from solver_ppo.data.formats import Problem
 
     prompts = [module.chat.encode_prompt(module.tokenizer, module._messages(Problem(p["id"], p["question"], str(p["answer"]))))
                for p in problems]
@@ -285,7 +285,7 @@ def test_validation_scores_greedy_answers_every_val_every_steps(tiny_chatglm_dir
 
 
 def test_unknown_config_key_names_the_closest_one(tiny_chatglm_dir, problems_file, tmp_path):
-    from app.cli import main
+    from solver_ppo.cli import main
 
     argv = ["train", *overrides(tiny_chatglm_dir, problems_file, tmp_path), "ppo.cliplow=0.1"]
     proc = subprocess.run([sys.executable, "-m", "app", *argv], capture_output=True, text=True, cwd=ROOT)
@@ -298,7 +298,7 @@ def test_unknown_config_key_names_the_closest_one(tiny_chatglm_dir, problems_fil
 def test_train_that_fits_no_prompt_stops_before_writing_anything(tiny_chatglm_dir, problems_file, tmp_path, capsys):
     """The issue's trap at test size: every prompt over the limit, or an instruction preset longer
     than the whole limit. Both stop in one line with the numbers, before any run directory exists."""
-    from app.cli import main
+    from solver_ppo.cli import main
 
     # `data.instruction=` on the command line is None (the LP instruction, 438 tokens here with the system prompt)
     assert main(["train", *overrides(tiny_chatglm_dir, problems_file, tmp_path), "data.max_prompt_tokens=440"]) == 2
@@ -315,11 +315,11 @@ def test_train_that_fits_no_prompt_stops_before_writing_anything(tiny_chatglm_di
 
 def test_overlong_prompts_are_summarized_and_their_batches_are_no_iteration(tiny_chatglm_dir, problems_file, tmp_path,
                                                                              capsys):
-    from app.data.formats import iter_problems
-    from app.data.prompts import build_messages
-    from app.models.config import ModelConfig
-    from app.models.loading import load_prompt_encoder
-    from app.ppo.train import train
+    from solver_ppo.data.formats import iter_problems
+    from solver_ppo.data.prompts import build_messages
+    from solver_ppo.models.config import ModelConfig
+    from solver_ppo.models.loading import load_prompt_encoder
+    from solver_ppo.ppo.train import train
 
     tokenizer, chat = load_prompt_encoder(ModelConfig(path=str(tiny_chatglm_dir)))
     lengths = sorted(len(chat.encode_prompt(tokenizer, build_messages(p))) for p in iter_problems(problems_file))
@@ -357,7 +357,7 @@ class NaNScorer(RolloutScorer):
 
 def test_nonfinite_rewards_skip_the_step_and_a_run_that_never_stepped_writes_no_weights(tiny_chatglm_dir, problems_file,
                                                                                        tmp_path):
-    from app.ppo import train as train_mod
+    from solver_ppo.ppo import train as train_mod
 
     cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path))
     original = train_mod.SolverReward
@@ -387,7 +387,7 @@ class NaNGradientOnce(Callback):
 
 def test_a_nonfinite_gradient_skips_its_optimizer_step_with_the_entropy_bonus_on(tiny_chatglm_dir, problems_file,
                                                                                  tmp_path):
-    from app.ppo.train import train
+    from solver_ppo.ppo.train import train
 
     cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path, **{"ppo.entropy_coef": 0.01}))
     poison = NaNGradientOnce()
@@ -402,8 +402,8 @@ def test_a_nonfinite_gradient_skips_its_optimizer_step_with_the_entropy_bonus_on
 
 
 def test_broken_reward_pool_scores_zero_and_training_goes_on(tiny_chatglm_dir, problems_file, tmp_path):
-    from app.ppo.train import train
-    from callbacks.solver_reward import SolverReward
+    from solver_ppo.ppo.train import train
+    from solver_ppo.callbacks.solver_reward import SolverReward
 
     class BrokenPool:
         def submit(self, items):
@@ -419,7 +419,7 @@ def test_broken_reward_pool_scores_zero_and_training_goes_on(tiny_chatglm_dir, p
             self.pool = BrokenPool()
 
     cfg = load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path))
-    from app.ppo import train as train_mod
+    from solver_ppo.ppo import train as train_mod
 
     original = train_mod.SolverReward
     train_mod.SolverReward = BreakPool
@@ -496,7 +496,7 @@ BAD_SETTINGS = [
 @pytest.mark.parametrize(("setting", "message"), BAD_SETTINGS, ids=[s for s, _ in BAD_SETTINGS])
 def test_bad_settings_are_refused_before_any_model_loads(setting, message, problems_file, tmp_path, capsys):
     """The model path does not exist: the settings' error must come first, in one line, for train and sft."""
-    from app.cli import main
+    from solver_ppo.cli import main
 
     missing = tmp_path / "no-such-model"
     sft = [f"model.path={missing}", f"data.train={problems_file}", f"output_dir={tmp_path / 'sft'}",
@@ -512,7 +512,7 @@ def test_bad_settings_are_refused_before_any_model_loads(setting, message, probl
 
 
 def test_a_bad_sft_setting_is_refused_before_any_model_loads(problems_file, tmp_path, capsys):
-    from app.cli import main
+    from solver_ppo.cli import main
 
     argv = ["sft", f"model.path={tmp_path / 'no-such-model'}", f"data.train={problems_file}", f"output_dir={tmp_path}",
             "sft.lr=0"]
@@ -530,7 +530,7 @@ def test_a_bad_sft_setting_is_refused_before_any_model_loads(problems_file, tmp_
 @pytest.mark.parametrize("strategy", ["fsdp", "fsdp_cpu_offload", "deepspeed", "deepspeed_stage_2"])
 def test_fsdp1_and_deepspeed_are_refused_before_any_model_loads(strategy, problems_file, tmp_path, capsys):
     """The model path does not exist: the strategy error must come first, naming what to use."""
-    from app.cli import main
+    from solver_ppo.cli import main
 
     missing = tmp_path / "no-such-model"
     strategy_arg = f"trainer.strategy={strategy}"
@@ -545,7 +545,7 @@ def test_fsdp1_and_deepspeed_are_refused_before_any_model_loads(strategy, proble
 
 def test_resuming_with_a_different_optimizer_layout_is_a_clear_error(tiny_chatglm_dir, problems_file, tmp_path):
     """A GAE checkpoint (policy + value head groups) resumed with RLOO (policy only)."""
-    from app.ppo.train import train
+    from solver_ppo.ppo.train import train
 
     extra = {"trainer.max_steps": 1, "trainer.checkpoint_every": 1}
     _, trainer = train(load_config(None, overrides(tiny_chatglm_dir, problems_file, tmp_path / "gae", **extra)))
@@ -577,7 +577,7 @@ class PatternScorer(RolloutScorer):
 
 
 def train_scored_by_pattern(cfg, even_alike: bool = False):
-    from app.ppo import train as train_mod
+    from solver_ppo.ppo import train as train_mod
 
     original = train_mod.SolverReward
     train_mod.SolverReward = lambda config: PatternScorer(cfg.ppo.samples_per_prompt, even_alike)
@@ -627,7 +627,7 @@ def test_dynamic_sampling_refills_the_batch_with_informative_prompts(tiny_chatgl
 def test_reinforce_pp_with_overlong_shaping_and_truncated_answers_masked_out(tiny_chatglm_dir, problems_file, tmp_path):
     """A random tiny model never stops within 4 tokens: every answer is truncated, so with
     ppo.mask_truncated no token reaches the loss and the weights stay where they were."""
-    from app.ppo import losses
+    from solver_ppo.ppo import losses
 
     extra = {"ppo.advantage": "reinforce_pp", "sampling.max_new_tokens": 4, "ppo.overlong_buffer": 2,
              "ppo.overlong_penalty": 0.5, "ppo.mask_truncated": True, "ppo.whiten_advantages": False}

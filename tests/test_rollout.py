@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from app.ppo.rollout import Rollout, concat_rollouts, first_token_at, partial_kl_mask, truncated_rows
+from solver_ppo.ppo.rollout import Rollout, concat_rollouts, first_token_at, partial_kl_mask, truncated_rows
 
 
 def make_rollout(B: int = 7, P: int = 3, R: int = 4) -> Rollout:

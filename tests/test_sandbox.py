@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from app.errors import UserError
-from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, score_answer
-from app.evaluation.config import CodeLimits
-from app.evaluation.sandbox import _PREPARED as PREPARED
-from app.evaluation.sandbox import Sandbox, check_level, probe_namespaces
+from solver_ppo.errors import UserError
+from solver_ppo.evaluation import EvaluationConfig, EvaluatorPool, Reference, score_answer
+from solver_ppo.evaluation.config import CodeLimits
+from solver_ppo.evaluation.sandbox import _PREPARED as PREPARED
+from solver_ppo.evaluation.sandbox import Sandbox, check_level, probe_namespaces
 
 SECRET = "solverPpoSecret7431"
 HAVE_NAMESPACES = probe_namespaces() is None
@@ -264,8 +264,8 @@ def test_unknown_level_is_refused_in_one_line():
 
 NO_NAMESPACES_SCRIPT = """
 import sys
-from app.evaluation.config import CodeLimits
-from app.evaluation.sandbox import Sandbox, SandboxUnavailable, check_level
+from solver_ppo.evaluation.config import CodeLimits
+from solver_ppo.evaluation.sandbox import Sandbox, SandboxUnavailable, check_level
 try:
     check_level("strict")
     print("strict: accepted")

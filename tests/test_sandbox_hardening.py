@@ -12,9 +12,9 @@ import textwrap
 
 import pytest
 
-from app.evaluation import sandbox
-from app.evaluation.config import CodeLimits
-from app.evaluation.sandbox import Sandbox, probe_namespaces
+from solver_ppo.evaluation import sandbox
+from solver_ppo.evaluation.config import CodeLimits
+from solver_ppo.evaluation.sandbox import Sandbox, probe_namespaces
 
 HAVE_NAMESPACES = probe_namespaces() is None
 MODEL = "import pulp\nprob = pulp.LpProblem('m', pulp.LpMaximize)\nx = pulp.LpVariable('x', 0, 10)\nprob += 3 * x\nprob += x <= 7\nprob.solve()\n"
@@ -168,7 +168,7 @@ def test_a_broken_server_becomes_an_outcome(tmp_path, monkeypatch, behaviour, re
 
 def test_a_killed_sandbox_server_leaves_no_files_once_its_pool_closes():
     """A SIGKILLed server cannot remove its own directory; its worker does, when the pool closes."""
-    from app.evaluation import EvaluationConfig, EvaluatorPool, Reference
+    from solver_ppo.evaluation import EvaluationConfig, EvaluatorPool, Reference
 
     pool = EvaluatorPool(EvaluationConfig(workers=1))
     try:

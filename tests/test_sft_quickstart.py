@@ -9,14 +9,14 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from app.cli import main
-from app.config import SFTConfig, load_config
-from app.data.formats import iter_problems
-from app.data.prompts import answer_text, build_messages, sft_target
-from app.data.synthetic import generate, imperfect_teacher, write_jsonl
-from app.errors import UserError
-from app.models.config import ModelConfig
-from app.models.loading import load_model
+from solver_ppo.cli import main
+from solver_ppo.config import SFTConfig, load_config
+from solver_ppo.data.formats import iter_problems
+from solver_ppo.data.prompts import answer_text, build_messages, sft_target
+from solver_ppo.data.synthetic import generate, imperfect_teacher, write_jsonl
+from solver_ppo.errors import UserError
+from solver_ppo.models.config import ModelConfig
+from solver_ppo.models.loading import load_model
 from tests.builders import answer_token_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def sft_overrides(model_dir: Path, data: Path, out: Path, root: Path, steps: int
 
 
 def test_sft_lowers_the_answer_loss_and_writes_a_loadable_checkpoint(tiny_chatglm_dir, tmp_path):
-    from app.sft.cli import train_sft
+    from solver_ppo.sft.cli import train_sft
 
     data = write_problems(tmp_path / "train.jsonl", 8, seed=11)
     out = tmp_path / "sft_model"
@@ -72,7 +72,7 @@ def test_sft_lowers_the_answer_loss_and_writes_a_loadable_checkpoint(tiny_chatgl
 
 
 def test_sft_validation_logs_the_held_out_answer_loss_of_the_current_weights(tiny_chatglm_dir, tmp_path):
-    from app.sft.cli import train_sft
+    from solver_ppo.sft.cli import train_sft
 
     data = write_problems(tmp_path / "train.jsonl", 8, seed=11)
     val = write_problems(tmp_path / "val.jsonl", 4, seed=12)  # one batch of 4
@@ -94,7 +94,7 @@ def test_sft_validation_logs_the_held_out_answer_loss_of_the_current_weights(tin
 
 
 def test_sft_with_lora_merges_into_the_written_checkpoint(tiny_chatglm_dir, tmp_path):
-    from app.sft.cli import train_sft
+    from solver_ppo.sft.cli import train_sft
 
     data = write_problems(tmp_path / "train.jsonl", 4, seed=12)
     out = tmp_path / "sft_lora"
@@ -134,7 +134,7 @@ def test_sft_that_can_train_on_nothing_stops_before_writing_a_model(tiny_chatglm
 def test_sft_steps_only_on_examples_and_summarizes_the_skipped_ones(tiny_chatglm_dir, tmp_path, capsys):
     """Records 0 and 1 are too long and come first (batch size 1, file order): those two batches are
     no optimizer step; 3 steps follow. One summary line at the end instead of a line per record."""
-    from app.sft.cli import train_sft
+    from solver_ppo.sft.cli import train_sft
 
     items = [item.to_json() for item in generate(8, seed=11)]
     for item in items[:2]:
@@ -159,7 +159,7 @@ def test_sft_reads_prompt_completion_messages_and_alpaca_records(tiny_chatglm_di
     """The field's SFT formats, auto-detected per record: the prompt as written (a messages system
     turn kept, no instruction appended), the completion / assistant turn / output as the target,
     the prompt masked out of the loss. Without an answer such records train SFT only: `train` refuses them."""
-    from app.sft.module import SFTModule
+    from solver_ppo.sft.module import SFTModule
 
     completion = "```lp\nmaximize\n obj: x\nsubject to\n c: x <= 4\nend\n```\nOptimal value: 4"
     records = [
@@ -234,8 +234,8 @@ def test_shortened_quickstart_runs_end_to_end(turns, tiny_chatglm_dir, tmp_path,
         return
     # the starter, the run directory and its export, evaluated without prompt flags, answer as the
     # quick start's own evaluation did (the starter was trained on the question alone, not on eval's defaults)
-    from app.eval_policy import evaluate_policy
-    from app.models.export import export
+    from solver_ppo.eval_policy import evaluate_policy
+    from solver_ppo.models.export import export
 
     common = {"max_new_tokens": 12, "batch_size": 50}
     exported = export(starter, run_dir, tmp_path / "exported")
@@ -252,8 +252,8 @@ def test_shortened_quickstart_runs_end_to_end(turns, tiny_chatglm_dir, tmp_path,
 def test_quickstart_ppo_prompts_are_new_to_the_starter(tmp_path):
     """PPO prompts share no problem with the held-out set or with the starter's SFT data, which
     the quick start rebuilds from the seed exactly as `make-data` drew it."""
-    from app.data.synthetic import Item, make_splits, signature
-    from app.quickstart import make_data
+    from solver_ppo.data.synthetic import Item, make_splits, signature
+    from solver_ppo.quickstart import make_data
 
     train_path, heldout_path = make_data(tmp_path, 120, 12, 0, "easy", starter_problems=300)
     read = lambda path: [Item(**json.loads(line)) for line in open(path)]  # noqa: E731
@@ -263,14 +263,14 @@ def test_quickstart_ppo_prompts_are_new_to_the_starter(tmp_path):
     seen = {signature(i) for i in starter + heldout}
     assert not any(signature(i) in seen for i in ppo)
     # without the exclusion this stream would repeat some of the starter's problems
-    from app.data.synthetic import generate
+    from solver_ppo.data.synthetic import generate
 
     plain = generate(120, 0, "easy", split="ppo")
     assert any(signature(i) in seen for i in plain)
 
 
 def test_sft_imitates_the_teachers_demonstration_where_a_record_has_one(tiny_chatglm_dir, tmp_path):
-    from app.sft.module import SFTModule
+    from solver_ppo.sft.module import SFTModule
 
     items = generate(6, seed=3)
     assert imperfect_teacher(items, seed=3, flip_rate=1.0) >= 2  # diet and staffing state requirements
@@ -291,9 +291,9 @@ def test_sft_imitates_the_teachers_demonstration_where_a_record_has_one(tiny_cha
 
 
 def test_sft_revision_demonstrations_put_the_first_answer_and_its_feedback_before_the_target(tiny_chatglm_dir, tmp_path):
-    from app.data.synthetic import revision_demonstrations
-    from app.evaluation import EvaluationConfig, Reference, feedback_message, score_answer
-    from app.sft.module import SFTModule
+    from solver_ppo.data.synthetic import revision_demonstrations
+    from solver_ppo.evaluation import EvaluationConfig, Reference, feedback_message, score_answer
+    from solver_ppo.sft.module import SFTModule
 
     items = generate(4, seed=3)
     flipped = imperfect_teacher(items, seed=3, flip_rate=1.0)
@@ -327,8 +327,8 @@ def test_revision_demonstrations_with_done_answer_a_sound_first_model_with_the_d
     """make-data --revisions 1 --revisions-done: a revision of a flipped (flawed) first answer
     targets the reference, one of a sound first answer the done reply, which the evaluation reads
     as an answer without a model (what rollout.end=done ends an episode on); SFT's target is it."""
-    from app.data.synthetic import DONE_REPLY
-    from app.evaluation import EvaluationConfig, Reference, score_answer
+    from solver_ppo.data.synthetic import DONE_REPLY
+    from solver_ppo.evaluation import EvaluationConfig, Reference, score_answer
 
     out = tmp_path / "data"
     args = ["make-data", "--out", str(out), "--train", "12", "--heldout", "0", "--seed", "3", "--teacher-flip", "0.6",
@@ -352,11 +352,11 @@ def test_ppo_unlearns_the_starters_teacher_error_on_new_problems(tmp_path):
     """The quick start's claim, shortened: the committed starter (SFT on an imperfect teacher)
     writes staffing requirements as upper bounds; a few PPO steps against SCIP on other staffing
     problems make it write `>=` on held-out ones."""
-    from app.data.prompts import build_messages
-    from app.eval_policy import answer, load_trained
-    from app.models.config import SamplingConfig
-    from app.ppo.train import train
-    from app.quickstart import FORMATS
+    from solver_ppo.data.prompts import build_messages
+    from solver_ppo.eval_policy import answer, load_trained
+    from solver_ppo.models.config import SamplingConfig
+    from solver_ppo.ppo.train import train
+    from solver_ppo.quickstart import FORMATS
 
     train_path, heldout_path = tmp_path / "train.jsonl", tmp_path / "heldout.jsonl"
     write_jsonl(train_path, generate(160, seed=5, families=["staffing"], split="ppo"))

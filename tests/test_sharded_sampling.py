@@ -13,10 +13,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 
-from app.distributed import leave_process_group
-from app.models.config import LoraSettings, ModelConfig, SamplingConfig
-from app.models.loading import load_model
-from app.models.policy import build_policy, transformer_blocks
+from solver_ppo.distributed import leave_process_group
+from solver_ppo.models.config import LoraSettings, ModelConfig, SamplingConfig
+from solver_ppo.models.loading import load_model
+from solver_ppo.models.policy import build_policy, transformer_blocks
 from tests.builders import free_port
 
 PROMPTS = [[[5, 6, 7, 8], [9, 4]], [[11, 12], [13, 14, 15, 16, 17]]]  # rank 0's, rank 1's

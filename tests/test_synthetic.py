@@ -7,15 +7,15 @@ import re
 
 import pytest
 
-from app.cli import main
-from app.data.formats import normalize_record
-from app.data.synthetic import (
+from solver_ppo.cli import main
+from solver_ppo.data.formats import normalize_record
+from solver_ppo.data.synthetic import (
     FAMILIES, NUMBER, Item, generate, imperfect_teacher, level, make_splits, signature,
 )
-from app.data.prompts import answer_text, format_number, sft_target
-from app.errors import UserError
-from app.evaluation import read_model, solve_model
-from app.evaluation.config import SolverLimits
+from solver_ppo.data.prompts import answer_text, format_number, sft_target
+from solver_ppo.errors import UserError
+from solver_ppo.evaluation import read_model, solve_model
+from solver_ppo.evaluation.config import SolverLimits
 
 
 @pytest.fixture(scope="module")

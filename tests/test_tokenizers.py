@@ -4,10 +4,10 @@ import pytest
 import sentencepiece as spm
 from transformers import LlamaTokenizer
 
-from app.errors import UserError
-from app.models.chat import chat_format_for
-from app.models.tiny import default_corpus, train_bpe
-from app.models.tokenizers import (
+from solver_ppo.errors import UserError
+from solver_ppo.models.chat import chat_format_for
+from solver_ppo.models.tiny import default_corpus, train_bpe
+from solver_ppo.models.tokenizers import (
     CHATGLM3_SPECIALS,
     GLM4_SPECIALS,
     ChatGLM3Tokenizer,

@@ -34,12 +34,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import app.evaluation.reward as reward_module  # noqa: E402
-from app.data.code_answers import CODE_FORMATS, code_answer  # noqa: E402
-from app.data.synthetic import generate  # noqa: E402
-from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, extract_model, score_answer  # noqa: E402
-from app.evaluation.capture import detect_library  # noqa: E402
-from app.evaluation.sandbox import _sandboxes as sandboxes  # noqa: E402
+import solver_ppo.evaluation.reward as reward_module  # noqa: E402
+from solver_ppo.data.code_answers import CODE_FORMATS, code_answer  # noqa: E402
+from solver_ppo.data.synthetic import generate  # noqa: E402
+from solver_ppo.evaluation import EvaluationConfig, EvaluatorPool, Reference, extract_model, score_answer  # noqa: E402
+from solver_ppo.evaluation.capture import detect_library  # noqa: E402
+from solver_ppo.evaluation.sandbox import _sandboxes as sandboxes  # noqa: E402
 
 # Libraries whose own solver runs in the subprocess baseline (pyomo needs an external solver
 # binary, which a pip install does not bring: its answers run in ours only).

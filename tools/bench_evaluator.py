@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import app.evaluation.reward as reward_module  # noqa: E402
-from app.evaluation import Constraint, EvaluationConfig, EvaluatorPool, Model, Reference, Variable, graph_distance, score_answer, to_lp_text  # noqa: E402
+import solver_ppo.evaluation.reward as reward_module  # noqa: E402
+from solver_ppo.evaluation import Constraint, EvaluationConfig, EvaluatorPool, Model, Reference, Variable, graph_distance, score_answer, to_lp_text  # noqa: E402
 
 _in_scip = [0.0]  # wall seconds spent in solve_model (building the SCIP model + solving) for the last answer
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.evaluation import EvaluationConfig, Reference, score_answer  # noqa: E402
+from solver_ppo.evaluation import EvaluationConfig, Reference, score_answer  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "app" / "evaluation" / "samples"
 

@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from app.models.chatglm import CHATGLM3_6B, ChatGLMConfig, ChatGLMForCausalLM  # noqa: E402
-from app.models.config import LoraSettings, SamplingConfig  # noqa: E402
-from app.models.generation import generate, left_pad  # noqa: E402
-from app.models.policy import PolicyWithValue  # noqa: E402
+from solver_ppo.models.chatglm import CHATGLM3_6B, ChatGLMConfig, ChatGLMForCausalLM  # noqa: E402
+from solver_ppo.models.config import LoraSettings, SamplingConfig  # noqa: E402
+from solver_ppo.models.generation import generate, left_pad  # noqa: E402
+from solver_ppo.models.policy import PolicyWithValue  # noqa: E402
 
 PAD = 0
 

@@ -57,9 +57,9 @@ def run_ours(fixture: Path, advantage: str, logprobs_from_sampling: bool) -> dic
     """One Lightning fit of PPOModule: warm-up + timed optimizer steps (one per iteration); phase seconds."""
     import torch
 
-    from app.config import DataSettings, PPOSettings, TrainConfig, TrainerSettings
-    from app.evaluation import EvaluationConfig
-    from app.models.config import LoraSettings, ModelConfig, SamplingConfig
+    from solver_ppo.config import DataSettings, PPOSettings, TrainConfig, TrainerSettings
+    from solver_ppo.evaluation import EvaluationConfig
+    from solver_ppo.models.config import LoraSettings, ModelConfig, SamplingConfig
 
     s = json.loads((fixture / "settings.json").read_text())
     torch.set_num_threads(s["threads"])

@@ -30,7 +30,7 @@ from peft import LoraConfig  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-from app.evaluation import EvaluationConfig, EvaluatorPool, Reference  # noqa: E402
+from solver_ppo.evaluation import EvaluationConfig, EvaluatorPool, Reference  # noqa: E402
 
 
 class PhaseClock:

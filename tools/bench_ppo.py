@@ -112,9 +112,9 @@ def build_fixture(out: Path, s: dict) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from app.data.prompts import build_messages
-    from app.data.formats import Problem
-    from app.models.chat import chat_format_for
+    from solver_ppo.data.prompts import build_messages
+    from solver_ppo.data.formats import Problem
+    from solver_ppo.models.chat import chat_format_for
 
     rng = random.Random(s["seed"])
     tokenizer = build_tokenizer(synthetic_sentences(400, s["numbers"], rng))
@@ -185,9 +185,9 @@ def run_ours(fixture: Path, logprobs_from_sampling: bool) -> dict:
     """One Lightning fit of PPOModule: warm-up + timed iterations; per-iteration phase seconds."""
     import torch
 
-    from app.config import DataSettings, PPOSettings, TrainConfig, TrainerSettings
-    from app.evaluation import EvaluationConfig
-    from app.models.config import LoraSettings, ModelConfig, SamplingConfig
+    from solver_ppo.config import DataSettings, PPOSettings, TrainConfig, TrainerSettings
+    from solver_ppo.evaluation import EvaluationConfig
+    from solver_ppo.models.config import LoraSettings, ModelConfig, SamplingConfig
 
     s = json.loads((fixture / "settings.json").read_text())
     torch.set_num_threads(s["threads"])
@@ -221,11 +221,11 @@ def fit_timed(cfg, s: dict, optimizer_steps_per_iteration: int | None = None) ->
     the RSS after every import, so the libraries' import cost does not count."""
     import lightning.pytorch as pl
 
-    from app.data.datamodule import PromptDataModule
-    from app.models.loading import load_model
-    from app.models.policy import PolicyWithValue
-    from app.ppo.module import PPOModule
-    from app.ppo.train import build_trainer
+    from solver_ppo.data.datamodule import PromptDataModule
+    from solver_ppo.models.loading import load_model
+    from solver_ppo.models.policy import PolicyWithValue
+    from solver_ppo.ppo.module import PPOModule
+    from solver_ppo.ppo.train import build_trainer
 
     rss0 = rss_mb()
     rows = cfg.ppo.prompts_per_step * cfg.ppo.samples_per_prompt

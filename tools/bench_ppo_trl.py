@@ -24,7 +24,7 @@ from peft import LoraConfig  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, set_seed  # noqa: E402
 
-from app.evaluation import EvaluationConfig, EvaluatorPool, Reference  # noqa: E402
+from solver_ppo.evaluation import EvaluationConfig, EvaluatorPool, Reference  # noqa: E402
 
 
 def run(fixture: Path) -> dict:

@@ -5,7 +5,7 @@
 
 A native ChatGLM with random weights; no stop tokens, so every answer has --new-tokens tokens.
 The single-turn rollout answers B prompts of --prompt tokens once. The K-turn rollout runs the
-training loop's `app.ppo.episode.play` on the same prompts: after each answer a feedback message
+training loop's `solver_ppo.ppo.episode.play` on the same prompts: after each answer a feedback message
 of --feedback tokens is appended and every episode answers again, each turn one batched
 `generate`. As in training, the KV cache carries over between turns (`ContextCache`: a turn
 reads only the feedback); for comparison, the K-turn rollout that reads the whole context again
@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.models.config import SamplingConfig  # noqa: E402
-from app.models.generation import ContextCache, generate  # noqa: E402
-from app.ppo.episode import Episode, Reply, Verdict, play  # noqa: E402
+from solver_ppo.models.config import SamplingConfig  # noqa: E402
+from solver_ppo.models.generation import ContextCache, generate  # noqa: E402
+from solver_ppo.ppo.episode import Episode, Reply, Verdict, play  # noqa: E402
 from tools.bench_generation import PAD, models, random_prompts  # noqa: E402
 
 

@@ -43,8 +43,8 @@ ESTIMATORS: dict[str, list[str]] = {
 
 def prepare(out: Path) -> tuple[Path, Path]:
     """The quick start's data: its PPO prompts and held-out problems (written once: runs may be reading them)."""
-    from app.config import load_config
-    from app.quickstart import DEFAULT_CONFIG, STARTER_PROBLEMS, make_data
+    from solver_ppo.config import load_config
+    from solver_ppo.quickstart import DEFAULT_CONFIG, STARTER_PROBLEMS, make_data
 
     paths = out / "data" / "train.jsonl", out / "data" / "heldout.jsonl"
     if all(path.is_file() for path in paths):
@@ -54,9 +54,9 @@ def prepare(out: Path) -> tuple[Path, Path]:
 
 def starter_accuracy(out: Path, heldout: Path) -> float:
     """The starter's greedy held-out accuracy, evaluated once (kept in OUT/sft.json)."""
-    from app.config import load_config
-    from app.eval_policy import evaluate_policy
-    from app.quickstart import DEFAULT_CONFIG
+    from solver_ppo.config import load_config
+    from solver_ppo.eval_policy import evaluate_policy
+    from solver_ppo.quickstart import DEFAULT_CONFIG
 
     sft_file = out / "sft.json"
     if not sft_file.is_file():
@@ -110,8 +110,8 @@ def summarize(name: str, out: Path, sft: float) -> dict | None:
     per_step = [sum(values) for values in zip(*(scalars[p] for p in phases))]
     steps = len(scalars["train/kl"])
     val = scalars.get("val/accuracy", [])
-    from app.config import load_config
-    from app.quickstart import DEFAULT_CONFIG
+    from solver_ppo.config import load_config
+    from solver_ppo.quickstart import DEFAULT_CONFIG
 
     every = load_config(DEFAULT_CONFIG).trainer.val_every
     return {

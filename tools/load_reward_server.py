@@ -38,10 +38,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.evaluation import EvaluationConfig, EvaluatorPool  # noqa: E402
-from app.evaluation.cli_score import result_row  # noqa: E402
-from app.evaluation.config import CodeLimits  # noqa: E402
-from app.integrations.scorer import reference_from_label  # noqa: E402
+from solver_ppo.evaluation import EvaluationConfig, EvaluatorPool  # noqa: E402
+from solver_ppo.evaluation.cli_score import result_row  # noqa: E402
+from solver_ppo.evaluation.config import CodeLimits  # noqa: E402
+from solver_ppo.integrations.scorer import reference_from_label  # noqa: E402
 
 SCIP_CODE = """```python
 import pyscipopt

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.models.layouts import LAYOUTS, checkpoint_bytes, write_published_layout  # noqa: E402
+from solver_ppo.models.layouts import LAYOUTS, checkpoint_bytes, write_published_layout  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.models.tiny import VARIANTS, make_tiny_chatglm  # noqa: E402
+from solver_ppo.models.tiny import VARIANTS, make_tiny_chatglm  # noqa: E402
 
 
 def read_corpus(paths: list[str], skip_keys: frozenset[str] = frozenset()) -> list[str]:

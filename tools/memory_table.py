@@ -15,9 +15,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.config import load_config  # noqa: E402
-from app.models.chatglm import CHATGLM3_6B, GLM4_9B_CHAT  # noqa: E402
-from app.models.memory import ModelShape, StepSettings, card_table, step_settings  # noqa: E402
+from solver_ppo.config import load_config  # noqa: E402
+from solver_ppo.models.chatglm import CHATGLM3_6B, GLM4_9B_CHAT  # noqa: E402
+from solver_ppo.models.memory import ModelShape, StepSettings, card_table, step_settings  # noqa: E402
 
 CONFIGS = [("configs/chatglm3_6b_lora.yaml", CHATGLM3_6B), ("configs/chatglm3_6b_lora_4gpu.yaml", CHATGLM3_6B),
            ("configs/glm4_9b_lora.yaml", GLM4_9B_CHAT)]  # fmt: skip

@@ -20,11 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.data.formats import iter_problems  # noqa: E402
-from app.data.prompts import build_messages  # noqa: E402
-from app.evaluation import EvaluationConfig, EvaluatorPool, Reference  # noqa: E402
-from app.eval_policy import answer, load_trained  # noqa: E402
-from app.models.config import SamplingConfig  # noqa: E402
+from solver_ppo.data.formats import iter_problems  # noqa: E402
+from solver_ppo.data.prompts import build_messages  # noqa: E402
+from solver_ppo.evaluation import EvaluationConfig, EvaluatorPool, Reference  # noqa: E402
+from solver_ppo.eval_policy import answer, load_trained  # noqa: E402
+from solver_ppo.models.config import SamplingConfig  # noqa: E402
 
 
 def main() -> None:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.data.formats import iter_problems  # noqa: E402
-from app.data.limits import PREFLIGHT_RECORDS, percentile  # noqa: E402
-from app.data.prompts import (  # noqa: E402
+from solver_ppo.data.formats import iter_problems  # noqa: E402
+from solver_ppo.data.limits import PREFLIGHT_RECORDS, percentile  # noqa: E402
+from solver_ppo.data.prompts import (  # noqa: E402
     DEFAULT_SYSTEM_PROMPT, INSTRUCTION_PRESETS, build_messages, fixed_prompt_tokens, instruction_text)
-from app.models.config import ModelConfig  # noqa: E402
-from app.models.loading import load_prompt_encoder  # noqa: E402
+from solver_ppo.models.config import ModelConfig  # noqa: E402
+from solver_ppo.models.loading import load_prompt_encoder  # noqa: E402
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.evaluation import ModelReadError, SolverLimits, read_model, solve_model  # noqa: E402
+from solver_ppo.evaluation import ModelReadError, SolverLimits, read_model, solve_model  # noqa: E402
 
 BASE_ST = " c1: x + y <= 4\n c2: x + 3 y <= 6\n"
 CASES = {

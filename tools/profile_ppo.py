@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_ppo import LORA_TARGETS, build_fixture  # noqa: E402
 
-from app.models.config import LoraSettings, ModelConfig, SamplingConfig  # noqa: E402
-from app.models.loading import load_model  # noqa: E402
-from app.models.policy import PolicyWithValue  # noqa: E402
+from solver_ppo.models.config import LoraSettings, ModelConfig, SamplingConfig  # noqa: E402
+from solver_ppo.models.loading import load_model  # noqa: E402
+from solver_ppo.models.policy import PolicyWithValue  # noqa: E402
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
 

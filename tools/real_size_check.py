@@ -100,7 +100,7 @@ def paths(work: Path) -> dict[str, Path]:
 
 
 def train_config(model: str, work: Path, layers: int | None, **extra):
-    from app.config import load_config
+    from solver_ppo.config import load_config
 
     p = paths(work)
     device_overrides = GPU_OVERRIDES if os.environ.get("REAL_SIZE_DEVICE") == "gpu" else CPU_OVERRIDES
@@ -110,15 +110,15 @@ def train_config(model: str, work: Path, layers: int | None, **extra):
 
 
 def model_config(model: str, layers: int | None) -> dict:
-    from app.models.layouts import layout_for
+    from solver_ppo.models.layouts import layout_for
 
     return layout_for(model).config | ({"num_layers": layers} if layers else {})
 
 
 def predicted_need(model: str, phase: str, layers: int | None) -> int:
     """Bytes a phase needs by the memory model, on top of ~1.5 GB of Python, torch and Lightning."""
-    from app.models.layouts import checkpoint_bytes
-    from app.models.memory import ModelShape, StepSettings, estimate
+    from solver_ppo.models.layouts import checkpoint_bytes
+    from solver_ppo.models.memory import ModelShape, StepSettings, estimate
 
     config = model_config(model, layers)
     overhead = int(1.5e9)
@@ -138,8 +138,8 @@ def predicted_need(model: str, phase: str, layers: int | None) -> int:
 
 
 def phase_layout(model: str, work: Path, layers: int | None) -> dict:
-    from app.data.synthetic import generate
-    from app.models.layouts import write_published_layout
+    from solver_ppo.data.synthetic import generate
+    from solver_ppo.models.layouts import write_published_layout
 
     p = paths(work)
     with open(p["data"], "w") as f:
@@ -151,7 +151,7 @@ def phase_layout(model: str, work: Path, layers: int | None) -> dict:
 
 
 def phase_load(model: str, work: Path, layers: int | None) -> dict:
-    from app.models.loading import load_model
+    from solver_ppo.models.loading import load_model
 
     cfg = train_config(model, work, layers)
     loaded = load_model(cfg.model)
@@ -172,8 +172,8 @@ def measured_resident_bytes(module, optimizer) -> int:
 def phase_train(model: str, work: Path, layers: int | None) -> dict:
     import torch
 
-    from app.models.memory import ModelShape, StepSettings, estimate
-    from app.ppo.train import train
+    from solver_ppo.models.memory import ModelShape, StepSettings, estimate
+    from solver_ppo.ppo.train import train
 
     cfg = train_config(model, work, layers)
     module, trainer = train(cfg)
@@ -207,7 +207,7 @@ def phase_train(model: str, work: Path, layers: int | None) -> dict:
 def phase_resume(model: str, work: Path, layers: int | None, first_run: str) -> dict:
     import torch
 
-    from app.ppo.train import train
+    from solver_ppo.ppo.train import train
 
     first = Path(first_run)
     cfg = train_config(model, work, layers, resume=first / "checkpoints" / "iter-000001.ckpt")
@@ -226,7 +226,7 @@ def phase_resume(model: str, work: Path, layers: int | None, first_run: str) -> 
 
 
 def phase_export(model: str, work: Path, layers: int | None, first_run: str) -> dict:
-    from app.cli import main
+    from solver_ppo.cli import main
 
     p = paths(work)
     code = main(["export", "--model", str(p["layout"]), "--adapter", first_run, "--out", str(p["export"]),
@@ -241,9 +241,9 @@ def phase_compare(model: str, work: Path, layers: int | None, first_run: str) ->
 
     import torch
 
-    from app.models.export import merged_model
-    from app.models.loading import load_model
-    from app.models.policy import build_policy
+    from solver_ppo.models.export import merged_model
+    from solver_ppo.models.loading import load_model
+    from solver_ppo.models.policy import build_policy
 
     p = paths(work)
     saved = torch.load(p["results"] / "policy_logits.pt", weights_only=True)

@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.data.formats import iter_problems  # noqa: E402
-from app.evaluation.extract import extract_model  # noqa: E402
-from app.evaluation.feedback import ALL_ZERO  # noqa: E402
-from app.evaluation.model import Model, ModelReadError, read_model  # noqa: E402
+from solver_ppo.data.formats import iter_problems  # noqa: E402
+from solver_ppo.evaluation.extract import extract_model  # noqa: E402
+from solver_ppo.evaluation.feedback import ALL_ZERO  # noqa: E402
+from solver_ppo.evaluation.model import Model, ModelReadError, read_model  # noqa: E402
 
 CLASSES = ("right", "wrong, no error-free solve", "wrong, every variable 0", "wrong, nonzero optimum")
 

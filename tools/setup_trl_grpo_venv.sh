@@ -6,7 +6,7 @@
 # transformers 4.40. The pins below are what pip resolves for trl==1.16.0 today (the latest
 # release), fixed so the baseline does not move under the benchmark. CPU torch, no vLLM: the
 # benchmark compares both trainers' own generate loops. The solver stack (pyscipopt, networkx,
-# scipy) is installed too, so the TRL side scores its completions with the same app.evaluation
+# scipy) is installed too, so the TRL side scores its completions with the same solver_ppo.evaluation
 # code as ours. Idempotent: a second run is a no-op.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -4,7 +4,7 @@
 # TRL is only a benchmark baseline, never a dependency of the app, so it lives in its own venv:
 # TRL 0.9.6 imports only with numpy<2, pyarrow<17 and datasets<3 (the app's venv has numpy 2),
 # and its PPOConfig needs rich, which it does not declare. The solver stack (pyscipopt, networkx,
-# scipy) is installed too, so the TRL side scores its responses with the same app.evaluation code
+# scipy) is installed too, so the TRL side scores its responses with the same solver_ppo.evaluation code
 # as ours. Idempotent: a second run is a no-op.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -4,7 +4,7 @@ Writes DIR/train.jsonl and DIR/heldout.jsonl (no (family, numbers) problem on bo
 prints how many problems of each family, sense and type each split holds. With --teacher-flip,
 some training problems carry an imperfect teacher's SFT demonstration (see `imperfect_teacher`).
 With --answer-format LIBRARY, every problem's demonstration is its model as a program in that
-solver library (see `app.data.code_answers`), so SFT teaches code answers. With --revisions,
+solver library (see `solver_ppo.data.code_answers`), so SFT teaches code answers. With --revisions,
 some training problems are revision demonstrations: the teacher's first answer, the evaluation's
 real feedback on it, and the reference as the corrected answer (see `revision_demonstrations`).
 """
@@ -16,11 +16,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from app.data.code_answers import ANSWER_FORMATS
-from app.data.synthetic import (DIFFICULTIES, DONE_REPLY, Item, check_answer_format, check_fraction,
+from solver_ppo.data.code_answers import ANSWER_FORMATS
+from solver_ppo.data.synthetic import (DIFFICULTIES, DONE_REPLY, Item, check_answer_format, check_fraction,
                                 code_demonstrations, imperfect_teacher, make_splits, revision_demonstrations,
                                 write_jsonl)
-from app.errors import UserError
+from solver_ppo.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from app.evaluation.model import Model
+    from solver_ppo.evaluation.model import Model
 
 CODE_FORMATS = ("pyscipopt", "gurobipy", "coptpy", "pyomo", "pulp", "scipy")
 ANSWER_FORMATS = ("lp", *CODE_FORMATS)
@@ -202,7 +202,7 @@ def render_code(model: Model | str, library: str, name: str = "model") -> str:
     if library not in CODE_FORMATS:
         raise ValueError(f"unknown code format {library!r}; choose from {', '.join(CODE_FORMATS)}")
     if isinstance(model, str):
-        from app.evaluation.model import read_model  # the evaluation package loads numpy and networkx
+        from solver_ppo.evaluation.model import read_model  # the evaluation package loads numpy and networkx
 
         model = read_model(model)
     if getattr(model, "quad_obj", None) or any(getattr(c, "quad", None) for c in model.constraints):

@@ -17,9 +17,9 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from app.config import DataSettings
-from app.data.formats import Problem, check_options, iter_problems
-from app.errors import UserError
+from solver_ppo.config import DataSettings
+from solver_ppo.data.formats import Problem, check_options, iter_problems
+from solver_ppo.errors import UserError
 
 log = logging.getLogger(__name__)
 

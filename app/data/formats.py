@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.errors import UserError
+from solver_ppo.errors import UserError
 
 log = logging.getLogger(__name__)
 

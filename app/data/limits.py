@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.data.formats import BadRecord, iter_records, normalize_record
-from app.data.prompts import build_messages, first_process, fixed_prompt_tokens, sft_target
-from app.errors import UserError
+from solver_ppo.data.formats import BadRecord, iter_records, normalize_record
+from solver_ppo.data.prompts import build_messages, first_process, fixed_prompt_tokens, sft_target
+from solver_ppo.errors import UserError
 
 PREFLIGHT_RECORDS = 1000  # records of data.train measured before the model loads
 FIRST_IDS = 5  # ids of skipped records named in a summary line

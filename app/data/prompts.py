@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
-from app.data.code_answers import CODE_FORMATS, code_answer, render_code
-from app.data.formats import Problem
-from app.errors import UserError
+from solver_ppo.data.code_answers import CODE_FORMATS, code_answer, render_code
+from solver_ppo.data.formats import Problem
+from solver_ppo.errors import UserError
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are an expert in operations research. You turn optimization problems described in words "

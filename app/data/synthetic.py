@@ -22,9 +22,9 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from app.data.code_answers import ANSWER_FORMATS, code_answer
-from app.data.prompts import format_number, lp_answer
-from app.errors import UserError
+from solver_ppo.data.code_answers import ANSWER_FORMATS, code_answer
+from solver_ppo.data.prompts import format_number, lp_answer
+from solver_ppo.errors import UserError
 
 DIFFICULTIES = {"easy": 0.0, "medium": 0.5, "hard": 1.0}
 
@@ -513,9 +513,9 @@ def generate(n: int, seed: int, difficulty: str | float = "easy", families: list
     infeasible, unbounded, errors) is dropped and redrawn, and so is one whose signature is in
     `exclude` or already generated.
     """
-    from app.evaluation import read_model, solve_model
-    from app.evaluation.config import SolverLimits
-    from app.progress import progress_bar
+    from solver_ppo.evaluation import read_model, solve_model
+    from solver_ppo.evaluation.config import SolverLimits
+    from solver_ppo.progress import progress_bar
 
     names = _family_names(families)
     lvl = level(difficulty)
@@ -592,8 +592,8 @@ def imperfect_teacher(items: list[Item], seed: int, flip_rate: float, answer_for
     imitates the teacher, the solver-based reward checks against the reference. Draws come from
     their own stream, so the problems do not depend on the rate. Returns how many it changed.
     """
-    from app.evaluation import read_model, solve_model
-    from app.evaluation.config import SolverLimits
+    from solver_ppo.evaluation import read_model, solve_model
+    from solver_ppo.evaluation.config import SolverLimits
 
     check_fraction("teacher's flip rate", flip_rate)
     check_answer_format(answer_format)
@@ -620,13 +620,13 @@ def revision_demonstrations(items: list[Item], seed: int, fraction: float, answe
                             workers: int = 2, done: bool = False) -> int:
     """Turn `fraction` of `items` into revision demonstrations: the teacher's answer (flawed where
     `imperfect_teacher` flipped it) becomes the first answer, the evaluation's real feedback on it
-    follows (`app.evaluation.feedback`: what the solver found, never the reference), and the SFT
+    follows (`solver_ppo.evaluation.feedback`: what the solver found, never the reference), and the SFT
     target is the reference answer. SFT then shows a starter what a revision after feedback looks
     like (fix a flawed model, restate a sound one). With `done`, a sound first answer (the
     teacher's, unflipped) is followed by DONE_REPLY instead of a restatement, which teaches the
     `rollout.end: done` episode end: revise only what is flawed. Draws come from their own stream.
     Returns how many items it changed."""
-    from app.evaluation import EvaluationConfig, EvaluatorPool, Reference, feedback_message
+    from solver_ppo.evaluation import EvaluationConfig, EvaluatorPool, Reference, feedback_message
 
     check_fraction("revision fraction", fraction)
     check_answer_format(answer_format)

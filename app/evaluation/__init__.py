@@ -24,8 +24,8 @@ _EXPORTS = {
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'app.evaluation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"app.evaluation.{_EXPORTS[name]}"), name)
+        raise AttributeError(f"module 'solver_ppo.evaluation' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"solver_ppo.evaluation.{_EXPORTS[name]}"), name)
     globals()[name] = value
     return value
 

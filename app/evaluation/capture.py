@@ -24,7 +24,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from app.evaluation.config import SolverLimits
+from solver_ppo.evaluation.config import SolverLimits
 
 SUPPORTED = {"pyscipopt": "pyscipopt", "gurobipy": "gurobipy", "coptpy": "coptpy", "pyomo": "pyomo",
              "pulp": "pulp", "scipy": "scipy"}  # library (top-level module) -> pip package
@@ -46,7 +46,7 @@ CAPTURE_FILE = "_captured_model"  # written in the work directory, then read bac
 class CaptureOutcome:
     status: str  # 'captured' | 'syntax_error' | 'exception' | 'no_solve' | 'missing_library' | 'unsupported' | 'too_large'
     reason: str | None = None  # one line saying what happened (None when captured)
-    model_text: str | None = None  # the model as MPS or LP text, for app.evaluation.model.read_model
+    model_text: str | None = None  # the model as MPS or LP text, for solver_ppo.evaluation.model.read_model
     fmt: str | None = None  # 'mps' | 'lp'
     library: str | None = None
     sense_free: bool = False  # scipy: the library only minimizes, see `orient`
@@ -321,7 +321,7 @@ def _hook_scipy(cap: _Capture, undo: list) -> None:
 def _scipy_capture(cap: _Capture, c, lb, ub, integrality, rows) -> None:
     """Record the LP text of `min c x` over `rows` [(coefficients, sense, rhs)], where a dense
     row is an array, a sparse one a {column: value} dict, and sense 'range' has (low, high)."""
-    from app.evaluation.model import INF, Constraint, Model, Variable, to_lp_text
+    from solver_ppo.evaluation.model import INF, Constraint, Model, Variable, to_lp_text
 
     n = len(c)
     nonzeros = sum(len(a) if isinstance(a, dict) else int((a != 0).sum()) for a, _, _ in rows)

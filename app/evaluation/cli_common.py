@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.errors import UserError
-from app.evaluation.config import EvaluationConfig, MatchRule, SolverLimits
-from app.evaluation.model import Model, ModelReadError, read_model
+from solver_ppo.errors import UserError
+from solver_ppo.evaluation.config import EvaluationConfig, MatchRule, SolverLimits
+from solver_ppo.evaluation.model import Model, ModelReadError, read_model
 
 
 def read_text(path: str) -> str:

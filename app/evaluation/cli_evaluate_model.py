@@ -7,8 +7,8 @@ import argparse
 import json
 import sys
 
-from app.evaluation.cli_common import add_limit_arguments, config_from_args, read_text
-from app.evaluation.pool import EvaluatorPool
+from solver_ppo.evaluation.cli_common import add_limit_arguments, config_from_args, read_text
+from solver_ppo.evaluation.pool import EvaluatorPool
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from app.errors import UserError
-from app.evaluation.cli_common import read_model_file, read_text
-from app.evaluation.graph import equivalent, graph_distance
+from solver_ppo.errors import UserError
+from solver_ppo.evaluation.cli_common import read_model_file, read_text
+from solver_ppo.evaluation.graph import equivalent, graph_distance
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

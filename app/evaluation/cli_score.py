@@ -14,13 +14,13 @@ import json
 import sys
 from collections import Counter
 
-from app.errors import UserError
-from app.progress import progress_bar
-from app.evaluation.cli_common import add_limit_arguments, config_from_args, read_text
-from app.evaluation.feedback import feedback_message
-from app.evaluation.pool import EvaluatorPool
-from app.evaluation.reward import Reference, ScoreResult
-from app.evaluation.summary import summarize
+from solver_ppo.errors import UserError
+from solver_ppo.progress import progress_bar
+from solver_ppo.evaluation.cli_common import add_limit_arguments, config_from_args, read_text
+from solver_ppo.evaluation.feedback import feedback_message
+from solver_ppo.evaluation.pool import EvaluatorPool
+from solver_ppo.evaluation.reward import Reference, ScoreResult
+from solver_ppo.evaluation.summary import summarize
 
 _ANSWER_KEYS = ("answer", "en_answer", "Answer")
 _RESPONSE_KEYS = ("answer", "response", "output", "text")

@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from app.evaluation.capture import OTHER_SOLVER_LIBRARIES, detect_library
-from app.evaluation.model import _SECTION_RE, sniff_format
+from solver_ppo.evaluation.capture import OTHER_SOLVER_LIBRARIES, detect_library
+from solver_ppo.evaluation.model import _SECTION_RE, sniff_format
 
 
 @dataclass

@@ -7,7 +7,7 @@ the same message whatever it is compared with, and the message never says whethe
 
 from __future__ import annotations
 
-from app.evaluation.reward import ScoreResult
+from solver_ppo.evaluation.reward import ScoreResult
 
 ALL_ZERO = "Every variable is 0 in this solution."  # what a solved model whose variables are all 0 is told
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from app.evaluation.model import Model
+from solver_ppo.evaluation.model import Model
 
 _VTYPE = {"C": 0.0, "I": 1.0, "B": 2.0}
 

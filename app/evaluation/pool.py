@@ -30,12 +30,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from app.evaluation.capture import SUPPORTED, detect_library
-from app.evaluation.config import EvaluationConfig
-from app.evaluation.model import Model, ModelReadError, read_model
-from app.evaluation.reward import Reference, ScoreResult, reference_from_solve, run_code, score_answer
-from app.evaluation.sandbox import check_level, close_all
-from app.evaluation.solve import SolveResult, solve_model
+from solver_ppo.evaluation.capture import SUPPORTED, detect_library
+from solver_ppo.evaluation.config import EvaluationConfig
+from solver_ppo.evaluation.model import Model, ModelReadError, read_model
+from solver_ppo.evaluation.reward import Reference, ScoreResult, reference_from_solve, run_code, score_answer
+from solver_ppo.evaluation.sandbox import check_level, close_all
+from solver_ppo.evaluation.solve import SolveResult, solve_model
 
 
 def _context():
@@ -43,7 +43,7 @@ def _context():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     # Not '__main__' (the default): the caller's main module may import torch.
-    ctx.set_forkserver_preload(["app.evaluation.pool", "pyscipopt"])
+    ctx.set_forkserver_preload(["solver_ppo.evaluation.pool", "pyscipopt"])
     return ctx
 
 

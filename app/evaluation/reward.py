@@ -7,12 +7,12 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from app.evaluation.config import EvaluationConfig, MatchRule, SolverLimits
-from app.evaluation.capture import SUPPORTED, CaptureOutcome, orient
-from app.evaluation.extract import extract_model
-from app.evaluation.graph import graph_distance
-from app.evaluation.model import Model, ModelReadError, read_model
-from app.evaluation.solve import SolveResult, growing_variable, infeasible_subset, solve_model
+from solver_ppo.evaluation.config import EvaluationConfig, MatchRule, SolverLimits
+from solver_ppo.evaluation.capture import SUPPORTED, CaptureOutcome, orient
+from solver_ppo.evaluation.extract import extract_model
+from solver_ppo.evaluation.graph import graph_distance
+from solver_ppo.evaluation.model import Model, ModelReadError, read_model
+from solver_ppo.evaluation.solve import SolveResult, growing_variable, infeasible_subset, solve_model
 
 _INFEASIBLE_WORDS = ("infeasible", "no best solution", "no feasible solution", "no solution")
 
@@ -147,7 +147,7 @@ def restates_a_number(model: Model, ref_model: Model | None) -> str:
 def run_code(code: str, library: str | None, config: EvaluationConfig) -> CaptureOutcome:
     """A code answer's model, captured in this process's sandbox for `library`, the solver library
     it imports (extraction found it; app/evaluation/sandbox.py)."""
-    from app.evaluation.sandbox import sandbox_for
+    from solver_ppo.evaluation.sandbox import sandbox_for
 
     return sandbox_for(config.sandbox, config.code, config.limits, library if library in SUPPORTED else None).run(code)
 

@@ -56,13 +56,21 @@ import time
 from collections import deque
 from dataclasses import asdict
 
-from app.errors import UserError
-from app.evaluation.capture import CaptureOutcome
-from app.evaluation.config import CodeLimits, SolverLimits
+from solver_ppo.errors import UserError
+from solver_ppo.evaluation.capture import CaptureOutcome
+from solver_ppo.evaluation.config import CodeLimits, SolverLimits
 
 LEVELS = ("strict", "auto", "audit")  # settings of evaluation.sandbox
 _MAX_RESULT_BYTES = 64 << 20  # the runner's JSON result (the model text) is cut off past this
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_PACKAGE = __name__.split(".")[0]  # "solver_ppo"
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # app/ in a checkout
+# A fresh interpreter (`-I`: no environment, no script folder on sys.path) imports this very package
+# directory under this process's name, whether it is installed, editable or neither.
+_IMPORT_PACKAGE = ("import importlib.util, sys; "
+                   f"spec = importlib.util.spec_from_file_location({_PACKAGE!r}, {os.path.join(_PACKAGE_DIR, '__init__.py')!r}, "
+                   f"submodule_search_locations=[{_PACKAGE_DIR!r}]); "
+                   f"package = importlib.util.module_from_spec(spec); sys.modules[{_PACKAGE!r}] = package; "
+                   "spec.loader.exec_module(package); ")
 
 
 class SandboxUnavailable(UserError):
@@ -88,8 +96,7 @@ def check_level(level: str) -> None:
 
 def probe_namespaces(user_namespace: bool | None = None) -> str | None:
     """namespaces_unavailable, asked of a fresh interpreter (never a fork of this process)."""
-    probe = (f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
-             f"from app.evaluation.sandbox import namespaces_unavailable; print(namespaces_unavailable({user_namespace}) or '')")
+    probe = (_IMPORT_PACKAGE + f"from {_PACKAGE}.evaluation.sandbox import namespaces_unavailable; print(namespaces_unavailable({user_namespace}) or '')")
     done = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, env=_CLEAN_ENV, timeout=60)
     return done.stdout.strip() or (None if done.returncode == 0 else f"probe failed: {done.stderr.strip()[-200:]}")
 
@@ -252,9 +259,9 @@ def _exposed_paths() -> list[str]:
     """What the runner's root shows (read-only): system directories and the Python installation
     this server runs from; not the caller's working directory, home or data."""
     paths = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc/ld.so.cache", "/etc/localtime"]
-    paths += [sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix, os.path.join(_PACKAGE_ROOT, "app")]
+    paths += [sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix, _PACKAGE_DIR]
     for entry in sys.path:
-        if entry and os.path.isdir(entry) and os.path.realpath(entry) != _PACKAGE_ROOT:
+        if entry and os.path.isdir(entry) and os.path.realpath(entry) != os.path.dirname(_PACKAGE_DIR):
             paths.append(entry)
     out: list[str] = []
     for p in sorted({os.path.abspath(p) for p in paths if os.path.lexists(p)}, key=len):
@@ -414,7 +421,7 @@ def _runner(level: str, limits: CodeLimits, solver_limits: SolverLimits, root: s
         os.close(code_fd)
         code = raw.decode("utf-8", errors="replace")
         _set_limits(limits, cpu=True, processes=level == "namespaces")
-        from app.evaluation.capture import run_captured
+        from solver_ppo.evaluation.capture import run_captured
 
         if level == "audit":
             sys.addaudithook(_audit_hook(workdir))
@@ -755,7 +762,7 @@ _WARM_UP = {
 
 
 def _warm_up(base: str, library: str | None) -> None:
-    from app.evaluation.capture import installed, run_captured
+    from solver_ppo.evaluation.capture import installed, run_captured
 
     if library in _WARM_UP and installed(library):
         workdir = tempfile.mkdtemp(dir=base)
@@ -779,7 +786,7 @@ def serve(settings: dict) -> None:
     user_namespace = os.geteuid() != 0 if settings["user_namespace"] is None else settings["user_namespace"]
     problem = namespaces_unavailable(user_namespace) if wanted in ("strict", "auto") else "not asked for (evaluation.sandbox: audit)"
     level = "namespaces" if problem is None else "audit"
-    from app.evaluation.capture import preload
+    from solver_ppo.evaluation.capture import preload
 
     preload(settings["library"])
     global _seccomp
@@ -880,8 +887,7 @@ class Sandbox:
         settings = {"level": self.level_setting, "limits": asdict(self.limits), "solver_limits": asdict(self.solver_limits),
                     "user_namespace": self.user_namespace, "home": home,
                     "library": self.library}
-        bootstrap = (f"import sys, json; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
-                     "from app.evaluation.sandbox import serve; serve(json.loads(sys.argv[1]))")
+        bootstrap = _IMPORT_PACKAGE + f"import json; from {_PACKAGE}.evaluation.sandbox import serve; serve(json.loads(sys.argv[1]))"
         env = {**_CLEAN_ENV, "HOME": home, "TMPDIR": home}
         self._process = subprocess.Popen([sys.executable, "-I", "-c", bootstrap, json.dumps(settings)], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=home, close_fds=True,

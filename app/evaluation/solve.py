@@ -20,8 +20,8 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
-from app.evaluation.config import SolverLimits
-from app.evaluation.model import INF, Model, Variable, row_names
+from solver_ppo.evaluation.config import SolverLimits
+from solver_ppo.evaluation.model import INF, Model, Variable, row_names
 
 _ROW, _SEMI = "row:", "semi:"  # SCIP names of a model's row i and of a semi-continuous variable's rows
 STATUSES = ("optimal", "infeasible", "unbounded", "inf_or_unbd", "timelimit", "error", "rejected")

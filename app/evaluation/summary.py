@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.evaluation.reward import ScoreResult
+from solver_ppo.evaluation.reward import ScoreResult
 
 SUMMARY_COLUMNS = [
     ("accuracy", "accuracy"),

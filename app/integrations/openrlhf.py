@@ -1,8 +1,8 @@
 """OpenRLHF (0.11): the solver reward as the `.py` file of `--remote_rm_url`, and an agent for
 `--agent_func_path` that gives the solver's feedback after each turn.
 
-    --remote_rm_url app/integrations/openrlhf.py --label_key answer
-    --agent_func_path app/integrations/openrlhf.py        (multi-turn; AgentExecutor below)
+    --remote_rm_url $(python -c 'import solver_ppo.integrations.openrlhf as m; print(m.__file__)') --label_key answer
+    --agent_func_path <the same file>        (multi-turn; AgentExecutor below)
 
 or the same reward over HTTP: `solver-ppo serve-reward` and `--remote_rm_url http://HOST:PORT/get_reward`.
 A label is the answer (a number, "infeasible") or a JSON object with `answer` and optionally
@@ -18,8 +18,8 @@ import re
 
 import numpy as np
 
-from app.evaluation.feedback import feedback_message
-from app.integrations import scorer
+from solver_ppo.evaluation.feedback import feedback_message
+from solver_ppo.integrations import scorer
 
 AGENT_TURNS = int(os.environ.get("SOLVER_PPO_AGENT_TURNS", "3"))  # answers scored per agent rollout
 

@@ -21,11 +21,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from app.errors import UserError
-from app.evaluation.cli_score import result_row
-from app.evaluation.config import EvaluationConfig
-from app.evaluation.pool import EvaluatorPool, ScoreStream
-from app.evaluation.reward import Reference, ScoreResult
+from solver_ppo.errors import UserError
+from solver_ppo.evaluation.cli_score import result_row
+from solver_ppo.evaluation.config import EvaluationConfig
+from solver_ppo.evaluation.pool import EvaluatorPool, ScoreStream
+from solver_ppo.evaluation.reward import Reference, ScoreResult
 
 CONFIG_ENV = "SOLVER_PPO_EVAL_CONFIG"  # a YAML file with the `evaluation:` settings, for engines that load the reward by path
 
@@ -44,7 +44,7 @@ def load_evaluation_config(path: str | Path | None = None, **overrides) -> Evalu
     """Defaults <- the `evaluation:` section of a YAML file (a training config, or a file holding
     only that section) <- keyword overrides (`workers=4`, `match={"kind": "relative"}`), checked
     against the same ranges as training."""
-    from app.config import check_values, read_yaml  # the training config's ranges (app.config imports no torch)
+    from solver_ppo.config import check_values, read_yaml  # the training config's ranges (solver_ppo.config imports no torch)
 
     schema = OmegaConf.structured(_Section)
     merged = schema
@@ -61,7 +61,7 @@ def load_evaluation_config(path: str | Path | None = None, **overrides) -> Evalu
 
 
 def _merge(schema, merged, section, source: str):
-    from app.config import _explain
+    from solver_ppo.config import _explain
 
     if not isinstance(section, dict):
         raise UserError(f"{source}: expected a mapping of evaluation settings, got {type(section).__name__}")

@@ -27,13 +27,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from app.errors import UserError
-from app.evaluation.cli_score import result_row
-from app.evaluation.config import EvaluationConfig
-from app.evaluation.reward import Reference, ScoreResult
-from app.integrations.openrlhf import response_of, rewards_payload
-from app.integrations import scorer
-from app.integrations.scorer import load_evaluation_config, reference_from_label
+from solver_ppo.errors import UserError
+from solver_ppo.evaluation.cli_score import result_row
+from solver_ppo.evaluation.config import EvaluationConfig
+from solver_ppo.evaluation.reward import Reference, ScoreResult
+from solver_ppo.integrations.openrlhf import response_of, rewards_payload
+from solver_ppo.integrations import scorer
+from solver_ppo.integrations.scorer import load_evaluation_config, reference_from_label
 
 TOKEN_ENV = "SOLVER_PPO_REWARD_TOKEN"
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import re
 
-from app.evaluation.feedback import feedback_message
-from app.evaluation.reward import Reference
-from app.integrations import scorer
+from solver_ppo.evaluation.feedback import feedback_message
+from solver_ppo.evaluation.reward import Reference
+from solver_ppo.integrations import scorer
 
 _PYTHON = re.compile(r"^\s*(?:import|from)\s+\w", re.M)
 

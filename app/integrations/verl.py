@@ -1,7 +1,7 @@
 """veRL: the solver reward as `custom_reward_function` (naive or batch reward manager) and an
 Interaction for multi-turn rollouts.
 
-    reward.custom_reward_function.path=$(python -c 'import app.integrations.verl as m; print(m.__file__)')
+    reward.custom_reward_function.path=$(python -c 'import solver_ppo.integrations.verl as m; print(m.__file__)')
     reward.custom_reward_function.name=compute_score_async     (veRL 0.9's reward loop; or compute_score)
     (compute_score_batch: the batch reward manager's form)
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Any
 from uuid import uuid4
 
-from app.evaluation.feedback import feedback_message
-from app.integrations import scorer
+from solver_ppo.evaluation.feedback import feedback_message
+from solver_ppo.integrations import scorer
 
 try:  # veRL's base class where veRL is installed; the methods below are all its rollout calls
     from verl.interactions.base import BaseInteraction
@@ -83,7 +83,7 @@ class SolverInteraction(BaseInteraction):
 
     Interaction config (veRL's interaction YAML):
         - name: solver
-          class_name: app.integrations.verl.SolverInteraction
+          class_name: solver_ppo.integrations.verl.SolverInteraction
           config: {max_turns: 3, eval_config: null}
     The dataset's `interaction_kwargs` give `ground_truth` (as the reward's ground truth).
     The turn score is that answer's reward, exactly `score`'s.

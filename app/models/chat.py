@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.errors import UserError
+from solver_ppo.errors import UserError
 
 FORMATS = ("chatglm3", "glm4", "plain")
 ROLES = ("system", "user", "assistant")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from app.models.export import DTYPES, export
+from solver_ppo.models.export import DTYPES, export
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from app.data.prompts import read_prompt_settings, write_prompt_settings
-from app.errors import UserError
-from app.models.config import LoraSettings, ModelConfig
-from app.models.policy import PolicyWithValue, build_policy, read_trainable
-from app.paths import writable_dir
+from solver_ppo.data.prompts import read_prompt_settings, write_prompt_settings
+from solver_ppo.errors import UserError
+from solver_ppo.models.config import LoraSettings, ModelConfig
+from solver_ppo.models.policy import PolicyWithValue, build_policy, read_trainable
+from solver_ppo.paths import writable_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth", ".ckpt", ".index.json")
@@ -53,7 +53,7 @@ def export(
     max_shard_size: str = "5GB",
 ) -> Path:
     """Load the base in `dtype` (default: the base's own), apply the trainable weights, merge, save."""
-    from app.models.loading import load_model  # the loader pulls in tokenizers; only export needs it here
+    from solver_ppo.models.loading import load_model  # the loader pulls in tokenizers; only export needs it here
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not (model_dir / "config.json").is_file():

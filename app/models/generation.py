@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from app.models.config import SamplingConfig
+from solver_ppo.models.config import SamplingConfig
 
 
 @dataclass

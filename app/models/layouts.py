@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from app.models.chatglm import CHATGLM3_6B, GLM4_9B_CHAT, ChatGLMConfig, ChatGLMForCausalLM, RotaryEmbedding
-from app.models.tiny import default_corpus, train_bpe, train_sentencepiece
-from app.models.tokenizers import write_tiktoken_ranks
+from solver_ppo.models.chatglm import CHATGLM3_6B, GLM4_9B_CHAT, ChatGLMConfig, ChatGLMForCausalLM, RotaryEmbedding
+from solver_ppo.models.tiny import default_corpus, train_bpe, train_sentencepiece
+from solver_ppo.models.tokenizers import write_tiktoken_ranks
 
 INV_FREQ = "transformer.rotary_pos_emb.inv_freq"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}

@@ -26,11 +26,11 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from app.errors import UserError
-from app.models.chat import ChatFormat, chat_format_for
-from app.models.chatglm import ChatGLMConfig, ChatGLMForCausalLM, RotaryEmbedding, position_ids_from_mask
-from app.models.config import ModelConfig
-from app.models.tokenizers import TOKENIZER_CLASSES, sniff_tokenizer_class
+from solver_ppo.errors import UserError
+from solver_ppo.models.chat import ChatFormat, chat_format_for
+from solver_ppo.models.chatglm import ChatGLMConfig, ChatGLMForCausalLM, RotaryEmbedding, position_ids_from_mask
+from solver_ppo.models.config import ModelConfig
+from solver_ppo.models.tokenizers import TOKENIZER_CLASSES, sniff_tokenizer_class
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FAMILIES = ("chatglm", "remote", "auto")

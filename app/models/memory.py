@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-KV_GROW = 256  # app.models.chatglm.KVCache.GROW
+KV_GROW = 256  # solver_ppo.models.chatglm.KVCache.GROW
 CARDS_GB = (24, 40, 80, 141)  # card sizes of the docs table
 USABLE = 0.90  # share of a card the estimate may fill (CUDA context, allocator fragmentation)
 

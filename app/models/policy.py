@@ -36,12 +36,12 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from peft.tuners.lora import LoraLayer
 
-from app.errors import UserError
-from app.models.config import LoraSettings, ModelConfig, SamplingConfig
-from app.models.generation import Generation, generate, head_on_columns, positions_from_mask
+from solver_ppo.errors import UserError
+from solver_ppo.models.config import LoraSettings, ModelConfig, SamplingConfig
+from solver_ppo.models.generation import Generation, generate, head_on_columns, positions_from_mask
 
 if TYPE_CHECKING:
-    from app.models.loading import LoadedModel
+    from solver_ppo.models.loading import LoadedModel
 
 # ChatGLM's linear layers by their published names: attention qkv and output, the SwiGLU MLP.
 CHATGLM_TARGET_MODULES = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]

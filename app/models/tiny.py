@@ -20,8 +20,8 @@ import sentencepiece as spm
 import torch
 from safetensors.torch import save_file
 
-from app.models.chatglm import ChatGLMConfig, ChatGLMForCausalLM
-from app.models.tokenizers import CHATGLM3_SPECIALS, GLM4_PAT_STR, GLM4_SPECIALS, write_tiktoken_ranks
+from solver_ppo.models.chatglm import ChatGLMConfig, ChatGLMForCausalLM
+from solver_ppo.models.tokenizers import CHATGLM3_SPECIALS, GLM4_PAT_STR, GLM4_SPECIALS, write_tiktoken_ranks
 
 VARIANTS = ("chatglm3", "glm4")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from app.cli import add_config_arguments, config_from_args
-from app.config import TrainConfig
+from solver_ppo.cli import add_config_arguments, config_from_args
+from solver_ppo.config import TrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, TrainConfig)
     if cfg is None:  # --print-config
         return 0
-    from app.ppo.train import train  # heavy imports only once the config is valid
+    from solver_ppo.ppo.train import train  # heavy imports only once the config is valid
 
     _, trainer = train(cfg)
     log_dir = trainer.log_dir  # a collective under DDP: every rank asks

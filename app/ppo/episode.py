@@ -61,7 +61,7 @@ class Turn:
 
 @dataclass
 class Episode:
-    problem: Any  # app.data.formats.Problem
+    problem: Any  # solver_ppo.data.formats.Problem
     prompt: list[int]  # the first prompt's ids in the chat format, generation prompt included
     tokens: list[int] = field(default_factory=list)  # (n,) answers and feedback messages after the prompt
     policy_mask: list[bool] = field(default_factory=list)  # (n,) True on the policy's own tokens

@@ -5,9 +5,9 @@ Their state goes into checkpoints, so a resumed run continues with the same beta
 
 from __future__ import annotations
 
-from app.config import KLSettings
-from app.errors import UserError
-from app.ppo.losses import KL_ESTIMATORS
+from solver_ppo.config import KLSettings
+from solver_ppo.errors import UserError
+from solver_ppo.ppo.losses import KL_ESTIMATORS
 
 
 class FixedKLController:
@@ -50,7 +50,7 @@ class AdaptiveKLController:
 
 def build_kl_controller(settings: KLSettings) -> FixedKLController | AdaptiveKLController:
     """The controller named by `ppo.kl.controller`, after checking the names in the KL settings
-    (their numbers: `app.config.RANGES`)."""
+    (their numbers: `solver_ppo.config.RANGES`)."""
     if settings.estimator not in KL_ESTIMATORS:
         raise UserError(f"ppo.kl.estimator='{settings.estimator}' is not one of {', '.join(KL_ESTIMATORS)}")
     if settings.controller == "fixed":

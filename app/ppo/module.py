@@ -32,21 +32,21 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.tensor import DTensor
 
-from app.config import TrainConfig
-from app.data.datamodule import PromptDataset
-from app.data.limits import SkipCounter
-from app.data.prompts import build_messages
-from app.errors import UserError
-from app.evaluation.turns import turn_statistics
-from app.models.generation import ContextCache
-from app.models.loading import LoadedModel
-from app.models.policy import PolicyWithValue
-from app.optim import lr_lambda
-from app.ppo import losses
-from app.ppo.episode import Episode, Reply, episode_tensors, play, standing_matches
-from app.ppo.kl import build_kl_controller
-from app.ppo.rollout import Rollout, concat_rollouts, partial_kl_mask, truncated_rows
-from app.ppo.scoring import RolloutScorer
+from solver_ppo.config import TrainConfig
+from solver_ppo.data.datamodule import PromptDataset
+from solver_ppo.data.limits import SkipCounter
+from solver_ppo.data.prompts import build_messages
+from solver_ppo.errors import UserError
+from solver_ppo.evaluation.turns import turn_statistics
+from solver_ppo.models.generation import ContextCache
+from solver_ppo.models.loading import LoadedModel
+from solver_ppo.models.policy import PolicyWithValue
+from solver_ppo.optim import lr_lambda
+from solver_ppo.ppo import losses
+from solver_ppo.ppo.episode import Episode, Reply, episode_tensors, play, standing_matches
+from solver_ppo.ppo.kl import build_kl_controller
+from solver_ppo.ppo.rollout import Rollout, concat_rollouts, partial_kl_mask, truncated_rows
+from solver_ppo.ppo.scoring import RolloutScorer
 
 
 class PPOModule(pl.LightningModule):

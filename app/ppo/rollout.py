@@ -22,7 +22,7 @@ import torch
 
 @dataclass
 class Rollout:
-    problems: list  # (B,) app.data.formats.Problem: id, question, answer, reference_model
+    problems: list  # (B,) solver_ppo.data.formats.Problem: id, question, answer, reference_model
     responses: list[str]  # (B,) decoded response texts
     sequences: torch.Tensor  # (B, S) prompt + response token ids
     attention_mask: torch.Tensor  # (B, S)
@@ -40,7 +40,7 @@ class Rollout:
     rewards: torch.Tensor | None = None  # (B, R) -beta*KL, plus the score on the last token
     advantages: torch.Tensor | None = None  # (B, R)
     returns: torch.Tensor | None = None  # (B, R) GAE targets of the value head; None with the other advantages
-    episodes: list = field(default_factory=list)  # (B,) app.ppo.episode.Episode: turns, verdicts, feedback
+    episodes: list = field(default_factory=list)  # (B,) solver_ppo.ppo.episode.Episode: turns, verdicts, feedback
 
     def __len__(self) -> int:
         return self.sequences.shape[0]

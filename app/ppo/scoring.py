@@ -14,7 +14,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule
 
-from app.ppo.episode import Verdict
+from solver_ppo.ppo.episode import Verdict
 
 
 @dataclass
@@ -52,5 +52,5 @@ class RolloutScorer(Callback, ABC):
     @abstractmethod
     def record_validation(self, results: list, standing: list[list[bool]], turns_taken: list[int]) -> None:
         """Record the final answers of a validation batch (their `RolloutScores.results`) and the
-        accuracy after each turn (`app.evaluation.turns`); the callback logs their metrics at the end
+        accuracy after each turn (`solver_ppo.evaluation.turns`); the callback logs their metrics at the end
         of the validation pass (one reduction across ranks, so ranks may see different numbers of batches)."""

@@ -10,20 +10,20 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from app.config import TrainConfig, check_values, validates
-from app.data.datamodule import PromptDataModule
-from app.data.limits import check_lengths
-from app.data.prompts import use_trained_prompt_settings
-from app.distributed import build_strategy, lightning_trainer, shards_model
-from app.errors import UserError
-from app.models.loading import load_model, load_prompt_encoder
-from app.models.policy import build_policy
-from app.paths import writable_dir
-from app.ppo.kl import build_kl_controller
-from app.ppo.module import PPOModule
-from callbacks.checkpoint import IterationCheckpoint, PromptSettingsFile
-from callbacks.sample_logger import SampleLogger
-from callbacks.solver_reward import SolverReward
+from solver_ppo.config import TrainConfig, check_values, validates
+from solver_ppo.data.datamodule import PromptDataModule
+from solver_ppo.data.limits import check_lengths
+from solver_ppo.data.prompts import use_trained_prompt_settings
+from solver_ppo.distributed import build_strategy, lightning_trainer, shards_model
+from solver_ppo.errors import UserError
+from solver_ppo.models.loading import load_model, load_prompt_encoder
+from solver_ppo.models.policy import build_policy
+from solver_ppo.paths import writable_dir
+from solver_ppo.ppo.kl import build_kl_controller
+from solver_ppo.ppo.module import PPOModule
+from solver_ppo.callbacks.checkpoint import IterationCheckpoint, PromptSettingsFile
+from solver_ppo.callbacks.sample_logger import SampleLogger
+from solver_ppo.callbacks.solver_reward import SolverReward
 
 
 def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None) -> pl.Trainer:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.cli import add_config_arguments, config_from_args
-from app.config import SFTConfig, check_values, validates
-from app.errors import UserError
+from solver_ppo.cli import add_config_arguments, config_from_args
+from solver_ppo.config import SFTConfig, check_values, validates
+from solver_ppo.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,14 +19,14 @@ def train_sft(cfg: SFTConfig) -> Path:
     import torch
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from app.data.datamodule import PromptDataModule
-    from app.data.limits import check_lengths
-    from app.data.prompts import PromptSettings, use_trained_prompt_settings, write_prompt_settings
-    from app.distributed import build_strategy, lightning_trainer, shards_model
-    from app.models.export import write_checkpoint
-    from app.models.loading import load_model, load_prompt_encoder
-    from app.paths import writable_dir
-    from app.sft.module import SFTModule
+    from solver_ppo.data.datamodule import PromptDataModule
+    from solver_ppo.data.limits import check_lengths
+    from solver_ppo.data.prompts import PromptSettings, use_trained_prompt_settings, write_prompt_settings
+    from solver_ppo.distributed import build_strategy, lightning_trainer, shards_model
+    from solver_ppo.models.export import write_checkpoint
+    from solver_ppo.models.loading import load_model, load_prompt_encoder
+    from solver_ppo.paths import writable_dir
+    from solver_ppo.sft.module import SFTModule
 
     check_values(cfg)
     if Path(cfg.output_dir).resolve() == Path(cfg.model.path).resolve():

@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torchmetrics import MeanMetric
 
-from app.config import SFTConfig
-from app.data.limits import SkipCounter
-from app.data.prompts import build_messages, sft_target
-from app.models.generation import left_pad, positions_from_mask
-from app.models.loading import LoadedModel
-from app.models.policy import add_lora, full_tensor, reshard, shard_causal_lm
-from app.optim import lr_lambda
+from solver_ppo.config import SFTConfig
+from solver_ppo.data.limits import SkipCounter
+from solver_ppo.data.prompts import build_messages, sft_target
+from solver_ppo.models.generation import left_pad, positions_from_mask
+from solver_ppo.models.loading import LoadedModel
+from solver_ppo.models.policy import add_lora, full_tensor, reshard, shard_causal_lm
+from solver_ppo.optim import lr_lambda
 
 IGNORE = -100
 

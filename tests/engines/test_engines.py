@@ -44,7 +44,7 @@ def _score(tmp: Path, answers: list[str], labels: list, *flags: str) -> list[dic
 
 def test_installed_copy_is_used_and_imports_no_torch(tmp_path):
     """`pip install .` put solver-ppo in the venv (setup_engine_venv.sh checked torch and transformers did not move)."""
-    code = ("import sys, app, app.evaluation, app.integrations.trl, app.integrations.verl, app.integrations.openrlhf, app.integrations.server; "
+    code = ("import sys, app, solver_ppo.evaluation, solver_ppo.integrations.trl, solver_ppo.integrations.verl, solver_ppo.integrations.openrlhf, solver_ppo.integrations.server; "
             "print(app.__file__); print(sorted(m for m in ('torch', 'transformers', 'lightning', 'peft') if m in sys.modules))")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path, env=env).stdout.split("\n")
@@ -91,7 +91,7 @@ def test_trl_grpo_trains_with_solver_reward(tmp_path):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from app.integrations.trl import solver_reward
+    from solver_ppo.integrations.trl import solver_reward
 
     torch.set_num_threads(2)
     tok, model, n = _tiny_model()
@@ -159,7 +159,7 @@ def test_trl_grpo_calls_the_solver_environment_as_a_tool(tmp_path):
     """GRPOTrainer(environment_factory=SolverEnvironment): TRL's tool loop calls `check_model` on
     the drafts the model writes, gives it the solver's feedback, and `solver_reward` scores the
     final answers; run through TRL's own generation, parsing and tool execution, on CPU."""
-    from app.integrations import scorer
+    from solver_ppo.integrations import scorer
 
     scorer.shutdown()
     scorer.configure(feedback=True)
@@ -175,7 +175,7 @@ def _grpo_with_environment(tmp_path: Path) -> None:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from app.integrations.trl import SolverEnvironment, solver_reward
+    from solver_ppo.integrations.trl import SolverEnvironment, solver_reward
 
     torch.set_num_threads(2)
     prompt = [{"role": "user", "content": PROMPT}]
@@ -257,7 +257,7 @@ def test_openrlhf_agent_executor(tmp_path):
     executor = module.AgentExecutor()
     assert isinstance(executor, AgentExecutorBase)
 
-    from app.integrations import scorer
+    from solver_ppo.integrations import scorer
 
     scorer.shutdown()  # the agent needs evaluation.feedback: a pool of its own
     scorer.configure(feedback=True)
@@ -277,7 +277,7 @@ def test_openrlhf_agent_executor(tmp_path):
 
 def test_verl_reward_manager_calls():
     """The calls veRL's naive (one row) and batch reward managers make, by keyword."""
-    from app.integrations.verl import compute_score, compute_score_batch
+    from solver_ppo.integrations.verl import compute_score, compute_score_batch
 
     one = compute_score(data_source="optimization", solution_str=GOOD, ground_truth="11", extra_info={"index": 0})
     batch = compute_score_batch(data_sources=["optimization"] * 2, solution_strs=[GOOD, "none"], ground_truths=["11", "11"],
@@ -291,8 +291,8 @@ def test_trl_environment_tool_renders_for_the_chat_template():
     one's JSON schema from its signature and docstring; the tool answers with the solver's feedback."""
     from transformers.utils import get_json_schema
 
-    from app.integrations import scorer
-    from app.integrations.trl import SolverEnvironment
+    from solver_ppo.integrations import scorer
+    from solver_ppo.integrations.trl import SolverEnvironment
 
     scorer.shutdown()
     scorer.configure(feedback=True)

@@ -1,0 +1,1 @@
+"""Architectures, checkpoints, tokenizers, LoRA and generation: the only place that knows ChatGLM."""
