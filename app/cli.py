@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("solver_ppo.sft.cli", "supervised warm start on question -> reference model pairs: sft [CONFIG] key=value ..."),
     "export": ("solver_ppo.models.cli_export", "merge LoRA into the base and write an official-format checkpoint"),
     "make-data": ("solver_ppo.data.cli_make_data", "generate synthetic modeling problems with reference models and optima"),
+    "convert": ("solver_ppo.data.cli_convert", "write a problems file in veRL's parquet, TRL's or OpenRLHF's JSONL, prompts built as here"),
     "serve-reward": ("solver_ppo.integrations.server", "the evaluation system as an HTTP reward (OpenRLHF's /get_reward, /score, /health, /metrics)"),
     "config-reference": ("solver_ppo.config_reference", "every config key with its default, allowed values and meaning (Markdown)"),
 }
@@ -61,6 +62,10 @@ EXAMPLES: dict[str, str] = {
     "make-data": """\
   {prog} make-data --out data/synthetic --train 2000 --heldout 200 --seed 0
   {prog} make-data --out data/flipped --train 9000 --teacher-flip 0.6   # SFT demonstrations with a teacher's error""",
+    "convert": """\
+  {prog} convert app/evaluation/samples/problems.jsonl --to openrlhf --out prompts.jsonl
+  {prog} convert OptiBench.json --to verl --out optibench.parquet --instruction pyscipopt   # needs pyarrow (veRL has it)
+  {prog} convert heldout.jsonl --to trl --out trl.jsonl --model checkpoints/quickstart-sft   # its prompt settings""",
     "serve-reward": """\
   {prog} serve-reward --port 8000 --workers 4      # OpenRLHF: --remote_rm_url http://127.0.0.1:8000/get_reward
   {prog} serve-reward --host 0.0.0.0 --token-file token.txt --config configs/quickstart.yaml   # the evaluation: section""",

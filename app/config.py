@@ -126,6 +126,9 @@ class TrainerSettings:
     val_every: int = 20  # with data.val: greedy answers to those problems scored every N steps (val/*); 0: never
     checkpoint_every: int = 10  # a checkpoint (and last.ckpt) every N PPO steps; 0: none
     root_dir: str = "logs"  # TensorBoard runs and checkpoints go under this directory
+    # where metrics, sample tables and the resolved config go: tensorboard | csv | wandb | mlflow (wandb and
+    # mlflow: pip install 'solver-ppo[loggers]', set up by their own environment variables; docs/training.md)
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
     enable_progress_bar: bool = True  # the progress bar (reward and KL)
     cpu_threads: int = 0  # torch intra-op threads; 0: torch's default. Small CPU models run faster on 1
     # fsdp2 sampling: gather the whole LM once per call (the whole LM on each rank while it samples),

@@ -488,6 +488,8 @@ BAD_SETTINGS = [
     ("ppo.kl.estimator=k9", "ppo.kl.estimator='k9' is not one of k1, k2, k3"),
     ("ppo.kl.horizon=0", "ppo.kl.horizon=0 is outside its allowed range [1, inf)"),
     ("evaluation.limits.time_limit_s=-1", "evaluation.limits.time_limit_s=-1.0 is outside its allowed range (0, inf)"),
+    ("trainer.loggers=[tensorboard,comet]", "trainer.loggers=['tensorboard', 'comet']: unknown logger 'comet'; choose from tensorboard, csv, wandb, mlflow"),
+    ("trainer.loggers=[mlflow]", "trainer.loggers=['mlflow']: add tensorboard or csv too; one of them names the run directory"),
     ("resume=" + __file__, "is not a checkpoint; pass a .ckpt from logs/RUN/version_N/checkpoints/"),
     (f"trainer.root_dir={__file__}/logs", f"trainer.root_dir={__file__}/logs: cannot write in {__file__}/logs (Not a directory)"),
 ]

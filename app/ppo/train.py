@@ -8,7 +8,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from solver_ppo.config import TrainConfig, check_values, validates
 from solver_ppo.data.datamodule import PromptDataModule
@@ -16,6 +15,7 @@ from solver_ppo.data.limits import check_lengths
 from solver_ppo.data.prompts import use_trained_prompt_settings
 from solver_ppo.distributed import build_strategy, lightning_trainer, shards_model
 from solver_ppo.errors import UserError
+from solver_ppo.loggers import build_loggers, log_config
 from solver_ppo.models.loading import load_model, load_prompt_encoder
 from solver_ppo.models.policy import build_policy
 from solver_ppo.paths import writable_dir
@@ -31,7 +31,6 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None) -> pl.T
     # reference stays in eval mode: Lightning's warning about eval-mode modules is expected here.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     t, validate = cfg.trainer, validates(cfg)
-    logger = TensorBoardLogger(t.root_dir, name=cfg.run_name)
     callbacks = [
         SolverReward(cfg.evaluation),
         SampleLogger(t.sample_log_every),
@@ -47,7 +46,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None) -> pl.T
         precision=t.precision,
         max_epochs=-1,  # the prompt stream is endless; PPOModule stops after trainer.max_steps iterations
         max_steps=-1,
-        logger=logger,
+        logger=build_loggers(t.loggers, t.root_dir, cfg.run_name),
         callbacks=callbacks,
         log_every_n_steps=t.log_every_n_steps,
         enable_checkpointing=False,  # IterationCheckpoint counts PPO iterations, not optimizer steps
@@ -108,5 +107,6 @@ def train(cfg: TrainConfig, extra_callbacks: list | None = None) -> tuple[PPOMod
         torch.set_num_threads(cfg.trainer.cpu_threads)
     loaded = load_model(cfg.model)
     module = PPOModule(cfg, loaded, build_policy(loaded, cfg.model))
+    log_config(trainer.loggers, cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
     return module, trainer

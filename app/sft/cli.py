@@ -17,12 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def train_sft(cfg: SFTConfig) -> Path:
     import lightning.pytorch as pl
     import torch
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     from solver_ppo.data.datamodule import PromptDataModule
     from solver_ppo.data.limits import check_lengths
     from solver_ppo.data.prompts import PromptSettings, use_trained_prompt_settings, write_prompt_settings
     from solver_ppo.distributed import build_strategy, lightning_trainer, shards_model
+    from solver_ppo.loggers import build_loggers, log_config
     from solver_ppo.models.export import write_checkpoint
     from solver_ppo.models.loading import load_model, load_prompt_encoder
     from solver_ppo.paths import writable_dir
@@ -42,7 +42,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     trainer = lightning_trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(t),
         precision=t.precision, max_steps=cfg.sft.max_steps, max_epochs=-1,
-        logger=TensorBoardLogger(t.root_dir, name=cfg.run_name),
+        logger=build_loggers(t.loggers, t.root_dir, cfg.run_name),
         log_every_n_steps=t.log_every_n_steps, enable_checkpointing=False,
         val_check_interval=t.val_every if validate else None, limit_val_batches=None if validate else 0,
         num_sanity_val_steps=0,
@@ -56,6 +56,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     if cfg.trainer.cpu_threads > 0:
         torch.set_num_threads(cfg.trainer.cpu_threads)
     module = SFTModule(cfg, load_model(cfg.model))
+    log_config(trainer.loggers, cfg)
     trainer.fit(module, datamodule=datamodule)
     if trainer.global_step == 0:  # every rank sees the same count
         raise UserError(f"SFT took no optimizer step in {module.batches} batches; no model written to {out}")

@@ -5,7 +5,7 @@
   `environment_factory=SolverEnvironment` its tool-calling loop calls `check_model`, whose results
   are `score --feedback`'s feedback on the drafts, and the final answers' rewards are `score`'s.
 - OpenRLHF 0.11's single-turn executor fetches rewards from `serve-reward` (its HTTP client) and
-  from `app/integrations/openrlhf.py` (its `.py` loader); its multi-turn executor runs our
+  from the installed `solver_ppo/integrations/openrlhf.py` (its `.py` loader); its multi-turn executor runs our
   AgentExecutor, loaded by its own loader, with a scripted LLM engine.
 - veRL 0.9 is not installed (its reward managers import ray and tensordict built for another
   torch): the veRL adapters are called here with the keyword arguments its naive and batch reward
@@ -37,18 +37,25 @@ def _score(tmp: Path, answers: list[str], labels: list, *flags: str) -> list[dic
     problems.write_text("".join(json.dumps({"id": str(k), "answer": a}) + "\n" for k, a in enumerate(labels)))
     given = tmp / "answers.jsonl"
     given.write_text("".join(json.dumps({"id": str(k), "answer": a}) + "\n" for k, a in enumerate(answers)))
-    out = subprocess.run([sys.executable, "-m", "app", "score", "--data", str(problems), "--answers", str(given), *flags],
+    out = subprocess.run([sys.executable, "-m", "solver_ppo", "score", "--data", str(problems), "--answers", str(given), *flags],
                          capture_output=True, text=True, check=True).stdout
     return [json.loads(line) for line in out.splitlines()]
 
 
 def test_installed_copy_is_used_and_imports_no_torch(tmp_path):
     """`pip install .` put solver-ppo in the venv (setup_engine_venv.sh checked torch and transformers did not move)."""
-    code = ("import sys, app, solver_ppo.evaluation, solver_ppo.integrations.trl, solver_ppo.integrations.verl, solver_ppo.integrations.openrlhf, solver_ppo.integrations.server; "
-            "print(app.__file__); print(sorted(m for m in ('torch', 'transformers', 'lightning', 'peft') if m in sys.modules))")
+    code = ("import sys, solver_ppo, solver_ppo.evaluation, solver_ppo.integrations.trl, solver_ppo.integrations.verl, solver_ppo.integrations.openrlhf, solver_ppo.integrations.server; "
+            "print(solver_ppo.__file__); print(sorted(m for m in ('torch', 'transformers', 'lightning', 'peft') if m in sys.modules))")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path, env=env).stdout.split("\n")
     assert "site-packages" in out[0] and out[1] == "[]"
+
+
+def _installed_openrlhf_file() -> str:
+    """The file OpenRLHF's --remote_rm_url / --agent_func_path names: the installed copy's, as the docs say."""
+    import solver_ppo.integrations.openrlhf as module
+
+    return module.__file__
 
 
 def _tokenizer():
@@ -222,12 +229,12 @@ def test_openrlhf_reward_paths(tmp_path):
     want = [r["reward"] for r in _score(tmp_path, answers, [11, 11, 11])]
     queries, prompts = [PROMPT + a + "<eos>" for a in answers], [PROMPT] * 3
 
-    by_file = SingleTurnAgentExecutor(str(ROOT / "app" / "integrations" / "openrlhf.py"))
+    by_file = SingleTurnAgentExecutor(_installed_openrlhf_file())
     got = asyncio.run(by_file._fetch_rewards_via_func(queries, prompts, labels))
     assert [g["rewards"][0] for g in got] == want
 
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "app", "serve-reward", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen([sys.executable, "-m", "solver_ppo", "serve-reward", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         by_http = SingleTurnAgentExecutor(f"http://127.0.0.1:{port}/get_reward")
         for _ in range(100):
@@ -251,7 +258,7 @@ def test_openrlhf_agent_executor(tmp_path):
 
     from openrlhf.utils.agent import AgentExecutorBase
 
-    spec = importlib.util.spec_from_file_location("agent_module", ROOT / "app" / "integrations" / "openrlhf.py")
+    spec = importlib.util.spec_from_file_location("agent_module", _installed_openrlhf_file())
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     executor = module.AgentExecutor()
