@@ -5,10 +5,10 @@ mapping (MALLOC_MMAP_THRESHOLD_), so that freed tensors leave RSS at once and th
 tensors' peak. The CPU's attention kernel is fused (no score matrix), so the estimate is taken
 with `fused_attention=True`.
 
-Tolerance: measured / estimate in [0.45, 1.1] for each phase, in bfloat16 (the real configs'
-dtype): the terms add the layers' moment and the logits, which are not alive at the same time, so
-the estimate is mostly above the peak, up to about twice it. And the logits term is needed: the
-logits-heavy shape's peak is above its estimate without it. Printed by
+Tolerance: measured / estimate in [0.4, 1.1] for each phase, in bfloat16 (the real configs'
+dtype): the terms add the layers' moment and the logits, which are not alive at the same time,
+so the estimate is above the peak, up to about twice it (0.49-0.78 measured). And the logits
+term is needed: the logits-heavy shape's peak is above its estimate without it. Printed by
 
     MALLOC_MMAP_THRESHOLD_=65536 .venv/bin/python tests/test_memory_measured.py [CHECKPOINT_DIR [float32]]
 """
@@ -26,7 +26,7 @@ import pytest
 
 SHAPES = [(64, 256, 4), (128, 64, 8)]  # (prompt, response, minibatch): logits-heavy, layer-heavy
 DTYPES = ["bfloat16"]  # the real-model configs' dtype (`float32` too from the command line: a 3rd argument)
-LOW, HIGH = 0.45, 1.1
+LOW, HIGH = 0.4, 1.1
 
 
 def _rss(key: str) -> int:
