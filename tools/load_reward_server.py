@@ -163,7 +163,9 @@ def main() -> int:
         expected = [result_row(r) for r in pool.score_many([(a, reference_from_label(label, m)) for _, a, label, m in cat])]
         again = [result_row(r) for r in pool.score_many([(a, reference_from_label(label, m)) for _, a, label, m in cat])]
     unstable = [cat[k][0] for k in range(len(cat)) if _strip(expected[k]) != _strip(again[k])]
-    unsteady = [cat[k][0] for k in range(len(cat)) if cat[k][0] != "honest" and not steady_part(expected[k]) == steady_part(again[k]) == (steady_part(again[k])[0], True)]
+    # a hostile answer must score below 0.5 both times, its steady part the same (its status may vary)
+    unsteady = [kind for (kind, *_), first, second in zip(cat, expected, again)
+                if kind != "honest" and not (steady_part(first) == steady_part(second) and first["reward"] < 0.5)]
 
     token = secrets.token_urlsafe(24)
     with socket.socket() as s:
