@@ -20,5 +20,6 @@ def test_engine_tests_without_their_venv_are_a_skip_naming_the_command():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == pytest.ExitCode.NO_TESTS_COLLECTED, out.stdout[-2000:]  # the whole module skipped
     assert "collected 0 items / 1 skipped" in out.stdout
-    skip = next(line for line in out.stdout.splitlines() if line.startswith("SKIPPED"))
-    assert "tests/engines/test_engines.py" in skip and "`bash tools/ci_engines.sh` builds .venv-engines" in skip
+    skips = [line for line in out.stdout.splitlines() if line.startswith("SKIPPED")]  # pytest's -ra summary
+    assert len(skips) == 1, out.stdout[-2000:]
+    assert "tests/engines/test_engines.py" in skips[0] and "`bash tools/ci_engines.sh` builds .venv-engines" in skips[0]
