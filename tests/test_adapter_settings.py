@@ -1,5 +1,7 @@
 """Every engine adapter scores with the user's settings, given each documented way:
-`scorer.configure`, $SOLVER_PPO_EVAL_CONFIG, and veRL's `reward_kwargs.eval_config`.
+`scorer.configure`, $SOLVER_PPO_EVAL_CONFIG, and veRL's `reward_kwargs.eval_config` (and its
+Interaction's `eval_config`): the reward functions and the multi-turn steps (veRL's Interaction,
+OpenRLHF's agent) alike.
 
 The settings are all non-default (a relative tolerance, other weights, a small code output limit)
 and the answers are chosen so that each setting changes their reward: an adapter that ignored one
@@ -31,6 +33,7 @@ ANSWERS = [
      "m.setObjective(x, GRB.MAXIMIZE)\nm.optimize()\n```", 10),
 ]
 TEXTS = [a for a, _ in ANSWERS]
+ADAPTERS = ["verl interaction", "openrlhf agent", "trl", "trl async", "verl", "verl batch", "openrlhf"]
 LABELS = [label for _, label in ANSWERS]
 
 
@@ -57,9 +60,23 @@ def fresh_scorer(monkeypatch):
     scorer.shutdown()
 
 
+def interaction_rewards(interaction: verl.SolverInteraction) -> list[float]:
+    """veRL's multi-turn Interaction: each answer's turn reward."""
+
+    async def one(text, label):
+        instance = await interaction.start_interaction(ground_truth=label)
+        _, _, reward, _ = await interaction.generate_response(instance, [{"role": "assistant", "content": text}])
+        return reward
+
+    return [asyncio.run(one(t, label)) for t, label in ANSWERS]
+
+
 def every_adapter() -> dict[str, list[float]]:
+    interaction = verl.SolverInteraction({"max_turns": 1})  # first: the multi-turn adapters turn feedback on before the pool starts
     prompts = ["Q: "] * len(TEXTS)
     return {
+        "verl interaction": interaction_rewards(interaction),
+        "openrlhf agent": [asyncio.run(openrlhf.agent_func({"label": label, "action_text": t}))["scores"] for t, label in ANSWERS],
         "trl": trl.solver_reward(prompts=prompts, completions=TEXTS, answer=LABELS),
         "trl async": asyncio.run(trl.solver_reward_async(prompts=prompts, completions=[[{"role": "assistant", "content": t}] for t in TEXTS],
                                                          answer=LABELS)),
@@ -73,14 +90,14 @@ def every_adapter() -> dict[str, list[float]]:
 def test_settings_given_to_configure(expected, fresh_scorer):
     path, custom = expected
     scorer.configure(path)
-    assert every_adapter() == dict.fromkeys(["trl", "trl async", "verl", "verl batch", "openrlhf"], custom)
+    assert every_adapter() == dict.fromkeys(ADAPTERS, custom)
 
 
 @pytest.mark.slow
 def test_settings_from_the_environment(expected, fresh_scorer, monkeypatch):
     path, custom = expected
     monkeypatch.setenv(scorer.CONFIG_ENV, str(path))
-    assert every_adapter() == dict.fromkeys(["trl", "trl async", "verl", "verl batch", "openrlhf"], custom)
+    assert every_adapter() == dict.fromkeys(ADAPTERS, custom)
 
 
 @pytest.mark.slow
@@ -91,3 +108,9 @@ def test_settings_from_verl_reward_kwargs(expected, fresh_scorer):
     got.append(asyncio.run(verl.compute_score_async("opt", TEXTS[1], LABELS[1], None, **kwargs))["score"])
     got += [e["score"] for e in verl.compute_score_batch(["opt"] * 2, TEXTS[2:], LABELS[2:], None, **kwargs)]
     assert got == custom
+
+
+@pytest.mark.slow
+def test_settings_from_verl_interaction_config(expected, fresh_scorer):
+    path, custom = expected
+    assert interaction_rewards(verl.SolverInteraction({"max_turns": 1, "eval_config": str(path)})) == custom
