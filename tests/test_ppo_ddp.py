@@ -102,12 +102,6 @@ SCRIPT = textwrap.dedent(
                            "early_stopped": float(trainer.callback_metrics.get("train/early_stopped", -1.0)),
                            "held_fraction": sum(h for h, _ in held) / sum(n for _, n in held)}, f)
 
-    if os.environ.get("VIA_CLI"):  # the command line's own path (`-m app train ...`), each rank's results dumped
-        from solver_ppo.cli import main
-
-        plain_train = train_mod.train
-        train_mod.train = lambda cfg, extra_callbacks=None: plain_train(cfg, extra_callbacks=[Dump()])
-        sys.exit(main(["train", *sys.argv[2:]], prog="solver-ppo"))
     train_mod.SolverReward = {"mixed": MixedAnswers, "turns": TurnAnswers}.get(os.environ.get("ANSWERS"), RankAnswers)
     cfg = load_config(None, sys.argv[2:])
     train_mod.train(cfg, extra_callbacks=[Dump()])
