@@ -402,3 +402,17 @@ def test_code_answer_quickstart_runs_its_programs_through_the_sandbox(tmp_path):
         built = [r for r in rows if r["status"] in ("optimal", "infeasible")]  # captured from the program, solved
         assert len(built) >= 4 and all(r["n_vars"] > 0 and r["graph_distance"] is not None for r in built), rows
         assert results[side]["format_rate"] == pytest.approx(sum(r["breakdown"]["format"] for r in rows) / 6)
+        assert results[side]["solved_rate"] == pytest.approx(sum(r["breakdown"]["solved"] for r in rows) / 6)
+        assert results[side]["solved_rate"] > 0
+    # the rows' rewards are the evaluation's of each program run in this process's sandbox, and a
+    # known right program (the reference model as pyscipopt code) earns the full reward that way
+    from solver_ppo.data.code_answers import code_answer
+    from solver_ppo.evaluation import EvaluationConfig, Reference, score_answer
+
+    heldout = list(iter_problems(out / "data" / "heldout.jsonl"))
+    for row, problem in zip(rows, heldout):
+        again = score_answer(row["response"], Reference.from_answer(problem.answer, problem.reference_model), EvaluationConfig())
+        assert (again.reward, again.status) == (row["reward"], row["status"])
+    right = score_answer(code_answer(heldout[0].reference_model, "pyscipopt"),
+                         Reference.from_answer(heldout[0].answer, heldout[0].reference_model), EvaluationConfig())
+    assert right.matched and right.reward == pytest.approx(1.0) and right.graph_distance == pytest.approx(0.0)

@@ -10,7 +10,7 @@
 Every answer of every request goes to one evaluator pool as it arrives (EvaluatorPool.stream), so
 an answer waits only for a free worker, never for another request's slow answer. A request whose
 client disconnects drops its answers that no worker has started. SIGTERM/SIGINT stop accepting,
-let the requests in flight finish (up to --drain-s), then stop the pool.
+let the requests in flight finish for --drain-s, cut those still waiting, then stop the pool.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class RewardService:
         self.latency_sum = 0.0
         self.latency_count = 0
         self.started = time.monotonic()
+        self.in_flight: set[asyncio.Task] = set()  # requests waiting for their answers (cut past --drain-s at shutdown)
 
     async def score(self, answers: list[str], references: list[Reference]) -> list[ScoreResult]:
         """Results in order; cancelling the caller (a disconnect) drops what no worker has taken."""
@@ -74,16 +75,29 @@ class RewardService:
             return lambda result: loop.call_soon_threadsafe(_resolve, future, result)
 
         self.queued += len(answers)
+        task = asyncio.current_task()
+        self.in_flight.add(task)
         try:
             for answer, reference, future in zip(answers, references, futures):
                 tickets.append(self.stream.put(answer, reference, callback(future)))
             return list(await asyncio.gather(*futures))
         finally:
+            self.in_flight.discard(task)
             for ticket, future in zip(tickets, futures):
                 if future.cancelled() or not future.done():  # gather cancels its futures when the handler is cancelled
                     self.stream.drop(ticket)
                     self.dropped += 1
             self.queued -= len(answers)
+
+    async def drain(self, seconds: float) -> None:
+        """At shutdown: the requests in flight get `seconds` to finish, then they are cancelled (their
+        clients get no reply, their answers that no worker has taken are dropped). aiohttp's own
+        shutdown_timeout would wait twice: once for the handlers, again after cancelling only their
+        request bodies."""
+        if self.in_flight:
+            await asyncio.wait(set(self.in_flight), timeout=seconds)
+        for task in self.in_flight:
+            task.cancel()
 
     def count(self, results: list[ScoreResult], seconds: float) -> None:
         self.answers.update(r.status for r in results)
@@ -281,6 +295,11 @@ def run(args: argparse.Namespace) -> int:
     max_answer = args.max_answer_chars or config.limits.max_answer_chars
     service = RewardService(config, args.max_items, max_answer, args.max_queued)
     app = make_app(service, token, int(args.max_body_mb * 1024 * 1024))
+
+    async def drain(app: web.Application) -> None:  # runs once the server stops accepting, before aiohttp's own wait
+        await service.drain(args.drain_s)
+
+    app.on_shutdown.append(drain)
 
     def ready(message: str) -> None:  # aiohttp prints where it listens once the socket is bound
         print(message.replace("(Press CTRL+C to quit)", "").strip(), flush=True)
