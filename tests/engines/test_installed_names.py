@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import os
 import shutil
@@ -23,7 +24,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_engines import GOOD, _free_port
+
+if not (importlib.util.find_spec("trl") and importlib.util.find_spec("openrlhf")):
+    pytest.skip("TRL and OpenRLHF are not in this venv: `bash tools/ci_engines.sh` builds .venv-engines and runs these tests there",
+                allow_module_level=True)
+
+from test_engines import GOOD, _free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -193,8 +199,6 @@ def test_converted_prompt_data_reads_back_in_each_engine_and_scores_as_score_doe
         @staticmethod
         def apply_chat_template(chat, tokenize=False, add_generation_prompt=True):
             return "".join(f"<{m['role']}>{m['content']}" for m in chat) + "<assistant>"
-
-    import importlib.util
 
     import solver_ppo.integrations.openrlhf as openrlhf_module
 
