@@ -637,9 +637,9 @@ def revision_demonstrations(items: list[Item], seed: int, fraction: float, answe
     firsts = [item.demonstration or (lp_answer(item.reference_model, item.answer) if answer_format == "lp"
                                      else code_answer(item.reference_model, answer_format, item.family))
               for item in chosen]
-    # the reference is never read by the feedback; the pool wants one to score against. A budget
-    # that no search of these small models reaches, even on a loaded machine (at 2 s and load ~50, 3
-    # of 2,008 infeasible subsets came out different), so that rebuilt data are the same
+    # the reference is never read by the feedback; the pool wants one to score against. The searches
+    # are bounded by SCIP nodes, so rebuilt data are the same; the wall-clock safety is set far above
+    # what these small models need even on a loaded machine, so it never decides a message
     with EvaluatorPool(EvaluationConfig(feedback=True, workers=workers, feedback_seconds=60.0)) as pool:
         results = pool.score_many([(first, Reference.from_answer(item.answer, item.reference_model))
                                    for first, item in zip(firsts, chosen)])
