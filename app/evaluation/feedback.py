@@ -30,7 +30,7 @@ def feedback_message(result: ScoreResult) -> str:
         lines.append(f"{best}: {result.model_objective:.10g}.")
         if result.n_nonzero == 0:
             lines.append(ALL_ZERO)
-        elif result.n_nonzero is not None:
+        elif result.nonzero_values:  # gathered with evaluation.feedback only
             values = ", ".join(f"{name} = {value:.10g}" for name, value in result.nonzero_values)
             more = result.n_nonzero - len(result.nonzero_values)
             lines.append(f"Nonzero variables: {values}" + (f", …and {more} more." if more > 0 else "."))

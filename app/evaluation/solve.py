@@ -272,7 +272,7 @@ def infeasible_subset(model: Model, limits: SolverLimits, seconds: float,
         nodes_left = nodes - iis.getNNodes()
     except Exception:
         reset_scip()
-        return None
+        found = False
     if not found:
         if time.monotonic() >= deadline:
             raise SearchTimeLimit(f"the infeasible-subset search hit its time limit of {seconds:g} s")
