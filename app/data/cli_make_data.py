@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "feedback on it, then "
                              "the reference answer as the SFT target (default 0)")
     parser.add_argument("--revisions-done", action="store_true",
-                        help="in revision demonstrations whose first answer is sound (not flipped by --teacher-flip), "
+                        help="in revision demonstrations whose first answer is sound (not flawed by --teacher-flip or --teacher-errors), "
                              f"the target is the done reply '{DONE_REPLY}' (no model: with rollout.end=done the first "
                              "model stands) instead of the model restated")
     parser.add_argument("--answer-format", default="lp",
