@@ -74,5 +74,5 @@ class EvaluationConfig:
     # machine and a busy one. feedback_seconds is only the wall-clock safety above it, and its hit
     # is said as such in the message.
     feedback_nodes: int = 2000  # SCIP nodes per answer for feedback's search (infeasible subset, or unbounded direction)
-    feedback_seconds: float = 10.0  # wall-clock safety per answer for that search
+    feedback_seconds: float = 30.0  # wall-clock safety per answer for that search (far above what the node limit takes)
     feedback_values: int = 10  # nonzero variables kept (and shown) per solution, in the model's order
