@@ -209,7 +209,9 @@ def _miscopied(x: float, rng: random.Random) -> float:
     if len(digits) >= 2 and text[digits[0]] != text[digits[1]] and rng.random() < 0.5:
         a, b = digits[0], digits[1]
         return float(text[:a] + text[b] + text[a] + text[b + 1:])
-    return x + 1 if rng.random() < 0.5 else float(text + text[-1]) if text[-1].isdigit() else x + 1
+    if text[-1].isdigit() and rng.random() < 0.5:
+        return float(text + text[-1])
+    return x + 1
 
 
 def _flipped_sense(model, reference_value: float, rng: random.Random):
