@@ -122,9 +122,10 @@ def evaluate_policy(
 ) -> tuple[dict, list[dict]]:
     """Greedy answers on `data`, `turns` per problem at most; returns (summary of the last answers,
     per-item rows). With turns > 1 the summary has "first" (the summary of the first answers) and
-    "turns" (`solver_ppo.evaluation.turns.turn_statistics`) and "first_headroom" (the first answers'
-    `solver_ppo.evaluation.summary.headroom`: the wrong ones their verdict exposes, and the silent ones). With `out`, each row is written there as
-    soon as it is scored, so an interrupted evaluation keeps what it did."""
+    "turns" (`solver_ppo.evaluation.turns.turn_statistics`) and "first_headroom" (the first
+    answers' `solver_ppo.evaluation.summary.headroom`: the wrong ones their verdict exposes, and the
+    silent ones). With `out`, each row is written there as soon as it is scored, so an interrupted
+    evaluation keeps what it did."""
     import dataclasses
     import itertools
 
@@ -189,8 +190,8 @@ def evaluate_policy(
             bar.update(len(batch))
     summary: dict = summarize([e.final.result for e in episodes])
     if turns > 1:
-        summary["first"] = summarize([e.turns[0].verdict.result for e in episodes])
-        summary["first_headroom"] = headroom([e.turns[0].verdict.result for e in episodes])
+        firsts = [e.turns[0].verdict.result for e in episodes]
+        summary["first"], summary["first_headroom"] = summarize(firsts), headroom(firsts)
         summary["turns"] = turn_statistics(standing_matches(episodes, turns), [len(e.turns) for e in episodes])
     return summary, rows
 
