@@ -238,6 +238,7 @@ RANGES: dict[str, str] = {
     "evaluation.weights.solved": "[0, inf)",
     "evaluation.weights.answer": "[0, inf)",
     "evaluation.weights.graph": "[0, inf)",
+    "evaluation.feedback_nodes": "[1, inf)",
     "evaluation.feedback_seconds": "(0, inf)",
     "evaluation.feedback_values": "[1, inf)",
     "sft.max_steps": "[1, inf)",

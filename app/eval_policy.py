@@ -7,7 +7,8 @@ the expected answer each was scored against. On a terminal a progress bar shows 
 With `--turns K` each answer's evaluation feedback is shown to the policy, which answers again
 (up to K answers, `--end` says when an episode stops, as `rollout.end` in training): the table
 gives accuracy after each turn (acc@1 ... acc@K), how many answers each turn fixed and broke, and
-the mean number of turns; each row carries its turns with their feedback.
+the mean number of turns, then the revision headroom of the first answers (the wrong ones whose
+verdict exposes them, the most revising can fix); each row carries its turns with their feedback.
 """
 
 from __future__ import annotations
@@ -121,14 +122,17 @@ def evaluate_policy(
 ) -> tuple[dict, list[dict]]:
     """Greedy answers on `data`, `turns` per problem at most; returns (summary of the last answers,
     per-item rows). With turns > 1 the summary has "first" (the summary of the first answers) and
-    "turns" (`solver_ppo.evaluation.turns.turn_statistics`). With `out`, each row is written there as
-    soon as it is scored, so an interrupted evaluation keeps what it did."""
+    "turns" (`solver_ppo.evaluation.turns.turn_statistics`) and "first_headroom" (the first
+    answers' `solver_ppo.evaluation.summary.headroom`: the wrong ones their verdict exposes, and the
+    silent ones). With `out`, each row is written there as soon as it is scored, so an interrupted
+    evaluation keeps what it did."""
     import dataclasses
     import itertools
 
     from solver_ppo.data.formats import iter_problems
     from solver_ppo.data.prompts import build_messages, prompt_settings_for
     from solver_ppo.evaluation import EvaluationConfig, EvaluatorPool, Reference, feedback_message, summarize
+    from solver_ppo.evaluation.summary import exposed, headroom
     from solver_ppo.evaluation.turns import turn_statistics
     from solver_ppo.models.config import SamplingConfig
     from solver_ppo.models.generation import ContextCache
@@ -176,7 +180,8 @@ def evaluate_policy(
                 rows.append({"id": e.problem.id, "response": e.turns[-1].text, **asdict(e.final.result)})
                 if turns > 1:
                     rows[-1]["turns"] = [{"response": t.text, "status": t.verdict.status, "matched": t.verdict.matched,
-                                          "reward": t.verdict.score, "feedback": t.verdict.feedback, "stands": t.stands}
+                                          "reward": t.verdict.score, "feedback": t.verdict.feedback, "stands": t.stands,
+                                          "exposed": exposed(t.verdict.result)}
                                          for t in e.turns]
                     rows[-1]["ended_by"] = e.end
                 out_file.write(json.dumps(rows[-1]) + "\n")
@@ -185,7 +190,8 @@ def evaluate_policy(
             bar.update(len(batch))
     summary: dict = summarize([e.final.result for e in episodes])
     if turns > 1:
-        summary["first"] = summarize([e.turns[0].verdict.result for e in episodes])
+        firsts = [e.turns[0].verdict.result for e in episodes]
+        summary["first"], summary["first_headroom"] = summarize(firsts), headroom(firsts)
         summary["turns"] = turn_statistics(standing_matches(episodes, turns), [len(e.turns) for e in episodes])
     return summary, rows
 
@@ -193,6 +199,7 @@ def evaluate_policy(
 def run(args: argparse.Namespace) -> int:
     from solver_ppo.evaluation import EvaluationConfig, format_summary_table
     from solver_ppo.evaluation.config import MatchRule
+    from solver_ppo.evaluation.summary import format_headroom_table
     from solver_ppo.evaluation.turns import format_turn_table
 
     evaluation = EvaluationConfig(match=MatchRule(kind=args.match, tolerance=args.tolerance), workers=args.workers)
@@ -207,4 +214,6 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary_table({"first answer": summary["first"], f"last answer (up to {args.turns} turns)": summary}))
     print()
     print(format_turn_table(summary["turns"]))
+    print("\nRevision headroom of the first answers: the wrong ones their own verdict exposes, and the silent ones:\n")
+    print(format_headroom_table({"first answer": summary["first_headroom"]}))
     return 0

@@ -22,6 +22,7 @@ import pytest
 
 from solver_ppo.cli import main
 from solver_ppo.evaluation import EvaluationConfig, EvaluatorPool, Reference, feedback_message, score_answer
+from solver_ppo.evaluation.feedback import NO_SUBSET
 
 ROOT = Path(__file__).resolve().parents[1]
 FEEDBACK = EvaluationConfig(feedback=True)
@@ -74,15 +75,60 @@ def test_a_model_with_two_infeasible_subsets_gets_the_same_one_every_time():
     assert len(subsets) == 1 and next(iter(subsets))[-1] == "s >= 0", subsets
 
 
-def test_no_subset_within_the_budget_is_said():
+def tour(n: int) -> str:
+    """Every one of n cities is left once, and order rows u_i - u_j + n x_ij <= n - 1 stand on every
+    pair, the start included: no tour can close, so the model is infeasible, and proving it for a
+    subset takes SCIP some hundreds of branch-and-bound nodes."""
+    cities = range(1, n + 1)
+    arcs = [(i, j) for i in cities for j in cities if i != j]
+    rows = [f" leave_{i}: " + " + ".join(f"x_{i}_{j}" for j in cities if j != i) + " = 1" for i in cities]
+    rows += [f" order_{i}_{j}: u_{i} - u_{j} + {n} x_{i}_{j} <= {n - 1}" for i, j in arcs]
+    return lp("Minimize\n obj: " + " + ".join(f"x_{i}_{j}" for i, j in arcs) + "\nSubject To\n" + "\n".join(rows)
+              + "\nBounds\n" + "\n".join(f" 0 <= u_{i} <= {n - 1}" for i in cities)
+              + "\nGeneral\n " + " ".join(f"u_{i}" for i in cities)
+              + "\nBinary\n " + " ".join(f"x_{i}_{j}" for i, j in arcs) + "\nEnd")
+
+
+def test_no_subset_within_the_work_limit_is_said():
+    result = score_answer(tour(4), Reference(None, True), EvaluationConfig(feedback=True, feedback_nodes=10))
+    assert (result.status, result.infeasible_subset, result.feedback_time_limit) == ("infeasible", [], None)
+    assert feedback_message(result).endswith("\n" + NO_SUBSET)
+
+
+def test_the_wall_clock_safety_is_said_as_such():
     # 400 rows x_i - x_{i+1} >= 1 around a cycle: infeasible, and a minimal subset holds all of them
     n = 400
     rows = "\n".join(f" r{i}: x{i} - x{(i + 1) % n} >= 1" for i in range(n))
     bounds = "\n".join(f" x{i} free" for i in range(n))
     answer = lp(f"Minimize\n obj: x0\nSubject To\n{rows}\nBounds\n{bounds}\nEnd")
     result = score_answer(answer, Reference(None, True), EvaluationConfig(feedback=True, feedback_seconds=0.001))
-    assert (result.status, result.infeasible_subset) == ("infeasible", [])
-    assert feedback_message(result).endswith("An irreducible infeasible subset: no subset found within the budget.")
+    assert (result.status, result.infeasible_subset, result.feedback_time_limit) == ("infeasible", [], 0.001)
+    assert feedback_message(result).endswith(
+        "\nThe search for an irreducible infeasible subset stopped at its time limit of 0.001 s.")
+
+
+def test_the_same_feedback_on_a_repeat_and_beside_two_busy_processes():
+    """The subset search is bounded by SCIP nodes, not the clock: on the tour model it needs
+    hundreds of nodes (seconds on a loaded machine), and the message is the same when run again
+    while two processes keep both cores busy."""
+    config = EvaluationConfig(feedback=True, feedback_nodes=1000, feedback_seconds=120.0)
+    answer = tour(4)
+
+    def message() -> str:
+        result = score_answer(answer, Reference(None, True), config)
+        assert result.feedback_time_limit is None and result.infeasible_subset
+        return feedback_message(result)
+
+    first = message()
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        loaded = message()
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    assert loaded == first
+    assert "leave_1, leave_2, leave_3, leave_4, order_1_2" in first
 
 
 def test_unbounded_names_a_variable_that_grows():
@@ -130,8 +176,8 @@ def test_without_feedback_nothing_extra_is_gathered():
     assert score_answer(INFEASIBLE, Reference(None, True), config).infeasible_subset is None
     assert score_answer(UNBOUNDED, Reference(5.0), config).unbounded_variable is None
     plain = score_answer(OPTIMAL, Reference(10.0), config)
-    assert (plain.nonzero_values, plain.n_nonzero) == ([], None)
-    assert feedback_message(plain).splitlines()[-1] == "Objective value: 10."  # no claim about the variables
+    assert (plain.nonzero_values, plain.n_nonzero) == ([], 4)  # counted on every answer (revision headroom reads it)
+    assert feedback_message(plain).splitlines()[-1] == "Objective value: 10."  # no values listed
 
 
 REFERENCES = [  # a number, an infeasible reference, and a maximizing reference model with another optimum

@@ -5,10 +5,10 @@
     .venv/bin/python tools/revision_headroom.py rows.jsonl --data logs/quickstart/data/heldout.jsonl
 
 The feedback never looks at the reference, so a wrong model can only be revised on purpose when
-its own verdict shows something amiss: no error-free solve (an error, infeasible, unbounded, a
-limit), or a solve where every variable is 0. A wrong model that solves to a nonzero optimum gets
-feedback a right one could get too. acc@K - acc@1 can therefore not exceed the share of exposed
-wrong first answers. The unexposed ones are compared with the reference model (LP and MPS answers)
+its own verdict exposes it (solver_ppo.evaluation.summary.exposure: no error-free solve, or a solve
+where every variable is 0; `eval --turns` and `score` print those counts too). A wrong model that
+solves to a nonzero optimum gets feedback a right one could get too. acc@K - acc@1 can therefore
+not exceed the share of exposed wrong first answers. The unexposed ones are compared with the reference model (LP and MPS answers)
 to say what is wrong in them: a number, a sense, the rows, or only bounds and integrality. With
 multi-turn rows, each class also shows what the last turn did.
 """
@@ -25,21 +25,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from solver_ppo.data.formats import iter_problems  # noqa: E402
 from solver_ppo.evaluation.extract import extract_model  # noqa: E402
-from solver_ppo.evaluation.feedback import ALL_ZERO  # noqa: E402
 from solver_ppo.evaluation.model import Model, ModelReadError, read_model  # noqa: E402
 
 CLASSES = ("right", "wrong, no error-free solve", "wrong, every variable 0", "wrong, nonzero optimum")
 
 
 def first_answer_class(turn: dict) -> str:
-    """Which of CLASSES a first answer falls in, from what its own feedback shows."""
-    if turn["matched"]:
+    """Which of CLASSES a first answer falls in, from its `exposed` field (written by `eval --turns`
+    from solver_ppo.evaluation.summary.exposure, the one definition of what a verdict exposes)."""
+    if turn["exposed"] is None:
         return CLASSES[0]
-    if turn["status"] != "optimal":
-        return CLASSES[1]
-    if ALL_ZERO in turn["feedback"]:
-        return CLASSES[2]
-    return CLASSES[3]
+    if not turn["exposed"]:
+        return CLASSES[3]
+    return CLASSES[1] if turn["status"] != "optimal" else CLASSES[2]
 
 
 def difference(answer: str, reference: str | None) -> str:
@@ -75,8 +73,9 @@ def main() -> int:
     parser.add_argument("--data", required=True, help="the problems the rows answer (for the reference models)")
     args = parser.parse_args()
     rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line.strip()]
-    if not rows or "turns" not in rows[0]:
-        print(f"error: {args.rows} has no per-turn rows; write them with `eval --turns 2 --out FILE`", file=sys.stderr)
+    if not rows or "turns" not in rows[0] or "exposed" not in rows[0]["turns"][0]:
+        print(f"error: {args.rows} has no per-turn rows with `exposed`; write them with `eval --turns 2 --out FILE`",
+              file=sys.stderr)
         return 2
     references = {p.id: p.reference_model for p in iter_problems(args.data)}
     classes: collections.Counter = collections.Counter()

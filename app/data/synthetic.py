@@ -19,6 +19,7 @@ import json
 import math
 import random
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -612,6 +613,35 @@ def imperfect_teacher(items: list[Item], seed: int, flip_rate: float, answer_for
     return changed
 
 
+def erring_teacher(items: list[Item], seed: int, rate: float, mix: dict[str, float], answer_format: str) -> Counter:
+    """Give `rate` of the feasible `items` a pyscipopt demonstration with one of the error kinds of
+    `solver_ppo.data.teacher_errors` (drawn by the shares of `mix`; a kind that cannot give its
+    verdict on a problem is replaced by another drawn from the rest). The reference model and answer
+    stay correct, as with `imperfect_teacher`. Draws come from their own stream. Returns how many
+    demonstrations each kind wrote."""
+    from solver_ppo.data.teacher_errors import FORMAT, flawed_answer
+
+    check_fraction("teacher's error rate", rate)
+    if rate and answer_format != FORMAT:
+        raise UserError(f"teacher errors are written as {FORMAT} programs; give --answer-format {FORMAT} "
+                        f"(got '{answer_format}')")
+    rng = random.Random(f"{seed}-teacher-errors")
+    written: Counter = Counter()
+    for item in items:
+        if item.answer == "infeasible" or rng.random() >= rate:
+            continue
+        kinds = dict(mix)
+        while kinds:
+            kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
+            flawed = flawed_answer(kind, item.reference_model, float(item.answer), rng, item.family)
+            if flawed is not None:
+                item.demonstration = flawed
+                written[kind] += 1
+                break
+            del kinds[kind]
+    return written
+
+
 # A second answer without a model: with rollout.end=done the policy says its previous model stands.
 DONE_REPLY = "The model above stands."
 
@@ -619,7 +649,7 @@ DONE_REPLY = "The model above stands."
 def revision_demonstrations(items: list[Item], seed: int, fraction: float, answer_format: str = "lp",
                             workers: int = 2, done: bool = False) -> int:
     """Turn `fraction` of `items` into revision demonstrations: the teacher's answer (flawed where
-    `imperfect_teacher` flipped it) becomes the first answer, the evaluation's real feedback on it
+    `imperfect_teacher` flipped it or `erring_teacher` wrote an error) becomes the first answer, the evaluation's real feedback on it
     follows (`solver_ppo.evaluation.feedback`: what the solver found, never the reference), and the SFT
     target is the reference answer. SFT then shows a starter what a revision after feedback looks
     like (fix a flawed model, restate a sound one). With `done`, a sound first answer (the
@@ -637,9 +667,9 @@ def revision_demonstrations(items: list[Item], seed: int, fraction: float, answe
     firsts = [item.demonstration or (lp_answer(item.reference_model, item.answer) if answer_format == "lp"
                                      else code_answer(item.reference_model, answer_format, item.family))
               for item in chosen]
-    # the reference is never read by the feedback; the pool wants one to score against. A budget
-    # that no search of these small models reaches, even on a loaded machine (at 2 s and load ~50, 3
-    # of 2,008 infeasible subsets came out different), so that rebuilt data are the same
+    # the reference is never read by the feedback; the pool wants one to score against. The searches
+    # are bounded by SCIP nodes, so rebuilt data are the same; the wall-clock safety is set far above
+    # what these small models need even on a loaded machine, so it never decides a message
     with EvaluatorPool(EvaluationConfig(feedback=True, workers=workers, feedback_seconds=60.0)) as pool:
         results = pool.score_many([(first, Reference.from_answer(item.answer, item.reference_model))
                                    for first, item in zip(firsts, chosen)])

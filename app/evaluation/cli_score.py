@@ -5,6 +5,8 @@ Problems: JSONL with `id`, `question`, `answer` (number or "infeasible"; also `e
 JSONL with `id` and `answer` (or `response` / `output` / `text`), matched by id, else by order.
 With --feedback each row also carries the message a policy would read about its answer
 (app/evaluation/feedback.py) and, for an infeasible model, an irreducible infeasible subset.
+Every row says whether its answer's own verdict exposes it (`exposed`: null on a matching row),
+and the summary counts the exposed and the silent wrong answers (app/evaluation/summary.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from solver_ppo.evaluation.cli_common import add_limit_arguments, config_from_ar
 from solver_ppo.evaluation.feedback import feedback_message
 from solver_ppo.evaluation.pool import EvaluatorPool
 from solver_ppo.evaluation.reward import Reference, ScoreResult
-from solver_ppo.evaluation.summary import summarize
+from solver_ppo.evaluation.summary import exposed, format_headroom_table, headroom, summarize
 
 _ANSWER_KEYS = ("answer", "en_answer", "Answer")
 _RESPONSE_KEYS = ("answer", "response", "output", "text")
@@ -96,12 +98,24 @@ def run(args: argparse.Namespace) -> int:
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     try:
         for item_id, r in zip(ids, results):
-            print(json.dumps({"id": item_id, **result_row(r, args.feedback)}), file=out)
+            print(json.dumps({"id": item_id, **result_row(r, args.feedback), "exposed": exposed(r)}), file=out)
     finally:
         if args.out:
             out.close()
     print(_summary(ids, results), file=sys.stdout if args.out else sys.stderr)
+    print(_headroom(problems, results), file=sys.stdout if args.out else sys.stderr)
     return 0
+
+
+def _headroom(problems: list[tuple[int, dict]], results: list[ScoreResult]) -> str:
+    """The revision headroom table: all answers, then one row per family where the problems name one."""
+    groups: dict[str, list[ScoreResult]] = {"all": list(results)}
+    for (_, row), r in zip(problems, results):
+        if "family" in row:
+            groups.setdefault(str(row["family"]), []).append(r)
+    return ("\nRevision headroom: among the answers that do not match, those whose own verdict exposes them "
+            "(the most a feedback run can repair) and the silent ones (a nonzero optimum):\n\n"
+            + format_headroom_table({name: headroom(group) for name, group in groups.items()}))
 
 
 def result_row(r: ScoreResult, feedback: bool = False) -> dict:

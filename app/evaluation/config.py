@@ -69,5 +69,10 @@ class EvaluationConfig:
     # a solution's nonzero values, an infeasible model's irreducible infeasible subset, an unbounded
     # model's growing variable. Off: scoring does no extra SCIP work.
     feedback: bool = False
-    feedback_seconds: float = 2.0  # SCIP's time per answer for feedback's search (infeasible subset, or unbounded direction)
+    # The searches for an infeasible subset and an unbounded direction stop after this many SCIP
+    # branch-and-bound nodes in all: a count of work, so an answer gets the same feedback on an idle
+    # machine and a busy one. feedback_seconds is only the wall-clock safety above it, and its hit
+    # is said as such in the message.
+    feedback_nodes: int = 2000  # SCIP nodes per answer for feedback's search (infeasible subset, or unbounded direction)
+    feedback_seconds: float = 30.0  # wall-clock safety per answer for that search (far above what the node limit takes)
     feedback_values: int = 10  # nonzero variables kept (and shown) per solution, in the model's order

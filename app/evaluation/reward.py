@@ -12,7 +12,7 @@ from solver_ppo.evaluation.capture import SUPPORTED, CaptureOutcome, orient
 from solver_ppo.evaluation.extract import extract_model
 from solver_ppo.evaluation.graph import graph_distance
 from solver_ppo.evaluation.model import Model, ModelReadError, read_model
-from solver_ppo.evaluation.solve import SolveResult, growing_variable, infeasible_subset, solve_model
+from solver_ppo.evaluation.solve import SearchTimeLimit, SolveResult, growing_variable, infeasible_subset, solve_model
 
 _INFEASIBLE_WORDS = ("infeasible", "no best solution", "no feasible solution", "no solution")
 
@@ -75,12 +75,13 @@ class ScoreResult:
     verdict: str = ""  # why it has its status, about the answer alone (`reason` adds the comparison with the reference)
     error_line: int | None = None  # the line a syntax error, exception or read error names (of the code, or of the model text)
     model_objective: float | None = None  # the optimum (or best found) of the model in the sense it was written
+    n_nonzero: int | None = None  # nonzero variables in that solution (nonzero_values may hold fewer); None: no solution
     # ... and with evaluation.feedback only:
     nonzero_values: list[tuple[str, float]] = field(default_factory=list)  # the first evaluation.feedback_values, in the model's order
-    n_nonzero: int | None = None  # nonzero variables in the solution (nonzero_values may hold fewer); None: not counted
-    infeasible_subset: list[str] | None = None  # infeasible: an irreducible infeasible subset as named in the answer; [] when none was found in evaluation.feedback_seconds
+    infeasible_subset: list[str] | None = None  # infeasible: an irreducible infeasible subset as named in the answer; [] when none was found within evaluation.feedback_nodes
     unbounded_variable: str | None = None  # unbounded: a variable that grows (unbounded_direction 1) or falls (-1) without end
     unbounded_direction: int = 0
+    feedback_time_limit: float | None = None  # the seconds after which the wall-clock safety stopped that search (None: it did not)
 
 
 def objective_matches(pred: SolveResult, ref_value: float | None, ref_infeasible: bool, rule: MatchRule) -> bool:
@@ -225,6 +226,9 @@ def score_answer(answer: str | bytes, reference: Reference, config: EvaluationCo
         else:
             reason = f"objective {result.objective:g} does not match the reference {reference.value:g}"
     flipped = model.sense != written_sense  # oriented to the reference: the answer's own objective has the other sign
+    nonzero = None  # a solution's nonzero variables, in the model's order (cheap: counted on every answer)
+    if result.status in ("optimal", "timelimit"):
+        nonzero = [(v.name, result.values[v.name]) for v in model.variables if abs(result.values.get(v.name, 0.0)) > 1e-9]
     return done(
         result.status,
         result.reason,
@@ -237,19 +241,22 @@ def score_answer(answer: str | bytes, reference: Reference, config: EvaluationCo
         n_vars=result.n_vars,
         n_cons=result.n_cons,
         model_objective=-result.objective if flipped and result.objective is not None else result.objective,
-        **(solver_feedback(model, result, config) if config.feedback else {}),
+        n_nonzero=None if nonzero is None else len(nonzero),
+        **(solver_feedback(model, result, nonzero, config) if config.feedback else {}),
     )
 
 
-def solver_feedback(model: Model, result: SolveResult, config: EvaluationConfig) -> dict:
+def solver_feedback(model: Model, result: SolveResult, nonzero: list[tuple[str, float]] | None, config: EvaluationConfig) -> dict:
     """The ScoreResult fields that only feedback needs: the solution's nonzero values, an
     infeasible subset, a variable that grows without end (the last two cost more SCIP work)."""
-    if result.status in ("optimal", "timelimit"):
-        nonzero = [(v.name, result.values[v.name]) for v in model.variables if abs(result.values.get(v.name, 0.0)) > 1e-9]
-        return {"nonzero_values": nonzero[: config.feedback_values], "n_nonzero": len(nonzero)}
-    if result.status == "infeasible":
-        return {"infeasible_subset": infeasible_subset(model, config.limits, config.feedback_seconds) or []}
-    if result.status == "unbounded":
-        found = growing_variable(model, result, config.limits, config.feedback_seconds)
-        return {} if found is None else {"unbounded_variable": found[0], "unbounded_direction": found[1]}
+    if nonzero is not None:
+        return {"nonzero_values": nonzero[: config.feedback_values]}
+    try:
+        if result.status == "infeasible":
+            return {"infeasible_subset": infeasible_subset(model, config.limits, config.feedback_seconds, config.feedback_nodes) or []}
+        if result.status == "unbounded":
+            found = growing_variable(model, result, config.limits, config.feedback_seconds, config.feedback_nodes)
+            return {} if found is None else {"unbounded_variable": found[0], "unbounded_direction": found[1]}
+    except SearchTimeLimit:
+        return {"feedback_time_limit": config.feedback_seconds, **({"infeasible_subset": []} if result.status == "infeasible" else {})}
     return {}

@@ -20,11 +20,12 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
-from solver_ppo.evaluation.config import SolverLimits
+from solver_ppo.evaluation.config import EvaluationConfig, SolverLimits
 from solver_ppo.evaluation.model import INF, Model, Variable, row_names
 
 _ROW, _SEMI = "row:", "semi:"  # SCIP names of a model's row i and of a semi-continuous variable's rows
-STATUSES = ("optimal", "infeasible", "unbounded", "inf_or_unbd", "timelimit", "error", "rejected")
+# nodelimit: only the feedback searches set a node limit (solve_model never does)
+STATUSES = ("optimal", "infeasible", "unbounded", "inf_or_unbd", "timelimit", "nodelimit", "error", "rejected")
 
 
 @dataclass
@@ -37,6 +38,12 @@ class SolveResult:
     n_vars: int = 0
     n_cons: int = 0
     ray: dict[str, float] = field(default_factory=dict)  # unbounded: SCIP's primal ray, nonzero entries, where it kept one
+    nodes: int = 0  # branch-and-bound nodes SCIP processed (a deterministic measure of its work)
+
+
+class SearchTimeLimit(Exception):
+    """A feedback search stopped by its wall-clock safety rather than its work limit: what it
+    would have found depends on the machine's load, so the caller reports the stop as such."""
 
 
 def size_problem(model: Model, limits: SolverLimits) -> str | None:
@@ -152,16 +159,19 @@ def _semi_rows(v: Variable) -> list[tuple[bool, str, float]]:
     return rows
 
 
-def _solve(model: Model, limits: SolverLimits, time_limit: float, with_objective: bool = True, presolve: bool = True) -> SolveResult:
+def _solve(model: Model, limits: SolverLimits, time_limit: float, with_objective: bool = True, presolve: bool = True,
+           nodes: int = -1) -> SolveResult:
     scip, svars = _build(model, with_objective)
     scip.setParam("limits/time", max(time_limit, 0.01))  # set on every solve: the instance is reused
+    _limit_nodes(scip, nodes)
     scip.setParam("limits/memory", float(limits.memory_limit_mb))
     scip.setParam("presolving/maxrounds", -1 if presolve else 0)
     scip.optimize()
     status = scip.getStatus()
     seconds = scip.getSolvingTime()
-    mapped = {"optimal": "optimal", "infeasible": "infeasible", "unbounded": "unbounded", "inforunbd": "inf_or_unbd", "timelimit": "timelimit"}
-    result = SolveResult(mapped.get(status, "error"), solve_seconds=seconds)
+    mapped = {"optimal": "optimal", "infeasible": "infeasible", "unbounded": "unbounded", "inforunbd": "inf_or_unbd",
+              "timelimit": "timelimit", "totalnodelimit": "nodelimit"}
+    result = SolveResult(mapped.get(status, "error"), solve_seconds=seconds, nodes=scip.getNTotalNodes())
     if status in ("optimal", "timelimit", "unbounded") and scip.getNSols() > 0:
         sol = scip.getBestSol()
         if status != "unbounded":
@@ -175,8 +185,20 @@ def _solve(model: Model, limits: SolverLimits, time_limit: float, with_objective
         "unbounded": "SCIP proved the model unbounded",
         "inforunbd": "SCIP proved the model infeasible or unbounded",
         "timelimit": f"SCIP hit the time limit of {time_limit:g} s before proving optimality",
+        "totalnodelimit": f"SCIP hit the node limit of {nodes} before proving optimality",
     }.get(status, f"SCIP stopped with status '{status}'")
     return result
+
+
+def _limit_nodes(scip, nodes: int) -> None:
+    """Stop after `nodes` branch-and-bound nodes (-1: no limit, SCIP's defaults). Under a limit,
+    rapid learning is off: its sub-SCIP's nodes are not counted against the limit, and on models
+    whose bounds the subset search dropped it took 92 of a solve's 93 s."""
+    scip.setParam("limits/totalnodes", nodes)
+    if nodes < 0:
+        scip.resetParam("separating/rapidlearning/freq")
+    else:
+        scip.setParam("separating/rapidlearning/freq", -1)
 
 
 def _resolve_inf_or_unbd(model: Model, limits: SolverLimits, first: SolveResult) -> SolveResult:
@@ -196,18 +218,24 @@ def _resolve_inf_or_unbd(model: Model, limits: SolverLimits, first: SolveResult)
 # ----------------------------------------------------------------------------- what feedback shows
 
 
-def growing_variable(model: Model, result: SolveResult, limits: SolverLimits, seconds: float) -> tuple[str, int] | None:
+def growing_variable(model: Model, result: SolveResult, limits: SolverLimits, seconds: float,
+                     nodes: int = EvaluationConfig.feedback_nodes) -> tuple[str, int] | None:
     """(name, +1 or -1): a variable that grows or falls without end in an unbounded model, the
     largest entry of SCIP's primal ray (ties: one in the objective, then the first). When presolving
-    proved it unbounded no ray is kept; a solve without presolving (in `seconds`) finds one from
-    the LP."""
+    proved it unbounded no ray is kept; a solve without presolving, on a fresh SCIP instance, within
+    `nodes` branch-and-bound nodes finds one from the LP. None when none is found within them;
+    raises SearchTimeLimit when `seconds` (the wall-clock safety) ran out first."""
     ray = result.ray
     if not ray:
+        reset_scip()  # a fresh instance: the same ray whatever this thread solved before
         try:
-            ray = _solve(model, limits, seconds, presolve=False).ray
+            again = _solve(model, limits, seconds, presolve=False, nodes=nodes)
         except Exception:
             reset_scip()
             return None
+        if again.status == "timelimit":
+            raise SearchTimeLimit(f"the search for an unbounded ray hit its time limit of {seconds:g} s")
+        ray = again.ray
     if not ray:
         return None
     in_objective = {v.name for v in model.variables if v.obj != 0.0} | {n for key in model.quad_obj for n in key}
@@ -216,14 +244,18 @@ def growing_variable(model: Model, result: SolveResult, limits: SolverLimits, se
     return name, 1 if ray[name] > 0 else -1
 
 
-def infeasible_subset(model: Model, limits: SolverLimits, seconds: float) -> list[str] | None:
+def infeasible_subset(model: Model, limits: SolverLimits, seconds: float,
+                      nodes: int = EvaluationConfig.feedback_nodes) -> list[str] | None:
     """An irreducible infeasible subset of an infeasible model's constraints and bounds, named as its
-    text names them (model.row_names; bounds as `x >= 0`), or None when none is found in `seconds`.
+    text names them (model.row_names; bounds as `x >= 0`), or None when none is found within `nodes`
+    branch-and-bound nodes in all. The node count, not the clock, bounds the search, so the same
+    model gets the same answer on an idle machine and a busy one; `seconds` is only the wall-clock
+    safety, and running out of it raises SearchTimeLimit.
 
     SCIP's IIS finder reduces the constraints with every bound kept (with `iis/removebounds` it also
     drops bounds, but then returns wrong subsets: 2x - 2y = 1 over integers loses its only row);
     the bounds of the variables in those rows are then dropped one at a time while the rows and the
-    bounds left stay infeasible (each drop a small solve)."""
+    bounds left stay infeasible (each drop a small solve, its nodes counted against the same `nodes`)."""
     deadline = time.monotonic() + seconds
     reset_scip()  # a fresh instance: on a reused one SCIP's IIS search picks different subsets from run to run
     try:
@@ -231,18 +263,26 @@ def infeasible_subset(model: Model, limits: SolverLimits, seconds: float) -> lis
         scip.setParam("limits/time", max(seconds, 0.01))
         scip.setParam("limits/memory", float(limits.memory_limit_mb))
         scip.setParam("iis/time", max(seconds, 0.01))
+        scip.setParam("iis/nodes", nodes)
+        _limit_nodes(scip, nodes)
         scip.setParam("iis/removebounds", False)
         iis = scip.generateIIS()
-        if not (iis.isSubscipInfeasible() and iis.isSubscipIrreducible()):
-            return None
-        names = [c.name for c in iis.getSubscip().getConss(transformed=False)]
+        found = iis.isSubscipInfeasible() and iis.isSubscipIrreducible()
+        names = [c.name for c in iis.getSubscip().getConss(transformed=False)] if found else []
+        nodes_left = nodes - iis.getNNodes()
     except Exception:
         reset_scip()
+        found = False
+    if not found:
+        if time.monotonic() >= deadline:
+            raise SearchTimeLimit(f"the infeasible-subset search hit its time limit of {seconds:g} s")
         return None
     rows = sorted(int(n[len(_ROW):]) for n in names if n.startswith(_ROW))
     semi = sorted({n[len(_SEMI):] for n in names if n.startswith(_SEMI)})
     try:
-        bounds = _needed_bounds(model, rows, semi, limits, deadline)
+        bounds = _needed_bounds(model, rows, semi, limits, deadline, nodes_left)
+    except SearchTimeLimit:
+        raise
     except Exception:
         reset_scip()
         return None
@@ -252,9 +292,11 @@ def infeasible_subset(model: Model, limits: SolverLimits, seconds: float) -> lis
     return [shown[i] for i in rows] + [f"{name} semi-continuous" for name in semi] + bounds
 
 
-def _needed_bounds(model: Model, rows: list[int], semi: list[str], limits: SolverLimits, deadline: float) -> list[str] | None:
+def _needed_bounds(model: Model, rows: list[int], semi: list[str], limits: SolverLimits, deadline: float,
+                   nodes: int) -> list[str] | None:
     """The finite bounds of the variables in `rows` that the rows need to stay infeasible (a deletion
-    filter: drop a bound, keep it dropped while the rest is still infeasible); None past the deadline.
+    filter: drop a bound, keep it dropped while the rest is still infeasible); None when the drops'
+    solves need more than `nodes` nodes in all, SearchTimeLimit past the deadline.
     A semi-continuous variable keeps both bounds. Without rows the conflict is in one variable's own
     bounds (and integrality)."""
     if not rows:
@@ -277,11 +319,19 @@ def _needed_bounds(model: Model, rows: list[int], semi: list[str], limits: Solve
             bound = getattr(v, side)
             if math.isinf(bound):
                 continue
+            if nodes <= 0:
+                return None
             left = deadline - time.monotonic()
             if left <= 0:
-                return None
+                raise SearchTimeLimit("the infeasible-subset search hit its time limit")
             setattr(v, side, -INF if side == "lb" else INF)
-            if _solve(sub, limits, left, with_objective=False).status != "infeasible":
+            dropped = _solve(sub, limits, left, with_objective=False, nodes=nodes)
+            nodes -= dropped.nodes
+            if dropped.status == "nodelimit":
+                return None
+            if dropped.status == "timelimit":
+                raise SearchTimeLimit("the infeasible-subset search hit its time limit")
+            if dropped.status != "infeasible":
                 setattr(v, side, bound)
                 kept += _bound_texts(v.name, bound if side == "lb" else -INF, bound if side == "ub" else INF)
     return kept
