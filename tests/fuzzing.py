@@ -1,0 +1,558 @@
+"""Differential fuzzing of the evaluator: Hypothesis strategies for small models and their text
+in the forms the field writes (LP and MPS), programs that build them in each solver library,
+and the checks that compare us with the solvers themselves. Used by tests/test_fuzz_evaluation.py
+(a fixed-seed slice) and tools/fuzz_evaluation.py (the long run); docs/evaluation.md has the figures.
+
+A generated case knows what its text means (`Case.model`, in the readers' conventions), so our
+reading is checked twice: against that model (graph distance 0) and against every installed
+solver that reads the file (status and objective, 1e-6). Each choice the renderer makes is
+recorded as a construct class, so a disagreement names the constructs it came from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+from dataclasses import dataclass, field
+
+from hypothesis import strategies as st
+
+from solver_ppo.evaluation.model import INF, Constraint, Model, Variable, quad_key
+
+TOL = 1e-6
+
+# Strategies are built once and reused: building one per draw costs more than the solvers do.
+_BOOL = st.booleans()
+
+
+@functools.lru_cache(maxsize=None)
+def _ints(lo: int, hi: int):
+    return st.integers(lo, hi)
+
+
+@functools.lru_cache(maxsize=None)
+def _perms(n: int):
+    return st.permutations(range(n))
+
+
+@functools.lru_cache(maxsize=None)
+def _texts(alphabet: str, max_size: int):
+    return st.text(alphabet, max_size=max_size)
+
+
+def _pick(draw, options):
+    """One of options (shrinks towards the first)."""
+    options = list(options)
+    return options[draw(_ints(0, len(options) - 1))]
+
+
+def _subset(draw, items: list, min_size: int = 1) -> list:
+    """A sub-list of items, in a drawn order, with at least min_size of them."""
+    order = [items[i] for i in draw(_perms(len(items)))]
+    return order[: draw(_ints(min_size, len(items)))]
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@dataclass
+class Row:
+    """A generated row: lo <= coefs·x + quad <= hi (lo == hi: an equation; one side may be infinite)."""
+
+    name: str
+    coefs: dict[str, float]
+    lo: float
+    hi: float
+    quad: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    @property
+    def ranged(self) -> bool:
+        return math.isfinite(self.lo) and math.isfinite(self.hi) and self.lo < self.hi
+
+
+@dataclass
+class Spec:
+    """A generated model before it is written: variables, rows (ranges kept whole), objective."""
+
+    variables: list[Variable]
+    rows: list[Row]
+    sense: str
+    constant: float
+    quad_obj: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def model(self) -> Model:
+        """The model in the readers' conventions: a ranged row is a '>=' row and a '<=' row."""
+        cons = []
+        for r in self.rows:
+            if r.lo == r.hi:
+                cons.append(Constraint(r.name, dict(r.coefs), "=", r.lo, dict(r.quad)))
+                continue
+            if math.isfinite(r.lo):
+                cons.append(Constraint(f"{r.name}_lo", dict(r.coefs), ">=", r.lo, dict(r.quad)))
+            if math.isfinite(r.hi):
+                cons.append(Constraint(f"{r.name}_hi", dict(r.coefs), "<=", r.hi, dict(r.quad)))
+        variables = [Variable(v.name, v.vtype, v.lb, v.ub, v.obj, v.semi) for v in self.variables]
+        return Model(variables, cons, self.sense, self.constant, dict(self.quad_obj))
+
+
+# Names: a letter no LP keyword or number starts with, then the characters LP files allow.
+_FIRST = "xyzwuvpqk"
+_SAFE_TAIL = "abcdxyz0123456789_"
+_LP_TAIL = _SAFE_TAIL + ".[],()#$@!~&"
+
+
+@st.composite
+def names(draw, n: int, tail: str = _SAFE_TAIL, max_len: int = 8) -> list[str]:
+    """n distinct names (at most max_len characters: fixed MPS has 8-column fields)."""
+    out: list[str] = []
+    for _ in range(n):
+        base = name = _pick(draw, _FIRST) + draw(_texts(tail, max_len - 1))
+        k = 0
+        while name in out:  # Hypothesis favours short names: number the repeats
+            k += 1
+            name = f"{base[: max_len - len(str(k)) - 1]}_{k}"
+        out.append(name)
+    return out
+
+
+def _number(draw, nonzero: bool = True, lo: int = -9, hi: int = 9) -> float:
+    """Integers and quarters: exact in binary at the digits written, so no writer rounds them."""
+    while True:
+        value = draw(_ints(lo, hi)) if draw(_BOOL) else draw(_ints(lo * 4, hi * 4)) / 4
+        if value != 0 or not nonzero:
+            return float(value)
+
+
+@st.composite
+def specs(draw, max_vars: int = 4, max_rows: int = 4, quadratic: bool = True, semi: bool = True, ranges: bool = True,
+          name_chars: str = _SAFE_TAIL) -> Spec:
+    """A small LP/MILP/QP: 1..max_vars variables with every kind of bound and type, 0..max_rows rows."""
+    n = draw(_ints(1, max_vars))
+    var_names = draw(names(n, name_chars))
+    variables = []
+    for name in var_names:
+        vtype = _pick(draw, "CCCIB")
+        if vtype == "B":
+            lb, ub = 0.0, 1.0
+        else:
+            kind = _pick(draw, ["default", "upper", "box", "free", "minus_inf", "lower", "fixed", "negative_box"])
+            a, b = sorted((_number(draw, False), _number(draw, False)))
+            lb, ub = {"default": (0.0, INF), "upper": (0.0, abs(b) + 1), "box": (a, b), "free": (-INF, INF),
+                      "minus_inf": (-INF, b), "lower": (a, INF), "fixed": (a, a), "negative_box": (-abs(b) - 2, -abs(b) - 1)}[kind]
+        is_semi = semi and vtype == "C" and draw(_ints(0, 9)) == 0
+        if is_semi:  # solvers agree on semi-continuous variables with 0 <= lb <= ub < inf
+            lb, ub = float(draw(_ints(0, 3))), float(draw(_ints(4, 9)))
+        variables.append(Variable(name, vtype, lb, ub, _number(draw, nonzero=False), is_semi))
+    rows = []
+    for name in draw(names(draw(_ints(0, max_rows)), name_chars)):
+        coefs = {v: _number(draw) for v in _subset(draw, var_names)}
+        kind = _pick(draw, ["<=", ">=", "=", "range"] if ranges else ["<=", ">=", "="])
+        rhs = _number(draw, False, -20, 20)
+        lo, hi = {"<=": (-INF, rhs), ">=": (rhs, INF), "=": (rhs, rhs), "range": (rhs, rhs + abs(_number(draw)))}[kind]
+        rows.append(Row(name, coefs, lo, hi))
+    sense = _pick(draw, ["min", "max"])
+    quad_obj: dict[tuple[str, str], float] = {}
+    continuous = [v.name for v in variables if v.vtype == "C" and not v.semi]
+    if quadratic and continuous and draw(_ints(0, 3)) == 0:
+        # convex in the objective's direction (a sum of squares, signed): every QP solver takes it
+        sign = 1.0 if sense == "min" else -1.0
+        for v in _subset(draw, continuous)[:2]:
+            quad_obj[(v, v)] = sign * float(draw(_ints(1, 4)))
+        if len(quad_obj) == 2 and draw(_BOOL):
+            (a, _), (b, _) = quad_obj
+            quad_obj[quad_key(a, b)] = sign * 1.0  # |Q_ab| <= sqrt(Q_aa Q_bb): still convex
+    if quadratic and continuous and draw(_ints(0, 5)) == 0:
+        # a convex quadratic row: a sum of squares <= r
+        row_name = draw(names(1, name_chars, max_len=7))[0] + "q"
+        rows.append(Row(row_name, {}, -INF, float(draw(_ints(1, 9))), {(v, v): 1.0 for v in _subset(draw, continuous)[:2]}))
+    constant = _number(draw, nonzero=False, lo=-20, hi=20) if draw(_BOOL) else 0.0
+    return Spec(variables, rows, sense, constant, quad_obj)
+
+
+# ----------------------------------------------------------------------------- LP text
+
+
+@dataclass
+class Case:
+    """Model text and what it means; `classes` are the constructs it was written with."""
+
+    text: str
+    fmt: str  # 'lp' | 'mps'
+    model: Model
+    classes: list[str]
+    dialect: str
+
+
+class _Writer:
+    """Draws the renderer's choices and records the construct classes they stand for."""
+
+    def __init__(self, draw, prefix: str):
+        self.draw = draw
+        self.prefix = prefix
+        self.classes: list[str] = []
+
+    def pick(self, options: list, cls: dict | None = None):
+        """One of options; cls maps an option to the class it stands for (absent: not recorded)."""
+        value = _pick(self.draw, options)
+        if cls and cls.get(value):
+            self.mark(cls[value])
+        return value
+
+    def mark(self, cls: str) -> None:
+        cls = f"{self.prefix}:{cls}"
+        if cls not in self.classes:
+            self.classes.append(cls)
+
+
+def _fmt_lp_number(w: _Writer, x: float, style: str) -> str:
+    if style == "sci":
+        w.mark("scientific-notation")
+        return w.pick([f"{x:e}", f"{x:.3E}", f"{x * 10:g}e-1"])
+    if style == "float":
+        return repr(float(x))
+    return repr(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _lp_terms(w: _Writer, coefs: dict[str, float], number_style: str, layout: str) -> list[str]:
+    """Terms as text pieces (each with its sign), in a drawn order."""
+    pieces = []
+    items = list(coefs.items())
+    order = w.draw(_perms(len(items))) if len(items) > 1 else range(len(items))
+    for k in order:
+        name, c = items[k]
+        sign = "-" if c < 0 else "+"
+        mag = abs(c)
+        if mag == 1.0 and w.draw(_BOOL):
+            w.mark("implicit-coefficient-1")
+            body = name
+        else:
+            num = _fmt_lp_number(w, mag, number_style)
+            body = {"spaced": f"{num} {name}", "star": f"{num} * {name}", "compact": f"{num}{name}"}[layout]
+        pieces.append(f"{sign}{'' if layout == 'compact' else ' '}{body}")
+    return pieces
+
+
+def _join(w: _Writer, pieces: list[str], break_lines: bool) -> str:
+    if not pieces:
+        return ""
+    first = pieces[0][1:].lstrip() if pieces[0].startswith("+") else pieces[0]
+    out = [first]
+    for p in pieces[1:]:
+        if break_lines and w.draw(_ints(0, 2)) == 0:
+            w.mark("line-break-in-expression")
+            out.append("\n   " + p)
+        else:
+            out.append(" " + p)
+    return "".join(out)
+
+
+def _quad_text(w: _Writer, quad: dict[tuple[str, str], float], factor: float) -> str:
+    """`[ ... ]` contents: each product with its coefficient times factor."""
+    terms = []
+    for (a, b), c in quad.items():
+        c = c * factor
+        terms.append(f"{'-' if c < 0 else '+'} {_fmt_lp_number(w, abs(c), 'int')} {f'{a} ^ 2' if a == b else f'{a} * {b}'}")
+    text = " ".join(terms)
+    return text[2:] if text.startswith("+ ") else text
+
+
+_ALT_SENSE = {"=<": "senses-=<-=>-<->", "<": "senses-=<-=>-<->", "=>": "senses-=<-=>-<->", ">": "senses-=<-=>-<->"}
+
+
+@st.composite
+def lp_cases(draw, spec: Spec | None = None) -> Case:
+    """LP text of a generated model, with the constructs drawn line by line (`Case.classes`)."""
+    if spec is None:
+        spec = draw(specs(name_chars=_pick(draw, [_SAFE_TAIL, _LP_TAIL])))
+    w = _Writer(draw, "lp")
+    if any(c in v.name for v in spec.variables for c in ".[],()#$@!~&"):
+        w.mark("names-with-brackets-dots")
+    layout = w.pick(["spaced", "spaced", "star", "compact"], {"star": "coefficient-star", "compact": "no-spaces"})
+    number_style = w.pick(["int", "int", "float", "sci"], {"float": "decimal-point"})
+    break_lines = w.draw(_BOOL)
+    comments = w.draw(_BOOL)
+    lines: list[str] = []
+    if comments:
+        w.mark("comments")
+        lines.append("\\ generated model")
+    spellings = {"max": ["Maximize", "Maximise", "MAXIMIZE", "max", "maximum"], "min": ["Minimize", "Minimise", "MINIMIZE", "min", "minimum"]}
+    header = w.pick(spellings[spec.sense], {"max": "short-headers", "min": "short-headers", "maximum": "short-headers",
+                                            "minimum": "short-headers", "Maximise": "header-spelling", "Minimise": "header-spelling",
+                                            "MAXIMIZE": "header-spelling", "MINIMIZE": "header-spelling"})
+    lines.append(header + (" \\ the objective" if comments and w.draw(_BOOL) else ""))
+    obj_pieces = _lp_terms(w, {v.name: v.obj for v in spec.variables if v.obj != 0.0}, number_style, layout)
+    if spec.quad_obj:
+        halve = w.pick([True, False], {True: "quadratic-objective-halved", False: "quadratic-objective-literal"})
+        obj_pieces.append(f"+ [ {_quad_text(w, spec.quad_obj, 2.0 if halve else 1.0)} ]" + (" / 2" if halve else ""))
+    if spec.constant != 0.0:
+        w.mark("objective-constant")
+        c = spec.constant
+        piece = f"{'-' if c < 0 else '+'} {_fmt_lp_number(w, abs(c), number_style)}"
+        obj_pieces.insert(0 if obj_pieces and w.draw(_BOOL) else len(obj_pieces), piece)
+    label = w.pick(["obj: ", "", "cost: "], {"": "unlabelled-objective"})
+    lines.append(f" {label}{_join(w, obj_pieces, break_lines) or '0 ' + spec.variables[0].name}")
+    lines.append(w.pick(["Subject To", "Subject To", "subject to", "st", "s.t.", "such that", "ST"],
+                        {"st": "short-headers", "s.t.": "header-s.t.", "such that": "header-such-that", "ST": "short-headers"}))
+    senses = {"<=": ["<=", "<=", "=<", "<"], ">=": [">=", ">=", "=>", ">"], "=": ["="]}
+    for row in spec.rows:
+        label = "" if w.draw(_ints(0, 4)) == 0 else f"{row.name}: "
+        if not label:
+            w.mark("unlabelled-row")
+        pieces = _lp_terms(w, row.coefs, number_style, layout)
+        if row.quad:
+            w.mark("quadratic-row")
+            pieces.append(f"+ [ {_quad_text(w, row.quad, 1.0)} ]")
+        if row.ranged:
+            w.mark("ranged-row")
+            expr = _join(w, pieces, break_lines)
+            lo, hi = _fmt_lp_number(w, row.lo, number_style), _fmt_lp_number(w, row.hi, number_style)
+            lines.append(f" {label}{lo} <= {expr} <= {hi}" if w.draw(_BOOL) else f" {label}{hi} >= {expr} >= {lo}")
+            continue
+        sense, rhs = ("=", row.lo) if row.lo == row.hi else ((">=", row.lo) if math.isfinite(row.lo) else ("<=", row.hi))
+        spelled = w.pick(senses[sense], _ALT_SENSE)
+        form = w.pick(["plain", "plain", "rhs-left", "constant-left", "variable-right"] if not row.quad else ["plain"],
+                      {"rhs-left": "rhs-on-the-left", "constant-left": "constant-on-the-left", "variable-right": "variable-on-the-right"})
+        if form == "constant-left":
+            k = _number(w.draw)
+            pieces.append(f"{'-' if k < 0 else '+'} {_fmt_lp_number(w, abs(k), number_style)}")
+            rhs = rhs + k
+        right_terms = ""
+        if form == "variable-right" and len(pieces) > 1:
+            moved = pieces.pop()
+            right_terms = " " + ("- " if moved.startswith("+") else "+ ") + moved[1:].lstrip()
+        expr = _join(w, pieces, break_lines and form != "rhs-left")
+        rhs_text = _fmt_lp_number(w, rhs, number_style)
+        if form == "rhs-left":
+            lines.append(f" {label}{rhs_text} {({'<=': '>=', '>=': '<=', '=': '='})[sense]} {expr}")
+        else:
+            lines.append(f" {label}{expr} {spelled} {rhs_text}{right_terms}")
+    ints = [v.name for v in spec.variables if v.vtype == "I"]
+    bins = [v.name for v in spec.variables if v.vtype == "B"]
+    bins_as_general = bool(bins) and w.pick([False, False, True], {True: "binary-as-general-with-bounds"})
+    bound_lines = [f" 0 <= {b} <= 1" for b in bins] if bins_as_general else []
+    for v in spec.variables:
+        if v.vtype != "B":
+            bound_lines += _lp_bounds(w, v, number_style)
+    if bound_lines or w.draw(_BOOL):
+        lines.append(w.pick(["Bounds", "Bounds", "bounds", "Bound"], {"Bound": "header-spelling"}))
+        lines += bound_lines
+    if bins_as_general:
+        ints, bins = ints + bins, []
+    if ints:
+        lines.append(w.pick(["Generals", "General", "Integers", "Gen"], {"Integers": "integers-section", "Gen": "short-headers"}))
+        lines.append(" " + " ".join(ints))
+    if bins:
+        lines.append(w.pick(["Binaries", "Binary", "Bin"], {"Bin": "short-headers"}))
+        lines.append(" " + " ".join(bins))
+    semis = [v.name for v in spec.variables if v.semi]
+    if semis:
+        w.mark("semi-continuous")
+        lines.append(w.pick(["Semi-continuous", "Semis", "Semi"]))
+        lines.append(" " + " ".join(semis))
+    if w.draw(_ints(0, 5)):
+        lines.append(w.pick(["End", "end", "END"]))
+    else:
+        w.mark("no-end")
+    if comments and w.draw(_BOOL):
+        lines.insert(w.draw(_ints(1, len(lines))), "\\ a comment line")
+    return Case("\n".join(lines) + "\n", "lp", spec.model(), w.classes or ["lp:plain"], "lp")
+
+
+def _lp_bounds(w: _Writer, v: Variable, number_style: str) -> list[str]:
+    f = lambda x: _fmt_lp_number(w, x, number_style)  # noqa: E731
+    inf_word = lambda: w.pick(["inf", "infinity", "1e30", "1e+30"], {"1e30": "bound-1e30", "1e+30": "bound-1e30"})  # noqa: E731
+    lb, ub, n = v.lb, v.ub, v.name
+    if (lb, ub) == (0.0, INF):
+        if w.draw(_ints(0, 4)) == 0:
+            w.mark("explicit-default-bound")
+            return [w.pick([f" {n} >= 0", f" 0 <= {n} <= +{inf_word()}"])]
+        return []
+    if lb == -INF and ub == INF:
+        w.mark("free-bound")
+        return [w.pick([f" {n} free", f" {n} FREE", f" -{inf_word()} <= {n} <= +{inf_word()}", f" {n} >= -{inf_word()}"])]
+    if lb == ub:
+        w.mark("fixed-bound")
+        return [w.pick([f" {n} = {f(lb)}", f" {f(lb)} <= {n} <= {f(ub)}"])]
+    if lb == -INF:
+        w.mark("minus-infinity-lower-bound")
+        return w.pick([[f" -{inf_word()} <= {n} <= {f(ub)}"], [f" {n} >= -{inf_word()}", f" {n} <= {f(ub)}"]])
+    if lb < 0:
+        w.mark("negative-lower-bound")
+    if ub == INF:
+        return [w.pick([f" {n} >= {f(lb)}", f" {f(lb)} <= {n}", f" {f(lb)} <= {n} <= +{inf_word()}"])]
+    if lb == 0.0:
+        return [w.pick([f" {n} <= {f(ub)}", f" 0 <= {n} <= {f(ub)}"])]
+    return w.pick([[f" {f(lb)} <= {n} <= {f(ub)}"], [f" {n} >= {f(lb)}", f" {n} <= {f(ub)}"], [f" {f(ub)} >= {n} >= {f(lb)}"]])
+
+
+# ----------------------------------------------------------------------------- MPS text
+
+
+def _mps_line(fixed: bool, fields: list[str]) -> str:
+    """A data line: fixed MPS puts fields at columns 2, 5, 15, 25, 40, 50 (1-based)."""
+    if not fixed:
+        return " " + " ".join(f for f in fields if f)
+    line = ""
+    for start, value in zip([1, 4, 14, 24, 39, 49], fields):
+        line = line.ljust(start) + value
+    return line
+
+
+def _mps_number(w: _Writer, x: float) -> str:
+    if w.draw(_ints(0, 5)) == 0:
+        w.mark("scientific-notation")
+        return f"{x:.6e}"
+    return repr(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+@st.composite
+def mps_cases(draw, spec: Spec | None = None) -> Case:
+    """Fixed or free MPS of a generated model: RANGES, objective constants, MARKER blocks, every bound type."""
+    if spec is None:
+        spec = draw(specs(name_chars=_SAFE_TAIL))
+    w = _Writer(draw, "mps")
+    fixed = w.pick([True, False], {True: "fixed", False: "free"})
+    line = lambda *f: _mps_line(fixed, list(f))  # noqa: E731
+    num = lambda x: _mps_number(w, x)  # noqa: E731
+    lines = ["NAME          fuzz"]
+    if spec.sense == "max":
+        if w.draw(_BOOL):
+            w.mark("objsense-section")
+            lines += ["OBJSENSE", "    MAX"]
+        else:
+            w.mark("objsense-inline")
+            lines.append("OBJSENSE MAX")
+    obj_row = _pick(draw, ["obj", "COST", "r_0"])
+    lines += ["ROWS", line("N", obj_row)]
+    mps_rows = []  # (name, type, rhs, range or None, row)
+    for k, r in enumerate(spec.rows):
+        name = f"{r.name[:7]}{k}"  # distinct and at most 8 characters
+        if r.lo == r.hi:
+            mps_rows.append((name, "E", r.lo, None, r))
+        elif r.ranged:
+            kind = w.pick(["L", "G", "E+", "E-"], {"L": "ranges-on-L", "G": "ranges-on-G", "E+": "ranges-on-E-positive", "E-": "ranges-on-E-negative"})
+            width = r.hi - r.lo
+            rhs, rng = {"L": (r.hi, width), "G": (r.lo, width), "E+": (r.lo, width), "E-": (r.hi, -width)}[kind]
+            if kind in ("L", "G") and w.draw(_BOOL):
+                rng = -rng  # the sign of R does not matter on L and G rows
+                w.mark("ranges-negative-on-L-G")
+            mps_rows.append((name, kind[0], rhs, rng, r))
+        elif math.isfinite(r.hi):
+            mps_rows.append((name, "L", r.hi, None, r))
+        else:
+            mps_rows.append((name, "G", r.lo, None, r))
+    lines += [line(kind, name) for name, kind, *_ in mps_rows]
+    lines.append("COLUMNS")
+    in_marker = False
+    marker_count = 0
+    markered: set[str] = set()  # integer columns declared inside a MARKER block
+    two_per_line = w.draw(_BOOL)
+    for v in spec.variables:
+        use_marker = v.vtype in ("I", "B") and (v.vtype == "B" or w.draw(_ints(0, 3)) > 0)
+        if use_marker and not in_marker:
+            w.mark("marker-integer-block")
+            lines.append(line("", f"MARKER{marker_count}", "'MARKER'", "", "'INTORG'"))
+            in_marker = True
+        elif not use_marker and in_marker:
+            lines.append(line("", f"MARKER{marker_count}", "'MARKER'", "", "'INTEND'"))
+            marker_count += 1
+            in_marker = False
+        if use_marker:
+            markered.add(v.name)
+        entries = ([(obj_row, v.obj)] if v.obj != 0.0 else []) + [(name, r.coefs[v.name]) for name, _, _, _, r in mps_rows if v.name in r.coefs]
+        entries = entries or [(obj_row, 0.0)]  # a column exists by appearing in COLUMNS
+        while entries:
+            if two_per_line and len(entries) >= 2:
+                w.mark("two-entries-per-line")
+                (r1, c1), (r2, c2), entries = entries[0], entries[1], entries[2:]
+                lines.append(line("", v.name, r1, num(c1), r2, num(c2)))
+            else:
+                (r1, c1), entries = entries[0], entries[1:]
+                lines.append(line("", v.name, r1, num(c1)))
+    if in_marker:
+        lines.append(line("", f"MARKER{marker_count}", "'MARKER'", "", "'INTEND'"))
+    rhs_entries = [(name, rhs) for name, _, rhs, _, _ in mps_rows if rhs != 0.0]
+    if spec.constant != 0.0:
+        w.mark("objective-constant-as-rhs")
+        rhs_entries.insert(w.draw(_ints(0, len(rhs_entries))), (obj_row, -spec.constant))
+    if rhs_entries:
+        lines.append("RHS")
+        set_name = _pick(draw, ["RHS", "B", "rhs1"])
+        lines += [line("", set_name, name, num(value)) for name, value in rhs_entries]
+    ranged = [(name, rng) for name, _, _, rng, _ in mps_rows if rng is not None]
+    if ranged:
+        lines.append("RANGES")
+        lines += [line("", "RNG", name, num(rng)) for name, rng in ranged]
+    bound_lines = []
+    for v in spec.variables:
+        bound_lines += _mps_bounds(w, v, v.name in markered, line, num)
+    if bound_lines:
+        lines.append("BOUNDS")
+        lines += bound_lines
+    if spec.quad_obj:
+        section = w.pick(["QUADOBJ", "QMATRIX"], {"QUADOBJ": "quadobj", "QMATRIX": "qmatrix"})
+        lines.append(section)
+        for (a, b), c in spec.quad_obj.items():  # c (of a·b) is ½ Q_aa, or Q_ab (QUADOBJ: upper triangle), or ½(Q_ab + Q_ba)
+            if a == b:
+                lines.append(line("", a, a, num(2 * c)))
+            elif section == "QUADOBJ":
+                lines.append(line("", a, b, num(c)))
+            else:
+                lines += [line("", a, b, num(c)), line("", b, a, num(c))]
+    for name, _, _, _, r in mps_rows:
+        if r.quad:
+            w.mark("qcmatrix")
+            lines.append(f"QCMATRIX   {name}")
+            for (a, b), c in r.quad.items():
+                lines += [line("", a, a, num(c))] if a == b else [line("", a, b, num(c / 2)), line("", b, a, num(c / 2))]
+    lines.append("ENDATA")
+    return Case("\n".join(lines) + "\n", "mps", spec.model(), w.classes, "mps-fixed" if fixed else "mps-free")
+
+
+def _mps_bounds(w: _Writer, v: Variable, in_marker: bool, line, num) -> list[str]:
+    b = _pick(w.draw, ["BND", "BOUND"])
+    n, lb, ub = v.name, v.lb, v.ub
+    mark = lambda *kinds: [w.mark(f"bound-{k}") for k in kinds]  # noqa: E731
+    if v.semi:
+        mark("SC")
+        out = [line("SC", b, n, num(ub))]
+        if lb != 0.0:
+            mark("LO")
+            out.insert(0, line("LO", b, n, num(lb)))
+        return out
+    if v.vtype == "B":
+        if in_marker and w.draw(_BOOL):
+            mark("UP-1-in-marker")
+            return [line("UP", b, n, "1")]
+        mark("BV")
+        return [line("BV", b, n)] if w.draw(_BOOL) else [line("BV", b, n, "1")]
+    if v.vtype == "I" and not in_marker:  # an integer declared by LI/UI bounds rather than a MARKER block
+        mark("LI-UI")
+        return [line("LI", b, n, num(lb) if math.isfinite(lb) else "-1e30"), line("UI", b, n, num(ub) if math.isfinite(ub) else "1e30")]
+    if (lb, ub) == (0.0, INF):
+        if w.draw(_ints(0, 4)) == 0:
+            mark("PL")
+            return [line("PL", b, n)]
+        return []
+    if lb == -INF and ub == INF:
+        mark("FR")
+        return [line("FR", b, n)]
+    if lb == ub:
+        mark("FX")
+        return [line("FX", b, n, num(lb))]
+    out = []
+    if lb == -INF:
+        if ub < 0 and w.draw(_BOOL):
+            mark("UP-negative-alone")  # the MPS convention: the lower bound becomes -inf
+            return [line("UP", b, n, num(ub))]
+        mark("MI")
+        out.append(line("MI", b, n))
+    elif lb != 0.0 or w.draw(_ints(0, 3)) == 0:
+        mark("LO")
+        out.append(line("LO", b, n, num(lb)))
+    if math.isfinite(ub):
+        mark("UP")
+        out.append(line("UP", b, n, num(ub)))
+    return out
