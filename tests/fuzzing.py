@@ -556,3 +556,176 @@ def _mps_bounds(w: _Writer, v: Variable, in_marker: bool, line, num) -> list[str
         mark("UP")
         out.append(line("UP", b, n, num(ub)))
     return out
+
+
+# ----------------------------------------------------------------------------- the solvers' readers
+
+
+@dataclass
+class Outcome:
+    """What one reader made of a file: refused (reason), or a status with the objective when optimal."""
+
+    status: str  # 'refused' | 'optimal' | 'infeasible' | 'unbounded' | 'inf_or_unbd' | another (not definite)
+    objective: float | None = None
+    reason: str = ""
+
+    @property
+    def read(self) -> bool:
+        return self.status != "refused"
+
+    @property
+    def definite(self) -> bool:
+        return self.status in ("optimal", "infeasible", "unbounded", "inf_or_unbd")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence C-level stdout and stderr (solver banners and warnings)."""
+    saved = os.dup(1), os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+class Readers:
+    """The installed solvers' file readers, each solving what it read (gap 0, 10 s, one thread)."""
+
+    def __init__(self):
+        self.available: dict[str, object] = {}
+        for name, module in (("gurobi", "gurobipy"), ("scip", "pyscipopt"), ("copt", "coptpy"), ("highs", "highspy")):
+            try:
+                with _quiet():
+                    self.available[name] = __import__(module)
+            except ImportError:
+                continue
+        self._grb_env = None
+        self._copt_env = None
+
+    def run(self, path: str) -> dict[str, Outcome]:
+        out = {}
+        for name in self.available:
+            try:
+                with _quiet():
+                    out[name] = getattr(self, f"_{name}")(path)
+            except Exception as err:  # noqa: BLE001 - a reader's refusal is its answer here
+                out[name] = Outcome("refused", reason=" ".join(str(err).split())[:200])
+        return out
+
+    def _gurobi(self, path: str) -> Outcome:
+        gp = self.available["gurobi"]
+        if self._grb_env is None:
+            self._grb_env = gp.Env(params={"OutputFlag": 0})
+        with gp.read(path, self._grb_env) as m:
+            m.Params.MIPGap, m.Params.MIPGapAbs, m.Params.TimeLimit, m.Params.Threads = 0.0, 0.0, 10.0, 1
+            m.optimize()
+            status = {gp.GRB.OPTIMAL: "optimal", gp.GRB.INFEASIBLE: "infeasible", gp.GRB.UNBOUNDED: "unbounded",
+                      gp.GRB.INF_OR_UNBD: "inf_or_unbd"}.get(m.Status, f"status {m.Status}")
+            return Outcome(status, m.ObjVal if status == "optimal" else None)
+
+    def _scip(self, path: str) -> Outcome:
+        scip = self.available["scip"].Model()
+        scip.hideOutput()
+        scip.readProblem(path)
+        scip.setParam("limits/time", 10.0)
+        scip.setParam("limits/gap", 0.0)
+        scip.setParam("limits/absgap", 0.0)
+        scip.optimize()
+        status = {"inforunbd": "inf_or_unbd"}.get(scip.getStatus(), scip.getStatus())
+        return Outcome(status, scip.getObjVal() if status == "optimal" else None)
+
+    def _copt(self, path: str) -> Outcome:
+        cp = self.available["copt"]
+        if self._copt_env is None:
+            self._copt_env = cp.Envr()
+        m = self._copt_env.createModel("fuzz")
+        for param, value in (("Logging", 0), ("TimeLimit", 10.0), ("RelGap", 0.0), ("AbsGap", 0.0), ("Threads", 1)):
+            m.setParam(param, value)
+        m.read(path)
+        m.solve()
+        status = {cp.COPT.OPTIMAL: "optimal", cp.COPT.INFEASIBLE: "infeasible", cp.COPT.UNBOUNDED: "unbounded",
+                  cp.COPT.INF_OR_UNB: "inf_or_unbd"}.get(m.status, f"status {m.status}")
+        return Outcome(status, m.objval if status == "optimal" else None)
+
+    def _highs(self, path: str) -> Outcome:
+        hs = self.available["highs"]
+        h = hs.Highs()
+        for option, value in (("output_flag", False), ("time_limit", 10.0), ("mip_rel_gap", 0.0), ("mip_abs_gap", 0.0), ("threads", 1)):
+            h.setOptionValue(option, value)
+        if h.readModel(path) != hs.HighsStatus.kOk:
+            return Outcome("refused", reason="readModel returned an error")
+        h.run()
+        ms = h.getModelStatus()
+        status = {hs.HighsModelStatus.kOptimal: "optimal", hs.HighsModelStatus.kInfeasible: "infeasible",
+                  hs.HighsModelStatus.kUnbounded: "unbounded", hs.HighsModelStatus.kUnboundedOrInfeasible: "inf_or_unbd"}.get(ms, h.modelStatusToString(ms))
+        return Outcome(status, h.getInfo().objective_function_value if status == "optimal" else None)
+
+
+def ours(text: str, fmt: str) -> tuple[Outcome, Model | None]:
+    """Our reader and solver (solve_model: SCIP through its API) on the text."""
+    from solver_ppo.evaluation import ModelReadError, SolverLimits, read_model, solve_model
+
+    try:
+        model = read_model(text, fmt)
+    except ModelReadError as err:
+        return Outcome("refused", reason=str(err)), None
+    result = solve_model(model, SolverLimits(time_limit_s=10.0, wall_limit_s=30.0))
+    return Outcome(result.status, result.objective if result.status == "optimal" else None, result.reason), model
+
+
+def same_result(a: Outcome, b: Outcome) -> bool:
+    """Same status (infeasible-or-unbounded goes with either) and, when optimal, objectives within 1e-6 (absolute-relative)."""
+    undecided = {"infeasible", "unbounded", "inf_or_unbd"}
+    if a.status == "inf_or_unbd" or b.status == "inf_or_unbd":
+        return a.status in undecided and b.status in undecided
+    if a.status != b.status:
+        return False
+    return a.status != "optimal" or abs(a.objective - b.objective) <= TOL * (1.0 + max(abs(a.objective), abs(b.objective)))
+
+
+@dataclass
+class Verdict:
+    """One file compared. kind: 'agree' (ours is the generated model and matches the solvers'
+    consensus, or there is none), 'disagree' (two or more solvers read and solved it to one result
+    and ours differs, or our reading is not the generated model), 'stricter' (we refuse what every
+    installed solver reads), 'refused_some_read' (we refuse, some solvers read it), 'all_refuse',
+    'crash' (an exception, or solve_model's 'error')."""
+
+    kind: str
+    ours: Outcome
+    solvers: dict[str, Outcome]
+    detail: str = ""
+
+
+def compare_file(case: Case, readers: Readers, workdir: str) -> Verdict:
+    """Our reading of the case against the generated model and against every installed reader."""
+    from solver_ppo.evaluation import graph_distance
+
+    path = os.path.join(workdir, f"case.{case.fmt}")
+    with open(path, "w") as f:
+        f.write(case.text)
+    solvers = readers.run(path)
+    try:
+        mine, model = ours(case.text, case.fmt)
+        distance = None if model is None else graph_distance(model, case.model)
+    except Exception as err:  # noqa: BLE001 - a crash is what the fuzzer looks for
+        return Verdict("crash", Outcome("crash", reason=f"{type(err).__name__}: {err}"), solvers, f"{type(err).__name__}: {err}")
+    if mine.status == "error":
+        return Verdict("crash", mine, solvers, f"solve_model: {mine.reason}")
+    readers_of = [n for n, o in solvers.items() if o.read]
+    if not mine.read:
+        if solvers and len(readers_of) == len(solvers):
+            return Verdict("stricter", mine, solvers, f"read by {', '.join(readers_of)}")
+        return Verdict("refused_some_read" if readers_of else "all_refuse", mine, solvers, f"read by {', '.join(readers_of) or 'none'}")
+    if distance > 0.0:
+        return Verdict("disagree", mine, solvers, f"read differently from the generated model (graph distance {distance:.3g})")
+    definite = [o for o in solvers.values() if o.definite]
+    if len(definite) >= 2 and all(same_result(o, definite[0]) for o in definite) and not same_result(mine, definite[0]):
+        return Verdict("disagree", mine, solvers, "differs from the solvers' consensus")
+    return Verdict("agree", mine, solvers)
