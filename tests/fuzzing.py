@@ -729,3 +729,165 @@ def compare_file(case: Case, readers: Readers, workdir: str) -> Verdict:
     if len(definite) >= 2 and all(same_result(o, definite[0]) for o in definite) and not same_result(mine, definite[0]):
         return Verdict("disagree", mine, solvers, "differs from the solvers' consensus")
     return Verdict("agree", mine, solvers)
+
+
+# ----------------------------------------------------------------------------- graph distance
+
+# What graph_distance promises, each checked on generated pairs:
+#   invariance   d = 0 under renaming, reordering variables, rows and terms, negating a row with
+#                its sense flipped, and scaling a row by a positive factor;
+#   symmetry     d(a, b) = d(b, a) exactly;
+#   range        0 <= d <= 1;
+#   exactness    d = 0 if and only if the models are equal up to those changes (decided here by
+#                brute force over variable permutations, independently of graph.py);
+#   monotone     the mean distance grows with the number of random changes (1 to 4).
+# So a single changed coefficient, bound, sense or type gives d > 0 except where the changed
+# model is equal to the original up to those changes (a one-term row with right-hand side 0
+# rescaled; a change that swaps the roles of two interchangeable variables): exactness says which.
+
+PROPERTIES = ("invariance", "symmetry", "range", "exactness", "monotone")
+
+
+def _r10(x: float) -> float:
+    return x if not math.isfinite(x) or x == 0 else float(f"{x:.10g}")
+
+
+def _vcode(v: Variable) -> tuple:
+    vtype = "B" if v.vtype == "I" and (v.lb, v.ub) == (0.0, 1.0) else v.vtype
+    return (vtype, v.semi, v.lb, v.ub, _r10(v.obj))
+
+
+def _canon_rows(model: Model, rename: dict[str, str]) -> list[tuple]:
+    """Each row as '<=' or '=' scaled to max |coefficient| 1, variables renamed; an '=' row in its smaller sign."""
+    out = []
+    for c in model.constraints:
+        sign = -1.0 if c.sense == ">=" else 1.0
+        lin = {rename[n]: sign * a for n, a in c.coefs.items() if a != 0}
+        quad = {tuple(sorted((rename[a], rename[b]))): sign * q for (a, b), q in c.quad.items() if q != 0}
+        rhs = sign * c.rhs
+        scale = max([abs(x) for x in [*lin.values(), *quad.values()]], default=abs(rhs) or 1.0)
+
+        def form(s: float) -> tuple:
+            return (c.sense == "=", _r10(s * rhs / scale), tuple(sorted((k, _r10(s * a / scale)) for k, a in lin.items())),
+                    tuple(sorted((k, _r10(s * a / scale)) for k, a in quad.items())))
+
+        out.append(min(form(1.0), form(-1.0)) if c.sense == "=" else form(1.0))
+    return sorted(out)
+
+
+def equal_up_to_changes(a: Model, b: Model) -> bool:
+    """Brute force: some renaming of a's variables onto b's makes the variables, the objective and
+    the multiset of canonical rows equal."""
+    import itertools
+
+    if (a.n_vars, a.n_cons, a.sense, _r10(a.obj_constant)) != (b.n_vars, b.n_cons, b.sense, _r10(b.obj_constant)):
+        return False
+    b_vars = {v.name: v for v in b.variables}
+    b_rows = _canon_rows(b, {v.name: v.name for v in b.variables})
+    b_quad = sorted((tuple(sorted(k)), _r10(q)) for k, q in b.quad_obj.items() if q != 0)
+    for perm in itertools.permutations([v.name for v in b.variables]):
+        rename = {v.name: p for v, p in zip(a.variables, perm)}
+        if any(_vcode(v) != _vcode(b_vars[rename[v.name]]) for v in a.variables):
+            continue
+        quad = sorted((tuple(sorted((rename[x], rename[y]))), _r10(q)) for (x, y), q in a.quad_obj.items() if q != 0)
+        if quad == b_quad and _canon_rows(a, rename) == b_rows:
+            return True
+    return False
+
+
+@st.composite
+def disguised(draw, model: Model) -> Model:
+    """The same model renamed, reordered, with rows negated (sense flipped) and scaled by positive factors."""
+    rename = {v.name: n for v, n in zip(model.variables, draw(names(model.n_vars, _SAFE_TAIL)))}
+    variables = [Variable(rename[v.name], v.vtype, v.lb, v.ub, v.obj, v.semi) for v in model.variables]
+    variables = [variables[i] for i in draw(_perms(len(variables)))]
+    flip = {"<=": ">=", ">=": "<=", "=": "="}
+    cons = []
+    for c in model.constraints:
+        factor = (-1.0 if draw(_BOOL) else 1.0) * _pick(draw, [1.0, 2.0, 0.5, 4.0])
+        items = list(c.coefs.items())
+        coefs = {rename[n]: factor * a for n, a in (items[i] for i in draw(_perms(len(items))))}
+        quad = {quad_key(rename[x], rename[y]): factor * q for (x, y), q in c.quad.items()}
+        cons.append(Constraint(c.name, coefs, c.sense if factor > 0 else flip[c.sense], factor * c.rhs, quad))
+    cons = [cons[i] for i in draw(_perms(len(cons)))]
+    quad_obj = {quad_key(rename[x], rename[y]): q for (x, y), q in model.quad_obj.items()}
+    return Model(variables, cons, model.sense, model.obj_constant, quad_obj)
+
+
+CHANGES = ("coefficient", "objective-coefficient", "bound", "sense", "type")
+
+
+def change(draw, model: Model, what: str) -> Model:
+    """A copy of model with one thing changed (what: one of CHANGES; the objective coefficient where
+    the model has no row to change)."""
+    variables = [Variable(v.name, v.vtype, v.lb, v.ub, v.obj, v.semi) for v in model.variables]
+    cons = [Constraint(c.name, dict(c.coefs), c.sense, c.rhs, dict(c.quad)) for c in model.constraints]
+    linear = [c for c in cons if c.coefs]
+    if what == "coefficient" and linear:
+        c = _pick(draw, linear)
+        name = _pick(draw, sorted(c.coefs))
+        c.coefs[name] = _pick(draw, [x for x in (-3.0, -1.0, 0.5, 1.0, 2.0, 5.0) if x != c.coefs[name]])
+    elif what == "sense" and cons:
+        c = _pick(draw, cons)
+        c.sense = _pick(draw, [s for s in ("<=", ">=", "=") if s != c.sense])
+    elif what == "type":
+        v = _pick(draw, variables)
+        v.vtype = _pick(draw, [t for t in "CI" if t != v.vtype])
+    elif what == "bound":
+        v = _pick(draw, variables)
+        if draw(_BOOL) and math.isfinite(v.ub):
+            v.ub = v.ub + _pick(draw, [1.0, 2.5])
+        else:
+            v.lb = v.lb - _pick(draw, [1.0, 2.5]) if math.isfinite(v.lb) else min(v.ub, 0.0) - 1.0
+    else:
+        v = _pick(draw, variables)
+        v.obj = _pick(draw, [x for x in (-2.0, 0.0, 1.0, 3.0) if x != v.obj])
+    return Model(variables, cons, model.sense, model.obj_constant, dict(model.quad_obj))
+
+
+@dataclass
+class GraphCheck:
+    """One generated pair checked: the properties that failed (empty: all held), and the changed pair."""
+
+    failures: list[str]
+    changes: int
+    distance: float
+    equal_after_change: bool
+
+
+@st.composite
+def graph_checks(draw) -> GraphCheck:
+    """A model, a disguised copy (invariance) and a disguised copy with 1..4 changes (symmetry, range, exactness)."""
+    from solver_ppo.evaluation import graph_distance
+
+    model = draw(specs()).model()
+    failures = []
+    if graph_distance(model, draw(disguised(model))) != 0.0:
+        failures.append("invariance")
+    k = draw(_ints(1, 4))
+    changed = model
+    for _ in range(k):
+        changed = change(draw, changed, _pick(draw, CHANGES))
+    changed = draw(disguised(changed))
+    d, back = graph_distance(model, changed), graph_distance(changed, model)
+    if d != back:
+        failures.append("symmetry")
+    if not 0.0 <= d <= 1.0:
+        failures.append("range")
+    equal = equal_up_to_changes(model, changed)
+    if (d == 0.0) != equal:
+        failures.append("exactness")
+    return GraphCheck(failures, k, d, equal)
+
+
+def mean_distance_by_changes(checks: list[GraphCheck]) -> dict[int, float]:
+    by_k: dict[int, list[float]] = {}
+    for c in checks:
+        by_k.setdefault(c.changes, []).append(c.distance)
+    return {k: sum(ds) / len(ds) for k, ds in sorted(by_k.items())}
+
+
+def monotone(means: dict[int, float]) -> bool:
+    """The mean distance grows strictly with the number of changes."""
+    values = [means[k] for k in sorted(means)]
+    return all(a < b for a, b in zip(values, values[1:]))
