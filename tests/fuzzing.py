@@ -891,3 +891,178 @@ def monotone(means: dict[int, float]) -> bool:
     """The mean distance grows strictly with the number of changes."""
     values = [means[k] for k in sorted(means)]
     return all(a < b for a, b in zip(values, values[1:]))
+
+
+# ----------------------------------------------------------------------------- programs
+
+LIBRARIES = ("pyscipopt", "gurobipy", "coptpy", "pyomo", "pulp", "scipy")
+IDIOMS = ("loops", "inline", "special")  # loops: solver_ppo.data.code_answers.render_code (data dicts, sums)
+_OPS = {"<=": "<=", ">=": ">=", "=": "=="}
+# what makes the library write its own LP file, inserted before the solve call
+_WRITE_LP = {"gurobipy": 'm.write("m.lp")', "coptpy": 'm.write("m.lp")', "pyscipopt": 'm.writeProblem("m.lp")',
+             "pulp": 'prob.writeLP("m.lp")', "pyomo": 'm.write("m.lp", io_options={"symbolic_solver_labels": True})'}
+_SOLVE_PREFIX = {"gurobipy": "m.optimize(", "coptpy": "m.solve(", "pyscipopt": "m.optimize(", "pulp": "prob.solve(",
+                 "pyomo": "result = pyo.SolverFactory("}
+
+
+def _py(x: float, inf: str = "float('inf')") -> str:
+    if math.isinf(x):
+        return inf if x > 0 else f"-{inf}"
+    return repr(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _sum(coefs: dict[str, float], var: str, constant: float = 0.0) -> str:
+    terms = [f"{_py(c)} * {var.format(n=repr(n))}" for n, c in coefs.items()]
+    if constant != 0.0 or not terms:
+        terms.append(_py(constant))
+    return " + ".join(terms)
+
+
+def _inline(model: Model, library: str) -> list[str]:
+    """One statement per variable and per row, each expression written out."""
+    obj = {v.name: v.obj for v in model.variables if v.obj != 0.0} or {model.variables[0].name: 0.0}
+    if library == "gurobipy":
+        vt = {"C": "GRB.CONTINUOUS", "I": "GRB.INTEGER", "B": "GRB.BINARY"}
+        out = ["import gurobipy as gp", "from gurobipy import GRB", 'm = gp.Model("fuzz")', "x = {}"]
+        out += [f"x[{v.name!r}] = m.addVar(lb={_py(v.lb, 'GRB.INFINITY')}, ub={_py(v.ub, 'GRB.INFINITY')}, vtype={vt[v.vtype]}, name={v.name!r})" for v in model.variables]
+        out.append(f"m.setObjective({_sum(obj, 'x[{n}]', model.obj_constant)}, GRB.{model.sense.upper()}IMIZE)")
+        out += [f"m.addConstr({_sum(c.coefs, 'x[{n}]')} {_OPS[c.sense]} {_py(c.rhs)}, name={c.name!r})" for c in model.constraints]
+        return out + ["m.optimize()"]
+    if library == "coptpy":
+        vt = {"C": "COPT.CONTINUOUS", "I": "COPT.INTEGER", "B": "COPT.BINARY"}
+        out = ["import coptpy as cp", "from coptpy import COPT", "env = cp.Envr()", 'm = env.createModel("fuzz")', "x = {}"]
+        out += [f"x[{v.name!r}] = m.addVar(lb={_py(v.lb, 'COPT.INFINITY')}, ub={_py(v.ub, 'COPT.INFINITY')}, vtype={vt[v.vtype]}, name={v.name!r})" for v in model.variables]
+        out.append(f"m.setObjective({_sum(obj, 'x[{n}]', model.obj_constant)}, COPT.{model.sense.upper()}IMIZE)")
+        out += [f"m.addConstr({_sum(c.coefs, 'x[{n}]')} {_OPS[c.sense]} {_py(c.rhs)}, name={c.name!r})" for c in model.constraints]
+        return out + ["m.solve()"]
+    if library == "pyscipopt":
+        out = ["from pyscipopt import Model", 'm = Model("fuzz")', "x = {}"]
+        out += [f"x[{v.name!r}] = m.addVar(name={v.name!r}, vtype={v.vtype!r}, lb={_py(v.lb, 'None').replace('-None', 'None')}, ub={_py(v.ub, 'None')})" for v in model.variables]
+        out.append(f"m.setObjective({_sum(obj, 'x[{n}]', model.obj_constant)}, {model.sense + 'imize'!r})")
+        out += [f"m.addCons({_sum(c.coefs, 'x[{n}]')} {_OPS[c.sense]} {_py(c.rhs)}, name={c.name!r})" for c in model.constraints]
+        return out + ["m.optimize()"]
+    if library == "pulp":
+        cat = {"C": "'Continuous'", "I": "'Integer'", "B": "'Binary'"}
+        out = ["import pulp", f"prob = pulp.LpProblem('fuzz', pulp.Lp{model.sense.capitalize()}imize)", "x = {}"]
+        out += [f"x[{v.name!r}] = pulp.LpVariable({v.name!r}, {_py(v.lb, 'None').replace('-None', 'None')}, {_py(v.ub, 'None')}, cat={cat[v.vtype]})" for v in model.variables]
+        out.append(f"prob += {_sum(obj, 'x[{n}]', model.obj_constant)}")
+        out += [f"prob += {_sum(c.coefs, 'x[{n}]')} {_OPS[c.sense]} {_py(c.rhs)}, {c.name!r}" for c in model.constraints]
+        return out + ["prob.solve()"]
+    if library == "pyomo":
+        dom = {"C": "pyo.Reals", "I": "pyo.Integers", "B": "pyo.Binary"}
+        out = ["import pyomo.environ as pyo", "m = pyo.ConcreteModel()", "x = {}"]
+        for v in model.variables:
+            bounds = "" if v.vtype == "B" else f", bounds=({_py(v.lb, 'None').replace('-None', 'None')}, {_py(v.ub, 'None')})"
+            out += [f"x[{v.name!r}] = pyo.Var(domain={dom[v.vtype]}{bounds})", f"m.add_component('v_' + {v.name!r}, x[{v.name!r}])"]
+        out.append(f"m.obj = pyo.Objective(expr={_sum(obj, 'x[{n}]', model.obj_constant)}, sense=pyo.{model.sense}imize)")
+        out += [f"m.add_component('c{i}', pyo.Constraint(expr={_sum(c.coefs, 'x[{n}]')} {_OPS[c.sense]} {_py(c.rhs)}))" for i, c in enumerate(model.constraints)]
+        return out + ['result = pyo.SolverFactory("glpk").solve(m)']
+    raise ValueError(library)
+
+
+def _special(model: Model, library: str) -> list[str]:
+    """Each library's own idiom: gurobipy's matrix API, coptpy's LinExpr.addTerms, pyscipopt's
+    expression built in place, pulp's LpAffineExpression and LpConstraint, pyomo's Set, Param
+    and ConstraintList, scipy's milp with LinearConstraint and Bounds."""
+    names_ = [v.name for v in model.variables]
+    matrix = [[c.coefs.get(n, 0.0) for n in names_] for c in model.constraints]
+    data = [f"names = {names_!r}", f"obj = {[v.obj for v in model.variables]!r}",
+            f"rows = {[(c.name, c.coefs, c.sense, c.rhs) for c in model.constraints]!r}"]
+    if library == "gurobipy":
+        vt = "".join(v.vtype for v in model.variables)
+        out = ["import numpy as np", "import gurobipy as gp", "from gurobipy import GRB", *data, 'm = gp.Model("fuzz")',
+               f"x = m.addMVar({len(names_)}, lb=np.array({[v.lb for v in model.variables]!r}), ub=np.array({[v.ub for v in model.variables]!r}), vtype={list(vt)!r})",
+               f"A = np.array({matrix!r}).reshape({len(matrix)}, {len(names_)})",
+               "for i, (name, _, sense, rhs) in enumerate(rows):",
+               "    if sense == '<=':", "        m.addConstr(A[i] @ x <= rhs, name=name)",
+               "    elif sense == '>=':", "        m.addConstr(A[i] @ x >= rhs, name=name)",
+               "    else:", "        m.addConstr(A[i] @ x == rhs, name=name)",
+               f"m.setObjective(np.array(obj) @ x + {_py(model.obj_constant)}, GRB.{model.sense.upper()}IMIZE)", "m.optimize()"]
+        return [line.replace("inf,", "float('inf'),").replace("inf]", "float('inf')]") for line in out]
+    if library == "coptpy":
+        vt = {"C": "COPT.CONTINUOUS", "I": "COPT.INTEGER", "B": "COPT.BINARY"}
+        return ["import coptpy as cp", "from coptpy import COPT", *data, "env = cp.Envr()", 'm = env.createModel("fuzz")',
+                f"lower = {[_py(v.lb, 'COPT.INFINITY') for v in model.variables]}".replace("'", ""),
+                f"upper = {[_py(v.ub, 'COPT.INFINITY') for v in model.variables]}".replace("'", ""),
+                f"kinds = [{', '.join(vt[v.vtype] for v in model.variables)}]",
+                "x = {n: m.addVar(lb=lower[k], ub=upper[k], vtype=kinds[k], name=n) for k, n in enumerate(names)}",
+                "for name, coefs, sense, rhs in rows:", "    e = cp.LinExpr()", "    for n, c in coefs.items():",
+                "        e.addTerm(x[n], c)",
+                "    m.addConstr(e <= rhs if sense == '<=' else (e >= rhs if sense == '>=' else e == rhs), name=name)",
+                f"goal = cp.LinExpr({_py(model.obj_constant)})", "for k, n in enumerate(names):", "    goal.addTerm(x[n], obj[k])",
+                f"m.setObjective(goal, COPT.{model.sense.upper()}IMIZE)", "m.solve()"]
+    if library == "pyscipopt":
+        return ["from pyscipopt import Model", *data, 'm = Model("fuzz")',
+                f"bounds = {[(None if v.lb == -INF else v.lb, None if v.ub == INF else v.ub, v.vtype) for v in model.variables]!r}",
+                "x = {n: m.addVar(name=n, lb=lb, ub=ub, vtype=t) for n, (lb, ub, t) in zip(names, bounds)}",
+                "for name, coefs, sense, rhs in rows:", "    e = 0", "    for n, c in coefs.items():", "        e += c * x[n]",
+                "    m.addCons(e <= rhs if sense == '<=' else (e >= rhs if sense == '>=' else e == rhs), name=name)",
+                f"goal = {_py(model.obj_constant)}", "for k, n in enumerate(names):", "    goal = goal + obj[k] * x[n]",
+                f"m.setObjective(goal, {model.sense + 'imize'!r})", "m.optimize()"]
+    if library == "pulp":
+        return ["import pulp", *data, f"prob = pulp.LpProblem('fuzz', pulp.Lp{model.sense.capitalize()}imize)",
+                f"bounds = {[(None if v.lb == -INF else v.lb, None if v.ub == INF else v.ub, {'C': 'Continuous', 'I': 'Integer', 'B': 'Binary'}[v.vtype]) for v in model.variables]!r}",
+                "x = {n: pulp.LpVariable(n, lb, ub, cat=t) for n, (lb, ub, t) in zip(names, bounds)}",
+                f"prob.setObjective(pulp.LpAffineExpression([(x[n], obj[k]) for k, n in enumerate(names)], constant={_py(model.obj_constant)}))",
+                "kinds = {'<=': pulp.LpConstraintLE, '>=': pulp.LpConstraintGE, '=': pulp.LpConstraintEQ}",
+                "for name, coefs, sense, rhs in rows:",
+                "    prob += pulp.LpConstraint(pulp.LpAffineExpression([(x[n], c) for n, c in coefs.items()]), sense=kinds[sense], rhs=rhs, name=name)",
+                "prob.solve()"]
+    if library == "pyomo":
+        dom = {"C": "pyo.Reals", "I": "pyo.Integers", "B": "pyo.Binary"}
+        return ["import pyomo.environ as pyo", *data, "m = pyo.ConcreteModel()", "m.I = pyo.Set(initialize=names, ordered=True)",
+                "m.cost = pyo.Param(m.I, initialize=dict(zip(names, obj)))",
+                f"spec = {{n: (lb, ub, d) for n, lb, ub, d in zip(names, {[None if v.lb == -INF else v.lb for v in model.variables]!r}, {[None if v.ub == INF else v.ub for v in model.variables]!r}, [{', '.join(dom[v.vtype] for v in model.variables)}])}}",
+                "m.x = pyo.Var(m.I, domain=lambda m, n: spec[n][2], bounds=lambda m, n: spec[n][:2])",
+                f"m.obj = pyo.Objective(expr=sum(m.cost[n] * m.x[n] for n in m.I) + {_py(model.obj_constant)}, sense=pyo.{model.sense}imize)",
+                "m.rows = pyo.ConstraintList()", "for name, coefs, sense, rhs in rows:",
+                "    e = sum(c * m.x[n] for n, c in coefs.items())",
+                "    m.rows.add(e <= rhs if sense == '<=' else (e >= rhs if sense == '>=' else e == rhs))",
+                'result = pyo.SolverFactory("glpk").solve(m)']
+    if library == "scipy":
+        sign = -1.0 if model.sense == "max" else 1.0
+        lo = [-INF if c.sense == "<=" else c.rhs for c in model.constraints]
+        hi = [INF if c.sense == ">=" else c.rhs for c in model.constraints]
+        out = ["import numpy as np", "from scipy.optimize import milp, LinearConstraint, Bounds",
+               f"c = np.array({[sign * v.obj for v in model.variables]!r})",
+               f"integrality = np.array({[0 if v.vtype == 'C' else 1 for v in model.variables]!r})",
+               f"bounds = Bounds({[v.lb for v in model.variables]!r}, {[v.ub for v in model.variables]!r})"]
+        if model.constraints:
+            out.append(f"cons = [LinearConstraint(np.array({matrix!r}), {lo!r}, {hi!r})]")
+        else:
+            out.append("cons = []")
+        out.append("res = milp(c, integrality=integrality, bounds=bounds, constraints=cons)")
+        return [line.replace("inf,", "np.inf,").replace("inf]", "np.inf]").replace("inf)", "np.inf)") for line in out]
+    raise ValueError(library)
+
+
+def program(model: Model, library: str, idiom: str) -> str:
+    """A program that builds the model with the library in the idiom and calls its solve."""
+    from solver_ppo.data.code_answers import render_code
+
+    if idiom == "loops":
+        return render_code(model, library, "fuzz")
+    if idiom == "inline" and library == "scipy":
+        idiom = "loops"  # scipy has arrays only: render_code's linprog is its inline form
+        return render_code(model, library, "fuzz")
+    return "\n".join(_inline(model, library) if idiom == "inline" else _special(model, library)) + "\n"
+
+
+def with_lp_write(code: str, library: str) -> str | None:
+    """The program with the library's own LP writer called just before its solve (None: scipy, which has none)."""
+    if library not in _WRITE_LP:
+        return None
+    lines = code.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(_SOLVE_PREFIX[library]))
+    return "\n".join(lines[:at] + [_WRITE_LP[library]] + lines[at:]) + "\n"
+
+
+@st.composite
+def program_cases(draw) -> tuple[Model, str, str, str]:
+    """(model, library, idiom, code): a linear model (no quadratic terms, no semi-continuous variables)."""
+    model = draw(specs(quadratic=False, semi=False)).model()
+    library = _pick(draw, LIBRARIES)
+    idiom = _pick(draw, IDIOMS)
+    if library == "scipy":
+        model.obj_constant = 0.0  # scipy's objective has no constant
+    return model, library, idiom, program(model, library, idiom)
