@@ -1,0 +1,36 @@
+"""Differential fuzzing (tests/fuzzing.py): a fixed-seed slice of tools/fuzz_evaluation.py, and the
+examples the long runs found, shrunk by Hypothesis, as regression tests."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from fuzzing import LIBRARIES, Readers, compare_file, graph_checks, lp_cases, mps_cases, program_cases, mean_distance_by_changes, monotone
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
+
+from solver_ppo.evaluation import Constraint, Model, Variable, graph_distance, read_model
+
+SLICE = settings(database=None, deadline=None, derandomize=False, suppress_health_check=list(HealthCheck))
+
+
+# ----------------------------------------------------------------------------- found by the fuzzer
+
+
+def test_graph_distance_of_a_quadratic_objective_without_rows():
+    # shrunk: the objective's quadratic term looked up its owner row in an empty row map (IndexError)
+    model = read_model("Minimize\n obj: [ 2 x ^ 2 ] / 2\nSubject To\nEnd\n")
+    other = read_model("Minimize\n obj: [ 4 x ^ 2 ] / 2\nSubject To\nEnd\n")
+    assert graph_distance(model, model) == 0.0
+    assert 0.0 < graph_distance(model, other) < 1.0
+
+
+def test_integer_bounds_are_rounded_inwards():
+    # shrunk from a gurobipy program: Gurobi's writer stores an integer x >= -8.75 as x >= -8
+    def model(vtype: str, lb: float) -> Model:
+        return Model([Variable("w", vtype, lb, -1.0, 9.0)], [Constraint("c", {"w": -6.25}, ">=", 15.75)])
+
+    assert graph_distance(model("I", -8.75), model("I", -8.0)) == 0.0
+    assert graph_distance(model("C", -8.75), model("C", -8.0)) > 0.0
+    assert graph_distance(model("I", -8.75), model("I", -7.0)) > 0.0
