@@ -735,7 +735,8 @@ def compare_file(case: Case, readers: Readers, workdir: str) -> Verdict:
 
 # What graph_distance promises, each checked on generated pairs:
 #   invariance   d = 0 under renaming, reordering variables, rows and terms, negating a row with
-#                its sense flipped, and scaling a row by a positive factor;
+#                its sense flipped, scaling a row by a positive factor, and rounding an integer
+#                variable's bounds inwards;
 #   symmetry     d(a, b) = d(b, a) exactly;
 #   range        0 <= d <= 1;
 #   exactness    d = 0 if and only if the models are equal up to those changes (decided here by
@@ -753,8 +754,12 @@ def _r10(x: float) -> float:
 
 
 def _vcode(v: Variable) -> tuple:
-    vtype = "B" if v.vtype == "I" and (v.lb, v.ub) == (0.0, 1.0) else v.vtype
-    return (vtype, v.semi, v.lb, v.ub, _r10(v.obj))
+    """An integer variable's bounds rounded inwards; an integer variable in [0, 1] is a binary."""
+    lb, ub = v.lb, v.ub
+    if v.vtype != "C":
+        lb, ub = (math.ceil(lb) if math.isfinite(lb) else lb), (math.floor(ub) if math.isfinite(ub) else ub)
+    vtype = "B" if v.vtype == "I" and (lb, ub) == (0.0, 1.0) else v.vtype
+    return (vtype, v.semi, lb, ub, _r10(v.obj))
 
 
 def _canon_rows(model: Model, rename: dict[str, str]) -> list[tuple]:
