@@ -34,3 +34,14 @@ def test_integer_bounds_are_rounded_inwards():
     assert graph_distance(model("I", -8.75), model("I", -8.0)) == 0.0
     assert graph_distance(model("C", -8.75), model("C", -8.0)) > 0.0
     assert graph_distance(model("I", -8.75), model("I", -7.0)) > 0.0
+
+
+def test_mps_marker_integer_without_bounds_is_binary():
+    # shrunk: SCIP, Gurobi, COPT and HiGHS give an integer column of a MARKER block with no
+    # BOUNDS entry the upper bound 1; any bound entry (here PL) keeps it unbounded above
+    text = ("NAME fuzz\nROWS\n N obj\n L c1\nCOLUMNS\n y obj -1.25\n y c1 1\n M 'MARKER' 'INTORG'\n v obj -3.25\n v c1 1\n"
+            " M 'MARKER' 'INTEND'\nRHS\n RHS c1 10\n{bounds}ENDATA\n")
+    binary = read_model(text.format(bounds=""), "mps").variables[1]
+    assert (binary.vtype, binary.lb, binary.ub) == ("I", 0.0, 1.0)
+    general = read_model(text.format(bounds="BOUNDS\n PL BND v\n"), "mps").variables[1]
+    assert (general.vtype, general.lb, general.ub) == ("I", 0.0, math.inf)
