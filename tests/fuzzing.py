@@ -306,7 +306,7 @@ def lp_cases(draw, spec: Spec | None = None) -> Case:
             pieces.append(f"+ [ {_quad_text(w, row.quad, 1.0)} ]")
         if row.ranged:
             w.mark("ranged-row")
-            expr = _join(w, pieces, break_lines)
+            expr = _join(w, pieces, False)  # the side after a sense ends with its line (docs/lp-mps-support.md)
             lo, hi = _fmt_lp_number(w, row.lo, number_style), _fmt_lp_number(w, row.hi, number_style)
             lines.append(f" {label}{lo} <= {expr} <= {hi}" if w.draw(_BOOL) else f" {label}{hi} >= {expr} >= {lo}")
             continue
@@ -365,6 +365,9 @@ def _lp_bounds(w: _Writer, v: Variable, number_style: str) -> list[str]:
     inf_word = lambda: w.pick(["inf", "infinity", "1e30", "1e+30"], {"1e30": "bound-1e30", "1e+30": "bound-1e30"})  # noqa: E731
     lb, ub, n = v.lb, v.ub, v.name
     if (lb, ub) == (0.0, INF):
+        if in_marker:  # without a bound it would be binary
+            mark("PL-or-LO-0-on-marker-integer")
+            return [line("PL", b, n)] if w.draw(_BOOL) else [line("LO", b, n, "0")]
         if w.draw(_ints(0, 4)) == 0:
             w.mark("explicit-default-bound")
             return [w.pick([f" {n} >= 0", f" 0 <= {n} <= +{inf_word()}"])]
@@ -523,15 +526,19 @@ def _mps_bounds(w: _Writer, v: Variable, in_marker: bool, line, num) -> list[str
             out.insert(0, line("LO", b, n, num(lb)))
         return out
     if v.vtype == "B":
-        if in_marker and w.draw(_BOOL):
-            mark("UP-1-in-marker")
-            return [line("UP", b, n, "1")]
+        if in_marker:
+            how = w.pick(["none", "UP", "BV"], {"none": "marker-integer-without-bounds-is-binary", "UP": "bound-UP-1-in-marker"})
+            if how != "BV":
+                return [] if how == "none" else [line("UP", b, n, "1")]
         mark("BV")
         return [line("BV", b, n)] if w.draw(_BOOL) else [line("BV", b, n, "1")]
     if v.vtype == "I" and not in_marker:  # an integer declared by LI/UI bounds rather than a MARKER block
         mark("LI-UI")
         return [line("LI", b, n, num(lb) if math.isfinite(lb) else "-1e30"), line("UI", b, n, num(ub) if math.isfinite(ub) else "1e30")]
     if (lb, ub) == (0.0, INF):
+        if in_marker:  # without a bound it would be binary
+            mark("PL-or-LO-0-on-marker-integer")
+            return [line("PL", b, n)] if w.draw(_BOOL) else [line("LO", b, n, "0")]
         if w.draw(_ints(0, 4)) == 0:
             mark("PL")
             return [line("PL", b, n)]
@@ -904,8 +911,9 @@ LIBRARIES = ("pyscipopt", "gurobipy", "coptpy", "pyomo", "pulp", "scipy")
 IDIOMS = ("loops", "inline", "special")  # loops: solver_ppo.data.code_answers.render_code (data dicts, sums)
 _OPS = {"<=": "<=", ">=": ">=", "=": "=="}
 # what makes the library write its own LP file, inserted before the solve call
-_WRITE_LP = {"gurobipy": 'm.write("m.lp")', "coptpy": 'm.write("m.lp")', "pyscipopt": 'm.writeProblem("m.lp")',
-             "pulp": 'prob.writeLP("m.lp")', "pyomo": 'm.write("m.lp", io_options={"symbolic_solver_labels": True})'}
+# (an absolute path: coptpy resolves a relative one against the directory the process started in)
+_WRITE_LP = {"gurobipy": "m.write({path!r})", "coptpy": "m.write({path!r})", "pyscipopt": "m.writeProblem({path!r})",
+             "pulp": "prob.writeLP({path!r})", "pyomo": 'm.write({path!r}, io_options={{"symbolic_solver_labels": True}})'}
 _SOLVE_PREFIX = {"gurobipy": "m.optimize(", "coptpy": "m.solve(", "pyscipopt": "m.optimize(", "pulp": "prob.solve(",
                  "pyomo": "result = pyo.SolverFactory("}
 
@@ -1053,13 +1061,13 @@ def program(model: Model, library: str, idiom: str) -> str:
     return "\n".join(_inline(model, library) if idiom == "inline" else _special(model, library)) + "\n"
 
 
-def with_lp_write(code: str, library: str) -> str | None:
-    """The program with the library's own LP writer called just before its solve (None: scipy, which has none)."""
+def with_lp_write(code: str, library: str, path: str) -> str | None:
+    """The program with the library's own LP writer writing `path` just before its solve (None: scipy, which has none)."""
     if library not in _WRITE_LP:
         return None
     lines = code.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith(_SOLVE_PREFIX[library]))
-    return "\n".join(lines[:at] + [_WRITE_LP[library]] + lines[at:]) + "\n"
+    return "\n".join(lines[:at] + [_WRITE_LP[library].format(path=path)] + lines[at:]) + "\n"
 
 
 @st.composite

@@ -106,17 +106,18 @@ def check_program(model, library: str, code: str, sandboxes: dict, workdir: str)
         return f"captured model at graph distance {d:.4g}"
     if not fz.same_result(_outcome(solve_model(got, limits)), _outcome(want)):
         return "captured model solves differently"
-    own = fz.with_lp_write(code, library)
+    lp = Path(workdir, "m.lp")
+    own = fz.with_lp_write(code, library, str(lp))
     if own is None:
         return None
     with fz._quiet():
         run_captured(own, workdir)
-    lp = Path(workdir, "m.lp")
-    written = read_model(lp.read_text(), "lp")
+    lp_text = lp.read_text()
+    written = read_model(lp_text, "lp")
     lp.unlink()
     d = graph_distance(written, got)
     if d > 0.0:
-        return f"the library's own LP file at graph distance {d:.4g} from the captured model"
+        return f"the library's own LP file at graph distance {d:.4g} from the captured model:\n{lp_text}\ncaptured:\n{out.model_text}"
     return None
 
 
