@@ -45,3 +45,16 @@ def test_mps_marker_integer_without_bounds_is_binary():
     assert (binary.vtype, binary.lb, binary.ub) == ("I", 0.0, 1.0)
     general = read_model(text.format(bounds="BOUNDS\n PL BND v\n"), "mps").variables[1]
     assert (general.vtype, general.lb, general.ub) == ("I", 0.0, math.inf)
+
+
+def test_pyomo_capture_keeps_a_variable_no_row_uses(tmp_path):
+    # shrunk from a pyomo program: its MPS writer left out a declared variable that neither the
+    # objective nor a row uses, so the captured model had one variable less than the program
+    from solver_ppo.evaluation.capture import run_captured
+
+    code = ("import pyomo.environ as pyo\nm = pyo.ConcreteModel()\nm.x = pyo.Var(['a', 'b'], bounds=(0, 4))\n"
+            "m.obj = pyo.Objective(expr=m.x['a'], sense=pyo.maximize)\npyo.SolverFactory('glpk').solve(m)\n")
+    out = run_captured(code, str(tmp_path))
+    assert out.status == "captured", out.reason
+    model = read_model(out.model_text, out.fmt)
+    assert sorted((v.name, v.lb, v.ub, v.obj) for v in model.variables) == [("x(a)", 0.0, 4.0, 1.0), ("x(b)", 0.0, 4.0, 0.0)]
