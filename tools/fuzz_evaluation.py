@@ -90,35 +90,41 @@ def run_files(n: int, seed_: int, tally: Tally, readers: fz.Readers, workdir: st
     return kinds
 
 
-def check_program(model, library: str, code: str, sandboxes: dict, workdir: str) -> str | None:
-    """Why the captured model (and the library's own LP file) is not the generated model, or None."""
+def check_program(model, library: str, code: str, sandboxes: dict, workdir: str) -> tuple[str | None, str]:
+    """(why the captured model is not the generated model, or None; how the library's own LP file
+    compares with the captured model: 'same model', 'same optimum, another graph', 'optimum
+    without the objective constant', or 'differs', which counts as a mismatch too)."""
     from solver_ppo.evaluation.sandbox import Sandbox
 
     box = sandboxes.get(library) or sandboxes.setdefault(library, Sandbox("auto", library=library))
     out = box.run(code)
     if out.status != "captured":
-        return f"not captured: {out.status}: {out.reason}"
+        return f"not captured: {out.status}: {out.reason}", "none"
     limits = SolverLimits(time_limit_s=10.0)
-    want = solve_model(model, limits)
     got = orient(read_model(out.model_text, out.fmt), model.sense)
     d = graph_distance(got, model)
     if d > 0.0:
-        return f"captured model at graph distance {d:.4g}"
-    if not fz.same_result(_outcome(solve_model(got, limits)), _outcome(want)):
-        return "captured model solves differently"
+        return f"captured model at graph distance {d:.4g}:\n{out.model_text}", "none"
+    captured = _outcome(solve_model(got, limits))
+    if not fz.same_result(captured, _outcome(solve_model(model, limits))):
+        return "captured model solves differently", "none"
     lp = Path(workdir, "m.lp")
     own = fz.with_lp_write(code, library, str(lp))
     if own is None:
-        return None
+        return None, "none"
     with fz._quiet():
         run_captured(own, workdir)
     lp_text = lp.read_text()
-    written = read_model(lp_text, "lp")
     lp.unlink()
-    d = graph_distance(written, got)
-    if d > 0.0:
-        return f"the library's own LP file at graph distance {d:.4g} from the captured model:\n{lp_text}\ncaptured:\n{out.model_text}"
-    return None
+    written = read_model(lp_text, "lp")
+    if graph_distance(written, got) == 0.0:
+        return None, "same model"
+    mine = _outcome(solve_model(written, limits))
+    if fz.same_result(mine, captured):
+        return None, "same optimum, another graph"
+    if mine.status == "optimal" and fz.same_result(fz.Outcome("optimal", mine.objective + model.obj_constant), captured):
+        return None, "optimum without the objective constant"
+    return f"the library's own LP file solves differently:\n{lp_text}\ncaptured:\n{out.model_text}", "differs"
 
 
 def _outcome(result) -> fz.Outcome:
@@ -136,13 +142,15 @@ def run_programs(n: int, seed_: int, tally: Tally, workdir: str) -> Counter:
         model, library, idiom, code = case
         started = time.perf_counter()
         try:
-            why = check_program(model, library, code, sandboxes, workdir)
+            why, own_lp = check_program(model, library, code, sandboxes, workdir)
         except Exception as err:  # noqa: BLE001 - the fuzzer reports it
-            why = f"crash: {type(err).__name__}: {err}"
+            why, own_lp = f"crash: {type(err).__name__}: {err}", "none"
         tally.timed(started)
         kind = "agree" if why is None else ("crash" if why.startswith("crash") else "disagree")
         kinds[kind] += 1
         tally.add([f"program:{library}", f"program:{library}:{idiom}"], kind)
+        if own_lp != "none":
+            tally.add([f"program:{library}:own LP file: {own_lp}"], kind)
         if why is not None:
             tally.failures.append({"part": "programs", "kind": kind, "detail": why, "library": library, "idiom": idiom, "code": code})
 
