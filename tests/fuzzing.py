@@ -365,9 +365,6 @@ def _lp_bounds(w: _Writer, v: Variable, number_style: str) -> list[str]:
     inf_word = lambda: w.pick(["inf", "infinity", "1e30", "1e+30"], {"1e30": "bound-1e30", "1e+30": "bound-1e30"})  # noqa: E731
     lb, ub, n = v.lb, v.ub, v.name
     if (lb, ub) == (0.0, INF):
-        if in_marker:  # without a bound it would be binary
-            mark("PL-or-LO-0-on-marker-integer")
-            return [line("PL", b, n)] if w.draw(_BOOL) else [line("LO", b, n, "0")]
         if w.draw(_ints(0, 4)) == 0:
             w.mark("explicit-default-bound")
             return [w.pick([f" {n} >= 0", f" 0 <= {n} <= +{inf_word()}"])]
