@@ -332,9 +332,11 @@ def lp_cases(draw, spec: Spec | None = None) -> Case:
     bins = [v.name for v in spec.variables if v.vtype == "B"]
     bins_as_general = bool(bins) and w.pick([False, False, True], {True: "binary-as-general-with-bounds"})
     bound_lines = [f" 0 <= {b} <= 1" for b in bins] if bins_as_general else []
+    used = {v.name for v in spec.variables if v.obj != 0.0 or v.vtype != "C" or v.semi}
+    used |= {n for r in spec.rows for n in r.coefs} | {n for key in [*spec.quad_obj, *(k for r in spec.rows for k in r.quad)] for n in key}
     for v in spec.variables:
         if v.vtype != "B":
-            bound_lines += _lp_bounds(w, v, number_style)
+            bound_lines += _lp_bounds(w, v, number_style, declare=v.name not in used)
     if bound_lines or w.draw(_BOOL):
         lines.append(w.pick(["Bounds", "Bounds", "bounds", "Bound"], {"Bound": "header-spelling"}))
         lines += bound_lines
@@ -360,12 +362,13 @@ def lp_cases(draw, spec: Spec | None = None) -> Case:
     return Case("\n".join(lines) + "\n", "lp", spec.model(), w.classes or ["lp:plain"], "lp")
 
 
-def _lp_bounds(w: _Writer, v: Variable, number_style: str) -> list[str]:
+def _lp_bounds(w: _Writer, v: Variable, number_style: str, declare: bool) -> list[str]:
+    """Bound lines of v; declare: v appears nowhere else, so a default bound is written to declare it."""
     f = lambda x: _fmt_lp_number(w, x, number_style)  # noqa: E731
     inf_word = lambda: w.pick(["inf", "infinity", "1e30", "1e+30"], {"1e30": "bound-1e30", "1e+30": "bound-1e30"})  # noqa: E731
     lb, ub, n = v.lb, v.ub, v.name
     if (lb, ub) == (0.0, INF):
-        if w.draw(_ints(0, 4)) == 0:
+        if declare or w.draw(_ints(0, 4)) == 0:
             w.mark("explicit-default-bound")
             return [w.pick([f" {n} >= 0", f" 0 <= {n} <= +{inf_word()}"])]
         return []

@@ -83,7 +83,7 @@ def run_files(n: int, seed_: int, tally: Tally, readers: fz.Readers, workdir: st
         tally.add([case.dialect, *case.classes], labels[verdict.kind])
         if verdict.kind in ("disagree", "stricter", "crash", "refused_some_read"):
             tally.failures.append({"part": "files", "kind": verdict.kind, "detail": verdict.detail, "classes": case.classes,
-                                   "text": case.text, "ours": [verdict.ours.status, verdict.ours.objective, verdict.ours.reason],
+                                   "text": case.text, "model": repr(case.model), "ours": [verdict.ours.status, verdict.ours.objective, verdict.ours.reason],
                                    "solvers": {k: [o.status, o.objective] for k, o in verdict.solvers.items()}})
 
     check()
