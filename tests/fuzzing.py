@@ -279,7 +279,7 @@ def lp_cases(draw, spec: Spec | None = None) -> Case:
         lines.append("\\ generated model")
     spellings = {"max": ["Maximize", "Maximise", "MAXIMIZE", "max", "maximum"], "min": ["Minimize", "Minimise", "MINIMIZE", "min", "minimum"]}
     header = w.pick(spellings[spec.sense], {"max": "short-headers", "min": "short-headers", "maximum": "short-headers",
-                                            "minimum": "short-headers", "Maximise": "header-spelling", "Minimise": "header-spelling",
+                                            "minimum": "short-headers", "Maximise": "header-british-spelling", "Minimise": "header-british-spelling",
                                             "MAXIMIZE": "header-spelling", "MINIMIZE": "header-spelling"})
     lines.append(header + (" \\ the objective" if comments and w.draw(_BOOL) else ""))
     obj_pieces = _lp_terms(w, {v.name: v.obj for v in spec.variables if v.obj != 0.0}, number_style, layout)
@@ -710,6 +710,9 @@ class Verdict:
     detail: str = ""
 
 
+CONSENSUS = "differs from the solvers' consensus"
+
+
 def compare_file(case: Case, readers: Readers, workdir: str) -> Verdict:
     """Our reading of the case against the generated model and against every installed reader."""
     from solver_ppo.evaluation import graph_distance
@@ -734,8 +737,30 @@ def compare_file(case: Case, readers: Readers, workdir: str) -> Verdict:
         return Verdict("disagree", mine, solvers, f"read differently from the generated model (graph distance {distance:.3g})")
     definite = [o for o in solvers.values() if o.definite]
     if len(definite) >= 2 and all(same_result(o, definite[0]) for o in definite) and not same_result(mine, definite[0]):
-        return Verdict("disagree", mine, solvers, "differs from the solvers' consensus")
+        return Verdict("disagree", mine, solvers, CONSENSUS)
     return Verdict("agree", mine, solvers)
+
+
+# Constructs the solvers read differently from each other and from us, each with the solvers that
+# read it otherwise (docs/lp-mps-support.md has the measurements and who sides with us). A
+# disagreement is documented when the file has the construct and every solver that agrees on the
+# other result is one of these.
+DOCUMENTED = {
+    "lp:objective-constant": ("gurobi", "copt"),  # Gurobi drops it; COPT drops one before the first term
+    "lp:constant-on-the-left": ("gurobi", "copt", "highs"),  # they drop it: x + y + 1 <= 4 as x + y <= 4
+    "lp:header-british-spelling": ("scip", "highs"),  # `Minimise`/`Maximise`: read with no objective
+}
+
+
+def documented(case: Case, verdict: Verdict) -> str | None:
+    """The DOCUMENTED construct that explains a 'disagree' verdict against the solvers' consensus, or None."""
+    if verdict.kind != "disagree" or verdict.detail != CONSENSUS:
+        return None
+    others = {n for n, o in verdict.solvers.items() if o.definite}
+    for construct, solvers in DOCUMENTED.items():
+        if construct in case.classes and others <= set(solvers):
+            return construct
+    return None
 
 
 # ----------------------------------------------------------------------------- graph distance
