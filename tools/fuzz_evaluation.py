@@ -50,12 +50,16 @@ def _settings(n: int) -> settings:
 
 
 class Tally:
-    """Per construct class: how many cases had it, and how each ended."""
+    """Per construct class: how many cases had it, and how each ended; cases past the deadline are skipped."""
 
-    def __init__(self):
+    def __init__(self, deadline: float = float("inf")):
+        self.deadline = deadline
         self.rows: dict[str, Counter] = defaultdict(Counter)
         self.failures: list[dict] = []
         self.hangs = 0
+
+    def over(self) -> bool:
+        return time.monotonic() > self.deadline
 
     def add(self, classes: list[str], kind: str) -> None:
         for cls in classes:
@@ -74,6 +78,8 @@ def run_files(n: int, seed_: int, tally: Tally, readers: fz.Readers, workdir: st
     @seed(seed_)
     @given(st.one_of(fz.lp_cases(), fz.mps_cases()))
     def check(case: fz.Case) -> None:
+        if tally.over():
+            return
         started = time.perf_counter()
         verdict = fz.compare_file(case, readers, workdir)
         tally.timed(started)
@@ -142,6 +148,8 @@ def run_programs(n: int, seed_: int, tally: Tally, workdir: str) -> Counter:
     @seed(seed_)
     @given(fz.program_cases())
     def check(case) -> None:
+        if tally.over():
+            return
         model, library, idiom, code = case
         started = time.perf_counter()
         try:
@@ -173,6 +181,8 @@ def run_graph(n: int, seed_: int, tally: Tally) -> tuple[Counter, dict]:
     @seed(seed_)
     @given(st.data())
     def check(data) -> None:
+        if tally.over():
+            return
         try:
             result = data.draw(fz.graph_checks())
         except Exception as err:  # noqa: BLE001
@@ -220,12 +230,14 @@ def main() -> None:
     parser.add_argument("--programs", type=int, default=None, help="programs through the sandbox (default: examples / 10)")
     parser.add_argument("--graph-pairs", type=int, default=None, help="graph-distance pairs (default: examples / 10)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="stop checking after this long; the counts say how many cases were checked")
     parser.add_argument("--failures", type=Path, default=None, help="write each failing case here (JSONL)")
     parser.add_argument("--shrink", action="store_true", help="find the smallest file case of each kind of file failure")
     args = parser.parse_args()
     programs = args.examples // 10 if args.programs is None else args.programs
     pairs = args.examples // 10 if args.graph_pairs is None else args.graph_pairs
-    tally = Tally()
+    tally = Tally(time.monotonic() + 60 * args.minutes if args.minutes else float("inf"))
     readers = fz.Readers()
     print(f"solver readers: {', '.join(readers.available) or 'none'}", file=sys.stderr)
     started = time.perf_counter()
@@ -254,8 +266,12 @@ def main() -> None:
         with args.failures.open("w") as f:
             for record in tally.failures:
                 f.write(json.dumps(record) + "\n")
+    n_files = sum(v for k, v in files.items() if not k.startswith("documented"))
+    if tally.over():
+        print(f"stopped at the --minutes limit: {n_files} files, {sum(progs.values())} programs, "
+              f"{tally.rows['graph:symmetry']['tried']} graph pairs checked")
     print(json.dumps({
-        "examples": args.examples, "crashes": files["crash"] + progs["crash"] + graph["crash"], "hangs": tally.hangs,
+        "examples": n_files, "crashes": files["crash"] + progs["crash"] + graph["crash"], "hangs": tally.hangs,
         "stricter_than_all_solvers": files["stricter"], "disagreements_where_solvers_agree": files["disagree"],
         "capture_mismatches": progs["disagree"], "graph_property_failures": sum(v for k, v in graph.items() if k != "crash"),
     }))
