@@ -773,7 +773,8 @@ def documented(case: Case, verdict: Verdict) -> str | None:
 #   range        0 <= d <= 1;
 #   exactness    d = 0 if and only if the models are equal up to those changes (decided here by
 #                brute force over variable permutations, independently of graph.py);
-#   monotone     the mean distance grows with the number of random changes (1 to 4).
+#   monotone     the mean distance grows with the number of changes made one after another
+#                to the same model (1 to 4).
 # So a single changed coefficient, bound, sense or type gives d > 0 except where the changed
 # model is equal to the original up to those changes (a one-term row with right-hand side 0
 # rescaled; a change that swaps the roles of two interchangeable variables): exactness says which.
@@ -884,44 +885,44 @@ def change(draw, model: Model, what: str) -> Model:
 
 @dataclass
 class GraphCheck:
-    """One generated pair checked: the properties that failed (empty: all held), and the changed pair."""
+    """One generated model checked: the properties that failed (empty: all held), and its distances
+    to copies with 1, 2, 3 and 4 changes (each copy the previous one with one change more)."""
 
     failures: list[str]
-    changes: int
-    distance: float
-    equal_after_change: bool
+    distances: list[float]
+    equal_after_change: int  # copies that came out equal to the model up to the invariances
 
 
 @st.composite
 def graph_checks(draw) -> GraphCheck:
-    """A model, a disguised copy (invariance) and a disguised copy with 1..4 changes (symmetry, range, exactness)."""
+    """A model, a disguised copy (invariance), and disguised copies with 1..4 changes (symmetry, range, exactness)."""
     from solver_ppo.evaluation import graph_distance
 
     model = draw(specs()).model()
     failures = []
     if graph_distance(model, draw(disguised(model))) != 0.0:
         failures.append("invariance")
-    k = draw(_ints(1, 4))
+    distances, equal = [], 0
     changed = model
-    for _ in range(k):
+    for _ in range(4):
         changed = change(draw, changed, _pick(draw, CHANGES))
-    changed = draw(disguised(changed))
-    d, back = graph_distance(model, changed), graph_distance(changed, model)
-    if d != back:
-        failures.append("symmetry")
-    if not 0.0 <= d <= 1.0:
-        failures.append("range")
-    equal = equal_up_to_changes(model, changed)
-    if (d == 0.0) != equal:
-        failures.append("exactness")
-    return GraphCheck(failures, k, d, equal)
+        other = draw(disguised(changed))
+        d, back = graph_distance(model, other), graph_distance(other, model)
+        if d != back:
+            failures.append("symmetry")
+        if not 0.0 <= d <= 1.0:
+            failures.append("range")
+        same = equal_up_to_changes(model, other)
+        equal += same
+        if (d == 0.0) != same:
+            failures.append("exactness")
+        distances.append(d)
+    return GraphCheck(sorted(set(failures)), distances, equal)
 
 
 def mean_distance_by_changes(checks: list[GraphCheck]) -> dict[int, float]:
-    by_k: dict[int, list[float]] = {}
-    for c in checks:
-        by_k.setdefault(c.changes, []).append(c.distance)
-    return {k: sum(ds) / len(ds) for k, ds in sorted(by_k.items())}
+    """The mean distance to the copy with k changes, k = 1..4."""
+    return {k + 1: sum(c.distances[k] for c in checks) / len(checks) for k in range(4)} if checks else {}
 
 
 def monotone(means: dict[int, float]) -> bool:
@@ -1101,3 +1102,76 @@ def program_cases(draw) -> tuple[Model, str, str, str]:
     if library == "scipy":
         model.obj_constant = 0.0  # scipy's objective has no constant
     return model, library, idiom, program(model, library, idiom)
+
+
+def in_process(code: str, library: str, workdir: str):
+    """Capture without the sandbox (the same capture code, in this process): for the test slice."""
+    from solver_ppo.evaluation.capture import run_captured
+
+    with _quiet():
+        return run_captured(code, workdir)
+
+
+class Sandboxes:
+    """Capture through the sandbox, one server per library (it imports the library once)."""
+
+    def __init__(self):
+        self.boxes: dict = {}
+
+    def __call__(self, code: str, library: str, workdir: str):
+        from solver_ppo.evaluation.sandbox import Sandbox
+
+        box = self.boxes.get(library) or self.boxes.setdefault(library, Sandbox("auto", library=library))
+        return box.run(code)
+
+    def close(self) -> None:
+        for box in self.boxes.values():
+            box.close()
+
+
+def check_program(model: Model, library: str, code: str, capture, readers: Readers, workdir: str) -> tuple[str | None, str]:
+    """(why the captured model is not the generated model, or None; how the library's own LP file
+    compares with the captured model: 'same model', 'same optimum, another graph', 'optimum
+    without the objective constant', 'refused by every reader', or 'differs', which counts as a
+    mismatch too)."""
+    from solver_ppo.evaluation import ModelReadError, SolverLimits, graph_distance, read_model, solve_model
+    from solver_ppo.evaluation.capture import orient, run_captured
+    out = capture(code, library, workdir)
+    if out.status != "captured":
+        return f"not captured: {out.status}: {out.reason}", "none"
+    limits = SolverLimits(time_limit_s=10.0)
+    got = orient(read_model(out.model_text, out.fmt), model.sense)
+    d = graph_distance(got, model)
+    if d > 0.0:
+        return f"captured model at graph distance {d:.4g}:\n{out.model_text}", "none"
+    captured = _outcome(solve_model(got, limits))
+    if not same_result(captured, _outcome(solve_model(model, limits))):
+        return "captured model solves differently", "none"
+    lp = os.path.join(workdir, "m.lp")
+    own = with_lp_write(code, library, lp)
+    if own is None:
+        return None, "none"
+    with _quiet():
+        run_captured(own, workdir)
+    with open(lp) as f:
+        lp_text = f.read()
+    try:
+        written = read_model(lp_text, "lp")
+    except ModelReadError as err:  # the library wrote what it cannot read back either (coptpy: an objective constant, no rows)
+        if any(o.read for o in readers.run(lp).values()):
+            return f"the library's own LP file is refused ({err}) but a solver reads it:\n{lp_text}", "differs"
+        return None, "refused by every reader"
+    finally:
+        os.remove(lp)
+    if graph_distance(written, got) == 0.0:
+        return None, "same model"
+    mine = _outcome(solve_model(written, limits))
+    if same_result(mine, captured):
+        return None, "same optimum, another graph"
+    if mine.status == "optimal" and same_result(Outcome("optimal", mine.objective + model.obj_constant), captured):
+        return None, "optimum without the objective constant"
+    return f"the library's own LP file solves differently:\n{lp_text}\ncaptured:\n{out.model_text}", "differs"
+
+
+def _outcome(result) -> Outcome:
+    return Outcome(result.status, result.objective if result.status == "optimal" else None)

@@ -4,15 +4,68 @@ examples the long runs found, shrunk by Hypothesis, as regression tests."""
 from __future__ import annotations
 
 import math
+import tempfile
 
 import pytest
-from fuzzing import LIBRARIES, Readers, compare_file, graph_checks, lp_cases, mps_cases, program_cases, mean_distance_by_changes, monotone
+from fuzzing import (Readers, check_program, compare_file, documented, graph_checks, in_process, lp_cases, mean_distance_by_changes, monotone,
+                     mps_cases, program_cases)
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from solver_ppo.evaluation import Constraint, Model, Variable, graph_distance, read_model
 
-SLICE = settings(database=None, deadline=None, derandomize=False, suppress_health_check=list(HealthCheck))
+# The slice: a fixed seed, few enough cases for about 30 s in all; tools/fuzz_evaluation.py runs thousands.
+SLICE = dict(database=None, deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
+
+
+@pytest.fixture(scope="module")
+def readers():
+    return Readers()
+
+
+@pytest.mark.slow
+def test_files_read_as_generated_and_as_the_solvers_read_them(readers, tmp_path):
+    @settings(max_examples=60, **SLICE)
+    @seed(30)
+    @given(st.one_of(lp_cases(), mps_cases()))
+    def check(case):
+        verdict = compare_file(case, readers, str(tmp_path))
+        assert verdict.kind not in ("crash", "stricter"), (verdict.detail, case.text)
+        if verdict.kind == "disagree":
+            assert documented(case, verdict), (verdict.detail, verdict.ours, verdict.solvers, case.text)
+
+    check()
+
+
+@pytest.mark.slow
+def test_programs_capture_the_generated_model(readers):
+    # the capture in this process (the sandbox runs the same code; tools/fuzz_evaluation.py goes through it)
+    @settings(max_examples=12, **SLICE)
+    @seed(30)
+    @given(program_cases())
+    def check(case):
+        model, library, _, code = case
+        with tempfile.TemporaryDirectory() as workdir:
+            why, _ = check_program(model, library, code, in_process, readers, workdir)
+        assert why is None, (why, code)
+
+    check()
+
+
+@pytest.mark.slow
+def test_graph_distance_properties():
+    checks = []
+
+    @settings(max_examples=60, **SLICE)
+    @seed(30)
+    @given(graph_checks())
+    def check(result):
+        assert not result.failures, result
+        checks.append(result)
+
+    check()
+    means = mean_distance_by_changes(checks)
+    assert len(means) == 4 and monotone(means), means
 
 
 # ----------------------------------------------------------------------------- found by the fuzzer

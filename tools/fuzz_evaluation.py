@@ -38,8 +38,6 @@ import fuzzing as fz  # noqa: E402
 from hypothesis import HealthCheck, find, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from solver_ppo.evaluation import SolverLimits, graph_distance, read_model, solve_model  # noqa: E402
-from solver_ppo.evaluation.capture import orient, run_captured  # noqa: E402
 
 HANG_S = 30.0  # one case taking longer than this counts as a hang (every solver has a 10 s limit)
 COLUMNS = ("tried", "agree", "disagree", "stricter", "refused, some read", "all refuse", "crash")
@@ -99,50 +97,9 @@ def run_files(n: int, seed_: int, tally: Tally, readers: fz.Readers, workdir: st
     return kinds
 
 
-def check_program(model, library: str, code: str, sandboxes: dict, workdir: str) -> tuple[str | None, str]:
-    """(why the captured model is not the generated model, or None; how the library's own LP file
-    compares with the captured model: 'same model', 'same optimum, another graph', 'optimum
-    without the objective constant', or 'differs', which counts as a mismatch too)."""
-    from solver_ppo.evaluation.sandbox import Sandbox
-
-    box = sandboxes.get(library) or sandboxes.setdefault(library, Sandbox("auto", library=library))
-    out = box.run(code)
-    if out.status != "captured":
-        return f"not captured: {out.status}: {out.reason}", "none"
-    limits = SolverLimits(time_limit_s=10.0)
-    got = orient(read_model(out.model_text, out.fmt), model.sense)
-    d = graph_distance(got, model)
-    if d > 0.0:
-        return f"captured model at graph distance {d:.4g}:\n{out.model_text}", "none"
-    captured = _outcome(solve_model(got, limits))
-    if not fz.same_result(captured, _outcome(solve_model(model, limits))):
-        return "captured model solves differently", "none"
-    lp = Path(workdir, "m.lp")
-    own = fz.with_lp_write(code, library, str(lp))
-    if own is None:
-        return None, "none"
-    with fz._quiet():
-        run_captured(own, workdir)
-    lp_text = lp.read_text()
-    lp.unlink()
-    written = read_model(lp_text, "lp")
-    if graph_distance(written, got) == 0.0:
-        return None, "same model"
-    mine = _outcome(solve_model(written, limits))
-    if fz.same_result(mine, captured):
-        return None, "same optimum, another graph"
-    if mine.status == "optimal" and fz.same_result(fz.Outcome("optimal", mine.objective + model.obj_constant), captured):
-        return None, "optimum without the objective constant"
-    return f"the library's own LP file solves differently:\n{lp_text}\ncaptured:\n{out.model_text}", "differs"
-
-
-def _outcome(result) -> fz.Outcome:
-    return fz.Outcome(result.status, result.objective if result.status == "optimal" else None)
-
-
-def run_programs(n: int, seed_: int, tally: Tally, workdir: str) -> Counter:
+def run_programs(n: int, seed_: int, tally: Tally, readers: fz.Readers, workdir: str) -> Counter:
     kinds: Counter = Counter()
-    sandboxes: dict = {}
+    sandboxes = fz.Sandboxes()
 
     @_settings(n)
     @seed(seed_)
@@ -153,7 +110,7 @@ def run_programs(n: int, seed_: int, tally: Tally, workdir: str) -> Counter:
         model, library, idiom, code = case
         started = time.perf_counter()
         try:
-            why, own_lp = check_program(model, library, code, sandboxes, workdir)
+            why, own_lp = fz.check_program(model, library, code, sandboxes, readers, workdir)
         except Exception as err:  # noqa: BLE001 - the fuzzer reports it
             why, own_lp = f"crash: {type(err).__name__}: {err}", "none"
         tally.timed(started)
@@ -168,8 +125,7 @@ def run_programs(n: int, seed_: int, tally: Tally, workdir: str) -> Counter:
     try:
         check()
     finally:
-        for box in sandboxes.values():
-            box.close()
+        sandboxes.close()
     return kinds
 
 
@@ -196,7 +152,7 @@ def run_graph(n: int, seed_: int, tally: Tally) -> tuple[Counter, dict]:
             failures[prop] += failed
             tally.add([f"graph:{prop}"], "disagree" if failed else "agree")
         if result.failures:
-            tally.failures.append({"part": "graph", "kind": ",".join(result.failures), "changes": result.changes})
+            tally.failures.append({"part": "graph", "kind": ",".join(result.failures), "distances": result.distances})
 
     check()
     means = fz.mean_distance_by_changes(checks)
@@ -204,7 +160,7 @@ def run_graph(n: int, seed_: int, tally: Tally) -> tuple[Counter, dict]:
     failures["monotone"] += not holds
     tally.add(["graph:monotone"], "agree" if holds else "disagree")
     equal = sum(c.equal_after_change for c in checks)
-    return failures, {"mean_distance_by_changes": {k: round(v, 4) for k, v in means.items()}, "changed_but_equal": equal}
+    return failures, {"mean_distance_by_changes": {k: round(v, 4) for k, v in means.items()}, "changed_copies_equal_up_to_invariances": equal}
 
 
 def shrink(kind: str, readers: fz.Readers, workdir: str, budget: int) -> fz.Case | None:
@@ -244,7 +200,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fuzz-evaluation-") as workdir:
         files = run_files(args.examples, args.seed, tally, readers, workdir) if args.examples else Counter()
         t_files = time.perf_counter() - started
-        progs = run_programs(programs, args.seed, tally, workdir) if programs else Counter()
+        progs = run_programs(programs, args.seed, tally, readers, workdir) if programs else Counter()
         t_programs = time.perf_counter() - started - t_files
         graph, graph_info = run_graph(pairs, args.seed, tally) if pairs else (Counter(), {})
         t_graph = time.perf_counter() - started - t_files - t_programs
