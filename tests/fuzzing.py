@@ -743,23 +743,24 @@ def compare_file(case: Case, readers: Readers, workdir: str) -> Verdict:
 
 # Constructs the solvers read differently from each other and from us, each with the solvers that
 # read it otherwise (docs/lp-mps-support.md has the measurements and who sides with us). A
-# disagreement is documented when the file has the construct and every solver that agrees on the
-# other result is one of these.
+# disagreement is documented when every solver that agrees on the other result is named by one of
+# the constructs the file has.
 DOCUMENTED = {
     "lp:objective-constant": ("gurobi", "copt"),  # Gurobi drops it; COPT drops one before the first term
     "lp:constant-on-the-left": ("gurobi", "copt", "highs"),  # they drop it: x + y + 1 <= 4 as x + y <= 4
     "lp:header-british-spelling": ("scip", "highs"),  # `Minimise`/`Maximise`: read with no objective
+    "lp:no-spaces": ("gurobi", "copt"),  # `3x + 2y`: a variable named `3x`
 }
 
 
 def documented(case: Case, verdict: Verdict) -> str | None:
-    """The DOCUMENTED construct that explains a 'disagree' verdict against the solvers' consensus, or None."""
+    """The DOCUMENTED constructs that explain a 'disagree' verdict against the solvers' consensus, or None."""
     if verdict.kind != "disagree" or verdict.detail != CONSENSUS:
         return None
     others = {n for n, o in verdict.solvers.items() if o.definite}
-    for construct, solvers in DOCUMENTED.items():
-        if construct in case.classes and others <= set(solvers):
-            return construct
+    present = [c for c in DOCUMENTED if c in case.classes]
+    if others <= {n for c in present for n in DOCUMENTED[c]}:
+        return " + ".join(present)
     return None
 
 

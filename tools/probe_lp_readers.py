@@ -35,6 +35,7 @@ CASES = {
     "objective constant first `- 4.75 - 4 x - 9 y`": "Maximize\n obj: - 4.75 - 4 x - 9 y\nSubject To\n c1: 7.75 y + x = -9.25\nBounds\n y <= 1\n x free\nEnd\n",
     "objective constant last `- 4 x - 9 y - 4.75`": "Maximize\n obj: - 4 x - 9 y - 4.75\nSubject To\n c1: 7.75 y + x = -9.25\nBounds\n y <= 1\n x free\nEnd\n",
     "`Minimise` / `Maximise`": "Minimise\n obj: - x - y\nSubject To\n c1: x + y <= 4\nEnd\n",
+    "no spaces in the objective only `8.5q - 7x`": "Minimize\n obj: 8.5q - 7x\nSubject To\n c: q + x >= 1\nBounds\n x <= 3\nEnd\n",
     "`3 * x` (a star in a linear term)": "Maximize\n obj: 3 * x + 2 * y\nSubject To\n c1: x + y <= 4\n c2: x + 3 y <= 6\nBounds\n x <= 3\nEnd\n",
     "name ending in an unmatched `]`": "Maximize\n obj: 3 x] + 2 y\nSubject To\n c1: x] + y <= 4\n c2: x] + 3 y <= 6\nBounds\n x] <= 3\nEnd\n",
     "expression over several lines": "Maximize\n obj: 3 x\n   + 2 y\nSubject To\n c1: x\n  + y <= 4\n c2: x + 3 y <= 6\nBounds\n x <= 3\nEnd\n",
