@@ -240,8 +240,9 @@ def _hook_pulp(cap: _Capture, undo: list) -> None:
 
 def _hook_pyomo(cap: _Capture, undo: list) -> None:
     """SolverFactory(name) for any name returns a solver whose solve(model) writes the model
-    (pyomo's MPS writer with symbolic labels). Pyomo writes an objective constant as a variable
-    ONE_VAR_CONSTANT fixed by an extra row; it is folded back into the objective constant."""
+    (pyomo's MPS writer with symbolic labels and every declared variable). Pyomo writes an
+    objective constant as a variable ONE_VAR_CONSTANT fixed by an extra row; it is folded back
+    into the objective constant."""
     from pyomo.opt.base.solvers import SolverFactoryClass
 
     class CapturingSolver:
@@ -262,8 +263,7 @@ def _hook_pyomo(cap: _Capture, undo: list) -> None:
         def solve(self, model=None, *args, **kwargs):
             model = self._model if model is None else model
             if cap.outcome is None and model is not None and _pyomo_small_enough(cap, model):
-                cap.written("pyomo", lambda path: model.write(path, format="mps",
-                                                              io_options={"symbolic_solver_labels": True}),
+                cap.written("pyomo", lambda path: model.write(path, format="mps", io_options=_PYOMO_MPS_OPTIONS),
                             normalize=_fold_pyomo_constant)
             if cap.outcome is None:
                 cap.outcome = CaptureOutcome("no_solve", "no solve call: solve() was given no model", library="pyomo")
@@ -273,6 +273,11 @@ def _hook_pyomo(cap: _Capture, undo: list) -> None:
         return CapturingSolver(name or "", **kwargs)
 
     _patch(undo, SolverFactoryClass, "__call__", factory)
+
+
+# names as the code gives them; every declared variable, also one that no objective or row uses
+# (pyomo's writer leaves those out by default, and the model would lose them)
+_PYOMO_MPS_OPTIONS = {"symbolic_solver_labels": True, "include_all_variable_bounds": True}
 
 
 def _pyomo_small_enough(cap: _Capture, model) -> bool:

@@ -9,7 +9,8 @@ Canonical form (what "equal" means): a '>=' row is negated into '<='; every row 
 positive factor so that its largest |coefficient| (linear or quadratic) is 1 (scaling a row does
 not change the feasible set); an '=' row may be negated, so its sign is fixed by rhs > 0, then by
 the sum of its coefficients, and when both are 0 it is compared in both signs. Variables and the
-objective are never rescaled (that would change what the optimum means). Numbers are compared
+objective are never rescaled (that would change what the optimum means); an integer variable's
+bounds are rounded inwards (x in [-8.75, -1] is x in [-8, -1]). Numbers are compared
 after rounding to 12 significant digits.
 
 Distance: an edit cost under a node matching, divided by the cost of deleting one graph and
@@ -22,6 +23,7 @@ the finest colours down to the initial labels; what is left is matched by an opt
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import networkx as nx
@@ -39,6 +41,14 @@ def _vtype_code(vtype: str, lb: float, ub: float, semi: bool = False) -> float:
     if semi:
         return 3.0 + _VTYPE[vtype]
     return _VTYPE["B"] if vtype == "I" and lb == 0.0 and ub == 1.0 else _VTYPE[vtype]
+
+def _bounds(vtype: str, lb: float, ub: float) -> tuple[float, float]:
+    """An integer variable's bounds rounded inwards: x in [-8.75, -1] and x in [-8, -1] are the same
+    integer variable (Gurobi's writer rounds them so)."""
+    if vtype == "C":
+        return lb, ub
+    return (math.ceil(lb) if math.isfinite(lb) else lb), (math.floor(ub) if math.isfinite(ub) else ub)
+
 
 _LE, _EQ, _EQ_EITHER = 0.0, 1.0, 2.0  # row kinds: '<=', '=' with a fixed sign, '=' that reads the same negated
 _WORK_CAP = 4_000_000  # edge visits spent on individualization rounds before we stop breaking ties
@@ -105,7 +115,8 @@ def _canonical(model: Model) -> _Canon:
             raise ValueError(f"{where} uses {name!r}, which is not a variable of the model")
         return index[name]
 
-    var = np.array([[_vtype_code(v.vtype, v.lb, v.ub, v.semi), v.lb, v.ub, v.obj] for v in model.variables], dtype=float).reshape(-1, 4)
+    bounds = [_bounds(v.vtype, v.lb, v.ub) for v in model.variables]
+    var = np.array([[_vtype_code(v.vtype, lb, ub, v.semi), lb, ub, v.obj] for v, (lb, ub) in zip(model.variables, bounds)], dtype=float).reshape(-1, 4)
     rows, cols, vals = [], [], []
     t_row, t_a, t_b, t_val = [], [], [], []  # quadratic terms: owner row (-1: objective), factors, coefficient
     kind = np.zeros(model.n_cons)
@@ -427,8 +438,10 @@ def _edit_cost(a: _Canon, b: _Canon, va, vb, ra, rb, ta, tb) -> float:
     edits, qa, qb = _edges_unmatched(mt[ok_q] * max(b.n, 1) + mq[ok_q], b.q_term * max(b.n, 1) + b.q_var, len(a.q_var), len(b.q_var))
     cost += edits + float((a.q_mult[ok_q][qa] != b.q_mult[qb]).sum())
     # term–owner edges (one per term): kept when the owners match (the objective matches the objective)
-    owner_a = np.where(a.t_row[ta] >= 0, row_map[np.maximum(a.t_row[ta], 0)], -1)
-    owner_a[(a.t_row[ta] >= 0) & (owner_a < 0)] = -2  # a row left unmatched
+    in_row_a = a.t_row[ta] >= 0
+    owner_a = np.full(len(ta), -1, dtype=np.int64)  # -1: the objective
+    owner_a[in_row_a] = row_map[a.t_row[ta][in_row_a]]
+    owner_a[in_row_a & (owner_a < 0)] = -2  # a row left unmatched
     same_owner = owner_a == b.t_row[tb]
     cost += 2.0 * float((~same_owner).sum()) + (a.t - len(ta)) + (b.t - len(tb))
     # per matched row pair: coefficient differences (linear, and of the terms the pair owns), in the
@@ -499,7 +512,8 @@ def model_graph(model: Model) -> nx.Graph:
     g = nx.Graph()
     g.add_node("objective", kind="obj", sense=model.sense, constant=float(model.obj_constant))
     for v in model.variables:
-        g.add_node(("v", v.name), kind="var", vtype=v.vtype, semi=v.semi, lb=v.lb, ub=v.ub, obj=v.obj)
+        lb, ub = _bounds(v.vtype, v.lb, v.ub)
+        g.add_node(("v", v.name), kind="var", vtype=v.vtype, semi=v.semi, lb=lb, ub=ub, obj=v.obj)
         if v.obj != 0.0:
             g.add_edge("objective", ("v", v.name), kind="obj", coef=v.obj)
     for r, (c, (kind, rhs)) in enumerate(zip(model.constraints, canon.row)):

@@ -550,6 +550,7 @@ def _read_mps(text: str) -> Model:
     section = None
     q_row: Constraint | None = None  # the row of the current QCMATRIX section
     integer = False
+    bounded: set[str] = set()  # columns with a BOUNDS entry
     for lineno, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip() or raw.lstrip().startswith("*"):
             continue
@@ -643,6 +644,7 @@ def _read_mps(text: str) -> Model:
                 if col not in vars_:
                     raise ModelReadError(f"bound on unknown column {col!r}", lineno)
                 _mps_bound(vars_[col], kind, value, lineno)
+                bounded.add(col)
             elif section in _Q_FACTOR:
                 f = _mps_fields(raw, {3})
                 if len(f) != 3:
@@ -666,6 +668,9 @@ def _read_mps(text: str) -> Model:
     for con in model.constraints:
         if con.quad:
             con.quad = {k: c for k, c in con.quad.items() if c != 0.0}
+    for v in model.variables:
+        if v.vtype == "I" and v.name not in bounded and not v.semi:
+            v.ub = 1.0  # an integer column of a MARKER block with no BOUNDS entry is binary (SCIP, Gurobi, COPT, HiGHS)
     for name, r in ranges.items():
         con = rows[name][1]
         lo, hi = _range(con.sense, con.rhs, r)
