@@ -2,7 +2,7 @@
 # Creates .venv at the repository root and installs solver-ppo into it (CPU torch 2.13.0), editable:
 # the `solver_ppo` name maps onto app/ and callbacks/ of this checkout.
 #   bash tools/setup.sh           the training stack (what the quick start needs)
-#   bash tools/setup.sh --tests   and what the tests need: pytest, the W&B and MLflow loggers, Hypothesis
+#   bash tools/setup.sh --tests   and what the tests need: pytest, the W&B and MLflow loggers, Hypothesis, HiGHS
 # Idempotent: re-running after pyproject.toml is unchanged costs about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
