@@ -237,6 +237,8 @@ RANGES: dict[str, str] = {
     "evaluation.weights.graph": "[0, inf)",
     "evaluation.feedback_seconds": "(0, inf)",
     "evaluation.feedback_values": "[1, inf)",
+    "evaluation.votes.share": "(0, 1]",
+    "evaluation.votes.min_votes": "[1, inf)",
     "sft.max_steps": "[1, inf)",
     "sft.batch_size": "[1, inf)",
     "sft.lr": "(0, inf)",
@@ -267,6 +269,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ppo.lr_schedule": SCHEDULES,
     "sft.lr_schedule": SCHEDULES,
     "evaluation.sandbox": ("strict", "auto", "audit"),
+    "evaluation.labels": ("reference", "votes"),
 }
 
 
