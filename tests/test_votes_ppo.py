@@ -55,7 +55,7 @@ def votes_run(model_dir, data: Path, root: Path, **extra):
         "evaluation.labels": "votes", "ppo.samples_per_prompt": 3, "ppo.minibatch_size": 3, "ppo.advantage": "rloo",
         "trainer.checkpoint_every": 0, **extra}))
     module, _ = train(cfg)
-    return module, torch.load(run_dir(root) / "trainable.pt", weights_only=True)
+    return module, torch.load(run_dir(root) / "trainable.pt", weights_only=True)["state_dict"]
 
 
 def test_votes_reward_the_plurality_and_never_read_the_answers(tiny_chatglm_dir, tmp_path, monkeypatch):
@@ -98,9 +98,8 @@ def test_votes_on_code_answers_captured_in_the_sandbox(tiny_chatglm_dir, tmp_pat
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(item.to_json()) + "\n" for item in items))
     # the right program twice, and the reference with its limits written as requirements (another model)
-    answers = {i.question: ["```python\n" + code_answer(i.reference_model, "pulp") + "```"] * 2
-               + ["```python\n" + code_answer(i.reference_model, "pulp").replace("<= rhs", ">= rhs") + "```"]
-               for i in items}
+    answers = {i.question: [code_answer(i.reference_model, "pulp")] * 2
+               + [code_answer(i.reference_model, "pulp").replace("<= rhs", ">= rhs")] for i in items}
     tokenizer = load_tokenizer(Path(tiny_chatglm_dir), trust_remote_code=False)
     monkeypatch.setattr(PolicyWithValue, "generate", forced_generate(tokenizer, answers))
     module, _ = votes_run(tiny_chatglm_dir, data, tmp_path, **{"data.instruction": "pulp", "data.max_prompt_tokens": 4096,
