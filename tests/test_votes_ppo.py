@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from solver_ppo.callbacks.solver_reward import SolverReward
 from solver_ppo.config import load_config
 from solver_ppo.data.code_answers import code_answer
 from solver_ppo.data.synthetic import generate
@@ -111,3 +112,33 @@ def test_votes_on_code_answers_captured_in_the_sandbox(tiny_chatglm_dir, tmp_pat
     assert [b["label"] for b in rollout.breakdowns][0::3] == pytest.approx([float(i.answer) for i in items], rel=1e-4)
     logged = scalars(run_dir(tmp_path))
     assert logged["votes/label_accuracy"] == [1.0] and logged["solver/accuracy"] == pytest.approx([2 / 3])
+
+
+class SecondTurnVotes(SolverReward):
+    """2-turn episodes scored by the real scorer on scripted answers: no model first, then
+    answers[question][copy] (the copy: the episode's place in its group of 3)."""
+
+    def __init__(self, config, answers: dict[str, list[str]]):
+        super().__init__(config)
+        self.answers, self.calls = answers, 0
+
+    def begin(self, responses, problems):
+        turn, self.calls = self.calls % 2, self.calls + 1
+        texts = [self.answers[p.question][i % 3] if turn else "no idea yet" for i, p in enumerate(problems)]
+        super().begin(texts, problems)
+
+
+def test_two_turn_episodes_vote_with_their_last_answer(tiny_chatglm_dir, tmp_path, monkeypatch):
+    from solver_ppo.ppo import train as train_mod
+
+    items = generate(2, seed=5, infeasible_fraction=0.0)
+    answers = {i.question: [f"```lp\n{i.reference_model}\n```"] * 2 + [OTHER_LP] for i in items}
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(i.to_json()) + "\n" for i in items))
+    monkeypatch.setattr(train_mod, "SolverReward", lambda config: SecondTurnVotes(config, answers))
+    module, _ = votes_run(tiny_chatglm_dir, data, tmp_path, **{"rollout.turns": 2, "rollout.end": "turns",
+                                                               "rollout.turn_cost": 0.125, "trainer.max_steps": 1})
+    rollout = module.last_rollout
+    assert [len(e.turns) for e in rollout.episodes] == [2] * 6
+    assert rollout.scores.tolist() == pytest.approx([0.875, 0.875, VERDICT_ONLY - 0.125] * 2)
+    assert scalars(run_dir(tmp_path))["votes/label_accuracy"] == [1.0]
