@@ -96,6 +96,8 @@ def test_votes_mode_ignores_answers_and_per_row_forms_refuse_it(votes_on):
     assert [e["score"] for e in batch] == pytest.approx(VOTED)
     with pytest.raises(UserError, match="veRL's compute_score scores one answer at a time, but evaluation.labels=votes"):
         verl.compute_score("optimization", GOOD_11, "11")
+    with pytest.raises(UserError, match="OpenRLHF's reward_func scores one answer at a time"):
+        openrlhf.reward_func([GOOD_11], [""], ["11"])
 
 
 def test_openrlhf_reward_func_equals_score(samples):

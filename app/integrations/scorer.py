@@ -209,4 +209,5 @@ async def vote_rows_async(answers: list[str], groups: list) -> list[dict]:
 def per_sample_votes_error(api: str) -> UserError:
     """evaluation.labels=votes where an API sees one answer at a time: it cannot see a group."""
     return UserError(f"{api} scores one answer at a time, but evaluation.labels=votes labels a problem by the votes of "
-                     "all its answers: use the batch form (say which rows share a prompt), or evaluation.labels=reference")
+                     "all its answers: use a batch form that sees a prompt's answers together (TRL's solver_reward, "
+                     "veRL's compute_score_batch, the reward server), or evaluation.labels=reference")
