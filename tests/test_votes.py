@@ -134,6 +134,9 @@ def test_score_labels_votes_writes_each_rows_label_and_the_label_accuracy(tmp_pa
     strip = lambda rows: [{k: v for k, v in r.items() if k != "solve_seconds"} for r in rows]  # noqa: E731
     assert strip(json.loads(line) for line in bare.read_text().splitlines()) == strip(written)
     assert "no labelled group's problem has an answer" in capsys.readouterr().out
+    assert main(["score", "--data", str(problems), "--answers", str(answers), "--out", str(bare), "--labels", "votes",
+                 "--workers", "1", "--vote-min", "3"]) == 0  # no group has 3 agreeing votes
+    assert "labelled groups     0  (0.000)" in capsys.readouterr().out
 
 
 def test_score_labels_votes_needs_ids_that_name_problems(tmp_path, capsys):
@@ -146,3 +149,5 @@ def test_score_labels_votes_needs_ids_that_name_problems(tmp_path, capsys):
     answers.write_text(json.dumps({"id": "p9", "answer": ELEVEN}) + "\n")
     assert main(["score", "--data", str(problems), "--answers", str(answers), "--labels", "votes"]) != 0
     assert "id 'p9' is not a problem of" in capsys.readouterr().err
+    assert main(["score", "--data", str(problems), "--answers", str(answers), "--labels", "votes", "--vote-share", "0"]) != 0
+    assert "--vote-share 0.0 must be in (0, 1]" in capsys.readouterr().err

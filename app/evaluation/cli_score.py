@@ -110,7 +110,7 @@ def _groups(args: argparse.Namespace, problems: list[tuple[int, dict]], answers:
     return ids
 
 
-def run_votes(args: argparse.Namespace, config, problems: list[tuple[int, dict]], answers: list[tuple[int, dict]]) -> int:
+def _run_votes(args: argparse.Namespace, config, problems: list[tuple[int, dict]], answers: list[tuple[int, dict]]) -> int:
     ids = _groups(args, problems, answers)
     items = [(_response(args.answers, lineno, row), Reference()) for lineno, row in answers]
     with EvaluatorPool(config) as pool, progress_bar(total=len(items), desc="score", unit="answer") as bar:
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
             if args.vote_min < 1:
                 raise UserError(f"--vote-min {args.vote_min} must be at least 1")
             config.votes.min_votes = args.vote_min
-        return run_votes(args, config, problems, answers)
+        return _run_votes(args, config, problems, answers)
     ids = [str(row.get("id", k)) for k, (_, row) in enumerate(problems)]
     by_id = {str(row["id"]): (lineno, row) for lineno, row in answers if "id" in row}
     if len(by_id) == len(answers) and set(by_id) >= set(ids):
