@@ -241,6 +241,8 @@ RANGES: dict[str, str] = {
     "evaluation.feedback_nodes": "[1, inf)",
     "evaluation.feedback_seconds": "(0, inf)",
     "evaluation.feedback_values": "[1, inf)",
+    "evaluation.votes.share": "(0, 1]",
+    "evaluation.votes.min_votes": "[1, inf)",
     "sft.max_steps": "[1, inf)",
     "sft.batch_size": "[1, inf)",
     "sft.lr": "(0, inf)",
@@ -271,6 +273,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ppo.lr_schedule": SCHEDULES,
     "sft.lr_schedule": SCHEDULES,
     "evaluation.sandbox": ("strict", "auto", "audit"),
+    "evaluation.labels": ("reference", "votes"),
 }
 
 

@@ -13,6 +13,10 @@ With `rollout.turns=K` (feedback PPO) both policies are evaluated over K turns, 
 followed by the evaluation's feedback: the tables add accuracy after each turn, and results.json
 keeps `accuracy` (the starter: its first answer; the PPO policy: its last) and `accuracy_by_turn`.
 
+With `evaluation.labels=votes` PPO never reads the prompts' answers (label-free, docs/algorithms.md);
+results.json says which `labels` trained, and `vote_label_accuracy` (the share of labelled groups
+whose vote was the true answer, over training). The held-out set is scored against the true answers.
+
 With `--answer-format pyscipopt` the same steps run on code answers: the starter
 `checkpoints/quickstart-sft-pyscipopt` writes pyscipopt programs (configs/quickstart_pyscipopt.yaml),
 every answer runs in the sandbox and is scored on the model it built, and the results go to
@@ -151,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     starter = sft["first"] if turns > 1 else sft  # the starter's own accuracy is that of its single answer
     results = {"sft": {k: starter[k] for k in keys}, "ppo": {k: ppo[k] for k in keys}, "minutes": round(minutes, 2),
                "heldout": args.heldout, "ppo_steps": cfg.trainer.max_steps, "run_dir": str(run_dir),
-               "turns": turns, "policy_tokens": policy_tokens(run_dir)}  # fmt: skip
+               "turns": turns, "policy_tokens": policy_tokens(run_dir), "labels": cfg.evaluation.labels,
+               "vote_label_accuracy": vote_label_accuracy(run_dir)}  # fmt: skip
     for name, summary in (("sft", sft), ("ppo", ppo)):
         by_turn = summary.get("turns", {"acc@1": summary["accuracy"]})
         results[name]["accuracy_by_turn"] = [by_turn[f"acc@{t}"] for t in range(1, turns + 1)]
@@ -170,6 +175,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"\naccuracy change: {100 * (ppo['accuracy'] - starter['accuracy']):+.1f} points in {minutes:.1f} minutes")
     print(f"results: {out / 'results.json'}   curves: {png}   TensorBoard: tensorboard --logdir {run_dir.parent}")
     return 0
+
+
+def vote_label_accuracy(run_dir: Path) -> float | None:
+    """evaluation.labels=votes: the mean over the PPO steps of votes/label_accuracy (the share of
+    labelled groups whose vote was the true answer); None with reference labels."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    if "votes/label_accuracy" not in events.Tags()["scalars"]:
+        return None
+    return round(statistics.fmean(p.value for p in events.Scalars("votes/label_accuracy")), 4)
 
 
 def policy_tokens(run_dir: Path) -> int:

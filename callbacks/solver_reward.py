@@ -6,6 +6,12 @@ solved rate, format rate, graph distance and reward mean/std, reduced across ran
 torchmetrics. Each score carries the evaluation's feedback on the answer, which a multi-turn
 episode (`rollout.turns`) shows the policy next. A pool failure never stops training: every
 response then scores 0 with the reason.
+
+With `evaluation.labels=votes` answers are scored with no reference, and `settle` rewards each
+episode's last answer against the label its prompt's group voted (app/evaluation/votes.py). The
+problems' answers, where the data have them, are read only to watch the votes: solver/accuracy
+(against the true answer), votes/label_accuracy, votes/labelled and votes/reward_agreement.
+Validation always scores against the true answers.
 """
 
 from __future__ import annotations
@@ -18,9 +24,14 @@ from solver_ppo.evaluation import EvaluationConfig, EvaluatorPool, Reference, Sc
 from solver_ppo.evaluation.feedback import feedback_message
 from solver_ppo.evaluation.summary import result_values
 from solver_ppo.evaluation.turns import turn_statistics
+from solver_ppo.evaluation.votes import label_groups, reward_against, same_answer
+from solver_ppo.ppo.episode import Verdict
 from solver_ppo.ppo.scoring import RolloutScorer, RolloutScores
 
 METRICS = ("accuracy", "solved_rate", "format_rate", "graph_distance", "reward", "reward_sq")
+# evaluation.labels=votes: share of groups labelled; of labelled groups with a known answer, share
+# whose label is it; of answers to problems with a known answer, share whose answer credit is the same against both
+VOTE_METRICS = ("labelled", "label_accuracy", "reward_agreement")
 
 
 def _summary_values(result: ScoreResult) -> dict[str, float | None]:
@@ -33,7 +44,9 @@ class SolverReward(RolloutScorer):
         self.pool: EvaluatorPool | None = None
         self._pending = None
         self._n_items = 0
+        self.votes = config.labels == "votes"
         self.metrics = {name: MeanMetric() for name in METRICS}
+        self.vote_metrics = {name: MeanMetric() for name in VOTE_METRICS} if self.votes else {}
         self.val_metrics = {name: MeanMetric() for name in METRICS}
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -44,7 +57,7 @@ class SolverReward(RolloutScorer):
             names = ["mean_turns", *(f"acc@{t}" for t in range(1, turns + 1)),
                      *(f"{kind}@{t}" for t in range(2, turns + 1) for kind in ("fixed", "broke"))]
             self.val_metrics.update({name: MeanMetric() for name in names if name not in self.val_metrics})
-        for metrics in (self.metrics, self.val_metrics):
+        for metrics in (self.metrics, self.val_metrics, self.vote_metrics):
             for name, metric in metrics.items():
                 metrics[name] = metric.to(pl_module.device)
 
@@ -54,7 +67,8 @@ class SolverReward(RolloutScorer):
             self.pool = None
 
     def begin(self, responses: list[str], problems: list) -> None:
-        items = [(text, Reference.from_answer(p.answer, p.reference_model)) for text, p in zip(responses, problems)]
+        refs = [Reference() for _ in problems] if self.votes else [_reference(p) for p in problems]
+        items = list(zip(responses, refs))
         self._n_items = len(items)
         try:
             self._pending = self.pool.submit(items)
@@ -76,13 +90,44 @@ class SolverReward(RolloutScorer):
                 metrics={"solver/worker_failures": float(self._n_items)},
                 feedback=[reason] * self._n_items,
             )
+        if self.votes:  # the rewards come with the group's label: `settle` logs
+            return _scores(results, {})
         _update(self.metrics, results)
         reduced = _reduce(self.metrics)
         module.log_dict({f"solver/{k}": v for k, v in reduced.items()}, rank_zero_only=True)
         return _scores(results, reduced)
 
+    def settle(self, module: LightningModule, verdicts: list[Verdict], group_size: int, problems: list) -> list[Verdict]:
+        """evaluation.labels=votes: each last answer rewarded against its group's label."""
+        if not self.votes:
+            return verdicts
+        scored = [i for i, v in enumerate(verdicts) if v.result is not None]  # none where the pool failed
+        rescored, votes = label_groups([verdicts[i].result for i in scored], [i // group_size for i in scored], self.config)
+        settled = list(verdicts)
+        for i, r in zip(scored, rescored):
+            label = votes[i // group_size].label
+            breakdown = {**r.breakdown, "status": r.status, "reason": r.reason,
+                         "label": None if label is None else label.expected}
+            settled[i] = Verdict(r.reward, r.matched, r.status, verdicts[i].feedback, breakdown, r)
+        truths = [_truth(p) for p in problems]
+        watched = [None if truth is None else reward_against(r, truth, self.config).matched
+                   for r, truth in zip(rescored, (truths[i] for i in scored))]
+        _update(self.metrics, rescored, watched)
+        for r, right in zip(rescored, watched):
+            self.vote_metrics["reward_agreement"].update(*_weighted(None if right is None else float(right == r.matched)))
+        for group, vote in votes.items():
+            truth = truths[group * group_size]
+            self.vote_metrics["labelled"].update(*_weighted(float(vote.label is not None)))
+            right = None if vote.label is None or truth is None else float(same_answer(vote.label, truth, self.config.match))
+            self.vote_metrics["label_accuracy"].update(*_weighted(right))
+        solver, votes_seen = _reduce(self.metrics), _reduce(self.vote_metrics)
+        module.log_dict({**{f"solver/{k}": v for k, v in solver.items()}, **{f"votes/{k}": v for k, v in votes_seen.items()}},
+                        rank_zero_only=True)
+        module.last_solver_metrics = {**solver, **votes_seen}
+        return settled
+
     def validate(self, responses: list[str], problems: list) -> RolloutScores:
-        items = [(text, Reference.from_answer(p.answer, p.reference_model)) for text, p in zip(responses, problems)]
+        items = [(text, _reference(p)) for text, p in zip(responses, problems)]
         try:
             results = self.pool.score_many(items)
         except Exception as err:  # counted as wrong answers, like a failed training rollout
@@ -115,13 +160,32 @@ def _scores(results: list[ScoreResult], metrics: dict[str, float]) -> RolloutSco
     )
 
 
-def _update(metrics: dict[str, MeanMetric], results: list[ScoreResult]) -> None:
-    for result in results:
-        for name, value in _summary_values(result).items():
-            # A missing value (no reference model: no graph distance) counts with weight 0, so
-            # every rank updates and syncs the same metrics.
-            weight = 0.0 if value is None else 1.0
-            metrics[name].update(torch.tensor(value or 0.0), torch.tensor(weight))
+def _reference(problem) -> Reference:
+    return Reference.from_answer(problem.answer, problem.reference_model)
+
+
+def _truth(problem) -> Reference | None:
+    """The problem's answer, to watch the votes with; None where the data have none (a reference
+    model alone is not solved here: it is not watched)."""
+    try:
+        return None if problem.answer is None else Reference.from_answer(problem.answer)
+    except ValueError:
+        return None
+
+
+def _weighted(value: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A metric update; a missing value counts with weight 0, so every rank updates and syncs the same metrics."""
+    return torch.tensor(value or 0.0), torch.tensor(0.0 if value is None else 1.0)
+
+
+def _update(metrics: dict[str, MeanMetric], results: list[ScoreResult], matched_truth: list[bool | None] | None = None) -> None:
+    """`matched_truth` (votes): whether each answer matches the true answer (None: unknown), the accuracy counted."""
+    for k, result in enumerate(results):
+        values = _summary_values(result)
+        if matched_truth is not None:
+            values["accuracy"] = None if matched_truth[k] is None else float(matched_truth[k])
+        for name, value in values.items():
+            metrics[name].update(*_weighted(value))
 
 
 def _reduce(metrics: dict[str, MeanMetric]) -> dict[str, float]:

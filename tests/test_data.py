@@ -391,7 +391,8 @@ def test_sft_formats_are_detected_per_record_and_bad_ones_name_the_line(tmp_path
     # PPO reads the same file: records with nothing to score are bad records there, with the reason
     bad.clear()
     assert [p.id for p in iter_problems(path, report=bad.append, require_answer=True)] == ["c"]
-    assert bad[0] == f"{path}:2: no answer to score (no 'answer' or reference): an SFT-only record (skipped)"
+    assert bad[0] == (f"{path}:2: no answer to score (no 'answer' or reference): an SFT-only record; to train on "
+                      "problems without answers, label them by votes (evaluation.labels=votes) (skipped)")
 
 
 def test_a_run_that_leaves_out_too_much_stops_and_skips_are_summarized(capsys):

@@ -56,7 +56,48 @@ def test_verl_forms_equal_score(samples):
                                      [{"reference_model": p.get("reference_model")} for p in problems])
     assert [e["score"] for e in one] == rewards[:2]
     assert [e["score"] for e in batch] == rewards
-    assert {frozenset(e) for e in batch} == {frozenset({"score", "format", "solved", "answer", "graph", "has_graph", "acc"})}
+    assert {frozenset(e) for e in batch} == {frozenset({"score", "format", "solved", "answer", "graph", "has_graph", "acc", "labelled"})}
+
+
+GROUPS = ["p1"] * 3 + ["p2"] * 3  # two prompts' completions: 11 twice and 10, infeasible twice and 11
+GOOD_11 = "```lp\nMaximize\n obj: 3 x + 2 y\nSubject To\n c1: x + y <= 4\n c2: x + 3 y <= 6\nBounds\n x <= 3\nEnd\n```"
+TEN = GOOD_11.replace("3 x + 2 y", "2 x + 4 y")
+NONE_FEASIBLE = "```lp\nMaximize\n obj: x\nSubject To\n low: x >= 4\n high: x <= 3\nEnd\n```"
+VOTED = [1.0, 1.0, 0.3 / 0.8, 1.0, 1.0, 0.3 / 0.8]  # against each prompt's label: the plurality (11; infeasible)
+
+
+def test_engines_without_answers_vote_per_prompt(samples):
+    completions = [GOOD_11, GOOD_11, TEN, NONE_FEASIBLE, NONE_FEASIBLE, GOOD_11]
+    metrics = {}
+    got = trl.solver_reward(prompts=GROUPS, completions=completions, log_metric=metrics.__setitem__)
+    assert got == pytest.approx(VOTED) and metrics["solver/labelled"] == 1.0
+    chat = [[{"role": "user", "content": g}] for g in GROUPS]
+    assert asyncio.run(trl.solver_reward_async(prompts=chat, completions=completions)) == pytest.approx(VOTED)
+    batch = verl.compute_score_batch(["optimization"] * 6, completions, [None] * 6, [{"index": g} for g in GROUPS])
+    assert [e["score"] for e in batch] == pytest.approx(VOTED) and {e["labelled"] for e in batch} == {1.0}
+    with pytest.raises(ValueError, match=r"needs extra_info\['index'\].*rows \[0, 1, 2, 3, 4\] have none"):
+        verl.compute_score_batch(["optimization"] * 6, completions, [None] * 6, [{}] * 6)
+
+
+@pytest.fixture
+def votes_on():
+    scorer.shutdown()
+    scorer.configure(labels="votes")
+    yield
+    scorer.shutdown()
+    scorer.configure()
+
+
+def test_votes_mode_ignores_answers_and_per_row_forms_refuse_it(votes_on):
+    completions = [GOOD_11, GOOD_11, TEN, NONE_FEASIBLE, NONE_FEASIBLE, GOOD_11]
+    wrong_answers = ["3"] * 6  # never read for the reward
+    assert trl.solver_reward(prompts=GROUPS, completions=completions, answer=wrong_answers) == pytest.approx(VOTED)
+    batch = verl.compute_score_batch(["optimization"] * 6, completions, wrong_answers, [{"index": g} for g in GROUPS])
+    assert [e["score"] for e in batch] == pytest.approx(VOTED)
+    with pytest.raises(UserError, match="veRL's compute_score scores one answer at a time, but evaluation.labels=votes"):
+        verl.compute_score("optimization", GOOD_11, "11")
+    with pytest.raises(UserError, match="OpenRLHF's reward_func scores one answer at a time"):
+        openrlhf.reward_func([GOOD_11], [""], ["11"])
 
 
 def test_openrlhf_reward_func_equals_score(samples):

@@ -240,10 +240,11 @@ def test_fsdp2_shards_the_lora_policy_and_resumes_exactly(tiny_chatglm_dir, tmp_
 
 
 # The estimators beside PPO with GAE (the tests above) and RLOO (the launch-line test below), with
-# the settings docs/algorithms.md gives for each, at test size.
+# the settings docs/algorithms.md gives for each, at test size; GRPO trains label-free (by votes).
 ESTIMATORS = {
-    "grpo": ["ppo.advantage=grpo", "ppo.whiten_advantages=false", "ppo.loss_aggregation=sequence_mean",
-             "ppo.kl.placement=loss", "ppo.kl.estimator=k3", "ppo.kl.coef=0.04"],
+    "grpo_votes": ["ppo.advantage=grpo", "ppo.whiten_advantages=false", "ppo.loss_aggregation=sequence_mean",
+                   "ppo.kl.placement=loss", "ppo.kl.estimator=k3", "ppo.kl.coef=0.04", "evaluation.labels=votes",
+                   "evaluation.votes.min_votes=1"],
     "dr_grpo": ["ppo.advantage=grpo", "ppo.scale_rewards=none", "ppo.whiten_advantages=false",
                 "ppo.loss_aggregation=constant_length", "ppo.kl.coef=0"],
     "dapo": ["ppo.advantage=grpo", "ppo.whiten_advantages=false", "ppo.loss_aggregation=token_mean",
@@ -273,6 +274,10 @@ def test_each_estimator_trains_in_step_on_two_ddp_ranks_and_resumes_exactly(esti
     straight, numbers = run_two_ranks(tmp_path, "straight", [*common, "trainer.max_steps=3"], held_fraction=1.0, env=env)
     assert any(float(v.abs().max()) > 0 for k, v in straight.items() if "lora_B" in k), "no update happened"
     assert len(numbers[0]["scores"]) == len(numbers[1]["scores"]) > 0
+    if estimator == "grpo_votes":  # each group voted on its own rank: a right answer (or two) labels it, rightly
+        for n in numbers:
+            assert n["metrics"]["label_accuracy"] == n["metrics"]["reward_agreement"] == 1.0, n["metrics"]
+            assert set(n["scores"]) <= {0.0, 1.0}, n["scores"]
     second = tmp_path / "straight" / "logs" / "ppo" / "version_0" / "checkpoints" / "iter-000002.ckpt"
     resumed, _ = run_two_ranks(tmp_path, "resumed", [*common, "trainer.max_steps=3", f"resume={second}"],
                                held_fraction=1.0, env=env)

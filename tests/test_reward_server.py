@@ -26,9 +26,9 @@ LOOP = "```python\nimport pyscipopt\nwhile True:\n    pass\n```"  # hostile: run
 LP = "```lp\nMaximize\n obj: 3 x + 2 y\nSubject To\n c1: x + y <= 4\n c2: x + 3 y <= 6\nBounds\n x <= 3\nEnd\n```"  # optimum 11
 
 
-def _start(tmp_path, *args, token: str | None = TOKEN):
+def _start(tmp_path, *args, token: str | None = TOKEN, labels: str = "reference"):
     config = tmp_path / "eval.yaml"
-    config.write_text("evaluation:\n  workers: 2\n  code: {wall_s: 2.0}\n")
+    config.write_text(f"evaluation:\n  workers: 2\n  code: {{wall_s: 2.0}}\n  labels: {labels}\n")
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("SOLVER_PPO_REWARD_TOKEN", None)
@@ -163,3 +163,22 @@ def test_binding_off_loopback_needs_a_token():
     out = subprocess.run([sys.executable, "-m", "app", "serve-reward", "--host", "0.0.0.0"], env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "--host 0.0.0.0 is reachable from other machines: give a bearer token" in out.stderr
+
+
+def test_votes_mode_labels_each_group_of_a_batch(tmp_path):
+    """evaluation.labels=votes: /score groups its items by `group`, /get_reward its queries by prompt."""
+    proc, port = _start(tmp_path, labels="votes")
+    ten = LP.replace("3 x + 2 y", "2 x + 4 y")  # optimum 10
+    items = [{"id": k, "answer": a, "group": g} for k, (a, g) in enumerate([(LP, "a"), (LP, "a"), (ten, "a"), (ten, "b")])]
+    status, body = _call(port, "POST", "/score", {"items": items})
+    assert status == 200
+    assert [(r["id"], r["label"], r["reward"]) for r in body["rows"]] == [(0, 11.0, 1.0), (1, 11.0, 1.0), (2, 11.0, 0.375),
+                                                                          (3, None, 0.375)]  # b: one vote, under min_votes
+    status, body = _call(port, "POST", "/score", {"items": [{"answer": LP, "label": 11}]})
+    assert status == 422 and "items [0] have no 'group'" in body["error"]
+    prompts = ["<|user|>q1<|assistant|>"] * 3
+    status, body = _call(port, "POST", "/get_reward", {"query": [p + a for p, a in zip(prompts, [ten, ten, LP])],
+                                                       "prompts": prompts, "labels": [None] * 3})
+    assert status == 200 and body["rewards"] == [1.0, 1.0, 0.375]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0

@@ -194,8 +194,8 @@ def test_sft_reads_prompt_completion_messages_and_alpaca_records(tiny_chatglm_di
             "(SFT-only records))") in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("turns", [1, 2])
-def test_shortened_quickstart_runs_end_to_end(turns, tiny_chatglm_dir, tmp_path, capsys):
+@pytest.mark.parametrize(("turns", "labels"), [(1, "reference"), (2, "votes")])
+def test_shortened_quickstart_runs_end_to_end(turns, labels, tiny_chatglm_dir, tmp_path, capsys):
     data = write_problems(tmp_path / "sft.jsonl", 4, seed=13)
     starter = tmp_path / "starter"
     assert main(["sft", *sft_overrides(tiny_chatglm_dir, data, starter, tmp_path / "logs", steps=3)]) == 0
@@ -205,10 +205,11 @@ def test_shortened_quickstart_runs_end_to_end(turns, tiny_chatglm_dir, tmp_path,
         "sampling.max_new_tokens=12", "ppo.prompts_per_step=2", "ppo.samples_per_prompt=2", "ppo.minibatch_size=4",
         "evaluation.workers=1", "trainer.enable_progress_bar=false",
         "trainer.val_every=1", "--heldout", "4", "--train-problems", "8", "--starter-problems", "8", "--out", str(out),
-        f"rollout.turns={turns}", "rollout.end=turns",
+        f"rollout.turns={turns}", "rollout.end=turns", f"evaluation.labels={labels}",
     ])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
+    assert results["labels"] == labels
     for side in ("sft", "ppo"):
         assert set(results[side]) == {"accuracy", "solved_rate", "format_rate", "graph_distance", "reward",
                                       "accuracy_by_turn"}
@@ -223,6 +224,12 @@ def test_shortened_quickstart_runs_end_to_end(turns, tiny_chatglm_dir, tmp_path,
     events.Reload()
     assert len(events.Scalars("val/accuracy")) == 2  # the held-out set, validated after each PPO step
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    if labels == "votes":  # every step's groups counted; label accuracy only where a group got a label
+        assert len(events.Scalars("votes/labelled")) == 2
+        labelled = "votes/label_accuracy" in events.Tags()["scalars"]
+        assert (results["vote_label_accuracy"] is not None) == labelled
+    else:
+        assert results["vote_label_accuracy"] is None
     rows = [json.loads(line) for line in open(out / "ppo_heldout.jsonl")]
     assert len(rows) == 4 and all(row["status"] and row["reason"] for row in rows)  # scored by the evaluator
     assert all(len(row.get("turns", [None])) == turns for row in rows)

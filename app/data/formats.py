@@ -314,7 +314,8 @@ def iter_problems(
                 raise value
             problem = normalize_record(value, fmt, f"{path}:{line}", f"{path.stem}:{line}")
             if require_answer and not problem.scorable:
-                raise BadRecord(f"{path}:{line}: no answer to score (no 'answer' or reference): an SFT-only record")
+                raise BadRecord(f"{path}:{line}: no answer to score (no 'answer' or reference): an SFT-only record; "
+                                "to train on problems without answers, label them by votes (evaluation.labels=votes)")
             yield problem
         except BadRecord as err:
             if on_bad_line == "error":

@@ -189,7 +189,7 @@ def check_lengths(cfg, encode: Callable[[list[dict]], list[int]], tokenizer, sft
     d = cfg.data
     key, limit = ("sft.max_length", cfg.sft.max_length) if sft else ("data.max_prompt_tokens", d.max_prompt_tokens)
     path = getattr(d, split)
-    items = list(records_for_preflight(path, d.format, require_answer=not sft))
+    items = list(records_for_preflight(path, d.format, require_answer=not sft and cfg.evaluation.labels == "reference"))
 
     def prompt_length(problem) -> int:
         return len(encode(build_messages(problem, d.system_prompt, d.instruction)))

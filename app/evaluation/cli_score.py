@@ -7,6 +7,11 @@ With --feedback each row also carries the message a policy would read about its 
 (app/evaluation/feedback.py) and, for an infeasible model, an irreducible infeasible subset.
 Every row says whether its answer's own verdict exposes it (`exposed`: null on a matching row),
 and the summary counts the exposed and the silent wrong answers (app/evaluation/summary.py).
+
+With --labels votes the answers sharing an `id` are one group (a model's samples for that problem)
+and vote the problem's label (app/evaluation/votes.py): the problems' answers are never read for
+the reward, only to say how often the label is right; each row adds the `label` its group voted
+(null where it has none). This is how a dataset of problems without answers gets its labels.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from solver_ppo.evaluation.feedback import feedback_message
 from solver_ppo.evaluation.pool import EvaluatorPool
 from solver_ppo.evaluation.reward import Reference, ScoreResult
 from solver_ppo.evaluation.summary import exposed, format_headroom_table, headroom, summarize
+from solver_ppo.evaluation.votes import GroupVote, label_groups, same_answer
 
 _ANSWER_KEYS = ("answer", "en_answer", "Answer")
 _RESPONSE_KEYS = ("answer", "response", "output", "text")
@@ -37,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feedback", action="store_true",
                         help="add to each row the feedback a policy reads about its answer ('feedback') and, for an "
                              "infeasible model, 'infeasible_subset' (constraint names as written, or 'row N')")
+    parser.add_argument("--labels", choices=["reference", "votes"], default="reference",
+                        help="reward against the problems' answers (reference), or against the label each problem's "
+                             "answers vote for (votes: rows sharing an id are one group; answers are only compared)")
+    parser.add_argument("--vote-share", type=float, help="votes: the plurality's least share of accepted votes (default 0.5)")
+    parser.add_argument("--vote-min", type=int, help="votes: the plurality's least number of votes (default 2)")
     add_limit_arguments(parser)
 
 
@@ -79,11 +90,78 @@ def _response(path: str, lineno: int, row: dict) -> str:
     raise UserError(f"{path}:{lineno}: no answer text: give one of {', '.join(_RESPONSE_KEYS)}")
 
 
+def _answer_of(path: str, lineno: int, row: dict) -> Reference | None:
+    """A problem's answer where the problems file has one (votes: only compared with the label)."""
+    if not any(k in row for k in (*_ANSWER_KEYS, "results")):
+        return None
+    reference = _reference(path, lineno, row)
+    return reference if reference.expected is not None else None
+
+
+def _groups(args: argparse.Namespace, problems: list[tuple[int, dict]], answers: list[tuple[int, dict]]) -> list[str]:
+    """votes: the problem id of each answer row (its group)."""
+    known = {str(row.get("id", k)) for k, (_, row) in enumerate(problems)}
+    ids = []
+    for lineno, row in answers:
+        if "id" not in row:
+            raise UserError(f"{args.answers}:{lineno}: no 'id': with --labels votes each answer names its problem, "
+                            "and the answers that share an id vote together")
+        if str(row["id"]) not in known:
+            raise UserError(f"{args.answers}:{lineno}: id {row['id']!r} is not a problem of {args.data}")
+        ids.append(str(row["id"]))
+    return ids
+
+
+def _run_votes(args: argparse.Namespace, config, problems: list[tuple[int, dict]], answers: list[tuple[int, dict]]) -> int:
+    ids = _groups(args, problems, answers)
+    items = [(_response(args.answers, lineno, row), Reference()) for lineno, row in answers]
+    with EvaluatorPool(config) as pool, progress_bar(total=len(items), desc="score", unit="answer") as bar:
+        results = pool.score_many(items, bar.update)
+    rescored, votes = label_groups(results, ids, config)
+    truths = {str(row.get("id", k)): _answer_of(args.data, lineno, row) for k, (lineno, row) in enumerate(problems)}
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        for item_id, r in zip(ids, rescored):
+            label = votes[item_id].label
+            print(json.dumps({"id": item_id, **result_row(r, args.feedback), "exposed": exposed(r),
+                              "label": None if label is None else label.expected}), file=out)
+    finally:
+        if args.out:
+            out.close()
+    summary = _summary(ids, rescored) + "\n" + _vote_summary(votes, truths, config.match)
+    print(summary, file=sys.stdout if args.out else sys.stderr)
+    return 0
+
+
+def _vote_summary(votes: dict[str, GroupVote], truths: dict[str, Reference | None], match) -> str:
+    labelled = [key for key, v in votes.items() if v.label is not None]
+    checked = [key for key in labelled if truths.get(key) is not None]
+    right = sum(same_answer(votes[key].label, truths[key], match) for key in checked)
+    accuracy = f"{right / len(checked):.3f}  ({right} of {len(checked)} labelled groups with an answer)" if checked else \
+        "—  (no labelled group's problem has an answer)"
+    return "\n".join([
+        f"groups              {len(votes)}",
+        f"labelled groups     {len(labelled)}  ({len(labelled) / len(votes):.3f})",
+        f"label accuracy      {accuracy}",
+    ])
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     config.feedback = args.feedback
     problems = _jsonl(args.data)
     answers = _jsonl(args.answers)
+    if args.labels == "votes":
+        config.labels = "votes"
+        if args.vote_share is not None:
+            if not 0 < args.vote_share <= 1:
+                raise UserError(f"--vote-share {args.vote_share} must be in (0, 1]")
+            config.votes.share = args.vote_share
+        if args.vote_min is not None:
+            if args.vote_min < 1:
+                raise UserError(f"--vote-min {args.vote_min} must be at least 1")
+            config.votes.min_votes = args.vote_min
+        return _run_votes(args, config, problems, answers)
     ids = [str(row.get("id", k)) for k, (_, row) in enumerate(problems)]
     by_id = {str(row["id"]): (lineno, row) for lineno, row in answers if "id" in row}
     if len(by_id) == len(answers) and set(by_id) >= set(ids):

@@ -56,6 +56,15 @@ class CodeLimits:
 
 
 @dataclass
+class VoteRule:
+    """When a group's votes make a label (app/evaluation/votes.py): the plurality holds at least
+    `share` of the group's accepted votes and at least `min_votes` of them, and no other answer as many."""
+
+    share: float = 0.5  # the plurality's least share of the accepted votes
+    min_votes: int = 2  # the plurality's least number of votes
+
+
+@dataclass
 class EvaluationConfig:
     limits: SolverLimits = field(default_factory=SolverLimits)
     match: MatchRule = field(default_factory=MatchRule)
@@ -76,3 +85,8 @@ class EvaluationConfig:
     feedback_nodes: int = 2000  # SCIP nodes per answer for feedback's search (infeasible subset, or unbounded direction)
     feedback_seconds: float = 30.0  # wall-clock safety per answer for that search (far above what the node limit takes)
     feedback_values: int = 10  # nonzero variables kept (and shown) per solution, in the model's order
+    # Where the answer to reward against comes from: 'reference' (the problem's answer or reference
+    # model) or 'votes' (the plurality of the solver-accepted models among a prompt's samples;
+    # the problems' answers are never read for the reward). See docs/algorithms.md, "Labels from votes".
+    labels: str = "reference"
+    votes: VoteRule = field(default_factory=VoteRule)

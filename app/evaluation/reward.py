@@ -7,7 +7,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from solver_ppo.evaluation.config import EvaluationConfig, MatchRule, SolverLimits
+from solver_ppo.evaluation.config import EvaluationConfig, MatchRule, RewardWeights, SolverLimits
 from solver_ppo.evaluation.capture import SUPPORTED, CaptureOutcome, orient
 from solver_ppo.evaluation.extract import extract_model
 from solver_ppo.evaluation.graph import graph_distance
@@ -82,6 +82,16 @@ class ScoreResult:
     unbounded_variable: str | None = None  # unbounded: a variable that grows (unbounded_direction 1) or falls (-1) without end
     unbounded_direction: int = 0
     feedback_time_limit: float | None = None  # the seconds after which the wall-clock safety stopped that search (None: it did not)
+    # What a vote among answers (app/evaluation/votes.py) needs to know beyond status, objective and n_nonzero:
+    restated: bool = False  # the objective has no variable term: its optimum is a number the answer wrote down
+
+
+def weighted_reward(terms: dict[str, float], weights: RewardWeights) -> float:
+    """The reward in [0, 1]: the terms' weighted mean, the weights renormalized over the terms present."""
+    chosen = {k: getattr(weights, k) for k in terms}
+    total = sum(chosen.values())
+    reward = sum(chosen[k] * terms[k] for k in terms) / total if total > 0 else 0.0
+    return min(max(reward, 0.0), 1.0)
 
 
 def objective_matches(pred: SolveResult, ref_value: float | None, ref_infeasible: bool, rule: MatchRule) -> bool:
@@ -173,14 +183,11 @@ def score_answer(answer: str | bytes, reference: Reference, config: EvaluationCo
     def done(status: str, verdict: str, reason: str | None = None, **kw) -> ScoreResult:
         """`verdict` says why the answer has its status; `reason` (default: the verdict) also
         says how it compares with the reference."""
-        w = config.weights
-        weights = {k: getattr(w, k) for k in terms}
-        total = sum(weights.values())
-        reward = sum(weights[k] * terms[k] for k in terms) / total if total > 0 else 0.0
+        reward = weighted_reward(terms, config.weights)
         reason = verdict if reason is None else reason
         if ref_error:
             reason = f"{reason}; {ref_error}" if reason else ref_error
-        return ScoreResult(min(max(reward, 0.0), 1.0), dict(terms), status, reason=reason, expected=reference.expected,
+        return ScoreResult(reward, dict(terms), status, reason=reason, expected=reference.expected,
                            verdict=verdict, **kw)
 
     if len(answer) > limits.max_answer_chars:
@@ -241,6 +248,7 @@ def score_answer(answer: str | bytes, reference: Reference, config: EvaluationCo
         n_vars=result.n_vars,
         n_cons=result.n_cons,
         model_objective=-result.objective if flipped and result.objective is not None else result.objective,
+        restated=bool(model.objective_is_constant),
         n_nonzero=None if nonzero is None else len(nonzero),
         **(solver_feedback(model, result, nonzero, config) if config.feedback else {}),
     )

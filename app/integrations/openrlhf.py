@@ -59,6 +59,8 @@ def reward_func(queries: list[str], prompts: list[str], labels: list, **kwargs) 
     """Called by OpenRLHF's single-turn executor (in a thread) with one or more queries."""
     if not len(queries) == len(prompts) == len(labels):
         raise ValueError(f"reward_func: {len(queries)} queries, {len(prompts)} prompts and {len(labels)} labels; they must be as many")
+    if scorer.settings().labels == "votes":  # its executor calls it per sample: a group is never seen whole
+        raise scorer.per_sample_votes_error("OpenRLHF's reward_func")
     refs = [scorer.reference_from_label(label) for label in labels]
     return rewards_payload(scorer.score_rows([response_of(q, p) for q, p in zip(queries, prompts)], refs))
 
@@ -67,6 +69,8 @@ async def agent_func(states: dict) -> dict:
     """One agent step: score the turn's answer, reply with the solver's feedback, stop once it
     matches or after AGENT_TURNS answers. Step rewards are differences of successive scores, so
     OpenRLHF's sum over the steps is the last answer's reward (exactly `score`'s)."""
+    if scorer.settings().labels == "votes":
+        raise scorer.per_sample_votes_error("OpenRLHF's agent_func")
     reference = scorer.reference_from_label(states["label"])
     [result] = await scorer.score_results_async([states["action_text"]], [reference])
     row = scorer.result_row(result)

@@ -26,6 +26,7 @@ from solver_ppo.evaluation.cli_score import result_row
 from solver_ppo.evaluation.config import EvaluationConfig
 from solver_ppo.evaluation.pool import EvaluatorPool, ScoreStream
 from solver_ppo.evaluation.reward import Reference, ScoreResult
+from solver_ppo.evaluation.votes import label_groups
 
 CONFIG_ENV = "SOLVER_PPO_EVAL_CONFIG"  # a YAML file with the `evaluation:` settings, for engines that load the reward by path
 
@@ -187,3 +188,26 @@ def score_rows(answers: list[str], references: list[Reference]) -> list[dict]:
 
 async def score_rows_async(answers: list[str], references: list[Reference]) -> list[dict]:
     return [result_row(r) for r in await score_results_async(answers, references)]
+
+
+def _voted_rows(results: list[ScoreResult], groups: list) -> list[dict]:
+    rescored, votes = label_groups(results, groups, settings())
+    return [{**result_row(r), "label": None if votes[g].label is None else votes[g].label.expected}
+            for r, g in zip(rescored, groups)]
+
+
+def vote_rows(answers: list[str], groups: list) -> list[dict]:
+    """Label-free rows: `groups[i]` names answer i's problem; the answers of one problem vote its
+    label (app/evaluation/votes.py) and each row is `score --labels votes`'s for that answer."""
+    return _voted_rows(score_results(answers, [Reference() for _ in answers]), groups)
+
+
+async def vote_rows_async(answers: list[str], groups: list) -> list[dict]:
+    return _voted_rows(await score_results_async(answers, [Reference() for _ in answers]), groups)
+
+
+def per_sample_votes_error(api: str) -> UserError:
+    """evaluation.labels=votes where an API sees one answer at a time: it cannot see a group."""
+    return UserError(f"{api} scores one answer at a time, but evaluation.labels=votes labels a problem by the votes of "
+                     "all its answers: use a batch form that sees a prompt's answers together (TRL's solver_reward, "
+                     "veRL's compute_score_batch, the reward server), or evaluation.labels=reference")

@@ -4,6 +4,11 @@
                        -> {"rewards": [...], "scores": [...], "extra_logs": {...}}
     POST /score        {"items": [{"id": ..., "answer": TEXT, "label": ANSWER_OR_JSON,
                        "reference_model": LP}]} -> {"rows": [the rows `score` writes]}
+                       (evaluation.labels=votes: {"id", "answer", "group"}, the rows of one prompt
+                       share `group` and vote its label; rows as `score --labels votes` writes)
+
+With evaluation.labels=votes /get_reward groups a request's queries by their prompt (equal prompt
+strings are one prompt's samples); the answers of one prompt vote its label (app/evaluation/votes.py).
     GET  /health       {"status": "ok", ...}, never behind the scoring
     GET  /metrics      Prometheus text: answers, requests by status code, latency, queue
 
@@ -31,6 +36,7 @@ from solver_ppo.errors import UserError
 from solver_ppo.evaluation.cli_score import result_row
 from solver_ppo.evaluation.config import EvaluationConfig
 from solver_ppo.evaluation.reward import Reference, ScoreResult
+from solver_ppo.evaluation.votes import label_groups
 from solver_ppo.integrations.openrlhf import response_of, rewards_payload
 from solver_ppo.integrations import scorer
 from solver_ppo.integrations.scorer import load_evaluation_config, reference_from_label
@@ -163,11 +169,25 @@ async def get_reward(request: web.Request) -> web.Response:
         if not isinstance(prompt, str):
             raise RequestError(422, f"prompt {k} must be a string, got {type(prompt).__name__}")
         answers.append(response_of(query, prompt))
-    refs = [_reference(label, None, k) for k, label in enumerate(labels)]
+    if service.config.labels == "votes":
+        rows = await _voted(service, answers, prompts)
+    else:
+        refs = [_reference(label, None, k) for k, label in enumerate(labels)]
+        t0 = time.monotonic()
+        results = await service.score(answers, refs)
+        service.count(results, time.monotonic() - t0)
+        rows = [result_row(r) for r in results]
+    return web.json_response(rewards_payload(rows))
+
+
+async def _voted(service: RewardService, answers: list[str], groups: list, feedback: bool = False) -> list[dict]:
+    """votes: the answers scored with no reference, then rewarded against their group's label."""
     t0 = time.monotonic()
-    results = await service.score(answers, refs)
+    results = await service.score(answers, [Reference() for _ in answers])
     service.count(results, time.monotonic() - t0)
-    return web.json_response(rewards_payload([result_row(r) for r in results]))
+    rescored, votes = label_groups(results, groups, service.config)
+    return [{**result_row(r, feedback), "label": None if votes[g].label is None else votes[g].label.expected}
+            for r, g in zip(rescored, groups)]
 
 
 async def score(request: web.Request) -> web.Response:
@@ -181,6 +201,14 @@ async def score(request: web.Request) -> web.Response:
             raise RequestError(422, f"item {k} must be an object with 'answer' and 'label' (or 'reference_model')")
     answers = [item["answer"] for item in items]
     _check_answers(answers, service, "answer")
+    if service.config.labels == "votes":
+        groups = [item.get("group") for item in items]
+        missing = [k for k, g in enumerate(groups) if not isinstance(g, (str, int))]
+        if missing:
+            raise RequestError(422, f"evaluation.labels=votes: items {missing[:5]} have no 'group' (a string or integer that "
+                                    "the answers to one prompt share, so they vote its label)")
+        rows = await _voted(service, answers, groups, service.config.feedback)
+        return web.json_response({"rows": [{"id": item.get("id", k), **row} for k, (item, row) in enumerate(zip(items, rows))]})
     refs = [_reference(item.get("label"), item.get("reference_model"), k) for k, item in enumerate(items)]
     t0 = time.monotonic()
     results = await service.score(answers, refs)

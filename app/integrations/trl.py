@@ -4,7 +4,9 @@ The dataset carries the problem's answer in an `answer` column (a number, "infea
 object with `answer` and `reference_model`) and optionally a `reference_model` column; TRL passes
 every column to reward functions as keyword arguments, one value per completion. Completions are
 text or conversational (the last assistant message is the answer). A row without an answer or a
-reference model gets None: TRL leaves this reward out for it. The reward is exactly the `reward`
+reference model gets None: TRL leaves this reward out for it. A dataset with neither column is
+trained label-free: the completions of one prompt (TRL hands `num_generations` of them, with equal
+prompts) vote the prompt's label and each is rewarded against it (app/evaluation/votes.py). The reward is exactly the `reward`
 that `solver-ppo score` writes for the same answer; the breakdown goes to TRL's logs through
 `log_metric` (means per batch) and `log_extra` (status and reason per completion).
 
@@ -15,6 +17,7 @@ final answer, which `solver_reward` scores.
 
 from __future__ import annotations
 
+import json
 import re
 
 from solver_ppo.evaluation.feedback import feedback_message
@@ -61,8 +64,31 @@ def _finish(rows: list[dict], keep: list[int], n: int, log_metric, log_extra) ->
     return rewards
 
 
+def _prompt_groups(prompts, n: int) -> list[str]:
+    """A group key per completion: its prompt (text, or the conversation as JSON)."""
+    if prompts is None or len(prompts) != n:
+        raise ValueError(f"solver_reward: label-free scoring groups completions by prompt, but got "
+                         f"{'no prompts' if prompts is None else f'{len(prompts)} prompts'} for {n} completions")
+    return [p if isinstance(p, str) else json.dumps(p, sort_keys=True) for p in prompts]
+
+
+def _by_votes(answer, reference_model) -> bool:
+    return scorer.settings().labels == "votes" or (answer is None and reference_model is None)
+
+
+def _votes_log(rows: list[dict], log_metric) -> None:
+    """The share of completions whose prompt's votes made a label."""
+    if rows and log_metric is not None:
+        log_metric("solver/labelled", sum(row["label"] is not None for row in rows) / len(rows))
+
+
 def solver_reward(prompts, completions, answer=None, reference_model=None, log_metric=None, log_extra=None, **kwargs) -> list[float | None]:
-    """One reward per completion (None where the row has no reference)."""
+    """One reward per completion (None where the row has no reference); without an answer column,
+    or with evaluation.labels=votes, against the label the completions of its prompt vote."""
+    if _by_votes(answer, reference_model):
+        rows = scorer.vote_rows([_text(c) for c in completions], _prompt_groups(prompts, len(completions)))
+        _votes_log(rows, log_metric)
+        return _finish(rows, list(range(len(completions))), len(completions), log_metric, log_extra)
     refs = _references(len(completions), answer, reference_model)
     keep = [k for k, ref in enumerate(refs) if ref is not None]
     rows = scorer.score_rows([_text(completions[k]) for k in keep], [refs[k] for k in keep]) if keep else []
@@ -71,6 +97,10 @@ def solver_reward(prompts, completions, answer=None, reference_model=None, log_m
 
 async def solver_reward_async(prompts, completions, answer=None, reference_model=None, log_metric=None, log_extra=None, **kwargs) -> list[float | None]:
     """`solver_reward` for TRL's async path: scoring runs in the pool while TRL awaits other rewards."""
+    if _by_votes(answer, reference_model):
+        rows = await scorer.vote_rows_async([_text(c) for c in completions], _prompt_groups(prompts, len(completions)))
+        _votes_log(rows, log_metric)
+        return _finish(rows, list(range(len(completions))), len(completions), log_metric, log_extra)
     refs = _references(len(completions), answer, reference_model)
     keep = [k for k, ref in enumerate(refs) if ref is not None]
     rows = await scorer.score_rows_async([_text(completions[k]) for k in keep], [refs[k] for k in keep]) if keep else []

@@ -10,6 +10,12 @@ A row's `reward_model.ground_truth` is the answer (a number, "infeasible") or a 
 settings: `reward.custom_reward_function.reward_kwargs.eval_config=PATH` (a YAML file with an
 `evaluation:` section) or $SOLVER_PPO_EVAL_CONFIG. `score` is exactly the `reward` of the row
 `solver-ppo score` writes; the other keys are the same for every row so veRL can average them.
+
+Label-free (`evaluation.labels: votes`, or a batch without any ground truth): only
+`compute_score_batch` can see a prompt's rows together. The rows of one prompt are recognised by
+`extra_info["index"]` (veRL's data preprocessing writes each problem's index there, and rollout
+copies keep it); they vote the prompt's label (app/evaluation/votes.py). The per-row forms refuse
+this mode with a clear error.
 """
 
 from __future__ import annotations
@@ -51,12 +57,19 @@ def _entry(row: dict) -> dict[str, Any]:
         "graph": terms.get("graph", 0.0),  # 0 where the problem has no reference model (has_graph says which)
         "has_graph": float("graph" in terms),
         "acc": float(row["matched"]),
+        "labelled": float(row.get("label") is not None) if "label" in row else 1.0,  # votes: its prompt's votes made a label
     }
+
+
+def _check_per_row(api: str) -> None:
+    if scorer.settings().labels == "votes":
+        raise scorer.per_sample_votes_error(f"veRL's {api}")
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, eval_config=None, **kwargs) -> dict[str, Any]:
     """One answer (veRL's naive reward manager calls this once per response)."""
     _configure(eval_config)
+    _check_per_row("compute_score")
     [row] = scorer.score_rows([solution_str], [_reference(ground_truth, extra_info)])
     return _entry(row)
 
@@ -65,6 +78,7 @@ async def compute_score_async(data_source, solution_str, ground_truth, extra_inf
     """`compute_score` for veRL's reward loop, which awaits a coroutine function instead of
     running it in a thread: concurrent rows share the pool's workers."""
     _configure(eval_config)
+    _check_per_row("compute_score_async")
     [row] = await scorer.score_rows_async([solution_str], [_reference(ground_truth, extra_info)])
     return _entry(row)
 
@@ -73,8 +87,20 @@ def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos=
     """A whole batch at once (veRL's batch reward manager): the answers go to the pool's workers in parallel."""
     _configure(eval_config)
     extra_infos = extra_infos if extra_infos is not None else [None] * len(solution_strs)
+    if scorer.settings().labels == "votes" or all(g is None or g == "" for g in ground_truths):
+        return [_entry(row) for row in scorer.vote_rows(list(solution_strs), _prompt_indices(extra_infos))]
     refs = [_reference(g, e) for g, e in zip(ground_truths, extra_infos, strict=True)]
     return [_entry(row) for row in scorer.score_rows(list(solution_strs), refs)]
+
+
+def _prompt_indices(extra_infos) -> list:
+    """votes: each row's prompt, `extra_info["index"]` (the rows of one prompt share it)."""
+    indices = [info.get("index") if isinstance(info, dict) else None for info in extra_infos]
+    missing = [k for k, index in enumerate(indices) if index is None]
+    if missing:
+        raise ValueError(f"compute_score_batch: label-free scoring needs extra_info['index'] (the prompt's index, which "
+                         f"the rows of one prompt share) on every row; rows {missing[:5]} have none")
+    return indices
 
 
 class SolverInteraction(BaseInteraction):

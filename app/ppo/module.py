@@ -276,10 +276,12 @@ class PPOModule(pl.LightningModule):
         self._play(episodes, sample, score, self._on_any_rank, overlap=passes)
         if rollout is None:  # every episode ended before the last turn
             passes()
+        # a group is all on this rank (copies of a prompt are sampled together): it votes here
+        finals = scorer.settle(self, [e.final for e in episodes], self.cfg.ppo.samples_per_prompt, rollout.problems)
         cost = self.cfg.rollout.turn_cost
-        rollout.scores = torch.tensor([e.final.score - cost * (len(e.turns) - 1) for e in episodes],
+        rollout.scores = torch.tensor([v.score - cost * (len(e.turns) - 1) for v, e in zip(finals, episodes)],
                                       dtype=torch.float32, device=self.device)
-        rollout.breakdowns = [e.final.breakdown for e in episodes]
+        rollout.breakdowns = [v.breakdown for v in finals]
         return rollout
 
     def _play(self, episodes: list[Episode], sample, score, any_alive, overlap=None) -> None:

@@ -45,6 +45,13 @@ class RolloutScorer(Callback, ABC):
     def finish(self, module: LightningModule) -> RolloutScores:
         """Wait for the scores of the last `begin`, log the solver metrics on `module`, return them."""
 
+    def settle(self, module: LightningModule, verdicts: list[Verdict], group_size: int, problems: list) -> list[Verdict]:
+        """The final verdicts of a rollout's episodes as the reward counts them; they come in groups
+        of `group_size` in a row, one group per problem (`problems[i]`: verdict i's). A scorer that
+        labels a group from its own answers (evaluation.labels=votes) rewards them here; by default
+        they stand as scored."""
+        return verdicts
+
     @abstractmethod
     def validate(self, responses: list[str], problems: list) -> RolloutScores:
         """Score greedy answers to held-out problems (blocking; nothing is recorded yet)."""

@@ -72,6 +72,9 @@ def check_ppo_settings(cfg: TrainConfig) -> None:
             f"ppo.advantage={ppo.advantage} compares the samples of a prompt: set ppo.samples_per_prompt >= 2 "
             f"(it is {ppo.samples_per_prompt})"
         )
+    if cfg.evaluation.labels == "votes" and ppo.samples_per_prompt < 2:
+        raise UserError(f"evaluation.labels=votes labels a prompt by the votes of its samples: set ppo.samples_per_prompt >= 2 "
+                        f"(it is {ppo.samples_per_prompt})")
     if ppo.dynamic_sampling_rounds and ppo.samples_per_prompt < 2:
         raise UserError(
             "ppo.dynamic_sampling_rounds drops prompts whose samples all score the same: set ppo.samples_per_prompt >= 2 "
@@ -95,7 +98,7 @@ def train(cfg: TrainConfig, extra_callbacks: list | None = None) -> tuple[PPOMod
     # everything that can reject the settings comes before the model, which may take minutes to load
     datamodule = PromptDataModule(
         cfg.data, prompts_per_step=cfg.ppo.prompts_per_step, seed=cfg.seed,
-        whole_val_on_every_rank=shards_model(cfg.trainer), require_answer=True,
+        whole_val_on_every_rank=shards_model(cfg.trainer), require_answer=cfg.evaluation.labels == "reference",
     )
     trainer = build_trainer(cfg, extra_callbacks)
     use_trained_prompt_settings(cfg)
