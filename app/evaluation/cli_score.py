@@ -123,7 +123,7 @@ def _run_votes(args: argparse.Namespace, config, problems: list[tuple[int, dict]
     try:
         for item_id, r in zip(ids, rescored):
             label = votes[item_id].label
-            print(json.dumps({"id": item_id, **result_row(r, args.feedback), "exposed": exposed(r),
+            print(json.dumps({"id": item_id, **result_row(r, args.feedback),
                               "label": None if label is None else label.expected}), file=out)
     finally:
         if args.out:
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     try:
         for item_id, r in zip(ids, results):
-            print(json.dumps({"id": item_id, **result_row(r, args.feedback), "exposed": exposed(r)}), file=out)
+            print(json.dumps({"id": item_id, **result_row(r, args.feedback)}), file=out)
     finally:
         if args.out:
             out.close()
@@ -201,7 +201,8 @@ def result_row(r: ScoreResult, feedback: bool = False) -> dict:
     server give exactly these values."""
     row = {"reward": round(r.reward, 6), "status": r.status, "objective": r.objective, "expected": r.expected,
            "matched": r.matched, "graph_distance": r.graph_distance, "final_answer": r.final_answer,
-           "breakdown": {k: round(v, 6) for k, v in r.breakdown.items()}, "solve_seconds": round(r.solve_seconds, 6), "reason": r.reason}
+           "breakdown": {k: round(v, 6) for k, v in r.breakdown.items()}, "solve_seconds": round(r.solve_seconds, 6), "reason": r.reason,
+           "exposed": exposed(r)}
     if feedback:
         row["feedback"] = feedback_message(r)
         if r.status == "infeasible":
