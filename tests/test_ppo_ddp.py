@@ -254,12 +254,17 @@ ESTIMATORS = {
              "ppo.loss_aggregation=sequence_mean", "ppo.clip_low=3e-4", "ppo.clip_high=4e-4", "ppo.kl.coef=0"],
 }
 
+# Resuming restores the same state for every group estimator (adapter, optimizer, KL controller, data
+# position, RNG); these two also carry what the others do not: the KL as a loss term with labels from
+# votes, and dynamic sampling's extra draws. PPO with GAE resumes in the FSDP2 test above.
+RESUMED = ("grpo_votes", "dapo")
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("estimator", list(ESTIMATORS))
 def test_each_estimator_trains_in_step_on_two_ddp_ranks_and_resumes_exactly(estimator, tiny_chatglm_dir, tmp_path):
-    """Every estimator under DDP: both ranks end with the same weights, and the run's checkpoint
-    after 2 steps + resume 1 = the 3 straight steps, bit for bit. The ranks' scores differ, and with dynamic sampling (dapo) each
+    """Every estimator under DDP: both ranks end with the same weights, and (RESUMED) the run's
+    checkpoint after 2 steps + resume 1 = the 3 straight steps, bit for bit. The ranks' scores differ, and with dynamic sampling (dapo) each
     rank drops other prompts (MixedAnswers) yet both step together."""
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(i.to_json()) + "\n" for i in generate(12, seed=8, infeasible_fraction=0.0)))
@@ -278,6 +283,8 @@ def test_each_estimator_trains_in_step_on_two_ddp_ranks_and_resumes_exactly(esti
         for n in numbers:
             assert n["metrics"]["label_accuracy"] == n["metrics"]["reward_agreement"] == 1.0, n["metrics"]
             assert set(n["scores"]) <= {0.0, 1.0}, n["scores"]
+    if estimator not in RESUMED:
+        return
     second = tmp_path / "straight" / "logs" / "ppo" / "version_0" / "checkpoints" / "iter-000002.ckpt"
     resumed, _ = run_two_ranks(tmp_path, "resumed", [*common, "trainer.max_steps=3", f"resume={second}"],
                                held_fraction=1.0, env=env)
