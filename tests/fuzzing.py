@@ -586,7 +586,7 @@ class Outcome:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """Silence C-level stdout and stderr (solver banners and warnings)."""
     saved = os.dup(1), os.dup(2)
     with open(os.devnull, "w") as null:
@@ -608,7 +608,7 @@ class Readers:
         self.available: dict[str, object] = {}
         for name, module in (("gurobi", "gurobipy"), ("scip", "pyscipopt"), ("copt", "coptpy"), ("highs", "highspy")):
             try:
-                with _quiet():
+                with quiet():
                     self.available[name] = __import__(module)
             except ImportError:
                 continue
@@ -619,7 +619,7 @@ class Readers:
         out = {}
         for name in self.available:
             try:
-                with _quiet():
+                with quiet():
                     out[name] = getattr(self, f"_{name}")(path)
             except Exception as err:  # noqa: BLE001 - a reader's refusal is its answer here
                 out[name] = Outcome("refused", reason=" ".join(str(err).split())[:200])
@@ -1109,7 +1109,7 @@ def in_process(code: str, library: str, workdir: str):
     """Capture without the sandbox (the same capture code, in this process): for the test slice."""
     from solver_ppo.evaluation.capture import run_captured
 
-    with _quiet():
+    with quiet():
         return run_captured(code, workdir)
 
 
@@ -1162,7 +1162,7 @@ def check_program(model: Model, library: str, code: str, capture, readers: Reade
     own = with_lp_write(code, library, lp)
     if own is None:
         return None, "none"
-    with _quiet():
+    with quiet():
         run_captured(own, workdir)
     with open(lp) as f:
         lp_text = f.read()

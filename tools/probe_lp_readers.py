@@ -10,14 +10,14 @@ refuse. The table in docs/lp-mps-support.md was made with this script.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from fuzzing import quiet  # noqa: E402  (C-level stdout and stderr silenced, as the fuzzing's solver runs)
 from solver_ppo.evaluation import ModelReadError, SolverLimits, read_model, solve_model  # noqa: E402
 
 BASE_ST = " c1: x + y <= 4\n c2: x + 3 y <= 6\n"
@@ -62,20 +62,6 @@ CASES = {
     "multi-objectives (Gurobi)": "Maximize multi-objectives\n o1: Priority=2 Weight=1 AbsTol=0 RelTol=0\n x + y\nSubject To\n c1: x + y <= 4\nEnd\n",
     "no `End`": f"Maximize\n obj: 3 x + 2 y\nSubject To\n{BASE_ST}Bounds\n x <= 3\n",
 }
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence C-level stdout/stderr (solver banners)."""
-    saved = os.dup(1), os.dup(2)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 1)
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
 
 
 def run_gurobi(path):
