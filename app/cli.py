@@ -44,7 +44,7 @@ EXAMPLES: dict[str, str] = {
   {prog} score --data app/evaluation/samples/problems.jsonl --answers app/evaluation/samples/answers.jsonl
   {prog} score --data problems.jsonl --answers answers.jsonl --match relative --tolerance 0.05 --out scored.jsonl""",
     "quickstart": """\
-  {prog} quickstart                                 # 5 to 7 minutes on 2 CPU cores
+  {prog} quickstart                                 # 5 to 9 minutes on 2 CPU cores
   {prog} quickstart --answer-format pyscipopt       # the same with code answers, run in the sandbox
   {prog} quickstart ppo.lr=5e-5 --out logs/quickstart-lr5e-5""",
     "train": """\
