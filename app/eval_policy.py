@@ -121,10 +121,10 @@ def evaluate_policy(
     turns: int = 1, end: str = "solved",
 ) -> tuple[dict, list[dict]]:
     """Greedy answers on `data`, `turns` per problem at most; returns (summary of the last answers,
-    per-item rows). With turns > 1 the summary has "first" (the summary of the first answers) and
-    "turns" (`solver_ppo.evaluation.turns.turn_statistics`) and "first_headroom" (the first
-    answers' `solver_ppo.evaluation.summary.headroom`: the wrong ones their verdict exposes, and the
-    silent ones). With `out`, each row is written there as soon as it is scored, so an interrupted
+    per-item rows). The summary has "first_headroom" (the first answers'
+    `solver_ppo.evaluation.summary.headroom`: the wrong ones their verdict exposes, and the silent
+    ones); with turns > 1 also "first" (the summary of the first answers) and "turns"
+    (`solver_ppo.evaluation.turns.turn_statistics`). With `out`, each row is written there as soon as it is scored, so an interrupted
     evaluation keeps what it did."""
     import dataclasses
     import itertools
@@ -189,9 +189,10 @@ def evaluate_policy(
             bar.set_postfix(accuracy=f"{sum(e.final.matched for e in episodes) / len(episodes):.3f}", refresh=False)
             bar.update(len(batch))
     summary: dict = summarize([e.final.result for e in episodes])
+    firsts = [e.turns[0].verdict.result for e in episodes]
+    summary["first_headroom"] = headroom(firsts)
     if turns > 1:
-        firsts = [e.turns[0].verdict.result for e in episodes]
-        summary["first"], summary["first_headroom"] = summarize(firsts), headroom(firsts)
+        summary["first"] = summarize(firsts)
         summary["turns"] = turn_statistics(standing_matches(episodes, turns), [len(e.turns) for e in episodes])
     return summary, rows
 

@@ -12,6 +12,8 @@
 With `rollout.turns=K` (feedback PPO) both policies are evaluated over K turns, each answer
 followed by the evaluation's feedback: the tables add accuracy after each turn, and results.json
 keeps `accuracy` (the starter: its first answer; the PPO policy: its last) and `accuracy_by_turn`.
+Both rows also keep `headroom`: among the wrong first answers, how many their own verdict exposes
+(an error at a line, infeasible, every variable 0, ...), the most that feedback can repair.
 
 With `evaluation.labels=votes` PPO never reads the prompts' answers (label-free, docs/algorithms.md);
 results.json says which `labels` trained, and `vote_label_accuracy` (the share of labelled groups
@@ -117,6 +119,7 @@ def plot_curves(run_dir: Path, png: Path, starter_accuracy: float) -> Path:
 def run(args: argparse.Namespace) -> int:
     from solver_ppo.eval_policy import evaluate_policy
     from solver_ppo.evaluation import format_summary_table
+    from solver_ppo.evaluation.summary import format_headroom_table
     from solver_ppo.evaluation.turns import format_turn_table
     from solver_ppo.ppo.train import train
 
@@ -160,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
     for name, summary in (("sft", sft), ("ppo", ppo)):
         by_turn = summary.get("turns", {"acc@1": summary["accuracy"]})
         results[name]["accuracy_by_turn"] = [by_turn[f"acc@{t}"] for t in range(1, turns + 1)]
+        results[name]["headroom"] = summary["first_headroom"]  # the wrong first answers their verdict exposes
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     png = plot_curves(run_dir, run_dir / "curves.png", starter["accuracy"])
     print()
@@ -172,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
         for name, summary in (("SFT alone", sft), ("SFT + PPO", ppo)):
             print(f"\n{name}, accuracy after each turn:")
             print(format_turn_table(summary["turns"]))
+    print("\nRevision headroom of the first answers (the wrong ones their own verdict exposes: what feedback can repair):")
+    print(format_headroom_table({"SFT alone": sft["first_headroom"], "SFT + PPO": ppo["first_headroom"]}))
     print(f"\naccuracy change: {100 * (ppo['accuracy'] - starter['accuracy']):+.1f} points in {minutes:.1f} minutes")
     print(f"results: {out / 'results.json'}   curves: {png}   TensorBoard: tensorboard --logdir {run_dir.parent}")
     return 0

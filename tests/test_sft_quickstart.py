@@ -212,8 +212,11 @@ def test_shortened_quickstart_runs_end_to_end(turns, labels, tiny_chatglm_dir, t
     assert results["labels"] == labels
     for side in ("sft", "ppo"):
         assert set(results[side]) == {"accuracy", "solved_rate", "format_rate", "graph_distance", "reward",
-                                      "accuracy_by_turn"}
+                                      "accuracy_by_turn", "headroom"}
         assert 0.0 <= results[side]["reward"] <= 1.0 and len(results[side]["accuracy_by_turn"]) == turns
+        room = results[side]["headroom"]  # the first answers: wrong = exposed + silent, out of the held-out 4
+        assert room["n"] == 4 and room["wrong"] == room["exposed"] + room["silent"]
+        assert room["wrong"] == round(4 * (1 - results[side]["accuracy_by_turn"][0]))
     assert results["sft"]["accuracy"] == results["sft"]["accuracy_by_turn"][0]  # the starter: its first answer
     assert results["ppo"]["accuracy"] == results["ppo"]["accuracy_by_turn"][-1]  # the PPO policy: its last
     assert results["policy_tokens"] > 0

@@ -5,6 +5,7 @@
 #   bash tools/build_starter.sh                             checkpoints/quickstart-sft (LP answers)
 #   bash tools/build_starter.sh --revisions                 also checkpoints/quickstart-sft-revisions
 #   bash tools/build_starter.sh --answer-format pyscipopt   checkpoints/quickstart-sft-pyscipopt
+#   bash tools/build_starter.sh --answer-format pyscipopt --revisions   also checkpoints/quickstart-sft-pyscipopt-revisions
 #
 # LP: the tokenizer learns from the problems and their LP reference models, not the teacher's answers.
 # Took 14 minutes on the quiet 2-core CPU machine (1500 steps x batch 32, 2 torch threads); rebuilds are
@@ -38,12 +39,22 @@ case "$format" in
     .venv/bin/python -m app sft configs/quickstart_sft_pyscipopt.yaml ;;
   *) echo "build_starter.sh: --answer-format $format has no starter (lp or pyscipopt)" >&2; exit 2 ;;
 esac
-# --revisions: then the starter taught revisions after feedback (checkpoints/quickstart-sft-revisions):
-# SFT continued on 4,000 of the same problems, half of them revision demonstrations (a sound first answer
-# followed by the done reply, a flipped one by the reference)
+# --revisions: then the starter taught revisions after feedback, SFT continued on 4,000 of the same problems,
+# half of them revision demonstrations (the teacher's answer, the evaluation's real feedback on it, then the
+# corrected answer where the first was flawed, else the done reply).
+# LP (checkpoints/quickstart-sft-revisions): the flawed first answers are the flipped ones (--teacher-flip).
+# pyscipopt (checkpoints/quickstart-sft-pyscipopt-revisions): 40% of the teacher's programs carry an error of
+# a real LLM's kinds (--teacher-errors 0.4, the mix measured on ORLM-LLaMA-3-8B), in the revision
+# demonstrations' first answers and in the plain ones, so the starter also errs that way.
 if [[ $revisions == 1 ]]; then
-  [[ $format == lp ]] || { echo "build_starter.sh: --revisions builds on the LP starter only" >&2; exit 2; }
-  .venv/bin/python -m app make-data --out "$work/revisions" --train 4000 --heldout 200 --seed 0 --teacher-flip 0.6 \
-    --revisions 0.5 --revisions-done
-  .venv/bin/python -m app sft configs/quickstart_sft_revisions.yaml
+  case "$format" in
+    lp)
+      .venv/bin/python -m app make-data --out "$work/revisions" --train 4000 --heldout 200 --seed 0 --teacher-flip 0.6 \
+        --revisions 0.5 --revisions-done
+      .venv/bin/python -m app sft configs/quickstart_sft_revisions.yaml ;;
+    pyscipopt)
+      .venv/bin/python -m app make-data --out "$work/revisions" --train 4000 --heldout 200 --seed 0 --teacher-errors 0.4 \
+        --answer-format pyscipopt --revisions 0.5 --revisions-done
+      .venv/bin/python -m app sft configs/quickstart_sft_pyscipopt_revisions.yaml ;;
+  esac
 fi
