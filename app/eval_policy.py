@@ -57,6 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --turns: when a problem's episode ends before its last turn: at an error-free solve "
                              "(solved, the default, as rollout.end), never (turns), at an answer without a model, whose "
                              "previous model stands (done)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0 (default): greedy answers; above 0: answers sampled at this temperature (top-p and "
+                             "top-k off), as training samples them (the quick start's sampling.temperature: 0.7), "
+                             "where a small model's slips show that greedy decoding hides")
+    parser.add_argument("--seed", type=int, default=0, help="with --temperature: the sampling seed (the same seed, the same answers)")
 
 
 def load_trained(model_dir: str, family: str = "chatglm", adapter: str | None = None, chat_format: str = "auto"):
@@ -118,16 +123,18 @@ def evaluate_policy(
     model_dir: str, data: str, *, family: str = "chatglm", adapter: str | None = None, fmt: str = "auto",
     limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 1536, evaluation=None,
     out: str | None = None, system_prompt: str | None = None, instruction: str | None = None,
-    turns: int = 1, end: str = "solved",
+    turns: int = 1, end: str = "solved", temperature: float = 0.0, seed: int = 0,
 ) -> tuple[dict, list[dict]]:
-    """Greedy answers on `data`, `turns` per problem at most; returns (summary of the last answers,
-    per-item rows). The summary has "first_headroom" (the first answers'
+    """Greedy answers on `data` (sampled at `temperature` from `seed` when it is above 0), `turns`
+    per problem at most; returns (summary of the last answers, per-item rows). The summary has "first_headroom" (the first answers'
     `solver_ppo.evaluation.summary.headroom`: the wrong ones their verdict exposes, and the silent
     ones); with turns > 1 also "first" (the summary of the first answers) and "turns"
-    (`solver_ppo.evaluation.turns.turn_statistics`). With `out`, each row is written there as soon as it is scored, so an interrupted
-    evaluation keeps what it did."""
+    (`solver_ppo.evaluation.turns.turn_statistics`). With `out`, each row is written there as soon
+    as it is scored, so an interrupted evaluation keeps what it did."""
     import dataclasses
     import itertools
+
+    import torch
 
     from solver_ppo.data.formats import iter_problems
     from solver_ppo.data.prompts import build_messages, prompt_settings_for
@@ -140,6 +147,8 @@ def evaluate_policy(
     from solver_ppo.ppo.episode import Episode, Verdict, play, standing_matches
     from solver_ppo.progress import progress_bar
 
+    if temperature < 0:
+        raise UserError(f"--temperature must be 0 (greedy) or more, got {temperature}")
     if out:
         writable_dir(Path(out).parent, f"--out {out}")
     trained_with = trained_prompt_settings(model_dir, adapter)
@@ -148,7 +157,8 @@ def evaluate_policy(
                                    {"system_prompt": "--system-prompt", "instruction": "--instruction"})
     system_prompt, instruction = settings.system_prompt, settings.instruction
     loaded, model = load_trained(model_dir, family, adapter, settings.chat_format)
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False)
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0)
+    generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
     evaluation = evaluation or EvaluationConfig()
     if turns > 1:  # the policy reads what the evaluation found (objective, values, infeasible subset)
         evaluation = dataclasses.replace(evaluation, feedback=True)
@@ -173,7 +183,7 @@ def evaluate_policy(
                      for p in problems[start : start + batch_size]]
             cache = ContextCache() if turns > 1 else None
             play(batch, turns=turns, end=end, max_new_tokens=max_new_tokens, max_context_tokens=None,
-                 sample=lambda contexts: replies(loaded, model, contexts, sampling, context_cache=cache), score=score,
+                 sample=lambda contexts: replies(loaded, model, contexts, sampling, generator, cache), score=score,
                  feedback_ids=lambda text, last: loaded.chat.encode_feedback(loaded.tokenizer, text, last))
             episodes += batch
             for e in batch:
@@ -208,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.data, family=args.family, adapter=args.adapter, fmt=args.format, limit=args.limit,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, evaluation=evaluation, out=args.out,
         system_prompt=args.system_prompt, instruction=args.instruction, turns=args.turns, end=args.end,
+        temperature=args.temperature, seed=args.seed,
     )
     if args.turns == 1:
         print(format_summary_table({"pass@1": summary}))

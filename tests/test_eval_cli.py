@@ -52,3 +52,24 @@ def test_eval_checks_where_it_writes_before_loading_the_model(tmp_path, capsys):
     assert main(argv) == 2
     assert f"--out {blocker / 'rows.jsonl'}: cannot write in {blocker} (File exists)" in capsys.readouterr().err
 
+
+
+def test_sampled_eval_repeats_from_its_seed_and_differs_from_greedy(tmp_path, capsys):
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps(item.to_json()) + "\n" for item in generate(4, seed=5, split="heldout")))
+    base = ["eval", "--model", str(STARTER), "--data", str(data), "--batch-size", "4", "--max-new-tokens", "48",
+            "--workers", "1", "--system-prompt", "", "--instruction", ""]
+
+    def responses(name: str, *flags: str) -> list[str]:
+        out = tmp_path / f"{name}.jsonl"
+        assert main([*base, "--out", str(out), *flags]) == 0
+        return [json.loads(line)["response"] for line in out.read_text().splitlines()]
+
+    greedy = responses("greedy", "--temperature", "0")  # 0, the default: greedy
+    sampled = responses("t1-seed0", "--temperature", "1.0")
+    assert responses("t1-seed0-again", "--temperature", "1.0", "--seed", "0") == sampled
+    assert responses("t1-seed1", "--temperature", "1.0", "--seed", "1") != sampled
+    assert sampled != greedy
+    capsys.readouterr()
+    assert main([*base, "--temperature", "-0.5"]) == 2
+    assert "--temperature must be 0 (greedy) or more, got -0.5" in capsys.readouterr().err
