@@ -1,9 +1,10 @@
 """Scores each rollout with the evaluation system's SCIP worker pool and logs the solver metrics.
 
 `begin` submits the responses to the pool and returns at once, so the module's reference and
-value passes run while SCIP solves; `finish` waits, attaches the scores and logs accuracy,
-solved rate, format rate, graph distance and reward mean/std, reduced across ranks by
-torchmetrics. Each score carries the evaluation's feedback on the answer, which a multi-turn
+value passes run while SCIP solves; `finish` waits and attaches the scores. `settle`, once per
+rollout, logs accuracy, solved rate, format rate, graph distance and reward mean/std of the
+episodes' standing answers (a multi-turn episode's last model: a done reply leaves the previous
+one standing), reduced across ranks by torchmetrics. Each score carries the evaluation's feedback on the answer, which a multi-turn
 episode (`rollout.turns`) shows the policy next. A pool failure never stops training: every
 response then scores 0 with the reason.
 
@@ -84,24 +85,21 @@ class SolverReward(RolloutScorer):
         except Exception as err:
             reason = f"reward worker failure: {type(err).__name__}: {err}"
             module.print(reason)
-            return RolloutScores(
-                scores=[0.0] * self._n_items,
-                breakdowns=[{"reason": reason}] * self._n_items,
-                metrics={"solver/worker_failures": float(self._n_items)},
-                feedback=[reason] * self._n_items,
-            )
-        if self.votes:  # the rewards come with the group's label: `settle` logs
-            return _scores(results, {})
-        _update(self.metrics, results)
-        reduced = _reduce(self.metrics)
-        module.log_dict({f"solver/{k}": v for k, v in reduced.items()}, rank_zero_only=True)
-        return _scores(results, reduced)
+            return RolloutScores(scores=[0.0] * self._n_items, breakdowns=[{"reason": reason}] * self._n_items,
+                                 feedback=[reason] * self._n_items)
+        return _scores(results)  # `settle` logs, once per rollout
 
     def settle(self, module: LightningModule, verdicts: list[Verdict], group_size: int, problems: list) -> list[Verdict]:
-        """evaluation.labels=votes: each last answer rewarded against its group's label."""
-        if not self.votes:
-            return verdicts
+        """The episodes' standing verdicts, logged as solver/*; with evaluation.labels=votes each
+        rewarded against its group's label first."""
         scored = [i for i, v in enumerate(verdicts) if v.result is not None]  # none where the pool failed
+        failures = {"worker_failures": float(len(verdicts) - len(scored))} if len(scored) < len(verdicts) else {}
+        if not self.votes:
+            _update(self.metrics, [verdicts[i].result for i in scored])
+            solver = {**_reduce(self.metrics), **failures}
+            module.log_dict({f"solver/{k}": v for k, v in solver.items()}, rank_zero_only=True)
+            module.last_solver_metrics = solver
+            return verdicts
         rescored, votes = label_groups([verdicts[i].result for i in scored], [i // group_size for i in scored], self.config)
         settled = list(verdicts)
         for i, r in zip(scored, rescored):
@@ -120,7 +118,7 @@ class SolverReward(RolloutScorer):
             self.vote_metrics["labelled"].update(*_weighted(float(vote.label is not None)))
             right = None if vote.label is None or truth is None else float(same_answer(vote.label, truth, self.config.match))
             self.vote_metrics["label_accuracy"].update(*_weighted(right))
-        solver, votes_seen = _reduce(self.metrics), _reduce(self.vote_metrics)
+        solver, votes_seen = {**_reduce(self.metrics), **failures}, _reduce(self.vote_metrics)
         module.log_dict({**{f"solver/{k}": v for k, v in solver.items()}, **{f"votes/{k}": v for k, v in votes_seen.items()}},
                         rank_zero_only=True)
         module.last_solver_metrics = {**solver, **votes_seen}
@@ -133,7 +131,7 @@ class SolverReward(RolloutScorer):
         except Exception as err:  # counted as wrong answers, like a failed training rollout
             reason = f"reward worker failure: {type(err).__name__}: {err}"
             results = [ScoreResult(0.0, {}, "worker_failure", reason=reason) for _ in items]
-        return _scores(results, {})
+        return _scores(results)
 
     def record_validation(self, results: list, standing: list[list[bool]], turns_taken: list[int]) -> None:
         _update(self.val_metrics, results)
@@ -149,11 +147,10 @@ class SolverReward(RolloutScorer):
         pl_module.log_dict({f"val/{k}": v for k, v in reduced.items()}, rank_zero_only=True)
 
 
-def _scores(results: list[ScoreResult], metrics: dict[str, float]) -> RolloutScores:
+def _scores(results: list[ScoreResult]) -> RolloutScores:
     return RolloutScores(
         scores=[r.reward for r in results],
         breakdowns=[{**r.breakdown, "status": r.status, "reason": r.reason} for r in results],
-        metrics=metrics,
         matched=[r.matched for r in results],
         feedback=[feedback_message(r) for r in results],
         results=results,

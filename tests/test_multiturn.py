@@ -18,7 +18,7 @@ import torch
 from solver_ppo.config import load_config
 from solver_ppo.data.code_answers import code_answer
 from solver_ppo.data.prompts import answer_text
-from solver_ppo.data.synthetic import generate
+from solver_ppo.data.synthetic import DONE_REPLY, generate
 from solver_ppo.evaluation.turns import turn_statistics
 from solver_ppo.ppo import losses
 from solver_ppo.ppo.episode import Episode, Reply, Verdict, play, standing_matches
@@ -299,8 +299,9 @@ def test_a_training_run_whose_episodes_reach_the_context_limit_ends_them_cleanly
 
 
 def forced_turns(tokenizer, items):
-    """A PolicyWithValue.generate whose first answer has no model and whose second is the
-    reference: as a pulp program in the first sample of a prompt, as an LP in the second."""
+    """A PolicyWithValue.generate whose first answer has no model, whose second is the reference
+    (as a pulp program in the first sample of a prompt, as an LP in the second), and whose third,
+    after the feedback on a solved model, is the done reply: the second model stands."""
 
     def generate(self, prompts, sampling, generator=None, use_cache=True, keep_logprobs=False, context_cache=None):
         texts, seen = [], {}
@@ -310,6 +311,8 @@ def forced_turns(tokenizer, items):
             copy = seen[item.id] = seen.get(item.id, -1) + 1
             if "Solver status" not in text:  # first turn: no feedback in the context yet
                 texts.append("I am not sure yet.")
+            elif "Objective value" in text:  # the second model solved: it stands
+                texts.append(DONE_REPLY)
             else:
                 texts.append(code_answer(item.reference_model, "pulp") if copy == 0 else answer_text(item))
         return scripted_generation(self, tokenizer, prompts, texts, elapsed_s=1.0)
@@ -329,14 +332,15 @@ def test_second_turn_scored_through_the_real_pool_and_sandbox(tiny_chatglm_dir, 
     tokenizer = load_tokenizer(Path(tiny_chatglm_dir), trust_remote_code=False)
     monkeypatch.setattr(PolicyWithValue, "generate", forced_turns(tokenizer, items))
     cfg = load_config(None, overrides(tiny_chatglm_dir, data, tmp_path, **{
-        "rollout.turns": 3, "rollout.end": "solved", "ppo.advantage": "rloo", "trainer.max_steps": 1,
+        "rollout.turns": 3, "rollout.end": "done", "ppo.advantage": "rloo", "trainer.max_steps": 1,
         "trainer.checkpoint_every": 0, "data.max_prompt_tokens": 4096, "ppo.epochs": 1}))
     module, _ = train(cfg)
     assert cfg.evaluation.feedback  # turned on by rollout.turns > 1
     rollout = module.last_rollout
     for episode in rollout.episodes:
-        first, second = episode.turns  # solved at the second turn: no third
-        assert episode.end == "solved" and first.verdict.status == "no_model"
+        first, second, third = episode.turns
+        assert episode.end == "done" and third.stands and third.verdict is second.verdict
+        assert first.verdict.status == "no_model"
         assert first.verdict.feedback.startswith("Solver status: no_model")
         assert second.verdict.status == "optimal" and second.verdict.matched
         # what the policy read is the real feedback on the solved model, never the reference's answer
@@ -345,7 +349,10 @@ def test_second_turn_scored_through_the_real_pool_and_sandbox(tiny_chatglm_dir, 
     assert "```python" in rollout.episodes[0].turns[1].text and "```lp" in rollout.episodes[1].turns[1].text
     logged = scalars(run_dir(tmp_path))
     assert logged["turns/acc@1"] == [0.0] and logged["turns/acc@2"] == [1.0] and logged["turns/acc@3"] == [1.0]
-    assert logged["turns/mean_turns"] == [2.0]
+    assert logged["turns/mean_turns"] == [3.0]
+    # the logged solver metrics are the standing answers', not the done replies' (which have no model)
+    assert logged["solver/accuracy"] == [1.0] and logged["solver/format_rate"] == [1.0]
+    assert logged["solver/reward"] == [pytest.approx(float(rollout.scores.mean()))]
 
 
 # ---- eval --turns -----------------------------------------------------------------------------

@@ -260,7 +260,6 @@ class PPOModule(pl.LightningModule):
                 t0 = time.perf_counter()
                 scored = scorer.finish(self)
                 timings["time/score_wait"] += time.perf_counter() - t0
-                self.last_solver_metrics = scored.metrics
                 return scored.verdicts()
 
             return wait

@@ -21,7 +21,6 @@ from solver_ppo.ppo.episode import Verdict
 class RolloutScores:
     scores: list[float]  # one per response, in [0, 1]
     breakdowns: list[dict] = field(default_factory=list)  # per response: reward terms, status, reason
-    metrics: dict[str, float] = field(default_factory=dict)  # already reduced across ranks
     matched: list[bool] = field(default_factory=list)  # per response: the objective matches (empty: unknown, no)
     feedback: list[str] = field(default_factory=list)  # per response: what the policy reads next turn (empty: none)
     results: list[Any] = field(default_factory=list)  # per response: the evaluation's ScoreResult, where there is one
@@ -43,10 +42,11 @@ class RolloutScorer(Callback, ABC):
 
     @abstractmethod
     def finish(self, module: LightningModule) -> RolloutScores:
-        """Wait for the scores of the last `begin`, log the solver metrics on `module`, return them."""
+        """Wait for the scores of the last `begin` and return them."""
 
     def settle(self, module: LightningModule, verdicts: list[Verdict], group_size: int, problems: list) -> list[Verdict]:
-        """The final verdicts of a rollout's episodes as the reward counts them; they come in groups
+        """The final verdicts of a rollout's episodes as the reward counts them (each episode's
+        standing answer; called once per rollout, where a scorer logs its metrics); they come in groups
         of `group_size` in a row, one group per problem (`problems[i]`: verdict i's). A scorer that
         labels a group from its own answers (evaluation.labels=votes) rewards them here; by default
         they stand as scored."""
