@@ -451,6 +451,18 @@ def test_revision_headroom_sorts_first_answers_by_what_their_feedback_shows(tiny
     assert "| a number differs (objective, coefficient or right-hand side) | 1 |" in out
     assert "not compared" not in out
 
+    # three turns: a model revised at turn 2 and kept at turn 3 (a done reply) counts as revised
+    def turn(matched, exposed=None, stands=False):
+        return {"response": "", "status": "optimal", "matched": matched, "exposed": exposed, "stands": stands}
+
+    three = [{"id": items[0].id, "matched": True, "turns": [turn(False, True), turn(True), turn(True, stands=True)]},
+             {"id": items[1].id, "matched": True, "turns": [turn(True), turn(True, stands=True), turn(True, stands=True)]}]
+    rows.write_text("".join(json.dumps(row) + "\n" for row in three))
+    assert headroom.main() == 0
+    out = capsys.readouterr().out
+    assert "| right | 1 | 0.500 | 1 | 0 | 0 | 0 |" in out
+    assert "| wrong, every variable 0 | 1 | 0.500 | 0 | 1 | 0 | 0 |" in out  # said done at turn 3, fixed at turn 2
+
 # ---- the KV cache carries over between turns ----------------------------------------------------
 
 

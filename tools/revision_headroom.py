@@ -10,7 +10,8 @@ where every variable is 0; `eval --turns` and `score` print those counts too). A
 solves to a nonzero optimum gets feedback a right one could get too. acc@K - acc@1 can therefore
 not exceed the share of exposed wrong first answers. The unexposed ones are compared with the reference model (LP and MPS answers)
 to say what is wrong in them: a number, a sense, the rows, or only bounds and integrality. With
-multi-turn rows, each class also shows what the last turn did.
+multi-turn rows, each class also shows what the later turns did: kept the first model (said done
+every time) or revised it, and whether the model standing at the end is right.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def main() -> int:
         kind = first_answer_class(first)
         classes[kind] += 1
         if len(row["turns"]) > 1:
-            if last.get("stands"):
+            if all(turn.get("stands") for turn in row["turns"][1:]):  # every later turn said done: the first model stands
                 outcomes[kind]["said done"] += 1
             elif last["matched"] and not first["matched"]:
                 outcomes[kind]["revised: fixed"] += 1
@@ -102,7 +103,7 @@ def main() -> int:
 
     n = len(rows)
     print(f"First answers of {n} problems, by what their feedback shows:\n")
-    print("| first answer | count | share | last turn: said done | fixed | revised, still wrong or still right | broke |")
+    print("| first answer | count | share | kept (said done) | revised: fixed | revised, still wrong or still right | revised: broke |")
     print("|---|---|---|---|---|---|---|")
     for kind in CLASSES:
         o = outcomes[kind]
