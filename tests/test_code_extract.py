@@ -119,8 +119,9 @@ def test_the_ppo_reward_scores_code_answers_through_its_pool():
         problems = [SimpleNamespace(answer="21", reference_model=LP)] * 3
         reward.begin([f"```python\n{PULP}```", f"```python\n{SCIPY}```", "```python\nimport pulp\nprint(21)\n```"], problems)
         scores = reward.finish(module)
+        settled = reward.settle(module, scores.verdicts(), 1, problems)  # logs the solver metrics, once per rollout
     finally:
         reward.teardown(None, module, "fit")
-    assert scores.scores == [1.0, 1.0, 0.0]
+    assert scores.scores == [1.0, 1.0, 0.0] and [v.score for v in settled] == scores.scores
     assert [b["status"] for b in scores.breakdowns] == ["optimal", "optimal", "no_solve"]
-    assert scores.metrics["accuracy"] == pytest.approx(2 / 3)
+    assert module.last_solver_metrics["accuracy"] == pytest.approx(2 / 3)
