@@ -126,10 +126,10 @@ def evaluate_policy(
     turns: int = 1, end: str = "solved", temperature: float = 0.0, seed: int = 0,
 ) -> tuple[dict, list[dict]]:
     """Greedy answers on `data` (sampled at `temperature` from `seed` when it is above 0), `turns`
-    per problem at most; returns (summary of the last answers, per-item rows). The summary has "first_headroom" (the first answers'
-    `solver_ppo.evaluation.summary.headroom`: the wrong ones their verdict exposes, and the silent
-    ones); with turns > 1 also "first" (the summary of the first answers) and "turns"
-    (`solver_ppo.evaluation.turns.turn_statistics`). With `out`, each row is written there as soon
+    per problem at most; returns (summary of the last answers, per-item rows). The summary has
+    "first_headroom" (the first answers' `solver_ppo.evaluation.summary.headroom`: the wrong ones
+    their verdict exposes, and the silent ones); with turns > 1 also "first" (the summary of the
+    first answers) and "turns" (`solver_ppo.evaluation.turns.turn_statistics`). With `out`, each row is written there as soon
     as it is scored, so an interrupted evaluation keeps what it did."""
     import dataclasses
     import itertools

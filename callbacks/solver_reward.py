@@ -4,9 +4,9 @@
 value passes run while SCIP solves; `finish` waits and attaches the scores. `settle`, once per
 rollout, logs accuracy, solved rate, format rate, graph distance and reward mean/std of the
 episodes' standing answers (a multi-turn episode's last model: a done reply leaves the previous
-one standing), reduced across ranks by torchmetrics. Each score carries the evaluation's feedback on the answer, which a multi-turn
-episode (`rollout.turns`) shows the policy next. A pool failure never stops training: every
-response then scores 0 with the reason.
+one standing), reduced across ranks by torchmetrics. Each score carries the evaluation's
+feedback on the answer, which a multi-turn episode (`rollout.turns`) shows the policy next. A
+pool failure never stops training: every response then scores 0 with the reason.
 
 With `evaluation.labels=votes` answers are scored with no reference, and `settle` rewards each
 episode's last answer against the label its prompt's group voted (app/evaluation/votes.py). The
@@ -91,15 +91,24 @@ class SolverReward(RolloutScorer):
 
     def settle(self, module: LightningModule, verdicts: list[Verdict], group_size: int, problems: list) -> list[Verdict]:
         """The episodes' standing verdicts, logged as solver/*; with evaluation.labels=votes each
-        rewarded against its group's label first."""
+        rewarded against its group's label first (and votes/* logged)."""
         scored = [i for i, v in enumerate(verdicts) if v.result is not None]  # none where the pool failed
-        failures = {"worker_failures": float(len(verdicts) - len(scored))} if len(scored) < len(verdicts) else {}
-        if not self.votes:
+        if self.votes:
+            settled = self._reward_against_votes(verdicts, scored, group_size, problems)
+        else:
+            settled = verdicts
             _update(self.metrics, [verdicts[i].result for i in scored])
-            solver = {**_reduce(self.metrics), **failures}
-            module.log_dict({f"solver/{k}": v for k, v in solver.items()}, rank_zero_only=True)
-            module.last_solver_metrics = solver
-            return verdicts
+        logged = {f"solver/{k}": v for k, v in _reduce(self.metrics).items()}
+        if len(scored) < len(verdicts):
+            logged["solver/worker_failures"] = float(len(verdicts) - len(scored))
+        if self.votes:
+            logged.update({f"votes/{k}": v for k, v in _reduce(self.vote_metrics).items()})
+        module.log_dict(logged, rank_zero_only=True)
+        module.last_solver_metrics = {k.split("/", 1)[1]: v for k, v in logged.items()}
+        return settled
+
+    def _reward_against_votes(self, verdicts: list[Verdict], scored: list[int], group_size: int, problems: list) -> list[Verdict]:
+        """Each scored answer rewarded against its group's voted label; the solver and vote metrics updated."""
         rescored, votes = label_groups([verdicts[i].result for i in scored], [i // group_size for i in scored], self.config)
         settled = list(verdicts)
         for i, r in zip(scored, rescored):
@@ -118,10 +127,6 @@ class SolverReward(RolloutScorer):
             self.vote_metrics["labelled"].update(*_weighted(float(vote.label is not None)))
             right = None if vote.label is None or truth is None else float(same_answer(vote.label, truth, self.config.match))
             self.vote_metrics["label_accuracy"].update(*_weighted(right))
-        solver, votes_seen = {**_reduce(self.metrics), **failures}, _reduce(self.vote_metrics)
-        module.log_dict({**{f"solver/{k}": v for k, v in solver.items()}, **{f"votes/{k}": v for k, v in votes_seen.items()}},
-                        rank_zero_only=True)
-        module.last_solver_metrics = {**solver, **votes_seen}
         return settled
 
     def validate(self, responses: list[str], problems: list) -> RolloutScores:
