@@ -82,6 +82,11 @@ def make_data(out: Path, n_train: int, n_heldout: int, seed: int, difficulty: st
     return paths
 
 
+def trailing_mean(values: list[float], window: int) -> list[float]:
+    """Each value averaged with the `window - 1` before it: the trend of a noisy per-step curve."""
+    return [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+
+
 def plot_curves(run_dir: Path, png: Path, starter_accuracy: float) -> Path:
     """Reward, accuracy (sampled training answers, and greedy held-out answers from the starter
     at step 0 on) and KL per PPO step, from the run's TensorBoard events."""
@@ -100,7 +105,7 @@ def plot_curves(run_dir: Path, png: Path, starter_accuracy: float) -> Path:
         steps, values = [p.step for p in points], [p.value for p in points]
         ax.plot(steps, values, lw=0.8, alpha=0.4)
         window = 10  # one step's batch is noisy: a trailing mean shows the trend
-        trend = [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+        trend = trailing_mean(values, window)
         ax.plot(steps, trend, lw=1.5, color="C0", label=f"mean of {window} steps")
         if tag == "solver/accuracy":
             held = events.Scalars("val/accuracy") if "val/accuracy" in events.Tags()["scalars"] else []

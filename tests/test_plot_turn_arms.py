@@ -32,7 +32,7 @@ def test_arms_are_read_and_plotted_and_a_wrong_run_is_named(tmp_path, monkeypatc
     feedback = write_run(tmp_path / "k2", 4, {"train/policy_tokens": 150.0, "turns/acc@1": 0.4, "turns/acc@2": 0.6,
                                               "train/kl": 0.02})
     assert tool.scalars(str(feedback))["turns/acc@2"] == pytest.approx([0.6] * 4)
-    assert tool.trend([1.0, 3.0, 5.0], window=2) == [1.0, 2.0, 4.0]
+    assert tool.trailing_mean([1.0, 3.0, 5.0], 2) == [1.0, 2.0, 4.0]
     png = tmp_path / "arms.png"
     monkeypatch.setattr("sys.argv", ["plot_turn_arms.py", "--run", f"single-turn={single}", "--run", f"K = 2={feedback}",
                                      "--out", str(png)])

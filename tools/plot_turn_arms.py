@@ -12,9 +12,10 @@ end of each episode (turns/acc@K; solver/accuracy for a single-turn run) and, da
 from __future__ import annotations
 
 import argparse
-import statistics
 from itertools import accumulate
 from pathlib import Path
+
+from solver_ppo.quickstart import trailing_mean
 
 
 def scalars(run_dir: str) -> dict[str, list[float]]:
@@ -25,9 +26,9 @@ def scalars(run_dir: str) -> dict[str, list[float]]:
     return {tag: [p.value for p in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def trend(values: list[float], window: int = 5) -> list[float]:
-    """Trailing mean: one step's batch is noisy."""
-    return [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+def trend(values: list[float]) -> list[float]:
+    """One step's batch is noisy: the mean of 5 steps."""
+    return trailing_mean(values, 5)
 
 
 def main() -> int:
